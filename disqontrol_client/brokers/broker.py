@@ -1,0 +1,157 @@
+"""The broker interface: Disque's semantics, implemented by every engine.
+
+A job is added to a queue, optionally delayed. ``reserve`` leases it to one
+consumer for the job's ``retry`` seconds; if it is not acked by then it is
+delivered again with ``additional_deliveries`` + 1. ``nack`` puts it back at
+once with ``nacks`` + 1. A job older than its ``ttl`` is dropped, acked or not.
+Delivery is at least once.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Any, Iterable, Optional, Sequence
+
+DEFAULT_RETRY = 600  # s: lease of a reserved job (Disque RETRY)
+DEFAULT_TTL = 2592000  # s: 30 days (Disque TTL)
+MAX_TTL = 3932100  # s: about 45 days, Disque's maximum
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """One job to add: the arguments of ``Broker.add`` as a value."""
+
+    queue: str
+    payload: bytes
+    delay: float = 0
+    retry: float = DEFAULT_RETRY
+    ttl: float = DEFAULT_TTL
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A job as handed out by the broker."""
+
+    id: str
+    queue: str
+    payload: bytes
+    nacks: int = 0
+    additional_deliveries: int = 0
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """What ``disqontrolctl status`` shows of one queue."""
+
+    queue: str
+    ready: int
+    delayed: int
+    in_flight: int
+
+
+class Broker(abc.ABC):
+    """One connection to a job store. Not shared across processes: open a new
+    one after fork. Methods raise ``BrokerUnavailable`` when the store cannot
+    be reached and ``BrokerError`` when it refuses an operation."""
+
+    #: URL scheme(s) this engine serves, e.g. ("sqlite",)
+    schemes: tuple[str, ...] = ()
+
+    @classmethod
+    @abc.abstractmethod
+    def from_url(cls, url: str, **options: Any) -> "Broker":
+        """Connect to the store named by ``url`` (options: engine specific)."""
+
+    @abc.abstractmethod
+    def add(
+        self,
+        queue: str,
+        payload: bytes,
+        *,
+        delay: float = 0,
+        retry: float = DEFAULT_RETRY,
+        ttl: float = DEFAULT_TTL,
+    ) -> str:
+        """Store a job; it becomes ready after ``delay`` seconds. Returns its id."""
+
+    def add_many(self, items: Sequence[NewJob]) -> list[str]:
+        """Store several jobs in one round trip where the engine allows it.
+        Returns their ids in the same order."""
+        return [
+            self.add(i.queue, i.payload, delay=i.delay, retry=i.retry, ttl=i.ttl)
+            for i in items
+        ]
+
+    @abc.abstractmethod
+    def reserve(
+        self, queues: Sequence[str], *, count: int = 1, timeout: float = 1.0
+    ) -> list[Delivery]:
+        """Lease up to ``count`` ready jobs, taking from the queues in the order
+        given (all of the first queue's ready jobs before the second's).
+
+        Blocks for at most ``timeout`` seconds when none is ready and returns
+        ``[]`` then; ``timeout=0`` does not block. Must wake within milliseconds
+        of an add from any process, without busy-polling."""
+
+    @abc.abstractmethod
+    def ack(self, ids: Iterable[str]) -> None:
+        """The jobs are done: remove them. Idempotent; unknown ids are ignored."""
+
+    @abc.abstractmethod
+    def nack(self, ids: Iterable[str]) -> None:
+        """Put leased jobs back to ready now, ``nacks`` + 1 each."""
+
+    @abc.abstractmethod
+    def working(self, id: str) -> None:
+        """Extend a leased job's lease by its ``retry`` seconds from now."""
+
+    def replace(self, old_id: str, new: NewJob) -> str:
+        """Add ``new`` then ack ``old_id`` (a retry or a move to the failure
+        queue). Add first, ack second: a crash in between duplicates a job,
+        never loses it. Engines that can do both atomically should."""
+        new_id = self.add(new.queue, new.payload, delay=new.delay, retry=new.retry, ttl=new.ttl)
+        self.ack([old_id])
+        return new_id
+
+    @abc.abstractmethod
+    def length(self, queue: str) -> int:
+        """Jobs of the queue that are ready or delayed (not leased)."""
+
+    @abc.abstractmethod
+    def stats(self, queues: Sequence[str]) -> list[QueueStats]:
+        """Ready / delayed / in-flight counts per queue."""
+
+    @abc.abstractmethod
+    def queues(self) -> list[str]:
+        """Names of the queues that hold at least one job, sorted."""
+
+    @abc.abstractmethod
+    def peek(self, queue: str, count: int) -> list[Delivery]:
+        """Up to ``count`` ready-or-delayed jobs of the queue, oldest first,
+        without leasing them."""
+
+    @abc.abstractmethod
+    def show(self, id: str) -> Optional[dict[str, Any]]:
+        """Everything the broker knows of one job (``id``, ``queue``,
+        ``payload``, ``state`` in ready|delayed|leased, ``nacks``,
+        ``additional_deliveries``, ``ctime``, ...), or None if unknown."""
+
+    @abc.abstractmethod
+    def delete(self, ids: Iterable[str]) -> None:
+        """Remove jobs whatever their state. Idempotent."""
+
+    def claim(self, key: str, ttl: float) -> bool:
+        """Take a named one-time claim for ``ttl`` seconds: True for the first
+        caller, False for every later one until it expires. The scheduler
+        uses it so that a cron minute fires once across schedulers."""
+        raise NotImplementedError(f"{type(self).__name__} has no claim()")
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the connection. Idempotent."""
+
+    def __enter__(self) -> "Broker":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

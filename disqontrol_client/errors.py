@@ -1,0 +1,41 @@
+"""The project's exceptions: each carries a message a user can act on."""
+
+
+class DisqontrolError(Exception):
+    """Base of every error disqontrol raises on purpose."""
+
+    exit_code = 1
+
+
+class ConfigError(DisqontrolError):
+    """The configuration (or a value given on the command line) is invalid.
+
+    The message names the key path and what is allowed, e.g.
+    ``disqontrol.queues.pic-resize.worker.type: 'inline_php' is not one of [...]``.
+    """
+
+    exit_code = 2
+
+
+class UsageError(DisqontrolError):
+    """A command was called with a bad argument (exit code 2)."""
+
+    exit_code = 2
+
+
+class BrokerUnavailable(DisqontrolError):
+    """The broker cannot be reached (exit code 3)."""
+
+    exit_code = 3
+
+
+class BrokerError(DisqontrolError):
+    """The broker answered, but refused or failed the operation."""
+
+    exit_code = 3
+
+
+class WorkerLoadError(DisqontrolError):
+    """A configured worker cannot be loaded (missing binary, bad import path)."""
+
+    exit_code = 2

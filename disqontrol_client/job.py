@@ -1,0 +1,102 @@
+"""The job and its stored envelope, wire-compatible with the PHP Disqontrol.
+
+A stored payload is ``{"body": <json>, "metadata": {...}}``. PHP and Python
+producers and consumers can share one broker because both read and write this
+exact shape. A payload without exactly those two keys was added by another
+library: it is the job body itself and gets fresh metadata.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+DEFAULT_JOB_LIFETIME = 2592000  # 30 days, Disque's default TTL
+DEFAULT_PROCESS_TIMEOUT = 600
+ENVELOPE_KEYS = frozenset(("body", "metadata"))
+
+# Metadata keys of the PHP Disqontrol; extra keys (e.g. "last-error") are kept.
+RETRIES = "retries"
+ORIGINAL_ID = "original-id"
+CREATION_TIME = "creation-time"
+JOB_LIFETIME = "job-lifetime"
+PROCESS_TIMEOUT = "process-timeout"
+LAST_ERROR = "last-error"
+
+
+def fresh_metadata(
+    *,
+    job_lifetime: int = DEFAULT_JOB_LIFETIME,
+    process_timeout: int = DEFAULT_PROCESS_TIMEOUT,
+    now: Optional[float] = None,
+) -> dict[str, Any]:
+    """Metadata of a job that has never run."""
+    return {
+        RETRIES: 0,
+        ORIGINAL_ID: None,
+        CREATION_TIME: int(now if now is not None else time.time()),
+        JOB_LIFETIME: job_lifetime,
+        PROCESS_TIMEOUT: process_timeout,
+    }
+
+
+@dataclass
+class Job:
+    """A unit of work: a JSON-serializable body bound for a named queue.
+
+    ``id`` is set by the broker once the job is stored; ``metadata`` travels
+    with the job (retry count, original id, creation time, limits).
+    """
+
+    body: Any
+    queue: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    id: Optional[str] = None
+    # Broker counters of the delivery this job came from (0 for new jobs).
+    nacks: int = 0
+    additional_deliveries: int = 0
+
+    @property
+    def retries(self) -> int:
+        return int(self.metadata.get(RETRIES, 0) or 0)
+
+    @property
+    def original_id(self) -> Optional[str]:
+        """The id of the first copy: retries are new broker jobs."""
+        return self.metadata.get(ORIGINAL_ID) or self.id
+
+    def encode(self) -> bytes:
+        """The stored payload (the PHP Disqontrol envelope)."""
+        return encode_envelope(self.body, self.metadata)
+
+
+def encode_envelope(body: Any, metadata: dict[str, Any]) -> bytes:
+    """Serialize body + metadata. Raises TypeError for a non-JSON body."""
+    return json.dumps(
+        {"body": body, "metadata": metadata}, ensure_ascii=False, separators=(",", ":")
+    ).encode("utf-8")
+
+
+def decode_payload(
+    payload: bytes | str,
+    *,
+    job_lifetime: int = DEFAULT_JOB_LIFETIME,
+    process_timeout: int = DEFAULT_PROCESS_TIMEOUT,
+) -> tuple[Any, dict[str, Any]]:
+    """Read a stored payload into (body, metadata).
+
+    A payload that is not our envelope (another library's job, or not JSON at
+    all) is taken as the body itself, with fresh metadata, so it is still run
+    rather than lost.
+    """
+    text = payload.decode("utf-8", errors="replace") if isinstance(payload, bytes) else payload
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return text, fresh_metadata(job_lifetime=job_lifetime, process_timeout=process_timeout)
+    if isinstance(data, dict) and data.keys() == ENVELOPE_KEYS and isinstance(data["metadata"], dict):
+        metadata = fresh_metadata(job_lifetime=job_lifetime, process_timeout=process_timeout)
+        metadata.update(data["metadata"])
+        return data["body"], metadata
+    return data, fresh_metadata(job_lifetime=job_lifetime, process_timeout=process_timeout)

@@ -1,0 +1,35 @@
+"""Structured log lines: one line per event, ``event=... key=value``.
+
+Kept in the client package because brokers log reconnects too; the daemon's
+handlers and files are set up by ``disqontrold.log``.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:/+@,[]")
+MAX_VALUE_CHARS = 2000
+
+
+def format_value(value: Any) -> str:
+    """Quote a value only when it needs it, so lines stay grep-friendly."""
+    text = value if isinstance(value, str) else ("null" if value is None else str(value))
+    if len(text) > MAX_VALUE_CHARS:
+        text = text[:MAX_VALUE_CHARS] + "..."
+    if text and all(c in _SAFE for c in text):
+        return text
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
+    return f'"{escaped}"'
+
+
+def format_fields(event: str, fields: dict[str, Any]) -> str:
+    parts = [f"event={format_value(event)}"]
+    parts.extend(f"{key}={format_value(value)}" for key, value in fields.items())
+    return " ".join(parts)
+
+
+def log_event(logger: logging.Logger, event: str, level: int = logging.INFO, **fields: Any) -> None:
+    """Log one event as ``event=NAME key=value ...`` (cheap when disabled)."""
+    if logger.isEnabledFor(level):
+        logger.log(level, format_fields(event, fields))

@@ -1,0 +1,1 @@
+"""disqontrold: the daemon (pre-fork master, consumers, workers, scheduler)."""
