@@ -223,8 +223,8 @@ class Scheduler:
         ]
         won = [(entry, run_time) for entry, run_time in due if self._claim(entry, run_time)]
         ids = self._add(won)
-        job_ids = dict(zip(won, ids))
-        runs = [Run(entry, run_time, job_ids.get((entry, run_time))) for entry, run_time in due]
+        job_ids = {(entry.key, run_time): job_id for (entry, run_time), job_id in zip(won, ids)}
+        runs = [Run(entry, run_time, job_ids.get((entry.key, run_time))) for entry, run_time in due]
         for run in runs:
             if run.job_id is not None:
                 self.last_added[run.entry.key] = run
