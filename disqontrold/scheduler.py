@@ -243,10 +243,10 @@ class Scheduler:
         ttl = self.clock.real_duration(lookback + CLAIM_MARGIN)
         try:
             return self.broker.claim(claim_key(entry, run_time), ttl)
-        except NotImplementedError:
+        except NotImplementedError as error:
             raise ConfigError(
-                f"disqontrol.broker: {type(self.broker).__name__} has no claim(), which the "
-                "scheduler needs to add each run once; use a sqlite or redis broker"
+                f"disqontrol.broker: the scheduler needs Broker.claim() to add each run once, "
+                f"and {type(self.broker).__name__} refuses it ({error}); use a sqlite or redis broker"
             ) from None
 
     def _add(self, won: list[tuple[CrontabEntry, float]]) -> list[str]:

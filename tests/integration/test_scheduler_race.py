@@ -81,7 +81,7 @@ def test_racing_schedulers_add_every_run_exactly_once(engine, tmp_path, request)
     stored = stored_runs(url)
     assert max(stored.values()) == 1, [run for run, n in stored.items() if n > 1]
     assert len(wins) == sum(stored.values())
-    # 11:08..12:00 every minute (catch_up_limit 60 of 3600 s back, plus now),
+    # 11:01..12:00 every minute (3600 s back, 59 missed + the on-time one),
     # 30 even minutes, 1 hour: every due run is there, none missing
     assert Counter(q for q, _ in stored) == {"every": 60, "two": 30, "hourly": 1}
     # And racing again over the same minutes adds nothing

@@ -137,7 +137,7 @@ def test_broker_without_claim_is_refused_clearly():
             raise NotImplementedError("NoClaim has no claim()")
 
     sched = scheduler("* * * * * q", NoClaim(), at(12, 0, 30))
-    with pytest.raises(ConfigError, match="NoClaim has no claim().*sqlite or redis"):
+    with pytest.raises(ConfigError, match=r"needs Broker.claim\(\).*NoClaim refuses it.*sqlite or redis"):
         sched.run_due(at(12, 0, 31))
 
 
