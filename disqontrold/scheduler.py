@@ -20,7 +20,7 @@ import os
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone, tzinfo
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 from disqontrol_client.brokers.broker import Broker, NewJob
 from disqontrol_client.config import Config, SchedulerConfig
@@ -122,13 +122,18 @@ def load_entries(config: Config, crontab: Optional[os.PathLike[str] | str] = Non
     return load_crontab(path, queues=list(config.queues))
 
 
+# A broker, or a way to open one: then each pass opens its own connection and
+# closes it, so a forking master holds no connection its children inherit.
+BrokerSource = Union[Broker, Callable[[], Broker]]
+
+
 class Scheduler:
     """Adds due crontab runs to the broker. Not thread-safe; one per process."""
 
     def __init__(
         self,
         entries: Sequence[CrontabEntry],
-        broker: Broker,
+        broker: BrokerSource,
         settings: SchedulerConfig = DEFAULT_SETTINGS,
         *,
         config: Optional[Config] = None,
@@ -221,8 +226,17 @@ class Scheduler:
             for entry in self.entries
             for run_time in due_runs(entry, self.last_checked, now, self.settings, self.zone)
         ]
-        won = [(entry, run_time) for entry, run_time in due if self._claim(entry, run_time)]
-        ids = self._add(won)
+        if not due:
+            self.last_checked = now
+            return []
+        opened = not hasattr(self.broker, "claim")  # a factory, not a connection
+        broker: Broker = self.broker() if opened else self.broker  # type: ignore[operator,assignment]
+        try:
+            won = [(entry, run_time) for entry, run_time in due if self._claim(broker, entry, run_time)]
+            ids = self._add(broker, won)
+        finally:
+            if opened:
+                broker.close()
         job_ids = {(entry.key, run_time): job_id for (entry, run_time), job_id in zip(won, ids)}
         runs = [Run(entry, run_time, job_ids.get((entry.key, run_time))) for entry, run_time in due]
         for run in runs:
@@ -238,25 +252,25 @@ class Scheduler:
         self.last_checked = now
         return runs
 
-    def _claim(self, entry: CrontabEntry, run_time: float) -> bool:
+    def _claim(self, broker: Broker, entry: CrontabEntry, run_time: float) -> bool:
         lookback = max(self.settings.missed_window, ON_TIME_GRACE)
         ttl = self.clock.real_duration(lookback + CLAIM_MARGIN)
         try:
-            return self.broker.claim(claim_key(entry, run_time), ttl)
+            return broker.claim(claim_key(entry, run_time), ttl)
         except NotImplementedError as error:
             raise ConfigError(
                 f"disqontrol.broker: the scheduler needs Broker.claim() to add each run once, "
-                f"and {type(self.broker).__name__} refuses it ({error}); use a sqlite or redis broker"
+                f"and {type(broker).__name__} refuses it ({error}); use a sqlite or redis broker"
             ) from None
 
-    def _add(self, won: list[tuple[CrontabEntry, float]]) -> list[str]:
+    def _add(self, broker: Broker, won: list[tuple[CrontabEntry, float]]) -> list[str]:
         """Add the jobs of claimed runs in one round trip. A failure here loses
         those runs (they are claimed): log each, then raise."""
         if not won:
             return []
         jobs = [self._new_job(entry, run_time) for entry, run_time in won]
         try:
-            return self.broker.add_many(jobs)
+            return broker.add_many(jobs)
         except (BrokerUnavailable, BrokerError) as error:
             for entry, run_time in won:
                 log_event(logger, "schedule_lost", logging.ERROR, queue=entry.queue,

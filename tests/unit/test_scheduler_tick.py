@@ -186,3 +186,27 @@ def test_scheduler_without_entries_runs_nothing():
     broker = MemoryBroker()
     assert scheduler("# nothing\n", broker, at(12, 0)).tick(at(12, 1)) == []
     assert broker.claims == {}
+
+
+def test_a_broker_factory_is_opened_per_pass_and_closed():
+    # Given a scheduler given a way to open the broker instead of a connection
+    opened: list[MemoryBroker] = []
+    closed: list[MemoryBroker] = []
+
+    class Closing(MemoryBroker):
+        def close(self) -> None:
+            closed.append(self)
+
+    shared = Closing()
+
+    def connect() -> MemoryBroker:
+        opened.append(shared)
+        return shared
+
+    sched = Scheduler(parse_crontab("* * * * * q", "c"), connect, SETTINGS, now=at(12, 0, 30))  # type: ignore[arg-type]
+    # When a pass has runs to add, and one has none
+    sched.tick(at(12, 0, 31))
+    sched.tick(at(12, 0, 40))
+    # Then the connection was opened and closed once, for the pass with work
+    assert len(opened) == len(closed) == 1
+    assert len(shared.jobs) == 2  # 11:59 (latest missed, policy once) and 12:00
