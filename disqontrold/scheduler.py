@@ -287,3 +287,11 @@ class Scheduler:
         metadata[SCHEDULED_TIME] = int(run_time)
         payload = encode_envelope(entry.body, metadata)
         return NewJob(entry.queue, payload, retry=timeout, ttl=lifetime)
+
+
+def attach_to_master(master: Any) -> None:
+    """The daemon's plug-in entry point (disqontrold.cli.PLUGINS): run the
+    built-in scheduler from the master's loop."""
+    from disqontrold.scheduler_master import attach  # noqa: PLC0415 (master-only)
+
+    attach(master)
