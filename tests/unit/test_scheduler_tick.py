@@ -11,38 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from disqontrol_client.brokers.broker import NewJob
 from disqontrol_client.config import SchedulerConfig
 from disqontrol_client.errors import BrokerUnavailable, ConfigError
 from disqontrold.crontab import parse_crontab
 from disqontrold.scheduler import SCHEDULED_TIME, Clock, Scheduler, claim_key
+from tests.unit.scheduler_fakes import MemoryBroker
 
 UTC = timezone.utc
 
 
 def at(hour: int, minute: int, second: float = 0) -> float:
     return datetime(2026, 1, 1, hour, minute, tzinfo=UTC).timestamp() + second
-
-
-class MemoryBroker:
-    """claim() and add_many() over dicts; ``fail_add`` simulates a lost broker."""
-
-    def __init__(self) -> None:
-        self.claims: dict[str, float] = {}
-        self.jobs: list[NewJob] = []
-        self.fail_add = False
-
-    def claim(self, key: str, ttl: float) -> bool:
-        if key in self.claims:
-            return False
-        self.claims[key] = ttl
-        return True
-
-    def add_many(self, items: list[NewJob]) -> list[str]:
-        if self.fail_add:
-            raise BrokerUnavailable("broker down (test)")
-        self.jobs.extend(items)
-        return [f"id-{len(self.jobs) - len(items) + i}" for i in range(len(items))]
 
 
 SETTINGS = SchedulerConfig(crontab=Path("c"), timezone="UTC")
@@ -193,11 +172,8 @@ def test_a_broker_factory_is_opened_per_pass_and_closed():
     opened: list[MemoryBroker] = []
     closed: list[MemoryBroker] = []
 
-    class Closing(MemoryBroker):
-        def close(self) -> None:
-            closed.append(self)
-
-    shared = Closing()
+    shared = MemoryBroker()
+    shared.close = lambda: closed.append(shared)  # type: ignore[method-assign]
 
     def connect() -> MemoryBroker:
         opened.append(shared)
