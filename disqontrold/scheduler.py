@@ -55,8 +55,10 @@ CLAIM_MARGIN = 300.0
 # The master wakes at least this often, so a change of the wall clock
 # (NTP step, manual date) is noticed within a minute.
 MAX_SLEEP = 60.0
-# Test hook, read only here: the scheduler's clock runs this many times faster
-# than the wall clock (60: a cron minute every real second). Never set it in
+# Test hook, read only here: "SCALE" or "SCALE@ORIGIN". The scheduler's clock
+# runs SCALE times faster than the wall clock from ORIGIN (unix seconds;
+# default: when the scheduler starts), so 60 is a cron minute every real
+# second; schedulers given one ORIGIN agree on the time. Never set it in
 # production; the integration tests use it to see minutes pass in seconds.
 TIME_SCALE_ENV = "DISQONTROL_SCHEDULER_TIME_SCALE"
 
@@ -76,11 +78,13 @@ class Clock:
         text = environ.get(TIME_SCALE_ENV, "")
         if not text:
             return cls()
+        scale, _, origin = text.partition("@")
         try:
-            scale = float(text)
+            return cls(float(scale), float(origin) if origin else None)
         except ValueError:
-            raise ConfigError(f"{TIME_SCALE_ENV}: {text!r} is not a number > 0") from None
-        return cls(scale)
+            raise ConfigError(
+                f"{TIME_SCALE_ENV}: {text!r} is not SCALE or SCALE@ORIGIN (numbers, SCALE > 0)"
+            ) from None
 
     def now(self) -> float:
         return self.origin + (time.time() - self.origin) * self.scale

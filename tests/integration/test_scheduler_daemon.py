@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -25,20 +26,21 @@ MINUTES = 8  # distinct minutes to see run (up to 5 caught up at start)
 MINUTE = 60
 
 
-def write_config(tmp_path: Path, runs_file: Path) -> Path:
+def write_config(tmp_path: Path, runs_file: Path, name: str) -> Path:
+    """A daemon's config: its own run_dir and log_dir, the shared broker and crontab."""
     (tmp_path / "crontab").write_text('* * * * * tick {"every": "minute"}\n')
     # sh -c SCRIPT sh --queue=Q --body=B --metadata=M: $3 is --metadata=...
     command = f"sh -c 'printf \"%s\\\\n\" \"$3\" >> {runs_file}' sh"
-    config = tmp_path / "disqontrol.yml"
+    config = tmp_path / f"{name}.yml"
     config.write_text(
         "disqontrol:\n"
         f"  broker: sqlite://{tmp_path}/jobs.db\n"
-        f"  log_dir: {tmp_path}/log\n"
-        f"  run_dir: {tmp_path}/run\n"
+        f"  log_dir: {tmp_path}/{name}/log\n"
+        f"  run_dir: {tmp_path}/{name}/run\n"
         "  queues:\n"
         f"    tick: {{worker: {{type: command, command: {json.dumps(command)}}}}}\n"
         "  scheduler:\n"
-        "    crontab: crontab\n"
+        f"    crontab: {tmp_path}/crontab\n"
         # catch_up over 5 minutes: a master stalled a few real seconds on a
         # loaded machine still runs every minute, and both daemons race on
         # the missed minutes at start.
@@ -48,14 +50,20 @@ def write_config(tmp_path: Path, runs_file: Path) -> Path:
     return config
 
 
-def start_daemon(config: Path, run_dir: Path) -> subprocess.Popen:
-    env = {**os.environ, TIME_SCALE_ENV: str(SCALE)}
-    run_dir.mkdir(parents=True, exist_ok=True)
+def start_daemon(config: Path, origin: float) -> subprocess.Popen:
+    # One clock origin for all daemons: their fast clocks agree, so they
+    # really race for each minute.
+    env = {**os.environ, TIME_SCALE_ENV: f"{SCALE}@{origin}"}
     return subprocess.Popen(
         [sys.executable, "-m", "disqontrold.cli", "--config", str(config), "--no-stderr-log"],
         cwd=REPO, env=env, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=open(run_dir / "stderr.log", "ab"),
+        stdout=subprocess.DEVNULL, stderr=open(config.with_suffix(".stderr"), "ab"),
     )
+
+
+def started_schedulers(tmp_path: Path, daemons: int) -> int:
+    logs = [tmp_path / f"d{i}" / "log" / "disqontrol.log" for i in range(daemons)]
+    return sum(1 for log in logs if log.exists() and "event=scheduler_started" in log.read_text())
 
 
 def runs_seen(runs_file: Path) -> Counter:
@@ -72,12 +80,15 @@ def runs_seen(runs_file: Path) -> Counter:
 def test_every_minute_entry_runs_exactly_once_per_minute(tmp_path, daemons):
     # Given one or two daemons on one sqlite file, the same crontab, a fast clock
     runs_file = tmp_path / "runs.txt"
-    config = write_config(tmp_path, runs_file)
-    procs = [start_daemon(config, tmp_path / f"d{i}") for i in range(daemons)]
+    origin = time.time()
+    procs = [start_daemon(write_config(tmp_path, runs_file, f"d{i}"), origin) for i in range(daemons)]
     try:
+        wait_for(lambda: started_schedulers(tmp_path, daemons) == daemons, timeout=60, interval=0.1,
+                 message=f"{daemons} built-in schedulers started")
         # When MINUTES scheduler minutes have run
         wait_for(lambda: len(runs_seen(runs_file)) >= MINUTES, timeout=90, interval=0.2,
                  message=f"{MINUTES} minutes of runs in {runs_file}")
+        assert all(proc.poll() is None for proc in procs), "a daemon died"
     finally:
         for proc in procs:
             stop_process(proc, timeout=30)

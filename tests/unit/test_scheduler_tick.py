@@ -156,9 +156,13 @@ def test_scaled_clock_runs_faster_and_maps_back_to_real_time():
     clock = Clock(scale=60, origin=1000.0)
     assert clock.to_real(1000.0 + 600) == pytest.approx(1010.0)
     assert clock.real_duration(3600) == 60
-    with pytest.raises(ConfigError, match="DISQONTROL_SCHEDULER_TIME_SCALE: 'fast' is not a number"):
+    with pytest.raises(ConfigError, match="DISQONTROL_SCHEDULER_TIME_SCALE: 'fast' is not SCALE"):
         Clock.from_env({"DISQONTROL_SCHEDULER_TIME_SCALE": "fast"})
+    with pytest.raises(ConfigError, match="SCALE: -1.0 is not a number > 0"):
+        Clock.from_env({"DISQONTROL_SCHEDULER_TIME_SCALE": "-1"})
     assert Clock.from_env({}).scale == 1.0
+    shared = Clock.from_env({"DISQONTROL_SCHEDULER_TIME_SCALE": "60@1000.5"})
+    assert (shared.scale, shared.origin) == (60.0, 1000.5)
 
 
 def test_scheduler_without_entries_runs_nothing():
