@@ -59,6 +59,11 @@ def new_job_for(
     if ttl is None:
         remaining = float(metadata[CREATION_TIME]) + float(metadata[JOB_LIFETIME]) - current
         ttl = min(float(MAX_TTL), max(remaining, delay + lease))
+    if delay >= ttl:
+        raise UsageError(
+            f"delay {delay!r} s for queue {job.queue!r} is not shorter than the job's time to live "
+            f"({ttl:g} s, at most {MAX_TTL}): the job would expire before it runs"
+        )
     return NewJob(queue=job.queue, payload=payload, delay=delay, retry=lease, ttl=ttl)
 
 
