@@ -62,7 +62,7 @@ def new_job_for(
     if delay >= ttl:
         raise UsageError(
             f"delay {delay!r} s for queue {job.queue!r} is not shorter than the job's time to live "
-            f"({ttl:g} s, at most {MAX_TTL}): the job would expire before it runs"
+            f"({ttl:.0f} s, at most {MAX_TTL}): the job would expire before it runs"
         )
     return NewJob(queue=job.queue, payload=payload, delay=delay, retry=lease, ttl=ttl)
 
