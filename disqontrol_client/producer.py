@@ -12,6 +12,7 @@ import importlib
 import logging
 import math
 import os
+import uuid
 from typing import Any, Iterable, Optional
 
 from disqontrol_client.brokers import open_broker
@@ -25,6 +26,10 @@ from disqontrol_client.submit import new_job_for
 logger = logging.getLogger(__name__)
 
 SYNC_MODULE = "disqontrold.sync"  # where run_job_now lives (the daemon package)
+# A job run synchronously never gets a broker id; this prefix marks the local
+# one it gets instead, so its log lines still carry a job id.
+SYNC_ID_PREFIX = "sync-"
+SYNC_ID_HEX_CHARS = 12
 
 
 class Producer:
@@ -109,6 +114,8 @@ class Producer:
             if exc.name not in (SYNC_MODULE, SYNC_MODULE.partition(".")[0]):
                 raise  # a missing dependency of the daemon: its own message is clearer
             raise UsageError(f"synchronous mode needs the daemon package ({SYNC_MODULE}): {exc}") from None
+        if job.id is None:
+            job.id = SYNC_ID_PREFIX + uuid.uuid4().hex[:SYNC_ID_HEX_CHARS]
         outcome = sync.run_job_now(self.config, job, bootstrap=self.bootstrap)
         if outcome.ok:
             return outcome.result
