@@ -159,4 +159,6 @@ def test_processjob_failure_exits_1_with_the_error(python_queue):
     config, bootstrap = python_queue
     done = run("processjob", "double", "-1", "--config", str(config), "--bootstrap", str(bootstrap))
     assert done.returncode == 1
-    assert "negative: -1" in done.stderr
+    assert done.stderr.splitlines()[-1] == "disqontrol: job on queue 'double' failed: ValueError: negative: -1"
+    # the worker's log line carries the local id of the synchronous job
+    assert "job=sync-" in done.stderr
