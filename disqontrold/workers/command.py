@@ -26,7 +26,7 @@ from disqontrol_client.errors import WorkerLoadError
 from disqontrol_client.job import Job
 from disqontrol_client.logfmt import log_event
 from disqontrold.workers.base import OnStart, Outcome, Worker
-from disqontrold.workers.children import Capture, Child, prepare, supervise
+from disqontrold.workers.children import KILL_GRACE, Capture, Child, prepare, supervise
 
 logger = logging.getLogger("disqontrold.workers.command")
 
@@ -82,8 +82,9 @@ class CommandWorker(Worker):
 
     concurrent = True
 
-    def __init__(self, command: str, queue: str, key: str = "worker.command") -> None:
+    def __init__(self, command: str, queue: str, key: str = "worker.command", kill_grace: float = KILL_GRACE) -> None:
         self.command = command
+        self.kill_grace = kill_grace
         self.queue = queue
         self._argv, self._path = resolve_program(command, key)
 
@@ -141,7 +142,7 @@ class CommandWorker(Worker):
                 started.append((job, self._spawn(job, timeout)))
             except OSError as exc:  # e.g. the binary vanished, EAGAIN on fork
                 started.append((job, Outcome(False, error=f"cannot start {self._path}: {exc}")))
-        supervise([child for _, child in started if isinstance(child, Child)])
+        supervise([child for _, child in started if isinstance(child, Child)], self.kill_grace)
         return [child if isinstance(child, Outcome) else self._outcome(job, child) for job, child in started]
 
     def _outcome(self, job: Job, child: Child) -> Outcome:
