@@ -15,7 +15,10 @@ import selectors
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
+
+from disqontrol_client.job import Job
+from disqontrold.workers.base import OnStart, Outcome
 
 #: Seconds between SIGTERM and SIGKILL of a timed-out job's process group.
 KILL_GRACE = 5.0
@@ -184,6 +187,7 @@ def _next_wake(child: Child) -> float:
 def supervise(children: Sequence[Child], grace: float = KILL_GRACE) -> None:
     """Run until every child has exited and been reaped."""
     sel = selectors.DefaultSelector()
+    pending: set[Child] = set()
     try:
         for child in children:
             sel.register(child.pidfd, selectors.EVENT_READ, (child, None))
@@ -211,3 +215,29 @@ def supervise(children: Sequence[Child], grace: float = KILL_GRACE) -> None:
                     sel.unregister(fd)  # EOF; closed when the child is reaped
     finally:
         sel.close()
+        for child in pending:  # interrupted (e.g. KeyboardInterrupt): leave no orphan
+            _killpg(child.pid, signal.SIGKILL)
+            _finish(child, selectors.DefaultSelector())
+
+
+def run_batch(
+    jobs: Sequence[Job],
+    on_start: OnStart,
+    spawn: Callable[[Job], Child],
+    outcome: Callable[[Job, Child], Outcome],
+    grace: float,
+    cannot_start: str,
+) -> list[Outcome]:
+    """Start every job of a batch, supervise them all, and return their
+    outcomes in order. A job that cannot start (EAGAIN, ENOMEM, a vanished
+    binary) fails alone with ``cannot_start: <error>``; the others run."""
+    started: list[tuple[Job, Child | Outcome]] = []
+    for job in jobs:
+        if on_start is not None:
+            on_start(job)
+        try:
+            started.append((job, spawn(job)))
+        except OSError as exc:
+            started.append((job, Outcome(False, error=f"{cannot_start}: {exc}")))
+    supervise([child for _, child in started if isinstance(child, Child)], grace)
+    return [child if isinstance(child, Outcome) else outcome(job, child) for job, child in started]

@@ -26,7 +26,7 @@ from disqontrol_client.errors import WorkerLoadError
 from disqontrol_client.job import Job
 from disqontrol_client.logfmt import log_event
 from disqontrold.workers.base import OnStart, Outcome, Worker
-from disqontrold.workers.children import KILL_GRACE, Capture, Child, prepare, supervise
+from disqontrold.workers.children import KILL_GRACE, Capture, Child, prepare, run_batch
 
 logger = logging.getLogger("disqontrold.workers.command")
 
@@ -134,16 +134,8 @@ class CommandWorker(Worker):
 
     def run_many(self, jobs: Sequence[Job], timeout: float, on_start: OnStart = None) -> list[Outcome]:
         """Start every job of the batch, then wait for all of them."""
-        started: list[tuple[Job, Child | Outcome]] = []
-        for job in jobs:
-            if on_start is not None:
-                on_start(job)
-            try:
-                started.append((job, self._spawn(job, timeout)))
-            except OSError as exc:  # e.g. the binary vanished, EAGAIN on fork
-                started.append((job, Outcome(False, error=f"cannot start {self._path}: {exc}")))
-        supervise([child for _, child in started if isinstance(child, Child)], self.kill_grace)
-        return [child if isinstance(child, Outcome) else self._outcome(job, child) for job, child in started]
+        return run_batch(jobs, on_start, lambda job: self._spawn(job, timeout), self._outcome, self.kill_grace,
+                         f"cannot start {self._path}")
 
     def _outcome(self, job: Job, child: Child) -> Outcome:
         out_fd, err_fd = list(child.outputs)

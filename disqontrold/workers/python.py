@@ -22,7 +22,7 @@ from disqontrol_client.job import Job
 from disqontrol_client.logfmt import log_event
 from disqontrold.workers.base import OnStart, Outcome, Worker
 from disqontrold.workers.bootstrap import JobFunction
-from disqontrold.workers.children import KILL_GRACE, Capture, Child, prepare, supervise
+from disqontrold.workers.children import KILL_GRACE, Capture, Child, prepare, run_batch
 
 logger = logging.getLogger("disqontrold.workers.python")
 
@@ -171,16 +171,8 @@ class IsolatedPythonWorker(Worker):
         # Anything buffered now would be written twice if a child flushed it.
         sys.stdout.flush()
         sys.stderr.flush()
-        started: list[tuple[Job, Child | Outcome]] = []
-        for job in jobs:
-            if on_start is not None:
-                on_start(job)
-            try:
-                started.append((job, self._fork(job, timeout)))
-            except OSError as exc:  # EAGAIN / ENOMEM: the job fails, others run
-                started.append((job, Outcome(False, error=f"cannot fork: {exc}")))
-        supervise([child for _, child in started if isinstance(child, Child)], self.kill_grace)
-        outcomes = [child if isinstance(child, Outcome) else self._outcome(child) for _, child in started]
+        outcomes = run_batch(jobs, on_start, lambda job: self._fork(job, timeout), self._outcome, self.kill_grace,
+                             "cannot fork")
         for job, outcome in zip(jobs, outcomes):
             if not outcome.ok:
                 log_event(logger, "python_job_failed", logging.WARNING, job=job.id, queue=job.queue,
@@ -188,7 +180,7 @@ class IsolatedPythonWorker(Worker):
                           signal=outcome.details.get("signal"))
         return outcomes
 
-    def _outcome(self, child: Child) -> Outcome:
+    def _outcome(self, job: Job, child: Child) -> Outcome:
         duration = child.ended - child.started
         details: dict[str, Any] = {"exit_code": child.exit_code,
                                    "signal": signal.Signals(child.signal).name if child.signal else None}
