@@ -55,13 +55,6 @@ class Bootstrap:
             self.setup_calls += 1
         return self._environment
 
-    def _search_path(self) -> None:
-        """Let ``module:callable`` names import modules next to the
-        bootstrap file and in the working directory."""
-        for directory in (os.getcwd(), str(self.path.parent) if self.path else None):
-            if directory and directory not in sys.path:
-                sys.path.insert(0, directory)
-
     def find(self, name: Optional[str], key: str) -> tuple[str, Any]:
         """Locate a worker name without running user code beyond imports:
         ("factory", f) for a WORKERS entry, ("object", o) for a path."""
@@ -78,7 +71,7 @@ class Bootstrap:
                 f"and is not a 'module:callable' path"
             )
         module_name, _, attr = name.partition(PATH_SEPARATOR)
-        self._search_path()
+        _extend_search_path(self.path)
         try:
             module = importlib.import_module(module_name)
         except Exception as exc:  # the user's module failed to import: report why
@@ -108,11 +101,20 @@ class Bootstrap:
         raise WorkerLoadError(f"{key}: {name!r} gave {found!r}, which is neither callable nor has a process(job) method")
 
 
+def _extend_search_path(bootstrap: Optional[Path]) -> None:
+    """Let the bootstrap file and ``module:callable`` names import modules
+    next to the bootstrap file and in the working directory."""
+    for directory in (os.getcwd(), str(bootstrap.parent) if bootstrap else None):
+        if directory and directory not in sys.path:
+            sys.path.insert(0, directory)
+
+
 def _import_file(path: Path) -> ModuleType:
     spec = importlib.util.spec_from_file_location(MODULE_NAME, path)
     if spec is None or spec.loader is None:
         raise WorkerLoadError(f"--bootstrap: {str(path)!r} cannot be imported as a Python file")
     module = importlib.util.module_from_spec(spec)
+    _extend_search_path(path)
     sys.modules[MODULE_NAME] = module
     try:
         spec.loader.exec_module(module)
