@@ -38,6 +38,24 @@ USER_AGENT = "disqontrol"
 STALE_CONNECTION_ERRORS = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 
 
+class _NoDelay:
+    """Sends small requests at once (no Nagle delay), as urllib3 does."""
+
+    sock: socket.socket
+
+    def connect(self) -> None:
+        super().connect()  # type: ignore[misc]
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class _Connection(_NoDelay, http.client.HTTPConnection):
+    pass
+
+
+class _TLSConnection(_NoDelay, http.client.HTTPSConnection):
+    pass
+
+
 def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
@@ -99,7 +117,7 @@ class HttpWorker(Worker):
             if conn.sock is not None:
                 conn.sock.settimeout(timeout)
             return conn, conn.sock is not None
-        cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+        cls = _TLSConnection if self._https else _Connection
         conn = cls(self._host, self._port, timeout=timeout)
         self._local.conn = conn
         with self._lock:

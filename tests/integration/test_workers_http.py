@@ -24,6 +24,7 @@ class Recorder(BaseHTTPRequestHandler):
     """Records every request; the path picks the answer."""
 
     protocol_version = "HTTP/1.1"  # keep-alive, as real servers do
+    disable_nagle_algorithm = True  # headers and body are two writes
 
     def _answer(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
