@@ -187,7 +187,7 @@ def _next_wake(child: Child) -> float:
 def supervise(children: Sequence[Child], grace: float = KILL_GRACE) -> None:
     """Run until every child has exited and been reaped."""
     sel = selectors.DefaultSelector()
-    pending: set[Child] = set()
+    pending = set(children)
     try:
         for child in children:
             sel.register(child.pidfd, selectors.EVENT_READ, (child, None))
@@ -195,7 +195,6 @@ def supervise(children: Sequence[Child], grace: float = KILL_GRACE) -> None:
                 sel.register(fd, selectors.EVENT_READ, (child, fd))
             if child.stdin is not None:
                 sel.register(child.stdin, selectors.EVENT_WRITE, (child, child.stdin))
-        pending = set(children)
         while pending:
             now = time.monotonic()
             for child in pending:
@@ -214,10 +213,10 @@ def supervise(children: Sequence[Child], grace: float = KILL_GRACE) -> None:
                 elif _drain(fd, child.outputs[fd]):
                     sel.unregister(fd)  # EOF; closed when the child is reaped
     finally:
-        sel.close()
         for child in pending:  # interrupted (e.g. KeyboardInterrupt): leave no orphan
             _killpg(child.pid, signal.SIGKILL)
-            _finish(child, selectors.DefaultSelector())
+            _finish(child, sel)
+        sel.close()
 
 
 def run_batch(

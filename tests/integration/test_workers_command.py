@@ -174,3 +174,27 @@ def test_worker_sees_default_sigpipe():
 def test_missing_binary_is_refused_naming_the_key():
     with pytest.raises(WorkerLoadError, match=r"^disqontrol.queues.q.worker.command: 'no-such-prog-xyz' .* not found on PATH"):
         CommandWorker("no-such-prog-xyz --flag", "q", key="disqontrol.queues.q.worker.command")
+
+
+def test_an_interrupted_batch_leaves_no_process_behind(tmp_path):
+    # Given a batch of long jobs, When the consumer is interrupted mid-batch
+    pids = tmp_path / "pids"
+    worker = CommandWorker(f"sh -c 'echo $$ >> {pids}; sleep 60' sh", "q")
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGUSR1, interrupt)
+    try:
+        helper = os.posix_spawn("/bin/sh", ["sh", "-c", f"while [ $(wc -l < {pids} 2>/dev/null || echo 0) -lt 3 ]; "
+                                   f"do sleep 0.05; done; kill -USR1 {os.getpid()}"], os.environ)
+        with pytest.raises(KeyboardInterrupt):
+            worker.run_many([job(i, str(i)) for i in range(3)], 60)
+        os.waitpid(helper, 0)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    # Then every job process was killed and reaped
+    for pid in map(int, pids.read_text().split()):
+        assert not _alive(pid)
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
