@@ -3,6 +3,7 @@ workers) into tmp_path, starts the daemon as a subprocess in its own session,
 waits for readiness by polling its log, and stops it by PID."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import subprocess
@@ -29,29 +30,29 @@ STOP_TIMEOUT = 60.0
 # Test workers. A run appends "<n> <unix time>" to $DQ_OUT; a body may be an
 # int n, or {"n": n, "sleep": s, "fail": true} to be slow or fail.
 WORKERS_MODULE = '''
-import json, os, time
-
-def _n(body):
-    if isinstance(body, dict):
-        time.sleep(body.get("sleep", 0))
-        if body.get("fail"):
-            raise RuntimeError(f"asked to fail {body['n']}")
-        return body["n"]
-    return body
+import os, time
 
 def record(job):
-    n = _n(job.body)
+    body = job.body
+    n = body["n"] if isinstance(body, dict) else body
+    if isinstance(body, dict):
+        time.sleep(body.get("sleep", 0))
     with open(os.environ["DQ_OUT"], "a") as out:
         out.write(f"{n} {time.time():.4f}\\n")
+    if isinstance(body, dict) and body.get("fail"):
+        raise RuntimeError(f"asked to fail {n}")
 '''
-# The command worker: argv is [sh, script, --queue=Q, --body=JSON, --metadata=JSON].
+# The command worker: argv is [sh, script, --queue=Q, --body=JSON, --metadata=JSON];
+# a body with "sleep" hangs, one with "fail" records its run and exits 3.
 RECORD_SH = '''
 body="${2#--body=}"
 case "$body" in
-  *fail*) exit 3 ;;
   *sleep*) sleep 30 ;;
 esac
 printf '%s %s\\n' "$body" "$(date +%s.%N)" >> "$DQ_OUT"
+case "$body" in
+  *fail*) echo "asked to fail" >&2; exit 3 ;;
+esac
 '''
 
 
@@ -168,9 +169,13 @@ class Daemon:
             self._broker = open_broker(self.broker_url)
         return self._broker
 
-    def add(self, queue: str, bodies: Iterable[Any]) -> list[str]:
+    def add(self, queue: str, bodies: Iterable[Any], lease: Optional[float] = None) -> list[str]:
+        """Add jobs as a producer would; ``lease`` shortens the broker lease
+        (normally job_process_timeout + a minute) so a redelivery test is quick."""
         queue_config = load_config(self.config_path).queue(queue)
         items: list[NewJob] = [new_job_for(Job(body, queue), queue_config) for body in bodies]
+        if lease is not None:
+            items = [dataclasses.replace(item, retry=lease) for item in items]
         return self.broker.add_many(items)
 
     def runs(self) -> list[tuple[str, float]]:
