@@ -17,7 +17,7 @@ import yaml
 
 from disqontrol_client.brokers import NewJob, open_broker
 from disqontrol_client.brokers.broker import Broker
-from disqontrol_client.config import load_config
+from disqontrol_client.config import Config, load_config
 from disqontrol_client.job import Job, decode_payload
 from disqontrol_client.submit import new_job_for
 from tests.support.procs import stop_process, wait_for
@@ -81,6 +81,7 @@ class Daemon:
         self.out_path.touch()
         self.write_config(queues, consumers, queue_defaults, consumer_defaults)
         self._broker: Optional[Broker] = None
+        self._config: Optional[Config] = None  # as first written: a later broken one must not matter
 
     def write_config(self, queues: dict[str, dict[str, Any]], consumers: Optional[list[dict[str, Any]]] = None,
                      queue_defaults: Optional[dict[str, Any]] = None,
@@ -97,6 +98,7 @@ class Daemon:
     # -- process --------------------------------------------------------
     def start(self, consumers: int = 1) -> "Daemon":
         """Start the master; return once ``consumers`` consumers are ready."""
+        self._config = load_config(self.config_path)
         env = dict(os.environ, DQ_OUT=str(self.out_path),
                    PYTHONPATH=os.pathsep.join([str(self.dir), os.getcwd()]))
         self.proc = subprocess.Popen(
@@ -172,7 +174,8 @@ class Daemon:
     def add(self, queue: str, bodies: Iterable[Any], lease: Optional[float] = None) -> list[str]:
         """Add jobs as a producer would; ``lease`` shortens the broker lease
         (normally job_process_timeout + a minute) so a redelivery test is quick."""
-        queue_config = load_config(self.config_path).queue(queue)
+        assert self._config is not None, "start() the daemon first"
+        queue_config = self._config.queue(queue)
         items: list[NewJob] = [new_job_for(Job(body, queue), queue_config) for body in bodies]
         if lease is not None:
             items = [dataclasses.replace(item, retry=lease) for item in items]
