@@ -205,11 +205,7 @@ class DisqueBroker(Broker):
         deadline = time.monotonic() + max(0.0, timeout)
         while True:
             left = deadline - time.monotonic()
-            block = min(left, MAX_GETJOB_TIMEOUT)
-            jobs = self._call(
-                "get_job", list(queues), count=count, withcounters=True,
-                nohang=block <= 0, timeout=max(1, math.ceil(block * 1000)) if block > 0 else None,
-            )
+            jobs = self._getjob(list(queues), count, min(left, MAX_GETJOB_TIMEOUT))
             if jobs or left <= MAX_GETJOB_TIMEOUT:
                 break
         # pydisque names the fields (id, queue) but Disque sends (queue, id).
@@ -220,6 +216,26 @@ class DisqueBroker(Broker):
         ]
         self._count_producers(deliveries)
         return deliveries
+
+    def _getjob(self, queues: list[str], count: int, block: float) -> list[Any]:
+        """GETJOB, keeping the contract's queue order: with COUNT, Disque
+        takes one job per queue in turn, so several queues are drained one
+        after the other (a NOHANG round trip each) before blocking on all."""
+        if len(queues) > 1 and count > 1:
+            taken: list[Any] = []
+            for queue in queues:
+                taken += self._getjob_once([queue], count - len(taken), 0)
+                if len(taken) == count:
+                    break
+            if taken or block <= 0:
+                return taken
+        return self._getjob_once(queues, count, block)
+
+    def _getjob_once(self, queues: list[str], count: int, block: float) -> list[Any]:
+        return self._call(
+            "get_job", queues, count=count, withcounters=True, nohang=block <= 0,
+            timeout=max(1, math.ceil(block * 1000)) if block > 0 else None,
+        )
 
     def ack(self, ids: Iterable[str]) -> None:
         ids = disque_ids(ids)
