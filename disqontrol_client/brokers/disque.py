@@ -13,7 +13,7 @@ import logging
 import math
 import time
 from collections import Counter
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
 from urllib.parse import parse_qsl, unquote
 
 import redis
@@ -27,7 +27,12 @@ from disqontrol_client.brokers.broker import (
     NewJob,
     QueueStats,
 )
-from disqontrol_client.brokers.disque_client import NODE_ID_PREFIX_LEN, SOCKET_TIMEOUT, FailoverClient
+from disqontrol_client.brokers.disque_client import (
+    NODE_ID_PREFIX_LEN,
+    SOCKET_TIMEOUT,
+    ClusterNode,
+    FailoverClient,
+)
 from disqontrol_client.errors import BrokerError, ConfigError
 from disqontrol_client.logfmt import log_event
 
@@ -40,6 +45,7 @@ ADDJOB_TIMEOUT_MS = 5000  # synchronous replication may take this long
 MAX_GETJOB_TIMEOUT = SOCKET_TIMEOUT / 2  # s per blocking GETJOB, below the socket timeout
 SWITCH_AFTER = 100  # jobs received between best-node decisions (disque-php: 1000)
 SWITCH_MARGIN = 0.05  # a node must beat the current one by 5 % to be worth a move
+FAILING_PRIORITY = 10  # HELLO priority from which Disque deems a node failing
 SCAN_COUNT = 1000
 JOB_ID_PREFIX = "D-"  # D-<8 chars of the producing node id>-...
 JOB_ID_LEN = 40
@@ -98,6 +104,30 @@ def disque_ids(ids: Iterable[str]) -> list[str]:
     """The ids shaped like Disque's: any other id is unknown to every node,
     and ACKJOB would refuse the whole batch for it (BADID)."""
     return [i for i in ids if i.startswith(JOB_ID_PREFIX) and len(i) == JOB_ID_LEN]
+
+
+def node_weight(priority: int) -> float:
+    """How much a node's job count is worth by its HELLO priority: 1 is
+    healthy, 2..9 is discounted (1 / (1 + log10 p), as disque-php did), and
+    10 or more means failing or failed: never worth a move."""
+    if priority >= FAILING_PRIORITY:
+        return 0.0
+    return 1.0 / (1.0 + math.log10(max(1, priority)))
+
+
+def choose_node(counts: Mapping[str, int], nodes: Sequence[ClusterNode], current: Optional[str]) -> Optional[str]:
+    """The address of the node producing most of the received jobs, weighed
+    by its health, if it beats the current node by SWITCH_MARGIN; else None.
+    The margin keeps a consumer from flapping between two even nodes."""
+    scores = {n.address: counts.get(n.id_prefix, 0) * node_weight(n.priority) for n in nodes}
+    if not scores:
+        return None
+    best = max(scores, key=scores.__getitem__)
+    if best == current or scores[best] <= 0:
+        return None
+    if scores[best] > scores.get(current or "", 0.0) * (1 + SWITCH_MARGIN):
+        return best
+    return None
 
 
 def producer_prefix(job_id: str) -> Optional[str]:
@@ -183,21 +213,15 @@ class DisqueBroker(Broker):
         ]
 
     def _pipeline(self, commands: list[list[Any]]) -> list[Any]:
-        for _ in range(len(self.client.candidates()) + 1):
-            if self.client.connected_node is None:
-                self.client.connect()
-            pipe = self.client.get_connection().pipeline(transaction=False)
+        """Send every command in one round trip; per-command errors come back
+        as values. A lost node means the whole batch is sent again elsewhere."""
+        def send(connection: redis.Redis) -> list[Any]:
+            pipe = connection.pipeline(transaction=False)
             for command in commands:
                 pipe.execute_command(*command)
-            try:
-                return pipe.execute(raise_on_error=False)
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                dead = self.node
-                log_event(logger, "disque_node_lost", level=logging.WARNING, node=dead,
-                          command="ADDJOB", error=exc)
-                self.client.close_connection()
-                self.client.connect(avoid=dead)
-        raise BrokerError("Disque pipeline failed on every node")
+            return pipe.execute(raise_on_error=False)
+
+        return self.client.with_failover("ADDJOB", send)
 
     # -- consuming ----------------------------------------------------------
 
@@ -356,19 +380,8 @@ class DisqueBroker(Broker):
             self._switch_to_best_node()
 
     def best_node(self) -> Optional[str]:
-        """The address of the node that produced most of our jobs, each count
-        divided by the node's HELLO priority (1 = healthy, higher = worse)."""
-        scores = {
-            node.address: self.produced_by.get(node.id_prefix, 0) / max(1, node.priority)
-            for node in self.client.cluster
-        }
-        if not scores:
-            return None
-        best = max(scores, key=scores.__getitem__)
-        current = scores.get(self.node or "", 0.0)
-        if best != self.node and scores[best] > current * (1 + SWITCH_MARGIN):
-            return best
-        return None
+        """The address to move to, or None to stay (see ``choose_node``)."""
+        return choose_node(self.produced_by, self.client.cluster, self.node)
 
     def _switch_to_best_node(self) -> None:
         best = self.best_node()

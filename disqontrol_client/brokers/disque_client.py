@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 import logging
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, TypeVar
 
 import redis
 from pydisque.client import Client as PydisqueClient
@@ -26,6 +26,7 @@ RESP2 = 2
 CONNECT_TIMEOUT = 5.0  # s to open a TCP connection to one node
 SOCKET_TIMEOUT = 30.0  # s a reply may take; blocking GETJOBs stay below it
 NODE_ID_PREFIX_LEN = 8  # Disque job ids embed this much of the producer's node id
+T = TypeVar("T")
 
 
 def _handshake_options() -> dict[str, Any]:
@@ -149,22 +150,25 @@ class FailoverClient(PydisqueClient):
             self.connected_node.connection.close()
             self.connected_node = None
 
-    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
-        """Run a command; when the node is gone, move to another and run it
-        again there. At least once: a command whose reply was lost may have
-        run on the dead node too."""
+    def with_failover(self, what: str, action: Callable[[redis.Redis], T]) -> T:
+        """Run ``action`` on the connected node; when the node is gone, move
+        to another and run it again there. At least once: an action whose
+        reply was lost may have run on the dead node too."""
         if self.connected_node is None:
             self.connect()
-        tries = len(self.candidates()) + 1
-        for attempt in range(tries):
+        for attempt in range(len(self.candidates()) + 1):
             node = self.connected_node
             assert node is not None
             try:
-                return node.connection.execute_command(*args, **kwargs)
+                return action(node.connection)
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 dead = f"{node.host}:{node.port}"
                 log_event(logger, "disque_node_lost", level=logging.WARNING, node=dead,
-                          command=_text(args[0]), error=exc, attempt=attempt + 1)
+                          command=what, error=exc, attempt=attempt + 1)
                 self.close_connection()
                 self.connect(avoid=dead)
-        raise BrokerUnavailable(f"Disque command {_text(args[0])} failed on every node")
+        raise BrokerUnavailable(f"Disque command {what} failed on every node")
+
+    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        """Every pydisque method ends here: one command, with failover."""
+        return self.with_failover(_text(args[0]), lambda c: c.execute_command(*args, **kwargs))

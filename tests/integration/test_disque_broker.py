@@ -8,8 +8,8 @@ import json
 import pytest
 
 from disqontrol_client.brokers import NewJob, open_broker
-from disqontrol_client.brokers.disque import DisqueBroker, parse_url, producer_prefix
-from disqontrol_client.errors import BrokerUnavailable, ConfigError
+from disqontrol_client.brokers.disque import DisqueBroker, producer_prefix
+from disqontrol_client.errors import BrokerUnavailable
 from disqontrol_client.job import Job, decode_payload, fresh_metadata
 from tests.support.procs import free_port
 
@@ -26,19 +26,6 @@ def cluster(disque_cluster):
 def broker(cluster):
     with open_broker(cluster.url) as b:
         yield b
-
-
-def test_url_names_nodes_password_and_options():
-    nodes, password, options = parse_url("disque://:s%40cret@10.0.0.1:7711,10.0.0.2?replicate=3")
-    assert nodes == ["10.0.0.1:7711", "10.0.0.2:7711"]
-    assert password == "s@cret"
-    assert options == {"replicate": 3}
-
-
-@pytest.mark.parametrize("url", ["disque://", "disque://h:port", "disque://h:1?replicate=0", "disque://h:1?x=1"])
-def test_bad_url_is_refused_with_its_value(url):
-    with pytest.raises(ConfigError, match="disqontrol.broker"):
-        parse_url(url)
 
 
 def test_no_node_answering_is_broker_unavailable():
