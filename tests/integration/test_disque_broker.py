@@ -11,6 +11,7 @@ from disqontrol_client.brokers import NewJob, open_broker
 from disqontrol_client.brokers.disque import DisqueBroker, producer_prefix
 from disqontrol_client.errors import BrokerUnavailable
 from disqontrol_client.job import Job, decode_payload, fresh_metadata
+from tests.support.disque_cluster import DisqueCluster, disque_binary
 from tests.support.procs import free_port
 
 PHP_ADDJOB_TIMEOUT_MS = 200  # what disque-php sends as ADDJOB's ms-timeout
@@ -111,3 +112,20 @@ def test_malformed_ids_are_unknown(broker):
 def test_claim_is_refused_with_a_reason(broker):
     with pytest.raises(NotImplementedError, match="no claim"):
         broker.claim("cron:2026-01-01T00:00", 60)
+
+
+def test_password_and_a_single_node_cluster(tmp_path, caplog):
+    # Given a one-node Disque with a password (a developer's setup)
+    single = DisqueCluster(disque_binary(), tmp_path, nodes=1, password="s3cret/pw").start()
+    try:
+        # When we add a job with our default replication of 2
+        with open_broker(single.url) as broker:
+            job_id = broker.add("single", b"1")
+            # Then it is stored once, with the lowered replication logged
+            assert broker.reserve(["single"], timeout=5)[0].id == job_id
+            assert "disque_replication_lowered" in caplog.text
+        # And a wrong password is refused with a message naming it
+        with pytest.raises(BrokerUnavailable, match="(?i)password|auth"):
+            open_broker(single.url.replace("s3cret", "wrong"))
+    finally:
+        single.stop()

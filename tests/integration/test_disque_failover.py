@@ -2,7 +2,6 @@
 this module's own (killing a node must not break the shared session one)."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ import pytest
 
 from disqontrol_client.brokers import NewJob, open_broker
 from disqontrol_client.brokers.disque import DisqueBroker
+from tests.support.disque_cluster import DisqueCluster, disque_binary
 from tests.support.procs import stop_process, wait_for
 
 JOBS = 150
@@ -37,12 +37,7 @@ with open(out, "a") as f:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    binary = os.environ.get("DISQUE_SERVER")
-    if not binary:
-        pytest.skip("DISQUE_SERVER is not set: set it to a disque-server binary to run the disque tests")
-    from tests.support.disque_cluster import DisqueCluster  # noqa: PLC0415
-
-    cluster = DisqueCluster(binary, tmp_path_factory.mktemp("disque-failover")).start()
+    cluster = DisqueCluster(disque_binary(), tmp_path_factory.mktemp("disque-failover")).start()
     yield cluster
     cluster.stop()
 

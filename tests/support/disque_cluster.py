@@ -6,10 +6,12 @@ this repository.
 """
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 from pathlib import Path
 from typing import Optional
+from urllib.parse import quote
 
 import redis
 
@@ -19,8 +21,19 @@ from tests.support.procs import free_port, stop_process, wait_for
 CLUSTER_BUS_OFFSET = 10000  # Disque's cluster bus listens on port + 10000
 MAX_PORT = 65535
 START_TIMEOUT = 30.0  # s for every node to answer and know every other node
+ENV_BINARY = "DISQUE_SERVER"
 PROBE_QUEUE = "disque-cluster-probe"
 PROBE_TIMEOUT_MS = 1000
+
+
+def disque_binary() -> str:
+    """$DISQUE_SERVER, or skip the calling test with the reason."""
+    import pytest  # noqa: PLC0415
+
+    binary = os.environ.get(ENV_BINARY)
+    if not binary:
+        pytest.skip(f"{ENV_BINARY} is not set: set it to a disque-server binary to run the disque tests")
+    return binary
 
 
 def _bindable(port: int) -> bool:
@@ -41,8 +54,9 @@ def _port_pair() -> int:
 
 
 class DisqueCluster:
-    def __init__(self, binary: str, workdir: Path, nodes: int = 3) -> None:
+    def __init__(self, binary: str, workdir: Path, nodes: int = 3, password: Optional[str] = None) -> None:
         self.binary = binary
+        self.password = password
         self.workdir = Path(workdir)
         self.ports = [_port_pair() for _ in range(nodes)]
         self.procs: list[Optional[subprocess.Popen]] = [None] * nodes
@@ -53,16 +67,20 @@ class DisqueCluster:
 
     @property
     def url(self) -> str:
-        return "disque://" + ",".join(self.addresses)
+        return self._url(self.addresses)
+
+    def _url(self, addresses: list[str]) -> str:
+        credentials = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"disque://{credentials}" + ",".join(addresses)
 
     def node_url(self, index: int) -> str:
         """A URL naming only one node (first in line for a broker)."""
         others = [a for i, a in enumerate(self.addresses) if i != index]
-        return "disque://" + ",".join([self.addresses[index]] + others)
+        return self._url([self.addresses[index]] + others)
 
     def client(self, index: int) -> redis.Redis:
         """A raw RESP2 connection to one node (the caller closes it)."""
-        return node_connection("127.0.0.1", self.ports[index])
+        return node_connection("127.0.0.1", self.ports[index], self.password)
 
     def alive(self) -> list[int]:
         return [i for i, p in enumerate(self.procs) if p is not None and p.poll() is None]
@@ -90,6 +108,8 @@ class DisqueCluster:
             self.binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(node_dir),
             "--cluster-config-file", f"nodes-{port}.conf", "--appendonly", "no",
         ]
+        if self.password:
+            args += ["--requirepass", self.password]
         self.procs[index] = subprocess.Popen(
             args, stdout=open(node_dir / "disque.log", "ab"), stderr=subprocess.STDOUT,
             start_new_session=True,
