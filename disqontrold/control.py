@@ -20,7 +20,7 @@ import selectors
 import socket
 import stat
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Protocol
 
 from disqontrol_client.errors import ConfigError, DisqontrolError
 from disqontrol_client.logfmt import log_event
@@ -259,3 +259,31 @@ class ControlServer:
             return error_reply(f"{cmd} failed in the master: {type(exc).__name__}: {exc}")
         reply.setdefault("ok", True)
         return reply
+
+
+class MasterLike(Protocol):
+    """What the control commands need of the master (disqontrold.master.Master)."""
+
+    def status(self) -> Mapping[str, Any]: ...
+    def request_reload(self) -> tuple[bool, str]: ...
+    def request_stop(self, fast: bool) -> None: ...
+
+
+def master_handlers(master: MasterLike) -> dict[str, Handler]:
+    """The commands the master serves: status, reload, stop."""
+
+    def status(request: Mapping[str, Any]) -> Mapping[str, Any]:
+        return master.status()
+
+    def reload(request: Mapping[str, Any]) -> Mapping[str, Any]:
+        taken, reason = master.request_reload()
+        return {"taken": bool(taken), "reason": reason}
+
+    def stop(request: Mapping[str, Any]) -> Mapping[str, Any]:
+        fast = request.get("fast", False)
+        if not isinstance(fast, bool):
+            raise ControlError(f"stop: \"fast\" must be true or false, got {fast!r}")
+        master.request_stop(fast)
+        return {"pid": os.getpid(), "fast": fast}
+
+    return {"status": status, "reload": reload, "stop": stop}
