@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 
+import psutil
 import pytest
 
 from disqontrold.pidfile import Pidfile, PidfileLocked, read_pid
@@ -113,3 +114,44 @@ def test_racing_starters_exactly_one_wins(tmp_path):
     finally:
         for proc in starters:
             stop_process(proc)
+
+
+DAEMONIZER = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from disqontrold.daemonize import daemonize
+    from disqontrold.pidfile import Pidfile
+    pidfile = Pidfile(Path(sys.argv[1]))
+    pidfile.acquire()
+    daemonize(pidfile)
+    Path(sys.argv[2]).write_text("detached")
+    time.sleep(60)
+    """
+)
+
+
+def test_daemonize_detaches_and_keeps_the_lock(tmp_path):
+    path, marker = tmp_path / "disqontrold.pid", tmp_path / "marker"
+    # When a process takes the pidfile and daemonizes
+    launcher = subprocess.run([sys.executable, "-c", DAEMONIZER, str(path), str(marker)], timeout=30)
+    # Then the launcher returns 0 at once and the daemon runs on under another pid
+    assert launcher.returncode == 0
+    wait_for(marker.exists, timeout=20, message="the daemon to start")
+    daemon_pid = wait_for(lambda: read_pid(path), timeout=10)
+    try:
+        assert daemon_pid != os.getpid()
+        assert os.getsid(daemon_pid) != os.getsid(0), "the daemon must leave our session"
+        # And the lock went with it: a second master is refused naming the daemon's pid
+        with pytest.raises(PidfileLocked, match=str(daemon_pid)):
+            Pidfile(path).acquire()
+    finally:
+        os.kill(daemon_pid, 9)
+    wait_for(lambda: not is_master_alive(daemon_pid), timeout=10)
+
+
+def is_master_alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
