@@ -81,6 +81,7 @@ class ControlServer:
         self._selector = selectors.DefaultSelector()
         self._listener: Optional[socket.socket] = None
         self._clients: dict[int, _Client] = {}
+        self._owner_pid: Optional[int] = None  # a forked child closes, never unlinks
 
     # -- lifecycle -----------------------------------------------------------
     def open(self) -> "ControlServer":
@@ -103,6 +104,7 @@ class ControlServer:
         listener.listen(LISTEN_BACKLOG)
         listener.setblocking(False)
         self._listener = listener
+        self._owner_pid = os.getpid()
         self._selector.register(listener, selectors.EVENT_READ, None)
         log_event(log, "control_socket_open", path=self.path, group=self.group)
         return self
@@ -138,15 +140,19 @@ class ControlServer:
         raise ConfigError(f"control socket {self.path} is served by another running master")
 
     def close(self) -> None:
-        """Close every connection and remove the socket file. Idempotent."""
+        """Close every connection and remove the socket file. Idempotent.
+
+        In a forked consumer (which closes the master's files) the socket file
+        is left alone: it still belongs to the master."""
         for client in list(self._clients.values()):
             self._drop(client)
         if self._listener is not None:
             self._selector.unregister(self._listener)
             self._listener.close()
             self._listener = None
-            self.path.unlink(missing_ok=True)
-            log_event(log, "control_socket_closed", path=self.path)
+            if os.getpid() == self._owner_pid:
+                self.path.unlink(missing_ok=True)
+                log_event(log, "control_socket_closed", path=self.path)
         self._selector.close()
 
     # -- the master's loop ---------------------------------------------------
@@ -264,6 +270,10 @@ class ControlServer:
 class MasterLike(Protocol):
     """What the control commands need of the master (disqontrold.master.Master)."""
 
+    config: Any
+    on_stop: list[Callable[[], None]]
+
+    def register(self, fileobj: Any, callback: Callable[[Any], None]) -> None: ...
     def status(self) -> Mapping[str, Any]: ...
     def request_reload(self) -> tuple[bool, str]: ...
     def request_stop(self, fast: bool) -> None: ...
@@ -273,7 +283,11 @@ def master_handlers(master: MasterLike) -> dict[str, Handler]:
     """The commands the master serves: status, reload, stop."""
 
     def status(request: Mapping[str, Any]) -> Mapping[str, Any]:
-        return master.status()
+        reply = dict(master.status())
+        scheduler = getattr(master, "scheduler", None)  # the built-in scheduler, when configured
+        if scheduler is not None:
+            reply["scheduler"] = scheduler.status()
+        return reply
 
     def reload(request: Mapping[str, Any]) -> Mapping[str, Any]:
         taken, reason = master.request_reload()
@@ -287,3 +301,15 @@ def master_handlers(master: MasterLike) -> dict[str, Handler]:
         return {"pid": os.getpid(), "fast": fast}
 
     return {"status": status, "reload": reload, "stop": stop}
+
+
+def attach_to_master(master: MasterLike) -> ControlServer:
+    """Plug-in hook (disqontrold.cli): serve the control socket from the
+    master's loop; the socket file goes when the master stops."""
+    config = master.config
+    server = ControlServer(
+        default_socket_path(config.run_dir), master_handlers(master), group=config.control_socket_group
+    ).open()
+    master.register(server, lambda _fileobj: server.process(0))
+    master.on_stop.append(server.close)
+    return server

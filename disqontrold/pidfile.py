@@ -8,12 +8,13 @@ disqontrold (pid reuse), is stale and replaced.
 """
 from __future__ import annotations
 
+import atexit
 import errno
 import fcntl
 import logging
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import psutil
 
@@ -123,10 +124,11 @@ class Pidfile:
         os.pwrite(self.fd, f"{pid}\n".encode(), 0)
 
     def release(self, unlink: bool = True) -> None:
-        """Remove the pidfile (if still ours) and drop the lock. Idempotent."""
+        """Remove the pidfile (if still ours) and drop the lock. Idempotent.
+        A forked child never removes its master's pidfile."""
         if self.fd is None:
             return
-        if unlink and self._still_linked(self.fd):
+        if unlink and self._still_linked(self.fd) and read_pid(self.path) in (os.getpid(), None):
             self.path.unlink(missing_ok=True)
         os.close(self.fd)
         self.fd = None
@@ -137,3 +139,17 @@ class Pidfile:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def prepare(args: Any, config: Any) -> Pidfile:
+    """Hook of disqontrold.cli, before logging and the master start: take the
+    pidfile (``--pidfile`` or run_dir/disqontrold.pid), then detach if
+    ``--daemonize``. PidfileLocked (exit 2) refuses a second master."""
+    pidfile = Pidfile(Path(args.pidfile) if getattr(args, "pidfile", None) else default_pidfile(config.run_dir))
+    pidfile.acquire()
+    if getattr(args, "daemonize", False):
+        from disqontrold.daemonize import daemonize  # noqa: PLC0415 (python-daemon only when asked)
+
+        daemonize(pidfile)
+    atexit.register(pidfile.release)
+    return pidfile

@@ -10,7 +10,7 @@ import logging
 import os
 import socket
 import time
-from typing import Optional
+from typing import Any, Optional
 
 from disqontrol_client.logfmt import log_event
 
@@ -110,3 +110,65 @@ class Watchdog:
             return False
         self._next = time.monotonic() + self.interval
         return notify("WATCHDOG=1", self._environ)
+
+
+# READY=1 waits until every consumer left its "starting" state (its workers
+# are built), but no longer than this: a consumer in a crash loop must not
+# keep systemd waiting until TimeoutStartSec.
+READY_WAIT_LIMIT = 30.0
+READY_POLL = 0.1
+STARTING_STATE = "starting"
+
+
+def _summary(master: Any) -> str:
+    """The STATUS= line: generation and consumers by state."""
+    consumers = master.status().get("consumers", [])
+    busy = sum(1 for c in consumers if c.get("state") == "busy")
+    return f"generation {master.generation}: {len(consumers)} consumers, {busy} busy"
+
+
+def _consumers_up(master: Any) -> bool:
+    return all(c.get("state") != STARTING_STATE for c in master.status().get("consumers", []))
+
+
+def attach_to_master(master: Any) -> None:
+    """Plug-in hook (disqontrold.cli): READY=1 once the consumers are up,
+    RELOADING=1 / READY=1 around a reload, STOPPING=1 when a stop starts,
+    WATCHDOG=1 from the loop. Nothing at all when not run by systemd."""
+    if not os.environ.get(NOTIFY_SOCKET_ENV):
+        return
+
+    def announce_when_up() -> Optional[float]:
+        if _consumers_up(master) or time.monotonic() - started > READY_WAIT_LIMIT:
+            ready(_summary(master))
+            return None
+        return time.monotonic() + READY_POLL
+
+    started = time.monotonic()
+    master.on_ready.append(lambda: master.add_timer(announce_when_up))
+    request_reload, request_stop = master.request_reload, master.request_stop
+
+    def reload_notified() -> tuple[bool, str]:
+        reloading()
+        try:
+            taken, reason = request_reload()
+        finally:
+            ready(_summary(master))
+        status(f"reload {'taken' if taken else 'refused'}: {reason}")
+        return taken, reason
+
+    def stop_notified(fast: bool) -> None:
+        if not master.stopping:
+            stopping()
+        request_stop(fast)
+
+    # Instance attributes shadow the methods: signal handlers (SIGHUP, SIGTERM)
+    # and the control socket both go through these.
+    master.request_reload, master.request_stop = reload_notified, stop_notified
+    watchdog = Watchdog()
+    if watchdog.enabled:
+        def ping() -> float:
+            watchdog.tick()
+            return time.monotonic() + (watchdog.timeout() or 0.0)
+
+        master.add_timer(ping)
