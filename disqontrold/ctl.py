@@ -87,13 +87,14 @@ class Ctl:
     def status(self) -> int:
         reply = request(self.socket_path(), "status")
         reply.pop("ok", None)
+        master = reply.setdefault("master", {})
         for consumer in reply.get("consumers", []):
             consumer.setdefault("rss_mib", _rss_mib(consumer.get("pid")))
-        if reply.get("broker"):
-            reply["broker"] = redact_url(reply["broker"])
+        if master.get("broker"):
+            master["broker"] = redact_url(master["broker"])
         code = exitcodes.OK
         try:
-            reply["queues"] = self.queue_stats(reply.get("config"))
+            reply["queues"] = self.queue_stats(master.get("config"))
         except DisqontrolError as exc:
             reply["queues_error"] = str(exc)
             code = exc.exit_code
@@ -194,9 +195,8 @@ def _rss_mib(pid: Optional[int]) -> Optional[float]:
 
 
 def _consumer_state(consumer: dict[str, Any]) -> str:
-    job = consumer.get("job") or consumer.get("current_job")
-    if job:
-        return f"busy {job} for {int(consumer.get('job_age') or consumer.get('age') or 0)} s"
+    if consumer.get("job"):
+        return f"busy {consumer['job']} for {int(consumer.get('job_age') or 0)} s"
     return str(consumer.get("state") or "idle")
 
 
@@ -208,25 +208,29 @@ def format_queues(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def format_status(status: dict[str, Any]) -> str:
+    master = status["master"]
+    stopping = f", stopping ({master['stopping']})" if master.get("stopping") else ""
     lines = [
-        f"master      pid {status.get('pid')}, up {_duration(status.get('uptime'))}",
-        f"config      {status.get('config')} (generation {status.get('generation')})",
-        f"broker      {status.get('broker')}",
+        f"master      pid {master.get('pid')}, up {_duration(master.get('uptime'))}{stopping}",
+        f"config      {master.get('config')} (generation {master.get('generation')})",
+        f"broker      {master.get('broker')}",
         "",
         table(
             ["PID", "GROUP", "QUEUES", "STATE", "DONE", "FAILED", "RESTARTS", "RSS MiB"],
             [(c.get("pid"), c.get("group"), ",".join(c.get("queues") or []), _consumer_state(c),
               c.get("done"), c.get("failed"), c.get("restarts"), c.get("rss_mib"))
-             for c in status.get("consumers", [])],
+             for c in status.get("consumers", [])]
+            + [(None, r.get("group"), None, f"restarting in {r.get('in')} s", None, None, r.get("restarts"), None)
+               for r in status.get("restarting", [])],
         ),
     ]
     if "queues" in status:
         lines += ["", format_queues(status["queues"])]
     scheduler = status.get("scheduler")
     if scheduler:
-        lines += ["", table(["NEXT RUN", "QUEUE", "BODY"],
-                            [(e.get("next_run"), e.get("queue"), json.dumps(e.get("body")))
-                             for e in scheduler.get("entries", [])])]
+        lines += ["", table(["NEXT RUN", "SCHEDULE", "QUEUE", "BODY", "LAST JOB"],
+                            [(e.get("next_run"), e.get("schedule"), e.get("queue"), json.dumps(e.get("body")),
+                              e.get("last_job_id")) for e in scheduler])]
     return "\n".join(lines)
 
 

@@ -22,7 +22,7 @@ STAND_IN = textwrap.dedent(
     class StandIn:
         stopping = False
         def status(self):
-            return {"pid": os.getpid(), "uptime": 5, "config": None, "generation": 1, "consumers": []}
+            return {"master": {"pid": os.getpid(), "uptime": 5, "config": None, "generation": 1}, "consumers": []}
         def request_reload(self):
             return (sys.argv[2] == "take", "config unchanged" if sys.argv[2] == "take" else "queues.x.worker.type: bad")
         def request_stop(self, fast):
