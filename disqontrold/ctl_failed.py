@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 ORIGINAL_QUEUE = getattr(jobmod, "ORIGINAL_QUEUE", "original-queue")
 LAST_ERROR = jobmod.LAST_ERROR
 # Metadata the failure path adds that a replayed job must not carry.
-FAILURE_ONLY_KEYS = (LAST_ERROR, "failed-at")
+FAILURE_ONLY_KEYS = (LAST_ERROR, ORIGINAL_QUEUE)
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,11 @@ class FailedJob:
 
     @property
     def last_error(self) -> str:
-        return str(self.metadata.get(LAST_ERROR) or "")
+        """The error's message (the failure path stores a dict with "message")."""
+        error = self.metadata.get(LAST_ERROR)
+        if isinstance(error, dict):
+            return str(error.get("message", error))
+        return str(error or "")
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -90,7 +94,7 @@ def retry_failed(broker: Broker, config: Config, failed: FailedJob) -> str:
     if not failed.original_queue:
         raise UsageError(f"failed job {failed.id} does not name its original queue ({ORIGINAL_QUEUE!r} metadata)")
     queue_config = config.queue(failed.original_queue)
-    metadata = {k: v for k, v in failed.metadata.items() if k not in FAILURE_ONLY_KEYS and k != ORIGINAL_QUEUE}
+    metadata = {k: v for k, v in failed.metadata.items() if k not in FAILURE_ONLY_KEYS}
     metadata[jobmod.RETRIES] = 0
     metadata[jobmod.ORIGINAL_ID] = metadata.get(jobmod.ORIGINAL_ID) or failed.id
     new_id = broker.add(
