@@ -25,12 +25,8 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 from disqontrol_client.brokers.broker import Broker, NewJob
 from disqontrol_client.config import Config, SchedulerConfig
 from disqontrol_client.errors import BrokerError, BrokerUnavailable, ConfigError
-from disqontrol_client.job import (
-    DEFAULT_JOB_LIFETIME,
-    DEFAULT_PROCESS_TIMEOUT,
-    encode_envelope,
-    fresh_metadata,
-)
+from disqontrol_client.job import Job
+from disqontrol_client.submit import new_job_for
 from disqontrol_client.logfmt import log_event
 from disqontrold.cron_due import (
     DEFAULT_SETTINGS,
@@ -282,15 +278,11 @@ class Scheduler:
             raise
 
     def _new_job(self, entry: CrontabEntry, run_time: float) -> NewJob:
-        """The job of one run, with the queue's limits (SPEC §3) in its envelope."""
-        lifetime, timeout = DEFAULT_JOB_LIFETIME, DEFAULT_PROCESS_TIMEOUT
-        if self.config is not None:
-            queue = self.config.queue(entry.queue)
-            lifetime, timeout = int(queue.job_lifetime), int(queue.job_process_timeout)
-        metadata = fresh_metadata(job_lifetime=lifetime, process_timeout=timeout)
-        metadata[SCHEDULED_TIME] = int(run_time)
-        payload = encode_envelope(entry.body, metadata)
-        return NewJob(entry.queue, payload, retry=timeout, ttl=lifetime)
+        """The job of one run: the producers' envelope and limits for its queue
+        (``submit.new_job_for``), plus the run it stands for."""
+        queue = self.config.queue(entry.queue) if self.config is not None else None
+        job = Job(entry.body, entry.queue, metadata={SCHEDULED_TIME: int(run_time)})
+        return new_job_for(job, queue)
 
 
 def attach_to_master(master: Any) -> None:

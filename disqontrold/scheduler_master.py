@@ -73,24 +73,20 @@ class MasterScheduler:
             self.deadline = self.scheduler.next_deadline()
         return time.monotonic() + min(max(0.0, self.deadline - time.time()), POLL)
 
-    def status(self) -> Optional[dict[str, Any]]:
-        """The ``scheduler`` part of ``disqontrolctl status``."""
-        if self.scheduler is None:
-            return None
-        settings = self.scheduler.settings
-        return {
-            "crontab": str(settings.crontab),
-            "timezone": str(self.scheduler.zone),
-            "missed_runs": settings.missed_runs,
-            "entries": self.scheduler.status(),
-        }
+    def status(self) -> Optional[list[dict[str, Any]]]:
+        """The ``scheduler`` part of ``disqontrolctl status``: every entry with
+        its next and last run; None (no part) when no scheduler is configured."""
+        return self.scheduler.status() if self.scheduler is not None else None
 
 
 def attach(master: Any) -> MasterScheduler:
-    """Plug the scheduler into the master: a timer, and a part of its status."""
+    """Plug the scheduler into the master: a timer, and the ``scheduler`` part
+    of the master's status (``master.status_hooks``)."""
     plugged = MasterScheduler(master)
     master.add_timer(plugged.timer)
     hooks = getattr(master, "status_hooks", None)
     if hooks is not None:
         hooks[STATUS_KEY] = plugged.status
+    else:  # a control socket from before status_hooks looks for master.scheduler
+        master.scheduler = plugged
     return plugged
