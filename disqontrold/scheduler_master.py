@@ -73,10 +73,19 @@ class MasterScheduler:
             self.deadline = self.scheduler.next_deadline()
         return time.monotonic() + min(max(0.0, self.deadline - time.time()), POLL)
 
-    def status(self) -> Optional[list[dict[str, Any]]]:
-        """The ``scheduler`` part of ``disqontrolctl status``: every entry with
-        its next and last run; None (no part) when no scheduler is configured."""
-        return self.scheduler.status() if self.scheduler is not None else None
+    def status(self) -> Optional[dict[str, Any]]:
+        """The ``scheduler`` part of ``disqontrolctl status``: the settings and
+        every entry with its next and last run; None (no part) when no
+        scheduler is configured."""
+        if self.scheduler is None:
+            return None
+        settings = self.scheduler.settings
+        return {
+            "crontab": str(settings.crontab),
+            "timezone": str(self.scheduler.zone),
+            "missed_runs": settings.missed_runs,
+            "entries": self.scheduler.status(),
+        }
 
 
 def attach(master: Any) -> MasterScheduler:

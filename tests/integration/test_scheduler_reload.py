@@ -36,7 +36,7 @@ def ctl_status(daemon: Daemon) -> dict[str, Any]:
 
 
 def schedules(daemon: Daemon) -> list[tuple[str, str]]:
-    return [(e["schedule"], e["queue"]) for e in ctl_status(daemon).get("scheduler", [])]
+    return [(e["schedule"], e["queue"]) for e in ctl_status(daemon)["scheduler"]["entries"]]
 
 
 def test_status_lists_entries_and_a_broken_crontab_refuses_the_reload(tmp_path):
@@ -47,7 +47,7 @@ def test_status_lists_entries_and_a_broken_crontab_refuses_the_reload(tmp_path):
     try:
         daemon.wait_event("scheduler_started")
         # Then status shows the entry with its next run
-        [entry] = ctl_status(daemon)["scheduler"]
+        [entry] = ctl_status(daemon)["scheduler"]["entries"]
         assert (entry["schedule"], entry["queue"], entry["body"]) == ("* * * * *", "tick", {"n": "a"})
         assert entry["next_run"].endswith(":00+00:00")
 

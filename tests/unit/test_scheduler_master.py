@@ -50,7 +50,9 @@ def test_attach_adds_a_timer_and_a_status_part(tmp_path, monkeypatch):
     deadline = plug.timer()
     # the next look is at most POLL seconds away on the monotonic clock
     assert 0 <= deadline - time.monotonic() <= scheduler_master.POLL
-    assert [e["queue"] for e in master.status_hooks["scheduler"]()] == ["q"]
+    status = master.status_hooks["scheduler"]()
+    assert status["missed_runs"] == "skip" and status["timezone"] == "UTC"
+    assert [e["queue"] for e in status["entries"]] == ["q"]
 
 
 def test_the_current_minute_is_added_by_the_first_timer_call(tmp_path, monkeypatch):
