@@ -46,9 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
 def run_once(config_path: Optional[str], crontab: Optional[str], verbose: bool = False) -> int:
     """Load, validate, pass once; the exceptions are main()'s to map."""
     config = load_config(config_path)
-    settings = config.scheduler or SchedulerConfig(crontab=Path(crontab or ""))
     if crontab:
-        settings = replace(settings, crontab=Path(crontab))
+        settings = replace(config.scheduler, crontab=Path(crontab)) if config.scheduler \
+            else SchedulerConfig(crontab=Path(crontab))
+    elif config.scheduler:
+        settings = config.scheduler
+    else:
+        raise UsageError(
+            f"no crontab: give --crontab PATH, or set disqontrol.scheduler.crontab in {config.path}"
+        )
     entries = load_entries(config, settings.crontab)
     broker = open_broker(config.broker)
     try:

@@ -101,3 +101,11 @@ def test_oneshot_exits_3_when_the_broker_cannot_be_reached(tmp_path):
     result = oneshot(config)
     assert result.returncode == 3, result.stderr
     assert "broker" in result.stderr
+
+
+def test_oneshot_without_any_crontab_is_a_usage_error(tmp_path):
+    config = write_config(tmp_path, "")
+    config.write_text(config.read_text().split("  scheduler:")[0])
+    result = oneshot(config)
+    assert result.returncode == 2
+    assert "no crontab: give --crontab PATH, or set disqontrol.scheduler.crontab" in result.stderr
