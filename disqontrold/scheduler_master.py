@@ -69,7 +69,13 @@ class MasterScheduler:
         if self.scheduler is None:
             return time.monotonic() + POLL
         if time.time() >= self.deadline:
-            self.scheduler.tick()
+            try:
+                self.scheduler.tick()
+            except ConfigError as error:  # e.g. a broker without claim(): never retry blindly
+                log_event(logger, "scheduler_disabled", logging.ERROR, reason=error,
+                          until="a reload with a usable config")
+                self.scheduler = None
+                return time.monotonic() + POLL
             self.deadline = self.scheduler.next_deadline()
         return time.monotonic() + min(max(0.0, self.deadline - time.time()), POLL)
 

@@ -109,3 +109,13 @@ def test_oneshot_without_any_crontab_is_a_usage_error(tmp_path):
     result = oneshot(config)
     assert result.returncode == 2
     assert "no crontab: give --crontab PATH, or set disqontrol.scheduler.crontab" in result.stderr
+
+
+def test_oneshot_on_disque_is_refused_since_disque_has_no_claim(tmp_path, disque_cluster):
+    # Given a config on a disque broker (skipped unless $DISQUE_SERVER is set)
+    disque_cluster.flush()
+    config = write_config(tmp_path, "* * * * * every\n", broker=disque_cluster.url)
+    # Then the one-shot refuses to schedule rather than risk running a minute twice
+    result = oneshot(config)
+    assert result.returncode == 2
+    assert "needs Broker.claim()" in result.stderr and "DisqueBroker" in result.stderr

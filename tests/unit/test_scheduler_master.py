@@ -86,3 +86,20 @@ def test_a_config_without_scheduler_stops_it_and_a_stopping_master_ends_the_time
     assert plug.scheduler is None and master.status_hooks["scheduler"]() is None
     master.stopping = "graceful"
     assert plug.timer() is None
+
+
+def test_a_broker_without_claim_disables_the_scheduler_until_a_reload(tmp_path, monkeypatch, caplog):
+    class NoClaim(MemoryBroker):
+        def claim(self, key: str, ttl: float) -> bool:
+            raise NotImplementedError("no claim here")
+
+    monkeypatch.setattr(MasterScheduler, "_connect", lambda self: NoClaim())
+    master = StandInMaster(config_with(tmp_path, "* * * * * q\n"))
+    plug = attach(master)
+    # When the first tick finds the broker cannot claim
+    assert plug.timer() is not None
+    # Then the scheduler is off, said once, and the master's loop goes on
+    assert plug.scheduler is None
+    assert caplog.text.count("event=scheduler_disabled") == 1 and "no claim here" in caplog.text
+    plug.timer()
+    assert caplog.text.count("event=scheduler_disabled") == 1
