@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 SCALE = 60  # a cron minute per real second
 MINUTES = 8  # distinct minutes to see run (up to 5 caught up at start)
 MINUTE = 60
+FROZEN = 0.001  # a scale that all but stops the scheduler's clock
 
 
 def write_config(tmp_path: Path, runs_file: Path, name: str) -> Path:
@@ -98,3 +99,37 @@ def test_every_minute_entry_runs_exactly_once_per_minute(tmp_path, daemons):
     minutes = sorted(seen)
     assert all(t % MINUTE == 0 for t in minutes)
     assert minutes == list(range(minutes[0], minutes[-1] + MINUTE, MINUTE))
+
+
+def test_daemon_and_cron_oneshot_in_the_same_minute_add_each_run_once(tmp_path):
+    # Given a daemon (real clock) that has added this minute's run and the
+    # missed ones of its catch-up window
+    runs_file = tmp_path / "runs.txt"
+    config = write_config(tmp_path, runs_file, "d0")
+    # Both see an all-but-frozen clock one second into the current minute, so
+    # they pass in the same minute without the test waiting for a boundary.
+    env = {**os.environ, TIME_SCALE_ENV: f"{FROZEN}@{time.time() // MINUTE * MINUTE + 1}"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "disqontrold.cli", "--config", str(config), "--no-stderr-log"],
+        cwd=REPO, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "d0.stderr", "ab"),
+    )
+    try:
+        log = tmp_path / "d0" / "log" / "disqontrol.log"
+        wait_for(lambda: log.exists() and "event=schedule_added" in log.read_text(), timeout=60,
+                 interval=0.1, message="the daemon's first scheduled run")
+        added = lambda: log.read_text().count("event=schedule_added")  # noqa: E731
+        wait_for(lambda: len(runs_seen(runs_file)) == added(), timeout=60, interval=0.1,
+                 message="the daemon's added runs done")
+        # When the system cron's one-shot runs in the same minute
+        oneshot = subprocess.run(
+            [sys.executable, "-m", "disqontrold.scheduler_cli", "--config", str(config), "--verbose"],
+            capture_output=True, text=True, cwd=REPO, env=env, timeout=60,
+        )
+    finally:
+        stop_process(proc, timeout=30)
+    # Then it finds every run it would add already added by the daemon
+    assert oneshot.returncode == 0, oneshot.stderr
+    lines = oneshot.stdout.splitlines()
+    assert lines and all(line.endswith("already-added") for line in lines), lines
+    assert len(lines) == added() and max(runs_seen(runs_file).values()) == 1

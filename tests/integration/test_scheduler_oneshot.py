@@ -3,20 +3,21 @@ as a process on a real config and sqlite file."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Optional
 
 from disqontrol_client.brokers import open_broker
-from disqontrold.scheduler import SCHEDULED_TIME
-from tests.support.procs import free_port, wait_for
+from disqontrold.scheduler import SCHEDULED_TIME, TIME_SCALE_ENV
+from tests.support.procs import free_port
 
 REPO = Path(__file__).resolve().parents[2]
-# Seconds into a minute after which a test waits for the next one, so two
-# passes meant to fall in one minute do (each pass takes well under 10 s).
-LATEST_START_SECOND = 40
+MINUTE = 60
+FROZEN = 0.001  # a time scale that all but stops the scheduler's clock (test hook)
 
 
 def write_config(tmp_path: Path, crontab: str, broker: str = "", missed_runs: str = "skip") -> Path:
@@ -38,10 +39,10 @@ def write_config(tmp_path: Path, crontab: str, broker: str = "", missed_runs: st
     return config
 
 
-def oneshot(config: Path, *args: str) -> subprocess.CompletedProcess:
+def oneshot(config: Path, *args: str, env: Optional[dict[str, str]] = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "disqontrold.scheduler_cli", "--config", str(config), *args],
-        capture_output=True, text=True, cwd=REPO, timeout=60,
+        capture_output=True, text=True, cwd=REPO, timeout=60, env=env,
     )
 
 
@@ -51,13 +52,13 @@ def stored(tmp_path: Path, queue: str) -> Counter:
 
 
 def test_oneshot_run_twice_in_a_minute_adds_the_minute_once(tmp_path):
-    # Given an every-minute entry, and a start early enough in a minute
+    # Given an every-minute entry, and a scheduler clock held one second
+    # into the current minute (so both runs fall in it without waiting)
     config = write_config(tmp_path, '* * * * * every {"n": 1}\n')
-    wait_for(lambda: time.time() % 60 < LATEST_START_SECOND, timeout=30, interval=0.2,
-             message="an early second of a minute")
-    minute = time.time() // 60 * 60
+    minute = time.time() // MINUTE * MINUTE
+    env = {**os.environ, TIME_SCALE_ENV: f"{FROZEN}@{minute + 1}"}
     # When the one-shot runs twice
-    first, second = oneshot(config, "--verbose"), oneshot(config, "--verbose")
+    first, second = oneshot(config, "--verbose", env=env), oneshot(config, "--verbose", env=env)
     # Then both succeed, and the minute's job was added by the first only
     assert (first.returncode, second.returncode) == (0, 0), first.stderr + second.stderr
     assert stored(tmp_path, "every") == {int(minute): 1}
