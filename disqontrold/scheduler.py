@@ -18,10 +18,12 @@ from __future__ import annotations
 import logging
 import os
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timezone, tzinfo
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
+from disqontrol_client.brokers import open_broker
 from disqontrol_client.brokers.broker import Broker, NewJob
 from disqontrol_client.config import Config, SchedulerConfig
 from disqontrol_client.errors import BrokerError, BrokerUnavailable, ConfigError
@@ -102,6 +104,20 @@ class Run:
     job_id: Optional[str]  # None: another scheduler had claimed it
 
 
+# A broker, or a way to open one: then each pass opens its own connection and
+# closes it, so a forking master holds no connection its children inherit.
+BrokerSource = Union[Broker, Callable[[], Broker]]
+
+
+def _connect(source: BrokerSource, connections: ExitStack) -> Broker:
+    """The connection itself, or a new one from a factory, closed with ``connections``."""
+    if hasattr(source, "claim"):  # a connection, not a factory
+        return source  # type: ignore[return-value]
+    broker = source()  # type: ignore[operator]
+    connections.callback(broker.close)
+    return broker
+
+
 def claim_key(entry: CrontabEntry, run_time: float) -> str:
     """``sched:<entry key>:<UTC minute>``: readable in redis-cli, the same on
     every host whatever its zone."""
@@ -122,11 +138,6 @@ def load_entries(config: Config, crontab: Optional[os.PathLike[str] | str] = Non
     return load_crontab(path, queues=list(config.queues))
 
 
-# A broker, or a way to open one: then each pass opens its own connection and
-# closes it, so a forking master holds no connection its children inherit.
-BrokerSource = Union[Broker, Callable[[], Broker]]
-
-
 class Scheduler:
     """Adds due crontab runs to the broker. Not thread-safe; one per process."""
 
@@ -139,9 +150,13 @@ class Scheduler:
         config: Optional[Config] = None,
         clock: Optional[Clock] = None,
         now: Optional[float] = None,
+        claims: Optional[BrokerSource] = None,
     ) -> None:
         check_settings(settings)
         self.broker = broker
+        # Where claims go: given here, else settings.claim_store, else the broker.
+        self._given_claims = claims
+        self.claims: Optional[BrokerSource] = claims
         self.config = config
         self.clock = clock or Clock()
         self.entries: list[CrontabEntry] = []
@@ -167,6 +182,8 @@ class Scheduler:
         check_settings(settings)
         zone = resolve_timezone(settings.timezone)
         self.entries, self.settings, self.config, self.zone = list(entries), settings, config, zone
+        store = settings.claim_store
+        self.claims = self._given_claims if store is None else (lambda: open_broker(store))
 
     def reload(self, config: Config) -> None:
         """Re-read the crontab of a new config; ConfigError refuses the reload."""
@@ -229,14 +246,11 @@ class Scheduler:
         if not due:
             self.last_checked = now
             return []
-        opened = not hasattr(self.broker, "claim")  # a factory, not a connection
-        broker: Broker = self.broker() if opened else self.broker  # type: ignore[operator,assignment]
-        try:
-            won = [(entry, run_time) for entry, run_time in due if self._claim(broker, entry, run_time)]
+        with ExitStack() as connections:
+            broker = _connect(self.broker, connections)
+            claims = broker if self.claims is None else _connect(self.claims, connections)
+            won = [(entry, run_time) for entry, run_time in due if self._claim(claims, entry, run_time)]
             ids = self._add(broker, won)
-        finally:
-            if opened:
-                broker.close()
         job_ids = {(entry.key, run_time): job_id for (entry, run_time), job_id in zip(won, ids)}
         runs = [Run(entry, run_time, job_ids.get((entry.key, run_time))) for entry, run_time in due]
         for run in runs:
@@ -260,7 +274,8 @@ class Scheduler:
         except NotImplementedError as error:
             raise ConfigError(
                 f"disqontrol.broker: the scheduler needs Broker.claim() to add each run once, "
-                f"and {type(broker).__name__} refuses it ({error}); use a sqlite or redis broker"
+                f"and {type(broker).__name__} refuses it ({error}); use a sqlite or redis broker, "
+                "or put the claims in one: disqontrol.scheduler.claim_store: redis://... or sqlite://..."
             ) from None
 
     def _add(self, broker: Broker, won: list[tuple[CrontabEntry, float]]) -> list[str]:

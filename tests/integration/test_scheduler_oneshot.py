@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Optional
 
 from disqontrol_client.brokers import open_broker
-from disqontrold.scheduler import SCHEDULED_TIME, TIME_SCALE_ENV
+from disqontrold.crontab import parse_crontab
+from disqontrold.scheduler import SCHEDULED_TIME, TIME_SCALE_ENV, claim_key
 from tests.support.procs import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -120,3 +121,20 @@ def test_oneshot_on_disque_is_refused_since_disque_has_no_claim(tmp_path, disque
     result = oneshot(config)
     assert result.returncode == 2
     assert "needs Broker.claim()" in result.stderr and "DisqueBroker" in result.stderr
+
+
+def test_claim_store_holds_the_claims_and_still_adds_each_run_once(tmp_path):
+    # Given jobs in one sqlite file and the scheduler's claims in another
+    config = write_config(tmp_path, "* * * * * every\n")
+    config.write_text(config.read_text() + "    claim_store: sqlite://claims.db\n")
+    minute = time.time() // MINUTE * MINUTE
+    env = {**os.environ, TIME_SCALE_ENV: f"{FROZEN}@{minute + 1}"}
+    # When the one-shot runs twice in a minute
+    assert [oneshot(config, env=env).returncode for _ in range(2)] == [0, 0]
+    # Then the minute was added once, and its claim is in the claim store
+    assert stored(tmp_path, "every") == {int(minute): 1}
+    entry = parse_crontab("* * * * * every\n", "c")[0]
+    with open_broker(f"sqlite://{tmp_path}/claims.db") as claims:
+        assert claims.claim(claim_key(entry, minute), 60) is False
+    with open_broker(f"sqlite://{tmp_path}/jobs.db") as jobs:
+        assert jobs.claim(claim_key(entry, minute), 60) is True

@@ -116,7 +116,7 @@ def test_broker_without_claim_is_refused_clearly():
             raise NotImplementedError("NoClaim has no claim()")
 
     sched = scheduler("* * * * * q", NoClaim(), at(12, 0, 30))
-    with pytest.raises(ConfigError, match=r"needs Broker.claim\(\).*NoClaim refuses it.*sqlite or redis"):
+    with pytest.raises(ConfigError, match=r"needs Broker.claim\(\).*NoClaim refuses it.*sqlite or redis.*scheduler.claim_store"):
         sched.run_due(at(12, 0, 31))
 
 
@@ -190,3 +190,20 @@ def test_a_broker_factory_is_opened_per_pass_and_closed():
     # Then the connection was opened and closed once, for the pass with work
     assert len(opened) == len(closed) == 1
     assert len(shared.jobs) == 2  # 11:59 (latest missed, policy once) and 12:00
+
+
+def test_claims_go_to_the_claim_store_when_one_is_given():
+    # Given a broker that cannot claim (like disque) and a separate claim store
+    class NoClaim(MemoryBroker):
+        def claim(self, key: str, ttl: float) -> bool:
+            raise NotImplementedError("no claim here")
+
+    jobs, store = NoClaim(), MemoryBroker()
+    first = Scheduler(parse_crontab("* * * * * q", "c"), jobs, SETTINGS, now=at(12, 0, 30), claims=store)  # type: ignore[arg-type]
+    second = Scheduler(parse_crontab("* * * * * q", "c"), jobs, SETTINGS, now=at(12, 0, 30), claims=store)  # type: ignore[arg-type]
+    # When both pass in the same minute
+    first.tick(at(12, 0, 31))
+    second.tick(at(12, 0, 32))
+    # Then the claims are in the store and each run was added to the broker once
+    assert len(store.claims) == 2 and store.jobs == []
+    assert scheduled_times(jobs) == [at(11, 59), at(12, 0)]
