@@ -156,7 +156,7 @@ class Scheduler:
         self.broker = broker
         # Where claims go: given here, else settings.claim_store, else the broker.
         self._given_claims = claims
-        self.claims: Optional[BrokerSource] = claims
+        self.claims: Optional[BrokerSource] = None
         self.config = config
         self.clock = clock or Clock()
         self.entries: list[CrontabEntry] = []
@@ -169,7 +169,7 @@ class Scheduler:
         self.last_added: dict[str, Run] = {}
 
     @classmethod
-    def from_config(cls, config: Config, broker: Broker, **kwargs: Any) -> "Scheduler":
+    def from_config(cls, config: Config, broker: BrokerSource, **kwargs: Any) -> "Scheduler":
         if config.scheduler is None:
             raise ConfigError("disqontrol.scheduler: not configured; add 'scheduler: {crontab: PATH}'")
         return cls(load_entries(config), broker, config.scheduler, config=config, **kwargs)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from disqontrol_client.config import Config, QueueConfig, SchedulerConfig, WorkerConfig
+from disqontrol_client.errors import BrokerUnavailable
 from disqontrold import scheduler_master
 from disqontrold.scheduler_master import MasterScheduler, attach
 from tests.unit.scheduler_fakes import MemoryBroker
@@ -103,3 +104,25 @@ def test_a_broker_without_claim_disables_the_scheduler_until_a_reload(tmp_path, 
     assert caplog.text.count("event=scheduler_disabled") == 1 and "no claim here" in caplog.text
     plug.timer()
     assert caplog.text.count("event=scheduler_disabled") == 1
+
+
+def test_an_unreachable_broker_is_retried_after_a_pause_not_in_a_tight_loop(tmp_path, monkeypatch, caplog):
+    attempts: list[str] = []
+
+    class Down(MemoryBroker):
+        def claim(self, key: str, ttl: float) -> bool:
+            attempts.append(key)
+            raise BrokerUnavailable("connection refused (test)")
+
+    monkeypatch.setattr(MasterScheduler, "_connect", lambda self: Down())
+    master = StandInMaster(config_with(tmp_path, "* * * * * q\n"))
+    plug = attach(master)
+    # When the broker is down at the first tick
+    plug.timer()
+    # Then the error is logged with the pause, the next attempt waits for it
+    assert len(attempts) == 1 and "event=scheduler_broker_error" in caplog.text
+    assert plug.deadline >= time.time() + scheduler_master.BROKER_RETRY - 1
+    plug.timer()
+    assert len(attempts) == 1
+    # and the scheduler is still there to retry
+    assert plug.scheduler is not None
