@@ -93,7 +93,7 @@ def test_crontab_option_overrides_the_configured_one(tmp_path):
     config = write_config(tmp_path, "* * * * * nope\n")
     other = tmp_path / "other.crontab"
     other.write_text("* * * * * other\n")
-    result = oneshot(config, "--crontab", str(other))
+    result = oneshot(config, f"--crontab={other}")  # the PHP Disqontrol's spelling
     assert result.returncode == 0, result.stderr
     assert sum(stored(tmp_path, "other").values()) >= 1
 

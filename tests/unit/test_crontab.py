@@ -28,6 +28,10 @@ GOOD = [
     ("@yearly q {\"a\": {\"b\": [1]}}", "0 0 1 1 *", "q", {"a": {"b": [1]}}),
     ("@annually q x", "0 0 1 1 *", "q", "x"),
     ("* * * * * q # not a comment here", "* * * * *", "q", "# not a comment here"),
+    # lines of the PHP Disqontrol's documentation run unchanged
+    ("15 5 * * * daily-cleanup 1", "15 5 * * *", "daily-cleanup", 1),
+    ("34 2 * * 5 weekly-pruning all", "34 2 * * 5", "weekly-pruning", "all"),
+    ("25 3 * * 6 pic-resize true", "25 3 * * 6", "pic-resize", True),
 ]
 
 BAD = [
