@@ -67,10 +67,21 @@ def test_oneshot_run_twice_in_a_minute_adds_the_minute_once(tmp_path):
     assert "already-added" in second.stdout
 
 
-def test_oneshot_without_verbose_is_silent(tmp_path):
+def test_oneshot_without_verbose_is_silent_and_logs_to_the_log_file(tmp_path):
     config = write_config(tmp_path, "* * * * * every\n")
     result = oneshot(config)
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    assert sum(stored(tmp_path, "every").values()) >= 1
+    log = (tmp_path / "log" / "disqontrol.log").read_text()
+    assert "event=schedule_added job=" in log and "queue=every" in log
+
+
+def test_oneshot_with_an_unwritable_log_dir_still_schedules(tmp_path):
+    config = write_config(tmp_path, "* * * * * every\n")
+    (tmp_path / "log").write_text("a file where the log dir should be")
+    result = oneshot(config)
+    assert result.returncode == 0, result.stderr
+    assert "event=scheduler_log_file_unusable" in result.stderr
     assert sum(stored(tmp_path, "every").values()) >= 1
 
 
