@@ -5,6 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= etc/disqontrol.yml
+BOOTSTRAP ?= etc/disqontrol_bootstrap.py
 PYTEST_ARGS ?=
 
 .PHONY: run test venv test-services bench clean install-systemd
@@ -19,7 +20,8 @@ venv: $(STAMP)
 
 ## run: start the daemon in the foreground on the embedded sqlite broker
 run: $(STAMP)
-	$(BIN)/disqontrold --config $(CONFIG)
+	mkdir -p var
+	$(BIN)/disqontrold --config $(CONFIG) --bootstrap $(BOOTSTRAP)
 
 ## test-services: install the servers the tests run for real (redis-server)
 test-services:
