@@ -284,9 +284,11 @@ def master_handlers(master: MasterLike) -> dict[str, Handler]:
 
     def status(request: Mapping[str, Any]) -> Mapping[str, Any]:
         reply = dict(master.status())
-        scheduler = getattr(master, "scheduler", None)  # the built-in scheduler, when configured
-        if scheduler is not None:
-            reply["scheduler"] = scheduler.status()
+        # Plug-ins add their part (the built-in scheduler: "scheduler").
+        for key, hook in getattr(master, "status_hooks", {}).items():
+            part = hook()
+            if part is not None:
+                reply[key] = part
         return reply
 
     def reload(request: Mapping[str, Any]) -> Mapping[str, Any]:

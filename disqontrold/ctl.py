@@ -230,7 +230,7 @@ def format_status(status: dict[str, Any]) -> str:
     if scheduler:
         lines += ["", table(["NEXT RUN", "SCHEDULE", "QUEUE", "BODY", "LAST JOB"],
                             [(e.get("next_run"), e.get("schedule"), e.get("queue"), json.dumps(e.get("body")),
-                              e.get("last_job_id")) for e in scheduler])]
+                              e.get("last_job_id")) for e in scheduler.get("entries", [])])]
     return "\n".join(lines)
 
 
