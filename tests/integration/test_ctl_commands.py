@@ -1,6 +1,8 @@
 """disqontrolctl status / queues / reload / stop against a real daemon."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from disqontrol_client.job import Job
@@ -76,7 +78,12 @@ def test_reload_taken_then_refused_with_the_reason(daemon):
     # Then it is refused naming the key, and the master keeps generation 2
     assert refused.returncode == 1
     assert refused.stdout.startswith("reload refused:") and "inline_php" in refused.stdout
-    assert running(daemon.pid) and ctl_json(daemon, "status")["master"]["generation"] == 2
+    assert running(daemon.pid)
+    # And status still shows the master (generation 2), but says the edited
+    # config is broken (exit 2): the queue counts need a valid config
+    status = ctl(daemon, "status", "--json")
+    assert status.returncode == 2 and "inline_php" in status.stderr
+    assert json.loads(status.stdout)["master"]["generation"] == 2
 
 
 def test_graceful_stop_waits_for_the_job_in_hand(daemon):
