@@ -7,6 +7,7 @@ import stat
 import subprocess
 import sys
 
+from disqontrol_client.job import Job
 from disqontrold.pidfile import read_pid
 from tests.integration.ctl_support import ctl, ctl_json
 from tests.support.daemon import DAEMON, Daemon, python_worker, running
@@ -58,7 +59,7 @@ def test_daemonize_detaches_and_ctl_stops_it(tmp_path):
     try:
         assert running(pid) and os.getsid(pid) != os.getsid(0)
         assert ctl_json(daemon, "status")["master"]["pid"] == pid
-        daemon.add("work", [5])
+        daemon.broker.add("work", Job(5, "work").encode())
         daemon.wait_runs(1)
         # When ctl stops it, it is gone and its pidfile too
         assert ctl(daemon, "stop").returncode == 0

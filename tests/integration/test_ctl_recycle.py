@@ -27,7 +27,8 @@ def test_consumer_over_its_memory_limit_is_recycled_without_losing_jobs(tmp_path
     (tmp_path / "memhog.py").write_text(HOG_MODULE)
     daemon = Daemon(tmp_path, f"sqlite://{tmp_path}/jobs.db",
                     {"big": {"worker": {"type": "inline_python_worker", "name": "memhog:hog"}}},
-                    consumer_defaults={"min_processes": 1, "max_memory_per_process": LIMIT_MIB}).start()
+                    consumer_defaults={"min_processes": 1, "job_batch": 1,
+                                       "max_memory_per_process": LIMIT_MIB}).start()
     try:
         first_pid = daemon.consumer_pids()
         # When jobs that each make the consumer grow past the limit are run
