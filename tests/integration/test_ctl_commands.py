@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 from disqontrol_client.job import Job
 from tests.integration.ctl_support import ctl, ctl_json
@@ -14,10 +15,19 @@ SLOW_JOB_S = 4  # long enough to be seen in flight, short enough for a graceful 
 CONSUMERS = 2
 
 
+YEARLY = "0 0 1 1 * work 99"  # a crontab entry that will not fire during a test
+
+
 @pytest.fixture
 def daemon(tmp_path):
     d = Daemon(tmp_path, f"sqlite://{tmp_path}/jobs.db", {"work": {"worker": python_worker()}},
-               consumer_defaults={"min_processes": CONSUMERS}).start(consumers=CONSUMERS)
+               consumer_defaults={"min_processes": CONSUMERS})
+    # with the built-in scheduler, so that status shows its next runs
+    (tmp_path / "crontab").write_text(YEARLY + "\n")
+    config = yaml.safe_load(d.config_path.read_text())
+    config["disqontrol"]["scheduler"] = {"crontab": "crontab"}
+    d.config_path.write_text(yaml.safe_dump(config))
+    d.start(consumers=CONSUMERS)
     yield d
     d.stop()
 
@@ -44,12 +54,16 @@ def test_status_while_a_job_is_in_flight(daemon):
     [work] = [q for q in status["queues"] if q["queue"] == "work"]
     assert work == {"queue": "work", "ready": 0, "delayed": 0, "in_flight": 1,
                     "failure_queue": "failed-jobs", "failed": 0}
+    # And the scheduler's next run
+    [entry] = status["scheduler"]["entries"]
+    assert entry["queue"] == "work" and entry["body"] == 99 and "-01-01T00:00:00" in entry["next_run"]
     # And the table says the same for people
     table = ctl(daemon, "status")
     assert table.returncode == 0, table.stderr
     assert f"pid {daemon.pid}" in table.stdout and f"generation 1" in table.stdout
     assert f"busy {job_id} for" in table.stdout or "idle" in table.stdout  # the job may just have ended
     assert "IN FLIGHT" in table.stdout and "failed-jobs" in table.stdout
+    assert "NEXT RUN" in table.stdout and "0 0 1 1 *" in table.stdout
 
 
 def test_queues_counts_ready_delayed_and_failed(daemon):
