@@ -36,6 +36,15 @@ class Notifications:
                 continue
             return message
 
+    def wait_pings(self, count: int, timeout: float = RECV_TIMEOUT) -> None:
+        """Read until ``count`` pings were seen; anything else fails the test."""
+        deadline = time.monotonic() + timeout
+        while self.watchdog_pings < count:
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            message = self.sock.recv(4096).decode()
+            assert message == "WATCHDOG=1", message
+            self.watchdog_pings += 1
+
 
 @pytest.fixture
 def notify(tmp_path, monkeypatch):
@@ -56,6 +65,8 @@ def test_daemon_speaks_sd_notify(tmp_path, notify):
         ready = notify.next()
         assert ready.startswith("READY=1\nSTATUS=generation 1: 2 consumers"), ready
         assert len(daemon.events("consumer_ready")) >= CONSUMERS
+        # The watchdog is pinged from the loop, about every 0.5 s
+        notify.wait_pings(3, timeout=30)
         # A reload (SIGHUP, as systemctl reload sends) is framed by RELOADING=1 ... READY=1
         daemon.signal(signal.SIGHUP)
         assert notify.next() == "RELOADING=1"
@@ -65,8 +76,5 @@ def test_daemon_speaks_sd_notify(tmp_path, notify):
         assert ctl(daemon, "stop").returncode == 0
         assert notify.next() == "STOPPING=1"
         assert daemon.wait_exit(10) == 0
-        # And the watchdog was pinged all along (about every 0.5 s)
-        notify.sock.settimeout(0.01)
-        assert notify.watchdog_pings >= 2
     finally:
         daemon.stop()
