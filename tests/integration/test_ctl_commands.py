@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import socket
 
 import pytest
 import yaml
@@ -64,6 +65,14 @@ def test_status_while_a_job_is_in_flight(daemon):
     assert f"busy {job_id} for" in table.stdout or "idle" in table.stdout  # the job may just have ended
     assert "IN FLIGHT" in table.stdout and "failed-jobs" in table.stdout
     assert "NEXT RUN" in table.stdout and "0 0 1 1 *" in table.stdout
+    # And a malformed request gets an error reply, the master serving on
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:
+        raw.settimeout(30)
+        raw.connect(str(daemon.dir / "run" / "disqontrol.sock"))
+        raw.sendall(b'{"cmd": "status"\n')
+        reply = json.loads(raw.makefile("rb").readline())
+    assert reply["ok"] is False and "not JSON" in reply["error"]
+    assert ctl_json(daemon, "status")["master"]["pid"] == daemon.pid
 
 
 def test_queues_counts_ready_delayed_and_failed(daemon):

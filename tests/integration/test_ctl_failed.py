@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+import redis
 import yaml
 
 from disqontrol_client.job import LAST_ERROR, ORIGINAL_QUEUE, RETRIES, decode_payload
@@ -16,9 +18,20 @@ from tests.support.procs import free_port, wait_for
 FAILURE_QUEUE = "failed-jobs"
 
 
-def test_failed_jobs_are_listed_shown_retried_and_purged(tmp_path):
+def _url(engine: str, tmp_path, request) -> str:
+    if engine == "sqlite":
+        return f"sqlite://{tmp_path}/jobs.db"
+    server = request.getfixturevalue("redis_server")
+    client = redis.Redis(host="127.0.0.1", port=server.port)
+    client.flushall()
+    client.close()
+    return server.url
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "redis"])
+def test_failed_jobs_are_listed_shown_retried_and_purged(engine, tmp_path, request):
     # Given three jobs that failed for good on two queues (no retries allowed)
-    daemon = Daemon(tmp_path, f"sqlite://{tmp_path}/jobs.db", {
+    daemon = Daemon(tmp_path, _url(engine, tmp_path, request), {
         "a": {"worker": python_worker(), "max_retries": 0},
         "b": {"worker": python_worker(), "max_retries": 0},
     }).start(consumers=2)
