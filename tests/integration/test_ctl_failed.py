@@ -6,8 +6,6 @@ import json
 import subprocess
 import sys
 
-import pytest
-import redis
 import yaml
 
 from disqontrol_client.job import LAST_ERROR, ORIGINAL_QUEUE, RETRIES, decode_payload
@@ -18,20 +16,9 @@ from tests.support.procs import free_port, wait_for
 FAILURE_QUEUE = "failed-jobs"
 
 
-def _url(engine: str, tmp_path, request) -> str:
-    if engine == "sqlite":
-        return f"sqlite://{tmp_path}/jobs.db"
-    server = request.getfixturevalue("redis_server")
-    client = redis.Redis(host="127.0.0.1", port=server.port)
-    client.flushall()
-    client.close()
-    return server.url
-
-
-@pytest.mark.parametrize("engine", ["sqlite", "redis"])
-def test_failed_jobs_are_listed_shown_retried_and_purged(engine, tmp_path, request):
+def test_failed_jobs_are_listed_shown_retried_and_purged(broker_url, tmp_path):
     # Given three jobs that failed for good on two queues (no retries allowed)
-    daemon = Daemon(tmp_path, _url(engine, tmp_path, request), {
+    daemon = Daemon(tmp_path, broker_url, {
         "a": {"worker": python_worker(), "max_retries": 0},
         "b": {"worker": python_worker(), "max_retries": 0},
     }).start(consumers=2)
