@@ -29,6 +29,7 @@ from disqontrold.ctl_client import MasterUnreachable, request
 
 STOP_POLL_INTERVAL = 0.1  # s between checks that the stopped master is gone
 BYTES_PER_MIB = 1024 * 1024
+LAST_ERROR_CHARS = 60  # of the last error in `failed list`; `failed show` has it all
 
 
 def redact_url(url: str) -> str:
@@ -168,7 +169,8 @@ class Ctl:
             jobs = ctl_failed.list_failed(broker, config, self.args.queue)
             self.emit([j.as_dict() for j in jobs], table(
                 ["ID", "QUEUE", "RETRIES", "LAST ERROR"],
-                [(j.id, j.original_queue, j.metadata.get("retries"), j.last_error[:60]) for j in jobs]))
+                [(j.id, j.original_queue, j.metadata.get("retries"), j.last_error[:LAST_ERROR_CHARS])
+                 for j in jobs]) if jobs else "no failed jobs")
             return exitcodes.OK
         if action == "show":
             print(json.dumps(ctl_failed.show_failed(broker, config, self.args.id).as_dict(), indent=2, default=str))

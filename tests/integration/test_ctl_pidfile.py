@@ -3,6 +3,7 @@ with the real daemon."""
 from __future__ import annotations
 
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -67,3 +68,28 @@ def test_daemonize_detaches_and_ctl_stops_it(tmp_path):
     finally:
         if running(pid):
             os.kill(pid, 9)
+
+
+def test_a_master_killed_by_sigkill_leaves_nothing_in_the_way(tmp_path):
+    # Given a master killed without any cleanup (its pidfile and socket stay)
+    daemon = _daemon(tmp_path).start()
+    pidfile, sock = tmp_path / "run" / "disqontrold.pid", tmp_path / "run" / "disqontrol.sock"
+    old_pid = daemon.pid
+    try:
+        daemon.signal(signal.SIGKILL)
+        daemon.wait_exit(10)
+        assert read_pid(pidfile) == old_pid and sock.exists()
+        wait_for(lambda: not daemon.consumer_pids(), timeout=30, message="the orphaned consumers to exit")
+        # When it is started again (start() returns at once: the log already
+        # holds the first run's consumer_ready, so wait for this one's events)
+        daemon.start()
+        daemon.wait_event("consumer_ready", 2, timeout=60)
+        # Then the stale pidfile and socket were replaced
+        assert read_pid(pidfile) == daemon.pid != old_pid
+        assert ctl_json(daemon, "status")["master"]["pid"] == daemon.pid
+        # (the pidfile is taken before the log file is set up: its warning goes to stderr)
+        assert f"event=pidfile_stale_replaced pidfile={pidfile} old_pid={old_pid} reason=dead" in \
+            daemon.stderr_path.read_text()
+        assert "control_socket_stale_removed" in daemon.log()
+    finally:
+        daemon.stop()
