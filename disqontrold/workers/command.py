@@ -69,7 +69,14 @@ def resolve_program(command: Optional[str], key: str) -> tuple[list[str], str]:
 
 
 def _json(value: object) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    """Compact JSON, readable UTF-8; \\u escapes only for what an argument
+    cannot carry (a lone surrogate decoded from bad input)."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(value, separators=(",", ":"))
+    return text
 
 
 def _last_line(data: bytes) -> str:
