@@ -22,7 +22,7 @@ from disqontrol_client.job import Job
 from disqontrol_client.logfmt import log_event
 from disqontrold.workers.base import OnStart, Outcome, Worker
 from disqontrold.workers.bootstrap import JobFunction
-from disqontrold.workers.children import KILL_GRACE, Capture, Child, prepare, run_batch
+from disqontrold.workers.jobprocs import KILL_GRACE, Capture, Child, prepare, run_batch
 
 logger = logging.getLogger("disqontrold.workers.python")
 

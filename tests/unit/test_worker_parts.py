@@ -10,7 +10,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from disqontrol_client.job import Job
-from disqontrold.workers.children import Capture
+from disqontrold.workers.jobprocs import Capture
 from disqontrold.workers.command import BODY_ON_STDIN, MAX_BODY_ARG, CommandWorker
 from disqontrold.workers.http import HttpWorker
 from disqontrold.workers.python import JobTimeout, alarm
