@@ -164,7 +164,12 @@ class IsolatedPythonWorker(Worker):
 
     def _fork(self, job: Job, timeout: float) -> Child:
         read_fd, write_fd = os.pipe()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(read_fd)
+            os.close(write_fd)
+            raise
         if pid == 0:
             os.close(read_fd)
             _child_main(self.func, job, write_fd)
