@@ -110,9 +110,5 @@ def attach(master: Any) -> MasterScheduler:
     of the master's status (``master.status_hooks``)."""
     plugged = MasterScheduler(master)
     master.add_timer(plugged.timer)
-    hooks = getattr(master, "status_hooks", None)
-    if hooks is not None:
-        hooks[STATUS_KEY] = plugged.status
-    else:  # a control socket from before status_hooks looks for master.scheduler
-        master.scheduler = plugged
+    master.status_hooks[STATUS_KEY] = plugged.status
     return plugged
