@@ -38,7 +38,9 @@ def config_with(tmp_path: Path, crontab_text: Optional[str], name: str = "cronta
     )
 
 
-def plugged(tmp_path: Path, crontab_text: Optional[str], monkeypatch) -> tuple[StandInMaster, MasterScheduler, MemoryBroker]:
+def plugged(
+    tmp_path: Path, crontab_text: Optional[str], monkeypatch
+) -> tuple[StandInMaster, MasterScheduler, MemoryBroker]:
     broker = MemoryBroker()
     monkeypatch.setattr(MasterScheduler, "_connect", lambda self: broker)
     master = StandInMaster(config_with(tmp_path, crontab_text))

@@ -116,7 +116,8 @@ def test_broker_without_claim_is_refused_clearly():
             raise NotImplementedError("NoClaim has no claim()")
 
     sched = scheduler("* * * * * q", NoClaim(), at(12, 0, 30))
-    with pytest.raises(ConfigError, match=r"needs Broker.claim\(\).*NoClaim refuses it.*sqlite or redis.*scheduler.claim_store"):
+    refused = r"needs Broker.claim\(\).*NoClaim refuses it.*sqlite or redis.*scheduler.claim_store"
+    with pytest.raises(ConfigError, match=refused):
         sched.run_due(at(12, 0, 31))
 
 
@@ -199,8 +200,11 @@ def test_claims_go_to_the_claim_store_when_one_is_given():
             raise NotImplementedError("no claim here")
 
     jobs, store = NoClaim(), MemoryBroker()
-    first = Scheduler(parse_crontab("* * * * * q", "c"), jobs, SETTINGS, now=at(12, 0, 30), claims=store)  # type: ignore[arg-type]
-    second = Scheduler(parse_crontab("* * * * * q", "c"), jobs, SETTINGS, now=at(12, 0, 30), claims=store)  # type: ignore[arg-type]
+    entries = parse_crontab("* * * * * q", "c")
+    first, second = (
+        Scheduler(entries, jobs, SETTINGS, now=at(12, 0, 30), claims=store)  # type: ignore[arg-type]
+        for _ in range(2)
+    )
     # When both pass in the same minute
     first.tick(at(12, 0, 31))
     second.tick(at(12, 0, 32))
