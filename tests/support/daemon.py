@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
+
 import subprocess
 import sys
 import textwrap
@@ -203,8 +203,3 @@ def running(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
-
-
-def parse_fields(line: str) -> dict[str, str]:
-    return dict(re.findall(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)', line))
-
