@@ -13,6 +13,7 @@ import os
 import selectors
 import signal
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Callable, Optional
 from urllib.parse import urlsplit, urlunsplit
@@ -33,6 +34,7 @@ logger = logging.getLogger(__name__)
 LOOP_TICK = 1.0  # s: the longest the loop sleeps (deadlines, hung checks)
 FAST_STOP_TIMEOUT = 5.0  # s between SIGQUIT and SIGKILL on a fast stop
 GRACEFUL, FAST = "graceful", "fast"
+PLUGIN_RETRY = object()  # what a failed plug-in callback returns: timers try again a tick later
 
 Callback = Callable[[Any], None]
 Timer = Callable[[], Optional[float]]
@@ -110,7 +112,16 @@ class Master:
             if key.data is None:
                 self.signals.drain_pipe()
             else:
-                key.data(key.fileobj)
+                self._guarded(key.data, key.fileobj)
+
+    def _guarded(self, callback: Callable[..., Any], *args: Any) -> Any:
+        """Run a plug-in callback; its bug is logged, and jobs keep flowing."""
+        try:
+            return callback(*args)
+        except Exception as exc:  # noqa: BLE001 -- a control-socket bug must not stop the consumers
+            log_event(logger, "plugin_failed", logging.ERROR, callback=getattr(callback, "__qualname__", callback),
+                      error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+            return PLUGIN_RETRY
 
     def _next_wait(self) -> float:
         now = time.monotonic()
@@ -122,7 +133,9 @@ class Master:
         for timer in list(self._timers):
             callback, deadline = timer
             if deadline <= now:
-                following = callback()
+                following = self._guarded(callback)
+                if following is PLUGIN_RETRY:
+                    following = now + LOOP_TICK
                 if following is None:
                     self._timers.remove(timer)
                 else:
