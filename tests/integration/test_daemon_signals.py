@@ -84,3 +84,24 @@ def test_sigttin_and_sigttou_change_the_process_count_within_bounds(tmp_path):
         assert daemon.wait_runs(1)[0][0] == "5"
     finally:
         daemon.stop()
+
+
+def test_sigusr1_reopens_the_log_file_after_rotation(tmp_path):
+    # Given a running daemon whose log file was moved away (logrotate without copytruncate)
+    daemon = Daemon(tmp_path, sqlite(tmp_path), {"work": {"worker": python_worker()}}).start()
+    try:
+        rotated = daemon.log_path.with_suffix(".log.1")
+        daemon.log_path.rename(rotated)
+
+        # When the master gets SIGUSR1 and a job runs afterwards
+        daemon.signal(signal.SIGUSR1)
+        daemon.wait_event("logs_reopened")
+        daemon.add("work", [1])
+        daemon.wait_runs(1)
+
+        # Then the consumer's job line lands in the new file, not the rotated one
+        [done] = daemon.wait_event("job_done")
+        assert "queue=work" in done
+        assert "event=job_done" not in rotated.read_text()
+    finally:
+        daemon.stop()

@@ -28,7 +28,8 @@ START_TIMEOUT = 60.0  # s: a loaded 2-core machine forks slowly
 STOP_TIMEOUT = 60.0
 
 # Test workers. A run appends "<n> <unix time>" to $DQ_OUT; a body may be an
-# int n, or {"n": n, "sleep": s, "fail": true} to be slow or fail.
+# int n, or {"n": n, "sleep": s, "fail": true, "exit": true} to be slow, fail,
+# or kill the consumer (inline).
 WORKERS_MODULE = '''
 import os, time
 
@@ -37,6 +38,8 @@ def record(job):
     n = body["n"] if isinstance(body, dict) else body
     if isinstance(body, dict):
         time.sleep(body.get("sleep", 0))
+        if body.get("exit"):
+            os._exit(1)  # takes the consumer down with it
     with open(os.environ["DQ_OUT"], "a") as out:
         out.write(f"{n} {time.time():.4f}\\n")
     if isinstance(body, dict) and body.get("fail"):
