@@ -71,7 +71,10 @@ class Master:
 
     # -- the plug-in surface --------------------------------------------
     def register(self, fileobj: Any, callback: Callback) -> None:
-        """Call ``callback(fileobj)`` from the loop whenever ``fileobj`` is readable."""
+        """Call ``callback(fileobj)`` from the loop whenever ``fileobj`` is readable.
+
+        Forked consumers close their copy of its descriptor (os.close, not
+        ``fileobj.close()``); anything else it holds stays open there."""
         self.selector.register(fileobj, selectors.EVENT_READ, callback)
         self._plugged.append(fileobj)
 
@@ -201,7 +204,9 @@ class Master:
         self.signals.close()
         self.selector.close()
         for fileobj in self._plugged:
-            fileobj.close()
+            # Close only this process's descriptor: a plug-in's close() could
+            # EPOLL_CTL_DEL from an epoll instance the fork shares with the master.
+            os.close(fileobj if isinstance(fileobj, int) else fileobj.fileno())
         self._timers.clear()
 
     def _kill(self, pid: int, signum: int) -> None:

@@ -28,10 +28,10 @@ START_TIMEOUT = 60.0  # s: a loaded 2-core machine forks slowly
 STOP_TIMEOUT = 60.0
 
 # Test workers. A run appends "<n> <unix time>" to $DQ_OUT; a body may be an
-# int n, or {"n": n, "sleep": s, "fail": true, "exit": true} to be slow, fail,
-# or kill the consumer (inline).
+# int n, or {"n": n, "sleep": s, "fail": true, "exit": true, "block": true} to
+# be slow, fail, kill the consumer or hang it (inline).
 WORKERS_MODULE = '''
-import os, time
+import os, signal, time
 
 def record(job):
     body = job.body
@@ -40,6 +40,9 @@ def record(job):
         time.sleep(body.get("sleep", 0))
         if body.get("exit"):
             os._exit(1)  # takes the consumer down with it
+        if body.get("block"):  # hangs where the inline timeout (SIGALRM) cannot reach
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+            time.sleep(600)
     with open(os.environ["DQ_OUT"], "a") as out:
         out.write(f"{n} {time.time():.4f}\\n")
     if isinstance(body, dict) and body.get("fail"):
