@@ -33,6 +33,9 @@ logger = logging.getLogger(__name__)
 
 LOOP_TICK = 1.0  # s: the longest the loop sleeps (deadlines, hung checks)
 FAST_STOP_TIMEOUT = 5.0  # s between SIGQUIT and SIGKILL on a fast stop
+# s without a heartbeat from an idle consumer (it beats after every reserve,
+# at most RESERVE_TIMEOUT + the broker backoff cap apart) before it is killed
+IDLE_STALL = 300.0
 GRACEFUL, FAST = "graceful", "fast"
 PLUGIN_RETRY = object()  # what a failed plug-in callback returns: timers try again a tick later
 
@@ -165,12 +168,19 @@ class Master:
                 self._check_hung(pid, slot, now)
 
     def _check_hung(self, pid: int, slot: Slot, now: float) -> None:
+        """Kill a consumer stuck on one job past its timeout + grace, or idle
+        without a heartbeat (a broker call that never returns)."""
         snap = slot.scoreboard.read()
         if snap.state == "busy" and now - snap.since > slot.hung_after:
             log_event(logger, "consumer_hung", logging.ERROR, pid=pid, group=slot.group.name,
                       job=snap.job, busy_s=round(now - snap.since, 1), limit_s=slot.hung_after)
-            slot.kill_reason = "hung"
-            self._kill(pid, signal.SIGKILL)
+        elif snap.state == "idle" and now - snap.heartbeat > IDLE_STALL:
+            log_event(logger, "consumer_hung", logging.ERROR, pid=pid, group=slot.group.name,
+                      idle_without_heartbeat_s=round(now - snap.heartbeat, 1), limit_s=IDLE_STALL)
+        else:
+            return
+        slot.kill_reason = "hung"
+        self._kill(pid, signal.SIGKILL)
 
     # -- consumers ------------------------------------------------------
     def _start_generation(self, config: Config) -> None:
@@ -339,6 +349,7 @@ class Master:
                 "state": "retiring" if slot.retiring else (snap.state if snap else "starting"),
                 "job": snap.job if busy else None,
                 "job_age": round(now - snap.since, 3) if busy else None,
+                "heartbeat_age": round(now - snap.heartbeat, 3) if snap else None,
                 "done": slot.done_before + (snap.done if snap else 0),
                 "failed": slot.failed_before + (snap.failed if snap else 0),
                 "restarts": slot.restarts,
