@@ -18,6 +18,7 @@ Every process opens its own connection, lazily and again after a fork.
 """
 from __future__ import annotations
 
+import fcntl
 import functools
 import logging
 import os
@@ -53,6 +54,8 @@ WAL_AUTOCHECKPOINT = 8000  # pages: fewer checkpoints (each one fsyncs twice)
 WAL_SIZE_LIMIT = 32 * 1024 * 1024  # bytes the WAL is truncated to after a checkpoint
 MAX_SLEEP = 2.0  # s: a waiter re-checks at least this often (lost-wakeup safety net)
 POLL_INTERVAL = 0.05  # s: only when the wake directory is unusable
+LOCK_SUFFIX = ".lock"
+LOCK_MODE = 0o666  # the umask narrows it, like the db file's own mode
 ID_PREFIX = "S-"
 CHUNK = 500  # ids per IN (...) statement
 CACHED_STATEMENTS = 256
@@ -151,6 +154,7 @@ class SqliteBroker(Broker):
         self.path = path
         self.busy_timeout = busy_timeout
         self._db: Optional[sqlite3.Connection] = None
+        self._lock_fd: Optional[int] = None
         self._pid = 0
         self._wake = WakeDir(path)
         self._waiter = Waiter(self._wake)
@@ -168,20 +172,34 @@ class SqliteBroker(Broker):
     def _conn(self) -> sqlite3.Connection:
         if self._db is not None and self._pid == os.getpid():
             return self._db
-        # After a fork the parent's connection must not be used nor closed here.
+        # After a fork the parent's connection and lock must not be used nor closed here.
         self._db = None
+        self._lock_fd = None
         self._pid = os.getpid()
-        self._db = self._open()
+        self._lock_fd = self._open_lock()
+        try:
+            self._db = self._open()
+        except BrokerUnavailable:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+            raise
         return self._db
 
-    def _open(self) -> sqlite3.Connection:
+    def _open_lock(self) -> int:
+        """The writers' lock file: writers queue on flock() in the kernel and
+        wake the moment it is free, where sqlite's own busy handler would
+        sleep 1-100 ms between tries (that halved throughput with 2 writers)."""
         parent = os.path.dirname(os.path.abspath(self.path))
         try:
             os.makedirs(parent, exist_ok=True)
+            return os.open(self.path + LOCK_SUFFIX, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, LOCK_MODE)
         except OSError as exc:
             raise BrokerUnavailable(
-                f"sqlite broker: cannot create directory {parent!r} for {self.path!r}: {exc.strerror}"
+                f"sqlite broker: cannot create {self.path + LOCK_SUFFIX!r} beside the database"
+                f" (directory {parent!r}): {exc.strerror}; it must be writable by this user"
             ) from exc
+
+    def _open(self) -> sqlite3.Connection:
         try:
             db = sqlite3.connect(
                 self.path,
@@ -191,11 +209,11 @@ class SqliteBroker(Broker):
                 cached_statements=CACHED_STATEMENTS,
             )
             db.execute(f"PRAGMA page_size={PAGE_SIZE}")  # only takes on a new file
-            self._retry_busy(lambda: db.execute("PRAGMA journal_mode=WAL").fetchone())
+            self._exclusive(lambda: db.execute("PRAGMA journal_mode=WAL").fetchone())
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT}")
             db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
-            self._retry_busy(lambda: self._in_transaction(db, lambda: self._create_schema(db)))
+            self._exclusive(lambda: self._in_transaction(db, lambda: self._create_schema(db)))
         except sqlite3.Error as exc:
             raise BrokerUnavailable(
                 f"sqlite broker: cannot open {self.path!r}: {exc}; the file and its directory "
@@ -220,20 +238,27 @@ class SqliteBroker(Broker):
             raise
         return result
 
-    def _retry_busy(self, work: Callable[[], T]) -> T:
-        """Run ``work``; retry a bounded number of times if the db stays locked."""
-        for attempt in range(BUSY_RETRIES):
+    def _exclusive(self, work: Callable[[], T]) -> T:
+        """Run the write ``work`` holding the writers' lock; retry a bounded
+        number of times if sqlite still reports the db locked (a writer that
+        does not take our lock, e.g. the sqlite3 shell)."""
+        fd = self._lock_fd
+        assert fd is not None
+        for attempt in range(BUSY_RETRIES + 1):
+            fcntl.flock(fd, fcntl.LOCK_EX)
             try:
                 return work()
             except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) and "busy" not in str(exc):
+                if attempt == BUSY_RETRIES or ("locked" not in str(exc) and "busy" not in str(exc)):
                     raise
                 log_event(log, "sqlite_busy", logging.WARNING, path=self.path, attempt=attempt + 1)
-        return work()
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        raise AssertionError("unreachable")
 
     def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
         db = self._conn()
-        return self._retry_busy(lambda: self._in_transaction(db, lambda: work(db)))
+        return self._exclusive(lambda: self._in_transaction(db, lambda: work(db)))
 
     # -- producing -----------------------------------------------------------
 
@@ -251,7 +276,7 @@ class SqliteBroker(Broker):
         now = time.time()
         db = self._conn()
         row = (queue, payload, now + delay, retry, now + ttl, now)
-        rowid = self._retry_busy(lambda: db.execute(INSERT, row).lastrowid)
+        rowid = self._exclusive(lambda: db.execute(INSERT, row).lastrowid)
         self._wake.notify()
         return job_id(rowid)  # type: ignore[arg-type]
 
@@ -302,7 +327,7 @@ class SqliteBroker(Broker):
         deadline = time.monotonic() + timeout
         armed = False
         while True:
-            got = self._write(lambda db: self._lease(db, queues, count))
+            got = self._lease(queues, count)
             if got:
                 return got
             remaining = deadline - time.monotonic()
@@ -314,19 +339,40 @@ class SqliteBroker(Broker):
             self._waiter.wait(min(remaining, self._until_next_due(queues, armed)))
             armed = self._waiter.arm()
 
-    def _lease(self, db: sqlite3.Connection, queues: Sequence[str], count: int) -> list[Delivery]:
+    def _lease(self, queues: Sequence[str], count: int) -> list[Delivery]:
+        """Lease up to ``count`` due jobs. One queue: a single autocommit
+        statement (its read and write are one transaction, and no other
+        writer can commit in between while we hold the writers' lock)."""
+        db = self._conn()
         now = time.time()
         if now - self._last_sweep >= SWEEP_INTERVAL:
-            self._sweep(db, now)
-        out: list[Delivery] = []
+            self._exclusive(lambda: self._in_transaction(db, lambda: self._sweep(db, now)))
+        if len(queues) == 1:
+            sql = LEASE_ONE if count == 1 else LEASE_MANY
+            rows = self._exclusive(lambda: db.execute(sql, (now, queues[0], count)).fetchall())
+            return self._deliveries(queues[0], rows)
+        per_queue = self._write(lambda db: self._lease_queues(db, now, queues, count))
+        return [d for queue, rows in per_queue for d in self._deliveries(queue, rows)]
+
+    @staticmethod
+    def _lease_queues(
+        db: sqlite3.Connection, now: float, queues: Sequence[str], count: int
+    ) -> list[tuple[str, list]]:
+        """Rows leased per queue, in queue order, until ``count`` are taken."""
+        out = []
         for queue in queues:
-            want = count - len(out)
-            rows = db.execute(LEASE_ONE if want == 1 else LEASE_MANY, (now, queue, want)).fetchall()
-            rows.sort()  # RETURNING order is unspecified; ids follow insertion
-            out.extend(Delivery(job_id(r[0]), queue, r[1], r[2], r[3]) for r in rows)
-            if len(out) >= count:
+            want = count - sum(len(rows) for _, rows in out)
+            if want <= 0:
                 break
+            sql = LEASE_ONE if want == 1 else LEASE_MANY
+            out.append((queue, db.execute(sql, (now, queue, want)).fetchall()))
         return out
+
+    @staticmethod
+    def _deliveries(queue: str, rows: list) -> list[Delivery]:
+        if len(rows) > 1:
+            rows.sort()  # RETURNING order is unspecified; ids follow insertion
+        return [Delivery(f"{ID_PREFIX}{r[0]}", queue, r[1], r[2], r[3]) for r in rows]
 
     def _sweep(self, db: sqlite3.Connection, now: float) -> None:
         """Delete the jobs past their ttl in the next window of rowids.
@@ -374,7 +420,7 @@ class SqliteBroker(Broker):
         db = self._conn()
         if len(rowids) <= CHUNK:
             statement = sql.format(_in_list(len(rowids)))
-            return self._retry_busy(lambda: db.execute(statement, head + tuple(rowids)).rowcount)
+            return self._exclusive(lambda: db.execute(statement, head + tuple(rowids)).rowcount)
 
         def run(db: sqlite3.Connection) -> int:
             changed = 0
@@ -390,7 +436,7 @@ class SqliteBroker(Broker):
         rowids = _rowids([id])
         if rowids:
             db = self._conn()
-            self._retry_busy(lambda: db.execute(
+            self._exclusive(lambda: db.execute(
                 "UPDATE jobs SET due = ? + retry WHERE id = ? AND leased = 1", (time.time(), rowids[0])
             ))
 
@@ -470,4 +516,6 @@ class SqliteBroker(Broker):
         self._wake.close()
         if self._db is not None and self._pid == os.getpid():
             self._db.close()
+            os.close(self._lock_fd)  # type: ignore[arg-type]
         self._db = None
+        self._lock_fd = None
