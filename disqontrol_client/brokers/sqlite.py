@@ -109,15 +109,14 @@ def job_id(rowid: int) -> str:
 
 def _rowids(ids: Iterable[str]) -> list[int]:
     """Row ids of our job ids; ids that are not ours cannot exist here."""
-    out = []
-    for i in ids:
-        if isinstance(i, str) and i.startswith(ID_PREFIX) and i[2:].isdigit():
-            out.append(int(i[2:]))
-    return out
+    return [int(i[2:]) for i in ids if i[:2] == ID_PREFIX and i[2:].isdigit()]
 
 
-def _in_list(count: int) -> str:
-    return ",".join("?" * count)
+@functools.lru_cache(maxsize=CACHED_STATEMENTS)
+def _with_ids(sql: str, count: int) -> str:
+    """``sql`` with its ``{}`` filled by ``count`` placeholders (cached: acks
+    of a batch size repeat the same text, which sqlite3 then finds prepared)."""
+    return sql.format(",".join("?" * count))
 
 
 def _check_job(queue: str, delay: float, retry: float, ttl: float) -> None:
@@ -419,14 +418,14 @@ class SqliteBroker(Broker):
             return 0
         db = self._conn()
         if len(rowids) <= CHUNK:
-            statement = sql.format(_in_list(len(rowids)))
-            return self._exclusive(lambda: db.execute(statement, head + tuple(rowids)).rowcount)
+            statement = _with_ids(sql, len(rowids))
+            return self._exclusive(lambda: db.execute(statement, (*head, *rowids)).rowcount)
 
         def run(db: sqlite3.Connection) -> int:
             changed = 0
             for start in range(0, len(rowids), CHUNK):
                 part = tuple(rowids[start:start + CHUNK])
-                changed += db.execute(sql.format(_in_list(len(part))), head + part).rowcount
+                changed += db.execute(_with_ids(sql, len(part)), head + part).rowcount
             return changed
 
         return self._write(run)
