@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import socket
+import sqlite3
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,12 @@ from disqontrol_client.brokers import open_broker
 from disqontrol_client.brokers.sqlite import SqliteBroker
 from disqontrol_client.brokers.sqlite_wake import SOCKET_SUFFIX, WAKE_DIR_SUFFIX
 from disqontrol_client.errors import BrokerError, BrokerUnavailable, ConfigError
+from tests.support.procs import wait_for
+
+FOREIGN_HOLD = 0.5  # s a foreign writer keeps the database locked
+SHORT_DELAY = 0.3  # s
+SHORT_TTL = 0.5  # s
+WAKE_SLACK = 0.25  # s allowed past the due time on a loaded machine
 
 
 def test_parent_directories_are_created(tmp_path: Path) -> None:
@@ -104,3 +113,53 @@ def test_child_process_opens_its_own_connection(tmp_path: Path) -> None:
     assert os.waitstatus_to_exitcode(status) == 0
     assert b.length("q") == 0 and b.stats(["q"])[0].in_flight == 0
     b.close()
+
+
+def test_a_foreign_writer_delays_but_does_not_fail_an_add(tmp_path: Path) -> None:
+    # Given a writer that does not take our lock (like the sqlite3 shell) mid-transaction
+    db = tmp_path / "jobs.db"
+    b = open_broker(f"sqlite://{db}")
+    foreign = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    foreign.execute("BEGIN IMMEDIATE")
+    timer = threading.Timer(FOREIGN_HOLD, lambda: foreign.execute("COMMIT"))
+    timer.start()
+    try:
+        # When we add meanwhile, Then sqlite's busy timeout absorbs the wait
+        started = time.monotonic()
+        job = b.add("q", b"x")
+        assert time.monotonic() - started >= FOREIGN_HOLD * 0.5
+    finally:
+        timer.join()
+        foreign.close()
+    assert b.show(job)["state"] == "ready"
+    b.close()
+
+
+def test_a_sub_second_delay_wakes_a_blocked_reserve_on_time(tmp_path: Path) -> None:
+    with open_broker(f"sqlite://{tmp_path}/jobs.db") as b:
+        added = time.monotonic()
+        job = b.add("q", b"x", delay=SHORT_DELAY)
+        got = b.reserve(["q"], timeout=5)
+        waited = time.monotonic() - added
+    assert [d.id for d in got] == [job]
+    assert SHORT_DELAY * 0.9 <= waited < SHORT_DELAY + WAKE_SLACK
+
+
+def test_expired_rows_are_swept_from_the_file(tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"
+    with open_broker(f"sqlite://{db}") as b:
+        b.add("q", b"short", ttl=SHORT_TTL)
+        kept = b.add("q", b"kept", delay=60)
+        wait_for(lambda: b.length("q") == 1, timeout=10, message="the short job to expire")
+        # consumers sweep as they reserve
+        wait_for(lambda: b.reserve(["q"], timeout=0.2) == [] and rows(db) == 1, timeout=10,
+                 message="the sweep to delete the expired row")
+        assert b.show(kept)["state"] == "delayed"
+
+
+def rows(db: Path) -> int:
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute("SELECT count(*) FROM jobs").fetchone()[0]
+    finally:
+        conn.close()
