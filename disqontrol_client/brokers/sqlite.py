@@ -23,6 +23,7 @@ import functools
 import logging
 import os
 import sqlite3
+import threading
 import time
 from typing import Any, Callable, Iterable, Optional, Sequence, TypeVar
 
@@ -154,6 +155,7 @@ class SqliteBroker(Broker):
         self.busy_timeout = busy_timeout
         self._db: Optional[sqlite3.Connection] = None
         self._lock_fd: Optional[int] = None
+        self._thread_lock = threading.Lock()
         self._pid = 0
         self._wake = WakeDir(path)
         self._waiter = Waiter(self._wake)
@@ -174,6 +176,7 @@ class SqliteBroker(Broker):
         # After a fork the parent's connection and lock must not be used nor closed here.
         self._db = None
         self._lock_fd = None
+        self._thread_lock = threading.Lock()  # another thread may have held it at fork
         self._pid = os.getpid()
         self._lock_fd = self._open_lock()
         try:
@@ -244,15 +247,18 @@ class SqliteBroker(Broker):
         fd = self._lock_fd
         assert fd is not None
         for attempt in range(BUSY_RETRIES + 1):
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                return work()
-            except sqlite3.OperationalError as exc:
-                if attempt == BUSY_RETRIES or ("locked" not in str(exc) and "busy" not in str(exc)):
-                    raise
-                log_event(log, "sqlite_busy", logging.WARNING, path=self.path, attempt=attempt + 1)
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
+            # flock does not exclude threads sharing the fd: the thread lock does
+            # (an app may share one producer between request threads).
+            with self._thread_lock:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                try:
+                    return work()
+                except sqlite3.OperationalError as exc:
+                    if attempt == BUSY_RETRIES or ("locked" not in str(exc) and "busy" not in str(exc)):
+                        raise
+                    log_event(log, "sqlite_busy", logging.WARNING, path=self.path, attempt=attempt + 1)
+                finally:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
         raise AssertionError("unreachable")
 
     def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:

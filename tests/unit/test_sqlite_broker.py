@@ -21,6 +21,7 @@ FOREIGN_HOLD = 0.5  # s a foreign writer keeps the database locked
 SHORT_DELAY = 0.3  # s
 SHORT_TTL = 0.5  # s
 WAKE_SLACK = 0.25  # s allowed past the due time on a loaded machine
+THREADS, THREAD_JOBS = 4, 300
 
 
 def test_parent_directories_are_created(tmp_path: Path) -> None:
@@ -163,3 +164,25 @@ def rows(db: Path) -> int:
         return conn.execute("SELECT count(*) FROM jobs").fetchone()[0]
     finally:
         conn.close()
+
+
+def test_threads_sharing_one_broker_get_their_own_ids(tmp_path: Path) -> None:
+    # Given one producer object shared by request threads (as a web app would)
+    b = open_broker(f"sqlite://{tmp_path}/jobs.db")
+    added: dict[str, bytes] = {}
+
+    def produce(n: int) -> None:
+        for i in range(THREAD_JOBS):
+            payload = f"t{n}-{i}".encode()
+            added[b.add("q", payload)] = payload
+
+    threads = [threading.Thread(target=produce, args=(n,)) for n in range(THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    # Then every id names the job its caller added
+    assert len(added) == THREADS * THREAD_JOBS
+    assert all(b.show(i)["payload"] == p for i, p in added.items())
+    b.close()
