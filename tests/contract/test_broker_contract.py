@@ -93,13 +93,14 @@ def test_nack_returns_the_job_at_once(broker: Broker) -> None:
 
 
 def test_working_extends_the_lease(broker: Broker) -> None:
-    job_id = broker.add("q", b"x", retry=2)
+    job_id = broker.add("q", b"x", retry=3)
     reserve_one(broker, "q")
-    assert broker.reserve(["q"], timeout=1.2) == []  # leased: ~1.2 s of 2 pass
+    assert broker.reserve(["q"], timeout=1.5) == []  # leased: ~1.5 s of 3 pass
 
-    broker.working(job_id)  # now leased until ~3.2 s
+    broker.working(job_id)  # now leased until ~4.5 s
 
-    assert broker.reserve(["q"], timeout=1.3) == [], "working() did not extend the lease"
+    # without working() the lease would end at 3 s, inside this wait
+    assert broker.reserve(["q"], timeout=2) == [], "working() did not extend the lease"
     again = reserve_one(broker, "q", timeout=5)
     assert (again.id, again.additional_deliveries) == (job_id, 1)
 
