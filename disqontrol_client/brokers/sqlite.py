@@ -330,7 +330,7 @@ class SqliteBroker(Broker):
         if count < 1:
             raise BrokerError(f"sqlite broker: reserve count {count!r} must be >= 1")
         deadline = time.monotonic() + timeout
-        armed = False
+        armed: Optional[bool] = None  # None: not yet bound for this call
         while True:
             got = self._lease(queues, count)
             if got:
@@ -338,7 +338,7 @@ class SqliteBroker(Broker):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return []
-            if not armed:  # bind before the next check so no wake-up is lost
+            if armed is None:  # bind before the next check so no wake-up is lost
                 armed = self._waiter.arm()
                 continue
             self._waiter.wait(min(remaining, self._until_next_due(queues, armed)))

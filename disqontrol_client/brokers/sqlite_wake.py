@@ -21,6 +21,7 @@ import os
 import secrets
 import select
 import socket
+import time
 from typing import Optional
 
 from disqontrol_client.logfmt import log_event
@@ -32,6 +33,7 @@ SOCKET_SUFFIX = ".sock"
 MAX_SOCKET_PATH = 100  # bytes; sun_path holds 108 including the NUL
 WAKE_BYTE = b"w"
 DRAIN_CHUNK = 64
+RETRY_UNUSABLE = 60.0  # s before an unusable directory is tried again
 _GONE = (errno.ECONNREFUSED, errno.ENOENT)
 _FULL = (errno.EAGAIN, errno.ENOBUFS)
 
@@ -46,6 +48,7 @@ class WakeDir:
         self._names: list[str] = []
         self._listed_mtime = -1
         self._pid = os.getpid()
+        self._retry_at = 0.0  # monotonic time before which an unusable dir is not retried
 
     def _ensure(self) -> bool:
         """Create/open the directory; False (logged) if it cannot be used."""
@@ -55,11 +58,16 @@ class WakeDir:
             self._pid = os.getpid()
         if self._dir_fd is not None:
             return True
+        if time.monotonic() < self._retry_at:
+            return False
         try:
             os.makedirs(self.path, exist_ok=True)
             self._dir_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
-            log_event(log, "wake_dir_unusable", logging.WARNING, path=self.path, error=exc)
+            # one line per RETRY_UNUSABLE, not one per add
+            self._retry_at = time.monotonic() + RETRY_UNUSABLE
+            log_event(log, "wake_dir_unusable", logging.WARNING, path=self.path, error=exc,
+                      fallback="poll")
             return False
         return True
 

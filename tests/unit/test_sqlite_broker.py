@@ -22,6 +22,7 @@ SHORT_DELAY = 0.3  # s
 SHORT_TTL = 0.5  # s
 WAKE_SLACK = 0.25  # s allowed past the due time on a loaded machine
 THREADS, THREAD_JOBS = 4, 300
+POLL_WAIT = 0.5  # s
 
 
 def test_parent_directories_are_created(tmp_path: Path) -> None:
@@ -186,3 +187,18 @@ def test_threads_sharing_one_broker_get_their_own_ids(tmp_path: Path) -> None:
     assert len(added) == THREADS * THREAD_JOBS
     assert all(b.show(i)["payload"] == p for i, p in added.items())
     b.close()
+
+
+def test_without_a_usable_wake_dir_reserve_polls_gently(tmp_path: Path) -> None:
+    # Given a file where the wake directory should be
+    db = tmp_path / "jobs.db"
+    Path(str(db) + WAKE_DIR_SUFFIX).write_text("in the way")
+    with open_broker(f"sqlite://{db}") as b:
+        # When a reserve waits on an empty queue
+        cpu = time.process_time()
+        assert b.reserve(["q"], timeout=POLL_WAIT) == []
+        # Then it slept between checks instead of spinning
+        assert time.process_time() - cpu < POLL_WAIT / 2
+        # and still sees an add, from the next check
+        job = b.add("q", b"x")
+        assert [d.id for d in b.reserve(["q"], timeout=1)] == [job]
