@@ -29,7 +29,7 @@ from typing import Callable, ContextManager, Iterator, Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from disqontrol_client.brokers import NewJob, open_broker  # noqa: E402
-from disqontrol_client.brokers import sqlite as sqlite_engine  # noqa: E402
+from disqontrol_client.brokers import sqlite_store  # noqa: E402
 from disqontrol_client.job import encode_envelope, fresh_metadata  # noqa: E402
 
 KNOWN_ENGINES = ("sqlite", "redis", "disque")
@@ -170,10 +170,10 @@ RAW_LEASE = ("UPDATE raw SET leased = 1, due = ?1 + 600 WHERE id {} (SELECT id F
 def _raw_connect(url: str) -> sqlite3.Connection:
     """Plain sqlite3 with the engine's own pragmas: the limit we compare to."""
     db = sqlite3.connect(url[len("sqlite://"):] + ".raw", timeout=MAX_SECONDS, isolation_level=None)
-    db.execute(f"PRAGMA page_size={sqlite_engine.PAGE_SIZE}")
+    db.execute(f"PRAGMA page_size={sqlite_store.PAGE_SIZE}")
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
-    db.execute(f"PRAGMA wal_autocheckpoint={sqlite_engine.WAL_AUTOCHECKPOINT}")
+    db.execute(f"PRAGMA wal_autocheckpoint={sqlite_store.WAL_AUTOCHECKPOINT}")
     for statement in RAW_SCHEMA:
         db.execute(statement)
     return db
@@ -232,13 +232,13 @@ def sqlite_raw_reserve_ack(url: str, jobs: int, batch: int, processes: int) -> f
 
 
 @contextlib.contextmanager
-def sqlite_store(tmp: Path) -> Iterator[str]:
+def empty_sqlite_store(tmp: Path) -> Iterator[str]:
     with tempfile.TemporaryDirectory(dir=tmp) as d:
         yield f"sqlite://{d}/jobs.db"
 
 
 ENGINES: dict[str, Engine] = {
-    "sqlite": Engine(sqlite_store, {"add": sqlite_raw_add, "reserve_ack": sqlite_raw_reserve_ack}),
+    "sqlite": Engine(empty_sqlite_store, {"add": sqlite_raw_add, "reserve_ack": sqlite_raw_reserve_ack}),
 }
 
 

@@ -4,26 +4,22 @@ One ``jobs`` row per job. ``leased`` and ``due`` make its state: a waiting
 row (leased=0) is delayed until ``due`` then ready; a leased row (leased=1)
 belongs to a consumer until ``due``, its lease expiry, after which it is ready
 again and its next delivery counts as an additional one. A delay and a lease
-never share a row state (kombu #337). Leasing is ``BEGIN IMMEDIATE`` +
-``UPDATE ... RETURNING`` over the (queue, due) index, so two consumers never
-get the same job. WAL + ``synchronous=NORMAL``: a commit does not fsync;
+never share a row state (kombu #337). Leasing is ``UPDATE ... RETURNING``
+over the (queue, due) index under the writers' lock (``BEGIN IMMEDIATE``
+when several queues are read), so two consumers never get the same job. WAL + ``synchronous=NORMAL``: a commit does not fsync;
 a power cut may lose the last commits, a crash of any process loses nothing.
 
 Blocking ``reserve`` sleeps on a unix datagram socket that producers poke
 after each commit (see ``sqlite_wake``), or until the earliest delayed job or
 lease expiry of its queues is due: it never polls the disk.
 
-Every process opens its own connection, lazily and again after a fork.
-``SQLITE_BUSY`` is absorbed by sqlite's busy timeout plus a bounded retry.
+Every process opens its own connection, lazily and again after a fork, and
+writers queue on a lock file rather than on SQLITE_BUSY (see ``sqlite_store``).
 """
 from __future__ import annotations
 
-import fcntl
 import functools
-import logging
-import os
 import sqlite3
-import threading
 import time
 from typing import Any, Callable, Iterable, Optional, Sequence, TypeVar
 
@@ -36,47 +32,21 @@ from disqontrol_client.brokers.broker import (
     NewJob,
     QueueStats,
 )
+from disqontrol_client.brokers.sqlite_store import BUSY_TIMEOUT, CACHED_STATEMENTS, Store
 from disqontrol_client.brokers.sqlite_wake import Waiter, WakeDir
-from disqontrol_client.errors import BrokerError, BrokerUnavailable, ConfigError
-from disqontrol_client.logfmt import log_event
+from disqontrol_client.errors import BrokerError, ConfigError
 
-log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SCHEME = "sqlite"
 URL_PREFIX = "sqlite://"
-MIN_SQLITE_VERSION = (3, 35, 0)  # UPDATE ... RETURNING
-BUSY_TIMEOUT = 30.0  # s: sqlite waits this long for a lock before SQLITE_BUSY
-BUSY_RETRIES = 3  # then we retry the whole transaction this many times
 SWEEP_INTERVAL = 1.0  # s between two steps of the ttl sweep
 SWEEP_ROWS = 10000  # rowids looked at per step: bounds the time the write lock is held
-PAGE_SIZE = 2048  # bytes; measured ~20% faster leases than 4096 (fewer bytes per WAL frame)
-WAL_AUTOCHECKPOINT = 8000  # pages: fewer checkpoints (each one fsyncs twice)
-WAL_SIZE_LIMIT = 32 * 1024 * 1024  # bytes the WAL is truncated to after a checkpoint
 MAX_SLEEP = 2.0  # s: a waiter re-checks at least this often (lost-wakeup safety net)
 POLL_INTERVAL = 0.05  # s: only when the wake directory is unusable
-LOCK_SUFFIX = ".lock"
-LOCK_MODE = 0o666  # the umask narrows it, like the db file's own mode
 ID_PREFIX = "S-"
 CHUNK = 500  # ids per IN (...) statement
-CACHED_STATEMENTS = 256
 
-SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS jobs (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused, so a stale ack misses
-        queue TEXT NOT NULL,
-        payload BLOB NOT NULL,
-        leased INTEGER NOT NULL DEFAULT 0,
-        due REAL NOT NULL,          -- waiting: ready time, leased: lease expiry
-        retry REAL NOT NULL,
-        expires REAL NOT NULL,      -- ctime + ttl
-        ctime REAL NOT NULL,
-        nacks INTEGER NOT NULL DEFAULT 0,
-        deliveries INTEGER NOT NULL DEFAULT 0  -- additional deliveries
-    )""",
-    "CREATE INDEX IF NOT EXISTS jobs_queue_due ON jobs (queue, due)",
-    "CREATE TABLE IF NOT EXISTS claims (key TEXT PRIMARY KEY, expires REAL NOT NULL)",
-)
 INSERT = "INSERT INTO jobs (queue, payload, due, retry, expires, ctime) VALUES (?, ?, ?, ?, ?, ?)"
 _LEASE_SET = (
     "UPDATE jobs SET leased = 1, deliveries = deliveries + leased, due = ?1 + retry WHERE id {} "
@@ -87,15 +57,6 @@ LEASE_ONE = _LEASE_SET.format("=")  # "=" skips the IN-list temp table: much che
 LEASE_MANY = _LEASE_SET.format("IN")
 NEXT_DUE = "SELECT due FROM jobs WHERE queue = ? AND expires > ? ORDER BY due LIMIT 1"
 WAITING = "expires > ?2 AND (leased = 0 OR due <= ?2)"  # ready or delayed, alive
-
-
-def _check_sqlite_version() -> None:
-    if sqlite3.sqlite_version_info < MIN_SQLITE_VERSION:
-        need = ".".join(map(str, MIN_SQLITE_VERSION))
-        raise BrokerUnavailable(
-            f"sqlite broker: SQLite {sqlite3.sqlite_version} is too old; it needs >= {need} "
-            "(UPDATE ... RETURNING). Use a newer Python/SQLite or a redis:// broker."
-        )
 
 
 def _path_from_url(url: str) -> str:
@@ -150,13 +111,11 @@ class SqliteBroker(Broker):
     schemes = (SCHEME,)
 
     def __init__(self, path: str, *, busy_timeout: float = BUSY_TIMEOUT) -> None:
-        _check_sqlite_version()
         self.path = path
-        self.busy_timeout = busy_timeout
-        self._db: Optional[sqlite3.Connection] = None
-        self._lock_fd: Optional[int] = None
-        self._thread_lock = threading.Lock()
-        self._pid = 0
+        self._store = Store(path, busy_timeout)
+        self._conn = self._store.conn
+        self._exclusive = self._store.exclusive
+        self._write = self._store.write
         self._wake = WakeDir(path)
         self._waiter = Waiter(self._wake)
         self._last_sweep = 0.0
@@ -167,103 +126,6 @@ class SqliteBroker(Broker):
         broker = cls(_path_from_url(url), **options)
         broker._conn()  # fail now, with a clear message, if the file is unusable
         return broker
-
-    # -- connection ----------------------------------------------------------
-
-    def _conn(self) -> sqlite3.Connection:
-        if self._db is not None and self._pid == os.getpid():
-            return self._db
-        # After a fork the parent's connection and lock must not be used nor closed here.
-        self._db = None
-        self._lock_fd = None
-        self._thread_lock = threading.Lock()  # another thread may have held it at fork
-        self._pid = os.getpid()
-        self._lock_fd = self._open_lock()
-        try:
-            self._db = self._open()
-        except BrokerUnavailable:
-            os.close(self._lock_fd)
-            self._lock_fd = None
-            raise
-        return self._db
-
-    def _open_lock(self) -> int:
-        """The writers' lock file: writers queue on flock() in the kernel and
-        wake the moment it is free, where sqlite's own busy handler would
-        sleep 1-100 ms between tries (that halved throughput with 2 writers)."""
-        parent = os.path.dirname(os.path.abspath(self.path))
-        try:
-            os.makedirs(parent, exist_ok=True)
-            return os.open(self.path + LOCK_SUFFIX, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, LOCK_MODE)
-        except OSError as exc:
-            raise BrokerUnavailable(
-                f"sqlite broker: cannot create {self.path + LOCK_SUFFIX!r} beside the database"
-                f" (directory {parent!r}): {exc.strerror}; it must be writable by this user"
-            ) from exc
-
-    def _open(self) -> sqlite3.Connection:
-        try:
-            db = sqlite3.connect(
-                self.path,
-                timeout=self.busy_timeout,
-                isolation_level=None,
-                check_same_thread=False,
-                cached_statements=CACHED_STATEMENTS,
-            )
-            db.execute(f"PRAGMA page_size={PAGE_SIZE}")  # only takes on a new file
-            self._exclusive(lambda: db.execute("PRAGMA journal_mode=WAL").fetchone())
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT}")
-            db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
-            self._exclusive(lambda: self._in_transaction(db, lambda: self._create_schema(db)))
-        except sqlite3.Error as exc:
-            raise BrokerUnavailable(
-                f"sqlite broker: cannot open {self.path!r}: {exc}; the file and its directory "
-                "must be readable and writable by this user"
-            ) from exc
-        return db
-
-    @staticmethod
-    def _create_schema(db: sqlite3.Connection) -> None:
-        for statement in SCHEMA:
-            db.execute(statement)
-
-    @staticmethod
-    def _in_transaction(db: sqlite3.Connection, work: Callable[[], T]) -> T:
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            result = work()
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-        return result
-
-    def _exclusive(self, work: Callable[[], T]) -> T:
-        """Run the write ``work`` holding the writers' lock; retry a bounded
-        number of times if sqlite still reports the db locked (a writer that
-        does not take our lock, e.g. the sqlite3 shell)."""
-        fd = self._lock_fd
-        assert fd is not None
-        for attempt in range(BUSY_RETRIES + 1):
-            # flock does not exclude threads sharing the fd: the thread lock does
-            # (an app may share one producer between request threads).
-            with self._thread_lock:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                try:
-                    return work()
-                except sqlite3.OperationalError as exc:
-                    if attempt == BUSY_RETRIES or ("locked" not in str(exc) and "busy" not in str(exc)):
-                        raise
-                    log_event(log, "sqlite_busy", logging.WARNING, path=self.path, attempt=attempt + 1)
-                finally:
-                    fcntl.flock(fd, fcntl.LOCK_UN)
-        raise AssertionError("unreachable")
-
-    def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        db = self._conn()
-        return self._exclusive(lambda: self._in_transaction(db, lambda: work(db)))
 
     # -- producing -----------------------------------------------------------
 
@@ -351,7 +213,7 @@ class SqliteBroker(Broker):
         db = self._conn()
         now = time.time()
         if now - self._last_sweep >= SWEEP_INTERVAL:
-            self._exclusive(lambda: self._in_transaction(db, lambda: self._sweep(db, now)))
+            self._write(lambda db: self._sweep(db, now))
         if len(queues) == 1:
             sql = LEASE_ONE if count == 1 else LEASE_MANY
             rows = self._exclusive(lambda: db.execute(sql, (now, queues[0], count)).fetchall())
@@ -519,8 +381,4 @@ class SqliteBroker(Broker):
     def close(self) -> None:
         self._waiter.close()
         self._wake.close()
-        if self._db is not None and self._pid == os.getpid():
-            self._db.close()
-            os.close(self._lock_fd)  # type: ignore[arg-type]
-        self._db = None
-        self._lock_fd = None
+        self._store.close()
