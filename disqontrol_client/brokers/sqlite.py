@@ -5,9 +5,10 @@ row (leased=0) is delayed until ``due`` then ready; a leased row (leased=1)
 belongs to a consumer until ``due``, its lease expiry, after which it is ready
 again and its next delivery counts as an additional one. A delay and a lease
 never share a row state (kombu #337). Leasing is ``UPDATE ... RETURNING``
-over the (queue, due) index under the writers' lock (``BEGIN IMMEDIATE``
-when several queues are read), so two consumers never get the same job. WAL + ``synchronous=NORMAL``: a commit does not fsync;
-a power cut may lose the last commits, a crash of any process loses nothing.
+over the (queue, due) index under the writers' lock (in ``BEGIN IMMEDIATE``
+when several queues are read), so two consumers never get the same job.
+WAL + ``synchronous=NORMAL``: a commit does not fsync; a power cut may lose
+the last commits, a crash of any process loses nothing.
 
 Blocking ``reserve`` sleeps on a unix datagram socket that producers poke
 after each commit (see ``sqlite_wake``), or until the earliest delayed job or
@@ -56,6 +57,18 @@ _LEASE_SET = (
 LEASE_ONE = _LEASE_SET.format("=")  # "=" skips the IN-list temp table: much cheaper
 LEASE_MANY = _LEASE_SET.format("IN")
 NEXT_DUE = "SELECT due FROM jobs WHERE queue = ? AND expires > ? ORDER BY due LIMIT 1"
+# Queue names by hopping through the (queue, due) index, one lookup per queue
+# rather than a scan of every job (DISTINCT would read them all).
+QUEUES = """
+WITH RECURSIVE names(queue) AS (
+    SELECT min(queue) FROM jobs
+    UNION ALL
+    SELECT (SELECT min(queue) FROM jobs WHERE queue > names.queue) FROM names
+    WHERE names.queue IS NOT NULL
+)
+SELECT queue FROM names WHERE queue IS NOT NULL
+AND EXISTS (SELECT 1 FROM jobs WHERE jobs.queue = names.queue AND expires > ?)
+"""
 WAITING = "expires > ?2 AND (leased = 0 OR due <= ?2)"  # ready or delayed, alive
 
 
@@ -71,7 +84,8 @@ def job_id(rowid: int) -> str:
 
 def _rowids(ids: Iterable[str]) -> list[int]:
     """Row ids of our job ids; ids that are not ours cannot exist here."""
-    return [int(i[2:]) for i in ids if i[:2] == ID_PREFIX and i[2:].isdigit()]
+    n = len(ID_PREFIX)
+    return [int(i[n:]) for i in ids if i[:n] == ID_PREFIX and i[n:].isdigit()]
 
 
 @functools.lru_cache(maxsize=CACHED_STATEMENTS)
@@ -333,10 +347,7 @@ class SqliteBroker(Broker):
 
     @_guarded
     def queues(self) -> list[str]:
-        rows = self._conn().execute(
-            "SELECT DISTINCT queue FROM jobs WHERE expires > ? ORDER BY queue", (time.time(),)
-        )
-        return [r[0] for r in rows]
+        return [r[0] for r in self._conn().execute(QUEUES, (time.time(),))]
 
     @_guarded
     def peek(self, queue: str, count: int) -> list[Delivery]:
