@@ -33,6 +33,7 @@ SOCKET_SUFFIX = ".sock"
 MAX_SOCKET_PATH = 100  # bytes; sun_path holds 108 including the NUL
 WAKE_BYTE = b"w"
 DRAIN_CHUNK = 64
+COARSE_MTIME_NS = 50_000_000  # a listing this long after the dir's mtime is complete
 RETRY_UNUSABLE = 60.0  # s before an unusable directory is tried again
 _GONE = (errno.ECONNREFUSED, errno.ENOENT)
 _FULL = (errno.EAGAIN, errno.ENOBUFS)
@@ -47,6 +48,7 @@ class WakeDir:
         self._sender: Optional[socket.socket] = None
         self._names: list[str] = []
         self._listed_mtime = -1
+        self._listed_at_ns = 0
         self._pid = os.getpid()
         self._retry_at = 0.0  # monotonic time before which an unusable dir is not retried
 
@@ -86,7 +88,11 @@ class WakeDir:
             mtime = os.stat(self._dir_fd).st_mtime_ns  # type: ignore[arg-type]
         except OSError:
             return
-        if mtime != self._listed_mtime:
+        # Directory times tick coarsely (a few ms): a listing taken in the
+        # same tick as a bind may miss it, so it is trusted only once taken
+        # well after the tick it saw.
+        if mtime != self._listed_mtime or self._listed_at_ns - mtime < COARSE_MTIME_NS:
+            self._listed_at_ns = time.time_ns()
             self._names = [n for n in os.listdir(self._dir_fd) if n.endswith(SOCKET_SUFFIX)]  # type: ignore[arg-type]
             self._listed_mtime = mtime
         if not self._names:

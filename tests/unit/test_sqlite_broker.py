@@ -202,3 +202,21 @@ def test_without_a_usable_wake_dir_reserve_polls_gently(tmp_path: Path) -> None:
         # and still sees an add, from the next check
         job = b.add("q", b"x")
         assert [d.id for d in b.reserve(["q"], timeout=1)] == [job]
+
+
+def test_a_waiter_bound_after_a_producer_listed_the_dir_is_woken(tmp_path: Path) -> None:
+    # Given a producer that has just listed the wake directory
+    db = tmp_path / "jobs.db"
+    with open_broker(f"sqlite://{db}") as b:
+        b.add("q", b"first")
+        # When a consumer binds afterwards (on kernels with coarse directory
+        # times, possibly within the same tick)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(str(Path(str(db) + WAKE_DIR_SUFFIX) / f"1-late{SOCKET_SUFFIX}"))
+        sock.settimeout(1)
+        try:
+            b.add("q", b"second")
+            # Then the next add still wakes it
+            assert sock.recv(16)
+        finally:
+            sock.close()
