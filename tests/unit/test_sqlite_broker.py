@@ -3,8 +3,11 @@ clean-up of dead waiters' sockets, a connection per process after fork."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -15,7 +18,10 @@ from disqontrol_client.brokers import open_broker
 from disqontrol_client.brokers.sqlite import SqliteBroker
 from disqontrol_client.brokers.sqlite_wake import SOCKET_SUFFIX, WAKE_DIR_SUFFIX
 from disqontrol_client.errors import BrokerError, BrokerUnavailable, ConfigError
-from tests.support.procs import wait_for
+from tests.support.procs import stop_process, wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+KILLED_WRITER_BOUND = 2.0  # s: the kernel frees the lock at once; this allows a loaded machine
 
 FOREIGN_HOLD = 0.5  # s a foreign writer keeps the database locked
 SHORT_DELAY = 0.3  # s
@@ -220,3 +226,36 @@ def test_a_waiter_bound_after_a_producer_listed_the_dir_is_woken(tmp_path: Path)
             assert sock.recv(16)
         finally:
             sock.close()
+
+
+HOLD_LOCK_FOREVER = """
+import sys, time
+from disqontrol_client.brokers.sqlite import SqliteBroker
+b = SqliteBroker.from_url(sys.argv[1])
+db = b._conn()
+def hold():
+    db.execute("BEGIN IMMEDIATE")
+    db.execute("INSERT INTO jobs (queue, payload, due, retry, expires, ctime) VALUES ('q', x'00', 0, 1, 9e99, 0)")
+    print("holding", flush=True)
+    time.sleep(600)
+b._exclusive(hold)
+"""
+
+
+def test_a_writer_killed_mid_transaction_does_not_wedge_the_broker(tmp_path: Path) -> None:
+    # Given another process killed while holding the writers' lock and an open transaction
+    url = f"sqlite://{tmp_path}/jobs.db"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK_FOREVER, url], cwd=REPO,
+                              stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        os.killpg(holder.pid, signal.SIGKILL)
+        holder.wait(10)
+    finally:
+        stop_process(holder)
+    # When we write, Then it goes through at once and the dead transaction left nothing
+    with open_broker(url) as b:
+        started = time.monotonic()
+        job = b.add("q", b"x")
+        assert time.monotonic() - started < KILLED_WRITER_BOUND
+        assert [d.id for d in b.peek("q", 10)] == [job]
