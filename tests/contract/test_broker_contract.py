@@ -11,11 +11,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
-from disqontrol_client.brokers import Broker, NewJob, open_broker
+from disqontrol_client.brokers import Broker, Delivery, NewJob, open_broker
 from tests.support.procs import stop_process, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -33,11 +33,11 @@ def broker(broker_url: str) -> Iterator[Broker]:
     b.close()
 
 
-def agent(*args: str, **kwargs) -> subprocess.Popen:
+def agent(*args: str, **kwargs: Any) -> subprocess.Popen:
     return subprocess.Popen([*AGENT, *args], cwd=REPO, start_new_session=True, **kwargs)
 
 
-def reserve_one(broker: Broker, queue: str, timeout: float = 10.0):
+def reserve_one(broker: Broker, queue: str, timeout: float = 10.0) -> Delivery:
     got = broker.reserve([queue], timeout=timeout)
     assert len(got) == 1, f"expected one job of {queue!r} within {timeout}s, got {got!r}"
     return got[0]
@@ -157,9 +157,11 @@ def test_batch_spans_queues_in_order(broker: Broker) -> None:
 
 def test_concurrent_producers_and_consumers(broker_url: str, tmp_path: Path) -> None:
     # Given consumers already waiting in their own processes
-    consumers = [agent("consume", broker_url, "load", "10", str(tmp_path / f"c{i}.txt"))
-                 for i in range(CONSUMERS)]
+    consumers = [agent("consume", broker_url, "load", "10", str(tmp_path / f"c{i}.txt"),
+                       stdout=subprocess.PIPE, text=True) for i in range(CONSUMERS)]
     try:
+        for c in consumers:
+            assert c.stdout.readline().strip() == "ready"
         # When four producer processes add 2,000 jobs each
         producers = [agent("produce", broker_url, "load", str(JOBS_PER_PRODUCER), f"p{i}",
                            str(tmp_path / f"p{i}.txt")) for i in range(PRODUCERS)]
@@ -171,6 +173,7 @@ def test_concurrent_producers_and_consumers(broker_url: str, tmp_path: Path) -> 
     finally:
         for c in consumers:
             stop_process(c)
+            c.stdout.close()
 
     # Then every job was delivered exactly once
     added = [line.split() for i in range(PRODUCERS) for line in open(tmp_path / f"p{i}.txt")]
