@@ -37,6 +37,10 @@ def agent(*args: str, **kwargs: Any) -> subprocess.Popen:
     return subprocess.Popen([*AGENT, *args], cwd=REPO, start_new_session=True, **kwargs)
 
 
+def lines(path: Path) -> list[str]:
+    return path.read_text(encoding="utf-8").splitlines()
+
+
 def reserve_one(broker: Broker, queue: str, timeout: float = 10.0) -> Delivery:
     got = broker.reserve([queue], timeout=timeout)
     assert len(got) == 1, f"expected one job of {queue!r} within {timeout}s, got {got!r}"
@@ -176,8 +180,8 @@ def test_concurrent_producers_and_consumers(broker_url: str, tmp_path: Path) -> 
             c.stdout.close()
 
     # Then every job was delivered exactly once
-    added = [line.split() for i in range(PRODUCERS) for line in open(tmp_path / f"p{i}.txt")]
-    taken = [line.split() for i in range(CONSUMERS) for line in open(tmp_path / f"c{i}.txt")]
+    added = [line.split() for i in range(PRODUCERS) for line in lines(tmp_path / f"p{i}.txt")]
+    taken = [line.split() for i in range(CONSUMERS) for line in lines(tmp_path / f"c{i}.txt")]
     assert len(added) == PRODUCERS * JOBS_PER_PRODUCER
     assert len({i for i, _ in added}) == len(added), "two jobs got the same id"
     assert sorted(taken) == sorted(added)
@@ -284,6 +288,8 @@ def test_blocking_reserve_wakes_on_an_add_from_another_process(
             latencies.append(woke - added)
     finally:
         stop_process(adder)
+        adder.stdin.close()
+        adder.stdout.close()
 
     # Then we woke within milliseconds (target 50 ms; loose bound when loaded)
     median = statistics.median(latencies)

@@ -253,6 +253,7 @@ def test_a_writer_killed_mid_transaction_does_not_wedge_the_broker(tmp_path: Pat
         holder.wait(10)
     finally:
         stop_process(holder)
+        holder.stdout.close()
     # When we write, Then it goes through at once and the dead transaction left nothing
     with open_broker(url) as b:
         started = time.monotonic()
