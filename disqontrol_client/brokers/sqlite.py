@@ -5,8 +5,9 @@ row (leased=0) is delayed until ``due`` then ready; a leased row (leased=1)
 belongs to a consumer until ``due``, its lease expiry, after which it is ready
 again and its next delivery counts as an additional one. A delay and a lease
 never share a row state (kombu #337). Leasing is ``UPDATE ... RETURNING``
-over the (queue, due) index under the writers' lock (in ``BEGIN IMMEDIATE``
-when several queues are read), so two consumers never get the same job.
+over the (queue, due) index, one write statement (or one ``BEGIN IMMEDIATE``
+transaction when several queues are read), so two consumers never get the
+same job.
 WAL + ``synchronous=NORMAL``: a commit does not fsync; a power cut may lose
 the last commits, a crash of any process loses nothing.
 
@@ -14,8 +15,8 @@ Blocking ``reserve`` sleeps on a unix datagram socket that producers poke
 after each commit (see ``sqlite_wake``), or until the earliest delayed job or
 lease expiry of its queues is due: it never polls the disk.
 
-Every process opens its own connection, lazily and again after a fork, and
-writers queue on a lock file rather than on SQLITE_BUSY (see ``sqlite_store``).
+Every process opens its own connection, lazily and again after a fork; a
+busy database is waited for and retried (see ``sqlite_store``).
 """
 from __future__ import annotations
 
@@ -222,8 +223,8 @@ class SqliteBroker(Broker):
 
     def _lease(self, queues: Sequence[str], count: int) -> list[Delivery]:
         """Lease up to ``count`` due jobs. One queue: a single autocommit
-        statement (its read and write are one transaction, and no other
-        writer can commit in between while we hold the writers' lock)."""
+        write statement: sqlite takes the write lock before its subquery
+        reads, so the read and the write are one transaction."""
         db = self._conn()
         now = time.time()
         if now - self._last_sweep >= SWEEP_INTERVAL:

@@ -243,7 +243,7 @@ b._exclusive(hold)
 
 
 def test_a_writer_killed_mid_transaction_does_not_wedge_the_broker(tmp_path: Path) -> None:
-    # Given another process killed while holding the writers' lock and an open transaction
+    # Given another process killed while holding sqlite's write lock in an open transaction
     url = f"sqlite://{tmp_path}/jobs.db"
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK_FOREVER, url], cwd=REPO,
                               stdout=subprocess.PIPE, text=True, start_new_session=True)
