@@ -207,19 +207,23 @@ class SqliteBroker(Broker):
         if count < 1:
             raise BrokerError(f"sqlite broker: reserve count {count!r} must be >= 1")
         deadline = time.monotonic() + timeout
-        armed: Optional[bool] = None  # None: not yet bound for this call
-        while True:
-            got = self._lease(queues, count)
-            if got:
-                return got
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return []
-            if armed is None:  # bind before the next check so no wake-up is lost
+        armed: Optional[bool] = None  # None: not bound for this call
+        try:
+            while True:
+                got = self._lease(queues, count)
+                if got:
+                    return got
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return []
+                if armed is None:  # bind before the next check so no wake-up is lost
+                    armed = self._waiter.arm()
+                    continue
+                self._waiter.wait(min(remaining, self._until_next_due(queues, armed)))
                 armed = self._waiter.arm()
-                continue
-            self._waiter.wait(min(remaining, self._until_next_due(queues, armed)))
-            armed = self._waiter.arm()
+        finally:
+            if armed is not None:
+                self._waiter.disarm()
 
     def _lease(self, queues: Sequence[str], count: int) -> list[Delivery]:
         """Lease up to ``count`` due jobs. One queue: a single autocommit
@@ -391,6 +395,6 @@ class SqliteBroker(Broker):
         return self._write(take)
 
     def close(self) -> None:
-        self._waiter.close()
+        self._waiter.disarm()
         self._wake.close()
         self._store.close()

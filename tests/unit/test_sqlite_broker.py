@@ -87,13 +87,26 @@ def test_a_dead_waiters_socket_is_removed_by_the_next_add(tmp_path: Path) -> Non
     assert not stale.exists()
 
 
-def test_a_waiters_socket_is_removed_on_close(tmp_path: Path) -> None:
+def test_a_waiters_socket_exists_only_while_it_waits(tmp_path: Path) -> None:
+    # Given a consumer blocked in reserve (in a thread of this process)
     db = tmp_path / "jobs.db"
-    b = open_broker(f"sqlite://{db}")
-    assert b.reserve(["q"], timeout=0.05) == []
-    assert len(list(Path(str(db) + WAKE_DIR_SUFFIX).iterdir())) == 1
-    b.close()
-    assert list(Path(str(db) + WAKE_DIR_SUFFIX).iterdir()) == []
+    wake_dir = Path(str(db) + WAKE_DIR_SUFFIX)
+    consumer, producer = open_broker(f"sqlite://{db}"), open_broker(f"sqlite://{db}")
+    got: list = []
+    waiting = threading.Thread(target=lambda: got.extend(consumer.reserve(["q"], timeout=10)))
+    waiting.start()
+    try:
+        wait_for(lambda: wake_dir.exists() and len(list(wake_dir.iterdir())) == 1,
+                 message="the waiter's socket")
+        # When a job arrives
+        job = producer.add("q", b"x")
+    finally:
+        waiting.join(15)
+    # Then it is woken and its socket is gone, so adds stop writing to it
+    assert [d.id for d in got] == [job]
+    assert list(wake_dir.iterdir()) == []
+    consumer.close()
+    producer.close()
 
 
 def test_long_paths_still_wake(tmp_path: Path) -> None:
