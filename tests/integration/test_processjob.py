@@ -103,16 +103,3 @@ def test_disqontrol_processjob_runs_a_command_worker_end_to_end(tmp_path):
     assert bad.returncode == 1
     assert "exit code 4" in bad.stderr
 
-
-def test_example_config_command_worker_runs_from_another_cwd(tmp_path):
-    # Given the shipped example, whose command worker is a path relative to etc/
-    repo = Path(__file__).resolve().parents[2]
-    cli = Path(sys.executable).parent / "disqontrol"
-    # When `disqontrol processjob` runs its resize-pic job from an unrelated cwd
-    ran = subprocess.run([str(cli), "processjob", "resize-pic", '"example.png"', "-v",
-                          "--config", str(repo / "etc" / "disqontrol.yml")],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=60)
-    # Then examples/resize_pic.py was found beside the config and succeeded
-    assert ran.returncode == 0, ran.stderr
-    assert "event=command_finished" in ran.stderr
-    assert "resize_pic: queue=resize-pic body='example.png'" in ran.stderr
