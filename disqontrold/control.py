@@ -142,17 +142,27 @@ class ControlServer:
     def close(self) -> None:
         """Close every connection and remove the socket file. Idempotent.
 
-        In a forked consumer (which closes the master's files) the socket file
-        is left alone: it still belongs to the master."""
+        In a forked consumer (which closes the master's files) only our copies
+        of the fds are closed: the epoll instance is shared with the master, so
+        unregistering there would deafen the master, and the socket file is
+        still the master's."""
+        if os.getpid() != self._owner_pid:
+            for client in self._clients.values():
+                client.sock.close()
+            if self._listener is not None:
+                self._listener.close()
+            self._clients.clear()
+            self._listener = None
+            self._selector.close()
+            return
         for client in list(self._clients.values()):
             self._drop(client)
         if self._listener is not None:
             self._selector.unregister(self._listener)
             self._listener.close()
             self._listener = None
-            if os.getpid() == self._owner_pid:
-                self.path.unlink(missing_ok=True)
-                log_event(log, "control_socket_closed", path=self.path)
+            self.path.unlink(missing_ok=True)
+            log_event(log, "control_socket_closed", path=self.path)
         self._selector.close()
 
     # -- the master's loop ---------------------------------------------------

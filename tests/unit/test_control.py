@@ -195,3 +195,27 @@ def test_fileno_is_readable_when_a_client_connects(tmp_path):
     finally:
         outer.close()
         srv.close()
+
+
+def test_a_forked_child_closing_its_copy_does_not_deafen_the_server(tmp_path):
+    # Given a server, and a child forked from its process that closes its copy
+    # (as every consumer does right after the fork)
+    srv = ControlServer(tmp_path / "s.sock", _handlers()).open()
+    try:
+        pid = os.fork()
+        if pid == 0:
+            srv.close()
+            os._exit(0)
+        os.waitpid(pid, 0)
+        # Then the socket file is still there and the server still answers
+        assert srv.path.exists()
+        stop = threading.Event()
+        thread = threading.Thread(target=lambda: [srv.process(0.05) for _ in iter(stop.is_set, True)], daemon=True)
+        thread.start()
+        try:
+            assert _ask(srv.path, b'{"cmd": "status"}\n')["ok"] is True
+        finally:
+            stop.set()
+            thread.join(5)
+    finally:
+        srv.close()
