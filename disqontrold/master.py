@@ -268,7 +268,7 @@ class Master:
             return False
         before = self.targets[group.name]
         for _ in range(wanted, before):
-            slot = [s for s in self.slots if s.group.name == group.name][-1]
+            slot = self._slot_to_remove(group.name)
             self.slots.remove(slot)
             self._retire(slot)
         for _ in range(before, wanted):
@@ -280,6 +280,12 @@ class Master:
             self.scaled[group.name] = {"from": before, "to": wanted, "reason": reason, "at": time.time()}
             log_event(logger, "consumers_scaled", group=group.name, processes=wanted, reason=reason)
         return True
+
+    def _slot_to_remove(self, group_name: str) -> Slot:
+        """The group's newest idle slot (it retires at once), else its newest."""
+        slots = [s for s in self.slots if s.group.name == group_name]
+        idle = [s for s in slots if s.scoreboard is None or s.scoreboard.read().state != "busy"]
+        return (idle or slots)[-1]
 
     # -- the operations API (control socket) ----------------------------
     def request_stop(self, fast: bool) -> None:
