@@ -14,7 +14,7 @@ from tests.support.procs import wait_for
 
 MAX = 3
 IDLE_SECONDS = 1.0  # autoscale_idle_seconds: keeps the way down short
-BURST = 24
+BURST = 36  # x JOB_SECONDS: 18 s of work, well past DRAIN_SECONDS for 1 or 2 processes
 JOB_SECONDS = 0.5
 SCALE_TIMEOUT = 30.0  # s: generous on a loaded 2-core machine
 
