@@ -114,6 +114,16 @@ def test_an_oversized_request_is_refused_and_the_connection_closed(server):
     assert _ask(server.path, b'{"cmd": "status"}\n')["ok"] is True
 
 
+def test_an_oversized_line_arriving_at_once_is_refused_too(server):
+    # A whole oversized line with its newline, in one send: still refused.
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(str(server.path))
+        sock.sendall(b'{"cmd": "status", "pad": "' + b"x" * (MAX_REQUEST * 2) + b'"}\n')
+        reply = json.loads(sock.makefile("rb").readline())
+    assert reply["ok"] is False and f"longer than {MAX_REQUEST}" in reply["error"]
+
+
 def test_a_silent_client_does_not_block_others(server):
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as idle:
         idle.connect(str(server.path))
