@@ -59,6 +59,7 @@ class MasterAutoscaler:
     """Keeps one ``Autoscaler`` per autoscaled group of the master's current config."""
 
     def __init__(self, master: Any, clock: Callable[[], float] = time.monotonic) -> None:
+        """``clock``: time.monotonic, or an offset of it (the scoreboards stamp with it)."""
         self.master = master
         self.clock = clock
         self.config: Optional[Config] = None
@@ -87,7 +88,7 @@ class MasterAutoscaler:
         if backlog is not None:
             for group in groups:
                 self._step(group, backlog, now)
-        return now + SAMPLE_INTERVAL
+        return time.monotonic() + SAMPLE_INTERVAL  # the master's clock, whatever ours is
 
     def _backlog(self, groups: list[ConsumerConfig]) -> Optional[dict[str, int]]:
         """Ready jobs per queue, in one broker call; None (logged once) while it fails."""
@@ -111,7 +112,7 @@ class MasterAutoscaler:
     def _step(self, group: ConsumerConfig, backlog: dict[str, int], now: float) -> None:
         decider = self.deciders[group.name]
         slots = [slot for slot in self.master.slots if slot.group.name == group.name]
-        busy, job_seconds = self.meters[group.name].measure(slots, time.monotonic())
+        busy, job_seconds = self.meters[group.name].measure(slots, now)
         sample = Sample(backlog=sum(backlog.get(q, 0) for q in group.queues),
                         processes=self.master.targets[group.name], busy=busy, job_seconds=job_seconds)
         before = decider.last
