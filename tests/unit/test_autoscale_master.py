@@ -9,8 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+import pytest
+
 from disqontrol_client.brokers import open_broker
 from disqontrol_client.config import Config, parse_config
+from disqontrol_client.errors import ConfigError
 from disqontrold.autoscale_master import SAMPLE_INTERVAL, GroupMeter, MasterAutoscaler, attach_to_master
 from disqontrold.scoreboard import BUSY, IDLE, Scoreboard
 
@@ -120,3 +123,13 @@ def test_the_meter_counts_busy_processes_and_estimates_job_duration(tmp_path):
     busy_board.set_state(IDLE)
     busy, seconds = meter.measure(master.slots, now=meter.at + 2.0)
     assert busy == 0 and seconds is not None and 0.2 <= seconds <= 0.5
+
+
+def test_autoscale_idle_seconds_is_read_and_must_be_positive(tmp_path):
+    base = {"broker": f"sqlite://{tmp_path}/jobs.db",
+            "queues": {"work": {"worker": {"type": "command", "command": "true"}}}}
+    config = parse_config({"disqontrol": {**base, "consumer_defaults": {"autoscale_idle_seconds": 2.5}}},
+                          base_dir=tmp_path)
+    assert config.consumers[0].autoscale_idle_seconds == 2.5
+    with pytest.raises(ConfigError, match=r"autoscale_idle_seconds: 0 is less than or equal to the minimum of 0"):
+        parse_config({"disqontrol": {**base, "consumer_defaults": {"autoscale_idle_seconds": 0}}}, base_dir=tmp_path)
