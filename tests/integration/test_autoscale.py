@@ -17,6 +17,7 @@ IDLE_SECONDS = 1.0  # autoscale_idle_seconds: keeps the way down short
 BURST = 36  # x JOB_SECONDS: 18 s of work, well past DRAIN_SECONDS for 1 or 2 processes
 JOB_SECONDS = 0.5
 SCALE_TIMEOUT = 30.0  # s: generous on a loaded 2-core machine
+LONG_JOB_SECONDS = 8  # outlasts the hold and two idle stretches of IDLE_SECONDS
 
 
 def sqlite(tmp_path) -> str:
@@ -111,5 +112,27 @@ def test_sigttin_sigttou_work_within_the_bounds_with_autoscale_on(tmp_path):
         assert not daemon.events("autoscale")
         daemon.add("work", [5])
         assert daemon.wait_runs(1)[0][0] == "5"
+    finally:
+        daemon.stop()
+
+
+def test_stepping_down_retires_idle_processes_and_leaves_the_busy_one_its_job(tmp_path):
+    # Given an autoscaled group raised to 3 by hand, one of them busy with a long job
+    daemon = start(tmp_path)
+    try:
+        for expected in (2, 3):
+            send(daemon, signal.SIGTTIN, expected)
+        daemon.add("work", [{"n": 7, "sleep": LONG_JOB_SECONDS}])
+        busy_pid = wait_for(lambda: [p for p in daemon.consumer_pids() if " busy " in daemon.title(p)],
+                            timeout=SCALE_TIMEOUT, message="a busy consumer")[0]
+
+        # When the group idles otherwise: the hold ends and the autoscaler steps down
+        wait_for(lambda: daemon.consumer_pids() == [busy_pid], timeout=SCALE_TIMEOUT,
+                 message="only the busy consumer left")
+
+        # Then the idle ones went first, while the busy one kept its job, which ran once
+        assert daemon.runs() == [], "the scale-down came after the job instead of during it"
+        assert [body for body, _ in daemon.wait_runs(1, timeout=60)] == ["7"]
+        assert not daemon.events("consumer_kill") and not daemon.events("job_failed")
     finally:
         daemon.stop()
