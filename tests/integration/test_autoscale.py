@@ -4,12 +4,13 @@ stays at min, and SIGTTIN/SIGTTOU work within the bounds either way."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
 from typing import Any
 
-from tests.support.daemon import Daemon, parse_fields, python_worker
+from tests.support.daemon import Daemon, python_worker
 from tests.support.procs import wait_for
 
 MAX = 3
@@ -18,6 +19,11 @@ BURST = 36  # x JOB_SECONDS: 18 s of work, well past DRAIN_SECONDS for 1 or 2 pr
 JOB_SECONDS = 0.5
 SCALE_TIMEOUT = 30.0  # s: generous on a loaded 2-core machine
 LONG_JOB_SECONDS = 8  # outlasts the hold and two idle stretches of IDLE_SECONDS
+
+
+def parse_fields(line: str) -> dict[str, str]:
+    """key=value pairs of a log line, quoted values unquoted."""
+    return {key: value.strip('"') for key, value in re.findall(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)', line)}
 
 
 def sqlite(tmp_path) -> str:
