@@ -26,6 +26,7 @@ RESP2 = 2
 CONNECT_TIMEOUT = 5.0  # s to open a TCP connection to one node
 SOCKET_TIMEOUT = 30.0  # s a reply may take; blocking GETJOBs stay below it
 NODE_ID_PREFIX_LEN = 8  # Disque job ids embed this much of the producer's node id
+FAILING_PRIORITY = 10  # HELLO priority from which Disque deems a node failing
 T = TypeVar("T")
 
 
@@ -168,6 +169,28 @@ class FailoverClient(PydisqueClient):
                 self.close_connection()
                 self.connect(avoid=dead)
         raise BrokerUnavailable(f"Disque command {what} failed on every node")
+
+    def each_node(self, what: str, action: Callable[[redis.Redis], T]) -> list[T]:
+        """Run ``action`` on every node the cluster deems healthy (a fresh
+        HELLO says which), for views that need all of them. A node that
+        cannot be reached is skipped and logged: its copies have twins."""
+        self.node_id, self.cluster = parse_hello(self.execute_command("HELLO"))
+        results = []
+        for node in self.cluster:
+            if node.id == self.node_id:
+                results.append(self.with_failover(what, action))
+                continue
+            if node.priority >= FAILING_PRIORITY:
+                continue
+            connection = node_connection(node.host, node.port, self.password, self.socket_timeout)
+            try:
+                results.append(action(connection))
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                log_event(logger, "disque_node_skipped", level=logging.WARNING, node=node.address,
+                          command=what, error=exc)
+            finally:
+                connection.close()
+        return results
 
     def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         """Every pydisque method ends here: one command, with failover."""
