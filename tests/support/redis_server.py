@@ -1,7 +1,9 @@
 """A real redis-server on 127.0.0.1 and a free port, for the tests."""
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import subprocess
 from pathlib import Path
@@ -51,4 +53,11 @@ class RedisServer:
     def stop(self) -> None:
         if self.proc is not None:
             stop_process(self.proc)
+            self.proc = None
+
+    def kill(self) -> None:
+        """Crash it (SIGKILL): what an AOF with appendfsync always must survive."""
+        if self.proc is not None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
             self.proc = None

@@ -1,0 +1,3 @@
+-- KEYS: the five keys of one queue. ARGV: (id, payload, delay_ms, retry_ms, ttl_ms)...
+add_jobs(queue_keys(0), ARGV, 1, now_ms())
+return 1

@@ -1,0 +1,40 @@
+-- KEYS: five keys per queue, queues in priority order. ARGV[1]: count.
+-- Returns {ms until the next due job or -1, then per job: queue index, id,
+-- payload, nacks, deliveries}.
+local now = now_ms()
+local count = tonumber(ARGV[1])
+local out = {-1}
+local got = 0
+local soonest = nil
+for offset = 0, #KEYS - 1, 5 do
+  local q = queue_keys(offset)
+  promote(q, now)
+  while got < count do
+    local id = redis.call('LPOP', q.ready)
+    if not id then break end
+    local jk = job_key(q, id)
+    local f = redis.call('HMGET', jk, 'payload', 'retry', 'nacks', 'deliveries')
+    if f[1] then
+      local retry = tonumber(f[2])
+      local lease = FOREVER_MS
+      if retry > 0 then lease = retry end
+      redis.call('ZADD', q.leased, now + lease, id)
+      redis.call('HSET', jk, 'state', 'leased')
+      out[#out + 1] = offset / 5
+      out[#out + 1] = id
+      out[#out + 1] = f[1]
+      out[#out + 1] = f[3]
+      out[#out + 1] = f[4]
+      got = got + 1
+    end
+  end
+  if got >= count then
+    -- jobs left over: wake another blocked reserver for them
+    if redis.call('LLEN', q.ready) > 0 then notify(q) end
+    break
+  end
+  local wait = next_due(q, now)
+  if wait ~= nil and (soonest == nil or wait < soonest) then soonest = wait end
+end
+if got == 0 and soonest ~= nil then out[1] = math.max(soonest, 0) end
+return out

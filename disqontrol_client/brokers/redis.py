@@ -1,0 +1,366 @@
+"""The Redis engine: Disque's semantics in Lua scripts, one round trip each.
+
+Every queue is five keys sharing one hash tag ``{queue}`` (one Redis Cluster
+slot): a ready list, a delayed zset, a leased zset, an expiry zset and a
+notify list; each job is a hash beside them (see lua/common.lua). A blocked
+``reserve`` waits in BLPOP on the notify lists of its queues, which every add
+and nack pushes a token to, so it wakes within milliseconds without polling;
+its BLPOP timeout is cut to the next delayed job or lease falling due, which
+the reserve script itself promotes (no scheduler process needed).
+
+Operations on several queues (a multi-queue ``reserve``, ``replace`` into the
+failure queue) run as one script over several queues' keys. That is atomic
+and one round trip on a single Redis server (and its replicas); Redis Cluster
+would refuse it as cross-slot, so this engine targets a single primary.
+Batch ``ack`` / ``add_many`` over several queues are one pipeline of
+per-queue scripts: one round trip, each script in one slot.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from importlib import resources
+from typing import Any, Callable, Iterable, Optional, Sequence, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.commands.core import Script
+from redis.exceptions import NoScriptError
+from redis.retry import Retry
+
+from disqontrol_client.brokers.broker import (
+    DEFAULT_RETRY,
+    DEFAULT_TTL,
+    Broker,
+    Delivery,
+    NewJob,
+    QueueStats,
+)
+from disqontrol_client.errors import BrokerError, BrokerUnavailable, ConfigError, UsageError
+from disqontrol_client.logfmt import log_event
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+DEFAULT_PREFIX = "dq"
+ID_MARK = "R"  # ids are "R-<random hex>-<queue>": the queue names the keys
+ID_RANDOM_BYTES = 8
+KEY_SUFFIXES = ("ready", "delayed", "leased", "expiry", "notify")
+KEYS_PER_QUEUE = len(KEY_SUFFIXES)
+RESERVE_FIELDS = 5  # queue index, id, payload, nacks, deliveries
+PEEK_FIELDS = 4  # id, payload, nacks, deliveries
+MAX_COUNT = 1000  # jobs per reserve / peek
+ADD_CHUNK = 500  # jobs per add script call (keeps Lua's unpack/arg count small)
+JOB_ARGS = 5  # id, payload, delay_ms, retry_ms, ttl_ms: see add_jobs in lua/common.lua
+MS = 1000
+
+SOCKET_TIMEOUT = 10.0  # s: a silent server is declared gone after this
+CONNECT_TIMEOUT = 2.0  # s
+MAX_BLOCK = SOCKET_TIMEOUT / 2  # s: one BLPOP never outlasts the socket timeout
+MIN_BLOCK = 0.001  # s: BLPOP 0 would block forever; shorter waits just loop
+PRODUCER_RETRIES = 3  # redis-py retries of a command on a lost connection
+RETRY_BACKOFF_BASE = 0.05  # s
+RETRY_BACKOFF_CAP = 0.5  # s
+CONSUMER_BACKOFF_FIRST = 0.1  # s: pause of a reserve after the connection broke
+CONSUMER_BACKOFF_CAP = 2.0  # s
+
+
+def _script_source(name: str) -> str:
+    lua = resources.files("disqontrol_client.brokers").joinpath("lua")
+    return lua.joinpath("common.lua").read_text() + "\n" + lua.joinpath(f"{name}.lua").read_text()
+
+
+def queue_of(job_id: str) -> Optional[str]:
+    """The queue encoded in one of our ids, or None for a foreign id."""
+    parts = job_id.split("-", 2)
+    if len(parts) != 3 or parts[0] != ID_MARK or not parts[2]:
+        return None
+    return parts[2]
+
+
+def _ms(seconds: float) -> int:
+    return int(round(seconds * MS))
+
+
+def _check_queue(queue: str) -> str:
+    if not isinstance(queue, str) or not queue:
+        raise UsageError(f"queue name {queue!r} is invalid: a non-empty string is required")
+    return queue
+
+
+class RedisBroker(Broker):
+    """A connection to one Redis server (redis:// or rediss:// for TLS)."""
+
+    schemes = ("redis", "rediss")
+
+    def __init__(self, client: redis.Redis, prefix: str = DEFAULT_PREFIX, where: str = "redis") -> None:
+        self._client = client
+        self._prefix = prefix
+        self._where = where
+        self._backoff = CONSUMER_BACKOFF_FIRST
+        self._scripts: dict[str, Script] = {
+            name: client.register_script(_script_source(name))
+            for name in ("add", "reserve", "remove", "nack", "working", "replace", "peek")
+        }
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> "RedisBroker":
+        """``redis://[:password@]host:port/db?prefix=dq``; ``rediss://`` takes
+        redis-py's ssl_* query options (ssl_ca_certs, ssl_cert_reqs, ...)."""
+        parts = urlsplit(url)
+        if parts.scheme not in cls.schemes:
+            raise ConfigError(f"disqontrol.broker: {url!r} is not a redis:// or rediss:// URL")
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        prefix = dict(query).get("prefix", DEFAULT_PREFIX)
+        if not prefix or "{" in prefix or "}" in prefix:
+            raise ConfigError(
+                f"disqontrol.broker: prefix {prefix!r} is invalid: a non-empty name without braces is required"
+            )
+        rest = urlencode([(k, v) for k, v in query if k != "prefix"])
+        options.setdefault("socket_timeout", SOCKET_TIMEOUT)
+        options.setdefault("socket_connect_timeout", CONNECT_TIMEOUT)
+        options.setdefault(
+            "retry", Retry(ExponentialBackoff(cap=RETRY_BACKOFF_CAP, base=RETRY_BACKOFF_BASE), PRODUCER_RETRIES)
+        )
+        try:
+            client = redis.Redis.from_url(urlunsplit(parts._replace(query=rest)), **options)
+        except ValueError as exc:
+            raise ConfigError(f"disqontrol.broker: {_redact(url)!r} is not a valid redis URL: {exc}") from exc
+        return cls(client, prefix, where=_redact(url))
+
+    # --- keys and calls ---------------------------------------------------
+
+    def _keys(self, queue: str) -> list[str]:
+        base = f"{self._prefix}:{{{_check_queue(queue)}}}"
+        return [f"{base}:{suffix}" for suffix in KEY_SUFFIXES]
+
+    def _job_key(self, queue: str, job_id: str) -> str:
+        return f"{self._prefix}:{{{queue}}}:job:{job_id}"
+
+    @property
+    def _queues_key(self) -> str:
+        return f"{self._prefix}:queues"
+
+    def _call(self, what: Callable[[], T]) -> T:
+        """Run one round trip, turning redis-py errors into ours."""
+        try:
+            return what()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise BrokerUnavailable(f"cannot reach redis at {self._where}: {exc}") from exc
+        except redis.RedisError as exc:
+            raise BrokerError(f"redis at {self._where} refused the operation: {exc}") from exc
+
+    def _run(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        return self._call(lambda: self._scripts[name](keys=keys, args=args))
+
+    def _pipeline(self, calls: list[tuple[str, list[str], list[Any]]], extra: Sequence[tuple] = ()) -> list[Any]:
+        """Several scripts (plus plain commands) in one round trip. Every
+        script is idempotent, so the whole batch is replayed once after a
+        NOSCRIPT (the server restarted and lost its script cache)."""
+
+        def once() -> list[Any]:
+            pipe = self._client.pipeline(transaction=False)
+            for command in extra:
+                pipe.execute_command(*command)
+            for name, keys, args in calls:
+                pipe.evalsha(self._scripts[name].sha, len(keys), *keys, *args)
+            return pipe.execute()[len(extra):]
+
+        def with_reload() -> list[Any]:
+            try:
+                return once()
+            except NoScriptError:
+                for script in self._scripts.values():
+                    self._client.script_load(script.script)
+                return once()
+
+        return self._call(with_reload)
+
+    # --- producer side ----------------------------------------------------
+
+    def add(self, queue: str, payload: bytes, *, delay: float = 0, retry: float = DEFAULT_RETRY,
+            ttl: float = DEFAULT_TTL) -> str:
+        return self.add_many([NewJob(queue, payload, delay=delay, retry=retry, ttl=ttl)])[0]
+
+    def add_many(self, items: Sequence[NewJob]) -> list[str]:
+        ids = [self._new_id(_check_queue(item.queue)) for item in items]
+        by_queue: dict[str, list[Any]] = {}
+        for job_id, item in zip(ids, items):
+            by_queue.setdefault(item.queue, []).extend(_job_args(job_id, item))
+        calls = []
+        for queue, args in by_queue.items():
+            step = ADD_CHUNK * JOB_ARGS
+            calls.extend(("add", self._keys(queue), args[i:i + step]) for i in range(0, len(args), step))
+        if calls:
+            self._pipeline(calls, extra=[("SADD", self._queues_key, *by_queue)])
+        return ids
+
+    def _new_id(self, queue: str) -> str:
+        return f"{ID_MARK}-{os.urandom(ID_RANDOM_BYTES).hex()}-{queue}"
+
+    def replace(self, old_id: str, new: NewJob) -> str:
+        """Add the new copy and remove the old job in one atomic script."""
+        old_queue = queue_of(old_id)
+        if old_queue is None:
+            return self.add(new.queue, new.payload, delay=new.delay, retry=new.retry, ttl=new.ttl)
+        new_id = self._new_id(_check_queue(new.queue))
+        keys = self._keys(new.queue) + self._keys(old_queue)
+        self._pipeline([("replace", keys, [old_id, *_job_args(new_id, new)])],
+                       extra=[("SADD", self._queues_key, new.queue)])
+        return new_id
+
+    def claim(self, key: str, ttl: float) -> bool:
+        return bool(self._call(lambda: self._client.set(
+            f"{self._prefix}:claim:{key}", b"1", nx=True, px=max(1, _ms(ttl)))))
+
+    # --- consumer side ----------------------------------------------------
+
+    def reserve(self, queues: Sequence[str], *, count: int = 1, timeout: float = 1.0) -> list[Delivery]:
+        if not queues:
+            raise UsageError("reserve needs at least one queue name")
+        if not 1 <= count <= MAX_COUNT:
+            raise UsageError(f"reserve count {count!r} is invalid: 1..{MAX_COUNT} is allowed")
+        queues = list(queues)
+        keys = [key for queue in queues for key in self._keys(queue)]
+        notify_keys = keys[KEYS_PER_QUEUE - 1::KEYS_PER_QUEUE]
+        deadline = time.monotonic() + max(timeout, 0)
+        while True:
+            try:
+                reply = self._scripts["reserve"](keys=keys, args=[count])
+                jobs = _deliveries(queues, reply)
+                if jobs or timeout <= 0:
+                    self._backoff = CONSUMER_BACKOFF_FIRST
+                    return jobs
+                wait = deadline - time.monotonic()
+                if wait <= 0:
+                    return []
+                if reply[0] >= 0:
+                    wait = min(wait, reply[0] / MS)
+                wait = min(wait, MAX_BLOCK)
+                if wait >= MIN_BLOCK:
+                    self._client.blpop(notify_keys, timeout=wait)
+                self._backoff = CONSUMER_BACKOFF_FIRST
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                self._pause_after(exc, deadline, queues)
+                return []
+            except redis.RedisError as exc:
+                raise BrokerError(f"redis at {self._where} refused reserve: {exc}") from exc
+
+    def _pause_after(self, exc: Exception, deadline: float, queues: list[str]) -> None:
+        """A consumer outlives a Redis restart: log, wait (growing backoff,
+        never past the caller's timeout by more than one step), return []."""
+        pause = self._backoff
+        log_event(logger, "broker_unreachable", logging.WARNING, broker=self._where,
+                  queues=",".join(queues), retry_in=f"{pause:.2f}", error=str(exc))
+        time.sleep(max(0.0, min(pause, deadline - time.monotonic())) or MIN_BLOCK)
+        self._backoff = min(self._backoff * 2, CONSUMER_BACKOFF_CAP)
+
+    def ack(self, ids: Iterable[str]) -> None:
+        self._per_queue("remove", ids)
+
+    def delete(self, ids: Iterable[str]) -> None:
+        self._per_queue("remove", ids)
+
+    def nack(self, ids: Iterable[str]) -> None:
+        self._per_queue("nack", ids)
+
+    def _per_queue(self, name: str, ids: Iterable[str]) -> None:
+        by_queue: dict[str, list[str]] = {}
+        for job_id in ids:
+            queue = queue_of(job_id)
+            if queue is not None:
+                by_queue.setdefault(queue, []).append(job_id)
+        calls = [(name, self._keys(queue), queue_ids) for queue, queue_ids in by_queue.items()]
+        if len(calls) == 1:
+            self._run(*calls[0])
+        elif calls:
+            self._pipeline(calls)
+
+    def working(self, id: str) -> None:
+        queue = queue_of(id)
+        if queue is None or not self._run("working", self._keys(queue), [id]):
+            raise BrokerError(f"job {id!r} is not leased: only a reserved, unacked job can be extended")
+
+    # --- inspection -------------------------------------------------------
+
+    def length(self, queue: str) -> int:
+        ready, delayed, *_ = self._keys(queue)
+        return sum(self._call(lambda: _execute(self._client, [("LLEN", ready), ("ZCARD", delayed)])))
+
+    def _counts(self, queues: Sequence[str]) -> list[int]:
+        commands = []
+        for queue in queues:
+            ready, delayed, leased, *_ = self._keys(queue)
+            commands += [("LLEN", ready), ("ZCARD", delayed), ("ZCARD", leased)]
+        return self._call(lambda: _execute(self._client, commands))
+
+    def stats(self, queues: Sequence[str]) -> list[QueueStats]:
+        counts = self._counts(queues)
+        return [QueueStats(queue, *counts[i * 3:i * 3 + 3]) for i, queue in enumerate(queues)]
+
+    def queues(self) -> list[str]:
+        names = sorted(n.decode() for n in self._call(lambda: self._client.smembers(self._queues_key)))
+        counts = self._counts(names)
+        return [name for i, name in enumerate(names) if sum(counts[i * 3:i * 3 + 3]) > 0]
+
+    def peek(self, queue: str, count: int) -> list[Delivery]:
+        if count <= 0:
+            return []
+        reply = self._run("peek", self._keys(queue), [min(count, MAX_COUNT)])
+        return [
+            Delivery(reply[i].decode(), queue, reply[i + 1], int(reply[i + 2]), int(reply[i + 3]))
+            for i in range(0, len(reply), PEEK_FIELDS)
+        ]
+
+    def show(self, id: str) -> Optional[dict[str, Any]]:
+        queue = queue_of(id)
+        if queue is None:
+            return None
+        fields = self._call(lambda: self._client.hgetall(self._job_key(queue, id)))
+        if not fields:
+            return None
+        get = {k.decode(): v for k, v in fields.items()}
+        return {
+            "id": id,
+            "queue": queue,
+            "payload": get["payload"],
+            "state": get["state"].decode(),
+            "nacks": int(get["nacks"]),
+            "additional_deliveries": int(get["deliveries"]),
+            "ctime": int(get["ctime"]) / MS,
+            "retry": int(get["retry"]) / MS,
+            "expires_at": int(get["expire_at"]) / MS,
+        }
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _redact(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _job_args(job_id: str, job: NewJob) -> list[Any]:
+    return [job_id, job.payload, _ms(max(job.delay, 0)), _ms(job.retry), _ms(job.ttl)]
+
+
+def _execute(client: redis.Redis, commands: list[tuple]) -> list[Any]:
+    pipe = client.pipeline(transaction=False)
+    for command in commands:
+        pipe.execute_command(*command)
+    return [int(n) for n in pipe.execute()]
+
+
+def _deliveries(queues: list[str], reply: list[Any]) -> list[Delivery]:
+    return [
+        Delivery(reply[i + 1].decode(), queues[int(reply[i])], reply[i + 2], int(reply[i + 3]), int(reply[i + 4]))
+        for i in range(1, len(reply), RESERVE_FIELDS)
+    ]

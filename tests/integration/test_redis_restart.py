@@ -1,0 +1,106 @@
+"""Redis going away: clear errors for producers, patience for consumers, and
+no job lost when the server is killed and restarted (AOF, fsync always)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from disqontrol_client.brokers.redis import RedisBroker
+from disqontrol_client.errors import BrokerUnavailable
+from tests.support.procs import free_port, stop_process, wait_for
+from tests.support.redis_server import RedisServer
+
+JOBS = 2000
+CONSUMERS = 2
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def own_server(tmp_path, redis_server):  # redis_server: skips when redis-server is missing
+    server = RedisServer(tmp_path / "redis", appendonly=True).start()
+    yield server
+    server.stop()
+
+
+def test_a_producer_that_cannot_reach_redis_gets_broker_unavailable():
+    port = free_port()  # nothing listens there
+    with RedisBroker.from_url(f"redis://:secret@127.0.0.1:{port}/0") as broker:
+        started = time.monotonic()
+        with pytest.raises(BrokerUnavailable, match=f"127.0.0.1:{port}") as error:
+            broker.add("q", b"x")
+    assert "secret" not in str(error.value)
+    assert time.monotonic() - started < 10
+    assert error.value.exit_code == 3
+
+
+def test_a_blocked_consumer_survives_a_restart(own_server):
+    # Given a consumer blocked in reserve
+    broker = RedisBroker.from_url(own_server.url)
+    results: list = []
+    errors: list = []
+
+    def consume() -> None:
+        try:
+            results.append(broker.reserve(["q"], timeout=30))
+        except Exception as exc:  # noqa: BLE001 - the test reports it
+            errors.append(exc)
+
+    consumer = threading.Thread(target=consume)
+    consumer.start()
+    wait_for(lambda: any(c["cmd"] == "blpop" for c in _clients(own_server)), timeout=10, message="a BLPOP")
+    # When the server is killed under it
+    own_server.kill()
+    consumer.join(30)
+    # Then reserve returned [] instead of raising, and works again after a restart
+    assert (errors, results) == ([], [[]])
+    own_server.start()
+    with RedisBroker.from_url(own_server.url) as producer:
+        producer.add("q", b"after")
+    assert [d.payload for d in wait_for(lambda: broker.reserve(["q"], timeout=1), timeout=30,
+                                        message="a delivery after the restart")] == [b"after"]
+    broker.close()
+
+
+def _clients(server: RedisServer) -> list:
+    import redis  # noqa: PLC0415
+
+    with redis.Redis(host="127.0.0.1", port=server.port) as client:
+        return client.client_list()
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().split() if path.exists() else []
+
+
+def test_no_job_is_lost_when_redis_is_killed_mid_flow(own_server, tmp_path):
+    # Given a producer process and two consumer processes on one queue
+    progress = tmp_path / "produced"
+    done = [tmp_path / f"done-{i}" for i in range(CONSUMERS)]
+    run = [sys.executable, "-m", "tests.support.redis_flow"]
+    procs = [subprocess.Popen(run + ["consume", own_server.url, "q", str(d)], cwd=REPO, start_new_session=True)
+             for d in done]
+    procs.append(subprocess.Popen(run + ["produce", own_server.url, "q", str(JOBS), str(progress)], cwd=REPO,
+                                  start_new_session=True))
+    try:
+        consumed = lambda: {int(x) for d in done for x in _lines(d)}  # noqa: E731
+        produced = lambda: _lines(progress)[-2:]  # noqa: E731 - "count failures" of the last add
+        wait_for(lambda: len(consumed()) >= JOBS // 10, timeout=60, message="jobs flowing")
+        # When redis-server is killed mid-flow, and restarted once the producer noticed
+        own_server.kill()
+        at_kill = int(produced()[0])
+        wait_for(lambda: produced() and int(produced()[1]) > 0 or procs[-1].poll() is not None, timeout=30,
+                 message="the producer to hit the dead server")
+        own_server.start()
+        # Then every job is processed: none is lost
+        wait_for(lambda: len(consumed()) == JOBS, timeout=90, message=f"all {JOBS} jobs consumed")
+        assert at_kill < JOBS, "the producer had finished before the kill: the test proved nothing"
+        assert procs[-1].wait(30) == 0
+        assert consumed() == set(range(JOBS))
+    finally:
+        for proc in procs:
+            stop_process(proc)

@@ -1,0 +1,36 @@
+"""Pure logic of the redis engine: ids, URLs, argument checks."""
+from __future__ import annotations
+
+import pytest
+
+from disqontrol_client.brokers.redis import RedisBroker, _redact, queue_of
+from disqontrol_client.errors import ConfigError
+
+
+def test_queue_is_read_back_from_an_id_even_with_dashes_in_its_name():
+    assert queue_of("R-0123abcd-my-queue") == "my-queue"
+
+
+@pytest.mark.parametrize("foreign", ["D-abc-123", "R-abc", "R-abc-", "", "whatever"])
+def test_a_foreign_id_names_no_queue(foreign):
+    assert queue_of(foreign) is None
+
+
+def test_the_password_never_reaches_a_message():
+    assert _redact("redis://:s3cret@db.example:6380/2") == "redis://:***@db.example:6380/2"
+    assert _redact("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1/0?prefix=", "redis://127.0.0.1/0?prefix=a{b}"])
+def test_a_bad_prefix_is_refused_with_its_value(url):
+    with pytest.raises(ConfigError, match="prefix"):
+        RedisBroker.from_url(url)
+
+
+def test_the_prefix_is_taken_out_of_the_url_before_redis_py_sees_it():
+    # Given a URL with our option and one of redis-py's
+    broker = RedisBroker.from_url("redis://127.0.0.1:1/3?prefix=app1&socket_keepalive=true")
+    # Then the keys use the prefix and redis-py got the rest (no connection is made yet)
+    assert broker._keys("q")[0] == "app1:{q}:ready"
+    assert broker._client.connection_pool.connection_kwargs["db"] == 3
+    broker.close()
