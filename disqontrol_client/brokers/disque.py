@@ -34,6 +34,7 @@ from disqontrol_client.brokers.disque_client import (
     ClusterNode,
     FailoverClient,
 )
+from disqontrol_client.brokers import disque_claim
 from disqontrol_client.brokers import disque_view as view
 from disqontrol_client.brokers.disque_view import JobView
 from disqontrol_client.errors import BrokerError, ConfigError
@@ -310,7 +311,9 @@ class DisqueBroker(Broker):
         return result
 
     def queues(self) -> list[str]:
-        return sorted({job.queue for job in self._jobs().values()})
+        """Job queues only: the scheduler's claims live in queues too."""
+        names = {job.queue for job in self._jobs().values()}
+        return sorted(n for n in names if not n.startswith(disque_claim.CLAIM_QUEUE_PREFIX))
 
     def peek(self, queue: str, count: int) -> list[Delivery]:
         """Ready jobs oldest first, then delayed ones by due time."""
@@ -330,13 +333,8 @@ class DisqueBroker(Broker):
         return job.as_dict() if job else None
 
     def claim(self, key: str, ttl: float) -> bool:
-        """Disque has no key-value store and job ids are random, so there is
-        no atomic "first caller wins" across nodes: refuse clearly."""
-        raise NotImplementedError(
-            "the disque broker has no claim(): Disque has no atomic key-value store and job ids "
-            "are random, so a cron minute cannot be fired once across schedulers; run one "
-            "scheduler, or give the scheduler a redis:// or sqlite:// claim store"
-        )
+        """A majority of nodes, each atomic on its own (see disque_claim)."""
+        return disque_claim.claim(self.client, key, ttl)
 
     # -- best node ----------------------------------------------------------
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence, TypeVar
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from pydisque.client import Client as PydisqueClient
 from pydisque.client import Node
 
@@ -50,6 +52,9 @@ def node_connection(
         protocol=RESP2,
         socket_connect_timeout=CONNECT_TIMEOUT,
         socket_timeout=socket_timeout,
+        # redis-py 6+ retries a failed command 3 times with backoff (seconds);
+        # failing over to the next node at once is the better retry here.
+        retry=Retry(NoBackoff(), 0),
         **_handshake_options(),
     )
 
@@ -177,20 +182,27 @@ class FailoverClient(PydisqueClient):
         self.node_id, self.cluster = parse_hello(self.execute_command("HELLO"))
         results = []
         for node in self.cluster:
-            if node.id == self.node_id:
-                results.append(self.with_failover(what, action))
+            if node.priority >= FAILING_PRIORITY and node.id != self.node_id:
                 continue
-            if node.priority >= FAILING_PRIORITY:
-                continue
-            connection = node_connection(node.host, node.port, self.password, self.socket_timeout)
             try:
-                results.append(action(connection))
+                results.append(self.on_node(node, action))
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 log_event(logger, "disque_node_skipped", level=logging.WARNING, node=node.address,
                           command=what, error=exc)
-            finally:
-                connection.close()
         return results
+
+    def on_node(self, node: ClusterNode, action: Callable[[redis.Redis], T]) -> T:
+        """Run ``action`` on that node and no other (no failover: a view or a
+        claim must not count a node twice), through the open connection if it
+        is the connected node. Raises redis.ConnectionError / TimeoutError
+        when the node is gone."""
+        if node.id == self.node_id and self.connected_node is not None:
+            return action(self.connected_node.connection)
+        connection = node_connection(node.host, node.port, self.password, self.socket_timeout)
+        try:
+            return action(connection)
+        finally:
+            connection.close()
 
     def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         """Every pydisque method ends here: one command, with failover."""

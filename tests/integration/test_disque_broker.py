@@ -35,12 +35,11 @@ def test_no_node_answering_is_broker_unavailable():
 
 
 def test_fractional_seconds_round_up_and_the_lease_is_whole_seconds(broker):
-    # Given a job added with a fractional lease and ttl
-    job_id = broker.add("rounding", b"1", retry=0.2, ttl=10.5)
+    # Given a job added with a fractional lease and delay
+    job_id = broker.add("rounding", b"1", retry=0.2, delay=0.3)
     # Then Disque holds whole seconds, never shorter than asked
     shown = broker.show(job_id)
-    assert shown["retry"] == 1
-    assert shown["ttl"] in (10, 11)
+    assert (shown["retry"], shown["delay"]) == (1, 1)
 
 
 def test_job_ids_carry_the_producing_node(broker, cluster):
@@ -107,11 +106,6 @@ def test_malformed_ids_are_unknown(broker):
     broker.ack(["not-a-disque-id"])
     broker.delete(["not-a-disque-id"])
     assert broker.show("not-a-disque-id") is None
-
-
-def test_claim_is_refused_with_a_reason(broker):
-    with pytest.raises(NotImplementedError, match="no claim"):
-        broker.claim("cron:2026-01-01T00:00", 60)
 
 
 def test_password_and_a_single_node_cluster(tmp_path, caplog):
