@@ -318,7 +318,7 @@ class DisqueBroker(Broker):
     def peek(self, queue: str, count: int) -> list[Delivery]:
         """Ready jobs oldest first, then delayed ones by due time."""
         jobs = [j for j in self._jobs(queue).values() if j.state in (view.READY, view.DELAYED)]
-        jobs.sort(key=lambda j: (j.state != view.READY, j.due if j.state == view.DELAYED else j.created))
+        jobs.sort(key=lambda j: (j.state != view.READY, j.due if j.state == view.DELAYED else 0, j.order))
         return [
             Delivery(id=j.id, queue=j.queue, payload=j.body, nacks=j.nacks,
                      additional_deliveries=j.additional_deliveries)

@@ -48,6 +48,7 @@ class JobView:
     ttl: int
     retry: int
     delay: int
+    order: int  # Disque's ctime: ms * 1e6, made unique per node; the FIFO order
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -85,7 +86,7 @@ def merge(copies: Iterable[dict[str, Any]], now: float) -> dict[str, JobView]:
             additional_deliveries=max(int(job["additional-deliveries"]),
                                       seen.additional_deliveries if seen else 0),
             created=created, due=created + int(job["delay"]), ttl=int(job["ttl"]),
-            retry=int(job["retry"]), delay=int(job["delay"]),
+            retry=int(job["retry"]), delay=int(job["delay"]), order=int(job["ctime"]),
         )
     return views
 
