@@ -52,7 +52,11 @@ SWITCH_MARGIN = 0.05  # a node must beat the current one by 5 % to be worth a mo
 JOB_ID_PREFIX = "D-"  # D-<8 chars of the producing node id>-...
 JOB_ID_LEN = 40
 NOJOB = "NOJOB"  # Disque's error for a job this node does not hold
-URL_OPTIONS = ("replicate", "switch_after")
+URL_OPTIONS = {  # name -> smallest allowed value
+    "replicate": 1,
+    "switch_after": 1,
+    "async": 0,  # 1: ADDJOB ASYNC, replicate in the background
+}
 
 
 def parse_url(url: str) -> tuple[list[str], Optional[str], dict[str, int]]:
@@ -69,7 +73,11 @@ def parse_url(url: str) -> tuple[list[str], Optional[str], dict[str, int]]:
         password = unquote(credentials.partition(":")[2]) or None
     nodes = []
     for part in filter(None, rest.split(",")):
-        host, _, port = part.partition(":")
+        if part.startswith("["):  # [IPv6]:port
+            host, _, port = part[1:].partition("]")
+            port = port[1:]
+        else:
+            host, _, port = part.partition(":")
         if not host or (port and not port.isdigit()):
             raise ConfigError(f"disqontrol.broker: {part!r} in {url!r} is not host:port")
         nodes.append(f"{host}:{port or DEFAULT_PORT}")
@@ -77,12 +85,12 @@ def parse_url(url: str) -> tuple[list[str], Optional[str], dict[str, int]]:
         raise ConfigError(f"disqontrol.broker: {url!r} names no Disque node (disque://host:port,...)")
     options = {}
     for key, value in parse_qsl(query):
-        if key not in URL_OPTIONS or not value.isdigit() or int(value) < 1:
+        if key not in URL_OPTIONS or not value.isdigit() or int(value) < URL_OPTIONS[key]:
             raise ConfigError(
-                f"disqontrol.broker: option {key}={value!r} in {url!r}; allowed: "
-                f"{', '.join(URL_OPTIONS)} as positive integers"
+                f"disqontrol.broker: option {key}={value!r} in {url!r}; allowed: replicate and "
+                f"switch_after as positive integers, async as 0 or 1"
             )
-        options[key] = int(value)
+        options["asynchronous" if key == "async" else key] = int(value)
     return nodes, password, options
 
 
@@ -145,10 +153,11 @@ class DisqueBroker(Broker):
 
     def __init__(
         self, nodes: Sequence[str], password: Optional[str] = None, *,
-        replicate: int = DEFAULT_REPLICATE, switch_after: int = SWITCH_AFTER,
+        replicate: int = DEFAULT_REPLICATE, switch_after: int = SWITCH_AFTER, asynchronous: bool = False,
     ) -> None:
         self.client = FailoverClient(nodes, password)
         self.replicate = replicate
+        self.asynchronous = bool(asynchronous)
         self.switch_after = switch_after
         self.produced_by: Counter[str] = Counter()  # node id prefix -> jobs received
         self.client.connect()
@@ -186,7 +195,8 @@ class DisqueBroker(Broker):
         while True:
             try:
                 job_id = self.client.add_job(queue, payload, timeout=ADDJOB_TIMEOUT_MS,
-                                             replicate=replicate, **options)
+                                             replicate=replicate, asynchronous=self.asynchronous,
+                                             **options)
                 return view.text(job_id)
             except redis.ResponseError as exc:
                 if not str(exc).startswith("NOREPL") or replicate <= 1:
@@ -205,7 +215,8 @@ class DisqueBroker(Broker):
             o = self._addjob_args(item.queue, item.delay, item.retry, item.ttl)
             args = ["ADDJOB", item.queue, item.payload, ADDJOB_TIMEOUT_MS, "REPLICATE", self.replicate,
                     "RETRY", o["retry"], "TTL", o["ttl"]]
-            commands.append(args + (["DELAY", o["delay"]] if o["delay"] else []))
+            args += ["DELAY", o["delay"]] if o["delay"] else []
+            commands.append(args + (["ASYNC"] if self.asynchronous else []))
         replies = self._pipeline(commands)
         return [
             view.text(reply) if not isinstance(reply, Exception)

@@ -123,3 +123,12 @@ def test_password_and_a_single_node_cluster(tmp_path, caplog):
             open_broker(single.url.replace("s3cret", "wrong"))
     finally:
         single.stop()
+
+
+def test_async_adds_are_delivered_too(disque_cluster):
+    disque_cluster.flush()
+    with open_broker(disque_cluster.url + "?async=1") as broker:
+        assert broker.asynchronous
+        ids = [broker.add("async", b"1")] + broker.add_many([NewJob("async", b"2")])
+        got = broker.reserve(["async"], count=2, timeout=5)
+        assert sorted(d.id for d in got) == sorted(ids)
