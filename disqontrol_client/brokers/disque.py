@@ -3,9 +3,10 @@ switching a consumer to the node that produces most of its jobs.
 
 Disque speaks the broker interface natively (ADDJOB / GETJOB / ACKJOB / NACK /
 WORKING), so most methods are one command. Disque counts in whole seconds:
-DELAY, RETRY and TTL are rounded up. Queues are per node: ``length``,
-``stats``, ``peek`` and ``queues`` describe the connected node (a consumer's
-GETJOB on an empty queue imports jobs from the other nodes).
+DELAY, RETRY and TTL are rounded up. Queues are per node (a consumer's
+GETJOB on an empty queue imports jobs from the other nodes), so ``length``,
+``stats``, ``peek``, ``show`` and ``queues`` merge every node's copies
+(disque_view); ``claim`` takes a majority of nodes (disque_claim).
 """
 from __future__ import annotations
 
