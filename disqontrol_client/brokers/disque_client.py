@@ -136,7 +136,7 @@ class FailoverClient(PydisqueClient):
             connection = node_connection(host, int(port), self.password, self.socket_timeout)
             try:
                 reply = connection.execute_command("HELLO")
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
+            except redis.RedisError as exc:  # down, or refusing us (AUTH): try the next
                 connection.close()
                 errors.append(f"{address}: {exc}")
                 continue
