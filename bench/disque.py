@@ -5,10 +5,11 @@ disque-server binary.
 
     DISQUE_SERVER=/path/to/disque-server .venv/bin/python bench/disque.py
 
-bench/broker.py plugs the engine in through ``store`` (the URL of an empty
-cluster) and the raw ``work`` functions below, which follow its
-``run_parallel`` protocol: ``work(*args, start=None)`` opens a connection
-(untimed) and ``work(*args, start=handle)`` does the work, returning jobs done.
+bench/broker.py plugs the engine in with ``Engine(store, raw_figures(run_parallel))``
+when ``available()``: ``store`` yields the URL of an empty cluster, and the
+raw work functions follow its ``run_parallel`` protocol: ``work(*args,
+start=None)`` opens a connection (untimed) and ``work(*args, start=handle)``
+does the work, returning jobs done.
 """
 from __future__ import annotations
 
@@ -93,6 +94,24 @@ def raw_reserve_ack(url: str, batch: int, *, start: object) -> object:
         done += len(jobs)
     connection.close()
     return done
+
+
+RunParallel = Callable[[Callable[..., object], tuple, int], tuple[int, float]]
+
+
+def raw_figures(run_parallel: RunParallel) -> dict[str, Callable[[str, int, int, int], float]]:
+    """The raw baselines in bench/broker.py's shape: kind -> (url, jobs,
+    batch, processes) -> jobs/s, run by its ``run_parallel``."""
+    def add(url: str, jobs: int, batch: int, processes: int) -> float:
+        done, secs = run_parallel(raw_add, (url, jobs, batch), processes)
+        return done / secs
+
+    def reserve_ack(url: str, jobs: int, batch: int, processes: int) -> float:
+        prefill(url, jobs)
+        done, secs = run_parallel(raw_reserve_ack, (url, batch), processes)
+        return done / secs
+
+    return {"add": add, "reserve_ack": reserve_ack}
 
 
 def prefill(url: str, jobs: int) -> None:
