@@ -5,6 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= etc/disqontrol.yml
+BOOTSTRAP ?= etc/disqontrol_bootstrap.py
 PYTEST_ARGS ?=
 
 .PHONY: run test venv test-services bench clean install-systemd
@@ -19,7 +20,8 @@ venv: $(STAMP)
 
 ## run: start the daemon in the foreground on the embedded sqlite broker
 run: $(STAMP)
-	$(BIN)/disqontrold --config $(CONFIG)
+	mkdir -p var
+	$(BIN)/disqontrold --config $(CONFIG) --bootstrap $(BOOTSTRAP)
 
 ## test-services: install the servers the tests run for real (redis-server)
 test-services:
@@ -36,3 +38,17 @@ bench: $(STAMP) test-services
 
 clean:
 	rm -rf $(VENV) var build *.egg-info
+
+## install-systemd: install the unit and the disqontrol user (as root); then
+## `systemctl enable --now disqontrold`. PREFIX: where disqontrold is installed.
+PREFIX ?= /usr/local
+UNIT_DIR ?= /etc/systemd/system
+install-systemd:
+	getent group disqontrol >/dev/null || groupadd --system disqontrol
+	getent passwd disqontrol >/dev/null || useradd --system --gid disqontrol \
+		--home-dir /var/lib/disqontrol --no-create-home --shell /usr/sbin/nologin disqontrol
+	install -d -m 0755 /etc/disqontrol
+	test -e /etc/disqontrol/disqontrol.yml || install -m 0640 -g disqontrol etc/disqontrol.yml /etc/disqontrol/disqontrol.yml
+	sed 's#/usr/local/bin/disqontrold#$(PREFIX)/bin/disqontrold#' systemd/disqontrold.service > $(UNIT_DIR)/disqontrold.service
+	chmod 0644 $(UNIT_DIR)/disqontrold.service
+	systemctl daemon-reload 2>/dev/null || echo "install-systemd: systemd is not running here; run 'systemctl daemon-reload' on the target"

@@ -1,24 +1,36 @@
 """Reading and validating disqontrol.yml into frozen dataclasses.
 
-SHAPE ONLY (skeleton): the loader/validator is filled in by the foundation
-work. Every other module depends only on the dataclasses below.
+Every key is checked against the JSON schema of ``config_schema`` and by the
+cross-key rules below; each problem becomes one line naming its key path
+(``disqontrol.queues.pic-resize.worker.type: 'inline_php' is not one of
+[...]``), all of them in one ConfigError. Relative paths are resolved against
+the config file's directory, so the result does not depend on the cwd.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+import yaml
+
+from disqontrol_client.config_schema import (  # noqa: F401 (re-exported)
+    FAILURE_STRATEGIES,
+    MAX_JOB_LIFETIME,
+    WORKER_TYPES,
+)
+from disqontrol_client import config_checks
 from disqontrol_client.errors import ConfigError
+from disqontrol_client.frozen import FrozenDict, deep_freeze
 
 ENV_CONFIG = "DISQONTROL_CONFIG"
 LOOKUP_PATHS = (Path("disqontrol.yml"), Path("/etc/disqontrol/disqontrol.yml"))
-
-WORKER_TYPES = ("command", "inline_python_worker", "isolated_python_worker", "http")
-FAILURE_STRATEGIES = ("retry", "retry_immediately")
-MAX_JOB_LIFETIME = 3932100
 FAILURE_QUEUE_TTL = 3932100
+# Beside the config file when not set: a checkout or a /opt install keeps its
+# state together; a system install sets /var/log/disqontrol and /run/disqontrol.
+DEFAULT_LOG_DIR = "log"
+DEFAULT_RUN_DIR = "run"
 
 
 @dataclass(frozen=True)
@@ -97,11 +109,137 @@ class Config:
         return frozenset(q.failure_queue for q in self.queues.values())
 
 
-def find_config_path(explicit: Optional[str | os.PathLike[str]] = None) -> Path:
-    """SPEC §2 lookup: --config, $DISQONTROL_CONFIG, ./disqontrol.yml, /etc/disqontrol/disqontrol.yml."""
-    raise NotImplementedError
 
+
+# --- finding the file -------------------------------------------------------
+
+def find_config_path(explicit: Optional[str | os.PathLike[str]] = None) -> Path:
+    """SPEC §2 lookup: --config, $DISQONTROL_CONFIG, ./disqontrol.yml, /etc/disqontrol/disqontrol.yml.
+
+    A path the user named (``--config`` or the variable) must exist: falling
+    through to another file would run with a config nobody asked for.
+    """
+    if explicit is not None and str(explicit) != "":
+        return _existing(Path(explicit), "--config")
+    from_env = os.environ.get(ENV_CONFIG)
+    if from_env:
+        return _existing(Path(from_env), f"${ENV_CONFIG}")
+    for candidate in LOOKUP_PATHS:
+        if candidate.is_file():
+            return candidate.absolute()
+    looked = ", ".join(str(p.absolute()) for p in LOOKUP_PATHS)
+    raise ConfigError(
+        f"no config file found; looked at --config (not given), ${ENV_CONFIG} (not set), {looked}; "
+        "pass --config PATH"
+    )
+
+
+def _existing(path: Path, source: str) -> Path:
+    path = path.expanduser()
+    if not path.is_file():
+        raise ConfigError(f"{source}: {str(path)!r} is not a readable file")
+    return path.absolute()
+
+
+# --- reading and validating -------------------------------------------------
 
 def load_config(path: Optional[str | os.PathLike[str]] = None) -> Config:
     """Find, read and validate the config; ConfigError names the key path."""
-    raise NotImplementedError
+    found = find_config_path(path)
+    try:
+        text = found.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{found}: cannot be read: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{found}: not valid YAML: {exc}") from None
+    if data is None:
+        raise ConfigError(f"{found}: is empty; expected a 'disqontrol:' mapping")
+    return parse_config(data, base_dir=found.parent, path=found)
+
+
+def parse_config(data: Any, *, base_dir: str | os.PathLike[str], path: Optional[Path] = None) -> Config:
+    """Validate an already parsed mapping (``{"disqontrol": {...}}``).
+
+    ``base_dir`` is what relative paths are relative to (the config file's
+    directory). Used by ``load_config`` and by code that builds configs in
+    memory (tests, embedding applications).
+    """
+    base = Path(os.path.abspath(base_dir))
+    messages = config_checks.schema_errors(data)
+    if not messages:
+        messages = config_checks.cross_key_errors(data["disqontrol"], _defaults(ConsumerConfig))
+    if messages:
+        raise ConfigError("\n".join(messages))
+    return _build(data, base, path)
+
+
+# --- building the dataclasses -----------------------------------------------
+
+def _defaults(cls: type) -> dict[str, Any]:
+    """The dataclass's own defaults: the single source of the SPEC §3 defaults."""
+    return {
+        f.name: f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+        for f in fields(cls)
+        if f.default is not MISSING or f.default_factory is not MISSING
+    }
+
+
+def _resolve(base: Path, value: str) -> Path:
+    return Path(os.path.normpath(base / Path(value).expanduser()))
+
+
+def _build(data: Mapping[str, Any], base: Path, path: Optional[Path]) -> Config:
+    section = data["disqontrol"]
+    queue_defaults = {**_defaults(QueueConfig), **section.get("queue_defaults", {})}
+    queues = {
+        name: QueueConfig(
+            name=name,
+            worker=_worker(queue["worker"]),
+            **{**queue_defaults, **{k: v for k, v in queue.items() if k != "worker"}},
+        )
+        for name, queue in (section.get("queues") or {}).items()
+    }
+    consumer_defaults = {**_defaults(ConsumerConfig), **section.get("consumer_defaults", {})}
+    consumers = [
+        ConsumerConfig(**{**consumer_defaults, **consumer, "queues": tuple(consumer["queues"])})
+        for consumer in section.get("consumers", ())
+    ]
+    listed = {name for consumer in consumers for name in consumer.queues}
+    consumers += [
+        ConsumerConfig(**{**consumer_defaults, "queues": (name,)}) for name in queues if name not in listed
+    ]
+    return Config(
+        path=path,
+        broker=_broker(section, base),
+        log_dir=_resolve(base, section.get("log_dir", DEFAULT_LOG_DIR)),
+        run_dir=_resolve(base, section.get("run_dir", DEFAULT_RUN_DIR)),
+        queues=FrozenDict(queues),
+        consumers=tuple(consumers),
+        scheduler=_scheduler(section.get("scheduler"), base),
+        control_socket_group=section.get("control_socket_group"),
+        raw=deep_freeze(data),
+    )
+
+
+def _worker(raw: Mapping[str, Any]) -> WorkerConfig:
+    settings = dict(raw)
+    if "method" in settings:
+        settings["method"] = settings["method"].lower()
+    settings["headers"] = FrozenDict(settings.get("headers", {}))  # hashable, unlike the default {}
+    return WorkerConfig(**settings)
+
+
+def _broker(section: Mapping[str, Any], base: Path) -> str:
+    if "disque" in section:
+        return config_checks.disque_url(section["disque"])
+    if "broker" in section:
+        return config_checks.resolve_broker_url(section["broker"], base)
+    return config_checks.default_broker_url(base)
+
+
+def _scheduler(raw: Optional[Mapping[str, Any]], base: Path) -> Optional[SchedulerConfig]:
+    if raw is None:
+        return None
+    return SchedulerConfig(**{**raw, "crontab": _resolve(base, raw["crontab"])})

@@ -39,3 +39,17 @@ class WorkerLoadError(DisqontrolError):
     """A configured worker cannot be loaded (missing binary, bad import path)."""
 
     exit_code = 2
+
+
+class JobFailed(DisqontrolError):
+    """A job run in synchronous mode failed (exit code 1).
+
+    ``outcome`` is the worker's ``disqontrold.workers.base.Outcome``: its
+    ``error`` line is the message, its ``details`` say more.
+    """
+
+    exit_code = 1
+
+    def __init__(self, message: str, outcome: object = None) -> None:
+        super().__init__(message)
+        self.outcome = outcome

@@ -23,6 +23,8 @@ CREATION_TIME = "creation-time"
 JOB_LIFETIME = "job-lifetime"
 PROCESS_TIMEOUT = "process-timeout"
 LAST_ERROR = "last-error"
+# Set on a job moved to a failure queue: the queue it failed in (for replay).
+ORIGINAL_QUEUE = "original-queue"
 
 
 def fresh_metadata(

@@ -6,9 +6,11 @@ handlers and files are set up by ``disqontrold.log``.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
-_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:/+@,[]")
+# Anything outside these characters makes a value quoted (a regex: this runs per log field).
+_UNSAFE = re.compile(r"[^a-zA-Z0-9\-_.:/+@,\[\]]")
 MAX_VALUE_CHARS = 2000
 
 
@@ -17,7 +19,7 @@ def format_value(value: Any) -> str:
     text = value if isinstance(value, str) else ("null" if value is None else str(value))
     if len(text) > MAX_VALUE_CHARS:
         text = text[:MAX_VALUE_CHARS] + "..."
-    if text and all(c in _SAFE for c in text):
+    if text and _UNSAFE.search(text) is None:
         return text
     escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
     return f'"{escaped}"'

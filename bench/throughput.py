@@ -1,0 +1,219 @@
+#!/usr/bin/env python3
+"""Throughput of a real daemon (SPEC targets on 2 cores, 2 consumer processes).
+
+Prints, each with its target and the ratio to it:
+- drain rate (jobs/s) of N no-op jobs for inline, isolated and command
+  (/bin/true) workers;
+- the raw rate of spawning /bin/true from 2 Python processes (posix_spawn),
+  measured in the same run: the command figure is a ratio against it;
+- enqueue -> start latency p50 / p99 on an idle daemon;
+- master and consumer RSS.
+
+Usage: python bench/throughput.py [--engine sqlite|redis] [--jobs N]
+Every phase is bounded by --phase-timeout seconds.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.support.daemon import Daemon  # noqa: E402
+from tests.support.redis_server import RedisServer  # noqa: E402
+
+CONSUMERS = 2
+JOBS = 10_000
+BATCH = 50  # job_batch of the drain runs
+ADD_CHUNK = 1000  # jobs per add_many call
+LATENCY_SAMPLES = 200
+LATENCY_GAP = 0.01  # s between two latency probes: the daemon is idle for each
+SPAWN_SECONDS = 3.0
+PHASE_TIMEOUT = 180.0
+POLL = 0.02  # s between two looks at the queue length
+MIB = 1024 * 1024
+MS = 1000
+RAW_SPAWN_SHARE = 0.80  # target of the command rate, as a share of the raw spawn rate
+
+TARGETS = {  # name: (target, higher is better)
+    "inline jobs/s": (10_000, True),
+    "isolated jobs/s": (2_000, True),
+    "latency p50 ms": (5.0, False),
+    "latency p99 ms": (20.0, False),
+    "master RSS MiB": (35.0, False),
+    "consumer RSS MiB": (35.0, False),
+}
+
+BENCH_WORKERS = '''
+import os, time
+
+def noop(job):
+    return None
+
+def latency(job):
+    started = time.time()
+    with open(os.environ["DQ_OUT"], "a") as out:
+        out.write(f"{started - job.body:.6f}\\n")
+'''
+
+
+def report(name: str, value: float, target: float, higher_is_better: bool) -> None:
+    ratio = value / target if target else float("nan")
+    verdict = "ok" if (value >= target if higher_is_better else value <= target) else "MISSED"
+    sign = ">=" if higher_is_better else "<="
+    print(f"{name:<22} {value:>10.1f}   target {sign} {target:<8g} ratio {ratio:5.2f}  {verdict}", flush=True)
+
+
+def raw_spawn_rate(seconds: float = SPAWN_SECONDS, processes: int = CONSUMERS) -> float:
+    """/bin/true spawned and reaped per second by ``processes`` forked Pythons."""
+    read_fd, write_fd = os.pipe()
+    pids = []
+    for _ in range(processes):
+        pid = os.fork()
+        if pid == 0:
+            count, deadline = 0, time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                child = os.posix_spawn("/bin/true", ["/bin/true"], os.environ)
+                os.waitpid(child, 0)
+                count += 1
+            os.write(write_fd, f"{count}\n".encode())
+            os._exit(0)
+        pids.append(pid)
+    for pid in pids:
+        os.waitpid(pid, 0)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as results:
+        total = sum(int(line) for line in results.read().split())
+    return total / seconds
+
+
+def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(POLL)
+    return False
+
+
+def start_daemon(workdir: Path, url: str, queue: str, worker: dict) -> Daemon:
+    workdir.mkdir()
+    (workdir / "benchworkers.py").write_text(BENCH_WORKERS)
+    daemon = Daemon(workdir, url, {queue: {"worker": worker}},
+                    consumer_defaults={"min_processes": CONSUMERS, "max_processes": CONSUMERS,
+                                       "job_batch": BATCH})
+    return daemon.start(consumers=CONSUMERS)
+
+
+def drain_rate(daemon: Daemon, queue: str, jobs: int, timeout: float) -> tuple[float, bool]:
+    """Jobs/s from the first add until the queue is empty and nothing is leased."""
+    started = time.monotonic()
+    for first in range(0, jobs, ADD_CHUNK):
+        daemon.add(queue, range(first, min(first + ADD_CHUNK, jobs)))
+
+    def drained() -> bool:
+        [stats] = daemon.broker.stats([queue])
+        return stats.ready + stats.delayed + stats.in_flight == 0
+
+    finished = wait_until(drained, timeout)
+    elapsed = time.monotonic() - started
+    [stats] = daemon.broker.stats([queue])
+    left = stats.ready + stats.delayed + stats.in_flight
+    return (jobs - left) / elapsed, finished
+
+
+def rss(daemon: Daemon) -> tuple[float, float]:
+    master = psutil.Process(daemon.pid).memory_info().rss / MIB
+    consumers = [psutil.Process(pid).memory_info().rss / MIB for pid in daemon.consumer_pids()]
+    return master, max(consumers)
+
+
+def latencies(daemon: Daemon, samples: int) -> list[float]:
+    for _ in range(samples):
+        daemon.add("latency", [time.time()])
+        time.sleep(LATENCY_GAP)
+    wait_until(lambda: len(daemon.out_path.read_text().split()) >= samples, PHASE_TIMEOUT)
+    return sorted(float(v) * MS for v in daemon.out_path.read_text().split())
+
+
+def percentile(values: list[float], share: float) -> float:
+    return values[min(len(values) - 1, int(len(values) * share))]
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--engine", choices=("sqlite", "redis"), default="sqlite")
+    parser.add_argument("--jobs", type=int, default=JOBS)
+    parser.add_argument("--phase-timeout", type=float, default=PHASE_TIMEOUT)
+    args = parser.parse_args(argv)
+    print(f"engine={args.engine} jobs={args.jobs} consumers={CONSUMERS} job_batch={BATCH} "
+          f"cpus={os.cpu_count()} load={os.getloadavg()[0]:.1f}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="dq-bench-") as tmp:
+        root = Path(tmp)
+        redis: Optional[RedisServer] = None
+        if args.engine == "redis":
+            redis = RedisServer(root / "redis").start()
+        try:
+            run_all(root, args, redis)
+        finally:
+            if redis is not None:
+                redis.stop()
+    return 0
+
+
+def broker_url(root: Path, name: str, redis: Optional[RedisServer]) -> str:
+    if redis is None:
+        return f"sqlite://{root}/{name}.db"
+    import redis as redis_py  # noqa: PLC0415
+
+    client = redis_py.Redis(host="127.0.0.1", port=redis.port)
+    client.flushall()
+    client.close()
+    return redis.url
+
+
+def run_all(root: Path, args: argparse.Namespace, redis: Optional[RedisServer]) -> None:
+    spawn_rate = raw_spawn_rate()
+    print(f"{'raw posix_spawn/s':<22} {spawn_rate:>10.1f}   (2 processes, /bin/true)", flush=True)
+    kinds = {
+        "inline": {"type": "inline_python_worker", "name": "benchworkers:noop"},
+        "isolated": {"type": "isolated_python_worker", "name": "benchworkers:noop"},
+        "command": {"type": "command", "command": "/bin/true"},
+    }
+    memory: tuple[float, float] = (0.0, 0.0)
+    for kind, worker in kinds.items():
+        daemon = start_daemon(root / kind, broker_url(root, kind, redis), kind, worker)
+        try:
+            rate, finished = drain_rate(daemon, kind, args.jobs, args.phase_timeout)
+            if kind == "inline":
+                memory = rss(daemon)
+        finally:
+            daemon.stop()
+        name = f"{kind} jobs/s" + ("" if finished else " (timed out)")
+        if kind == "command":
+            report(name, rate, spawn_rate * RAW_SPAWN_SHARE, True)
+        else:
+            report(name, rate, *TARGETS[f"{kind} jobs/s"])
+    daemon = start_daemon(root / "latency", broker_url(root, "latency", redis), "latency",
+                          {"type": "inline_python_worker", "name": "benchworkers:latency"})
+    try:
+        values = latencies(daemon, LATENCY_SAMPLES)
+    finally:
+        daemon.stop()
+    report("latency p50 ms", percentile(values, 0.50), *TARGETS["latency p50 ms"])
+    report("latency p99 ms", percentile(values, 0.99), *TARGETS["latency p99 ms"])
+    print(f"{'latency mean ms':<22} {statistics.mean(values):>10.1f}", flush=True)
+    report("master RSS MiB", memory[0], *TARGETS["master RSS MiB"])
+    report("consumer RSS MiB", memory[1], *TARGETS["consumer RSS MiB"])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

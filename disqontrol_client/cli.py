@@ -1,0 +1,94 @@
+"""`disqontrol addjob|processjob`: the producer from a shell (SPEC §2).
+
+Exit codes: 0 ok, 1 the job failed (processjob), 2 usage or config error
+(bad JSON, unknown queue, negative delay), 3 the broker cannot be reached.
+Errors are one line on stderr; the job id or result goes to stdout.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any, Optional, Sequence
+
+from disqontrol_client import exitcodes
+from disqontrol_client.errors import DisqontrolError, UsageError
+from disqontrol_client.job import Job
+
+PROG = "disqontrol"
+STDIN_BODY = "-"
+BODY_SNIPPET_CHARS = 80
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="P", help="config file (default: $DISQONTROL_CONFIG, ./disqontrol.yml, /etc/disqontrol/disqontrol.yml)")
+    common.add_argument("-v", "--verbose", action="store_true", help="log at INFO level to stderr")
+    parser = argparse.ArgumentParser(prog=PROG, description="Add jobs to disqontrol queues, or run one now.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    add = commands.add_parser("addjob", parents=[common], help="add a job; prints its id")
+    add.add_argument("queue", metavar="QUEUE")
+    add.add_argument("body", metavar="BODY", help="the job body as JSON ('\"pic.png\"', '{\"id\": 5}'); - reads it from stdin")
+    add.add_argument("--delay", type=float, default=0, metavar="S", help="seconds before the job may run (default 0)")
+
+    process = commands.add_parser("processjob", parents=[common], help="run a job now through its worker, no broker, no retry")
+    process.add_argument("queue", metavar="QUEUE")
+    process.add_argument("body", metavar="BODY", help="the job body as JSON; - reads it from stdin")
+    process.add_argument("--bootstrap", metavar="P", help="bootstrap file of the Python workers (default ./disqontrol_bootstrap.py)")
+    return parser
+
+
+def parse_body(text: str) -> Any:
+    """The JSON body of the command line (or of stdin for ``-``)."""
+    if text == STDIN_BODY:
+        text = sys.stdin.read()
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        snippet = text if len(text) <= BODY_SNIPPET_CHARS else text[:BODY_SNIPPET_CHARS] + "..."
+        raise UsageError(
+            f"BODY is not valid JSON ({exc}): {snippet!r}; quote a string body as JSON, e.g. '\"pic.png\"'"
+        ) from None
+
+
+def addjob(args: argparse.Namespace) -> int:
+    from disqontrol_client.producer import Producer  # noqa: PLC0415 (keeps --help fast)
+
+    job = Job(parse_body(args.body), args.queue)
+    with Producer.from_config(args.config) as producer:
+        print(producer.add(job, delay=args.delay))
+    return exitcodes.OK
+
+
+def processjob(args: argparse.Namespace) -> int:
+    from disqontrol_client.producer import Producer  # noqa: PLC0415
+
+    job = Job(parse_body(args.body), args.queue)
+    with Producer.from_config(args.config, synchronous=True, bootstrap=args.bootstrap) as producer:
+        result = producer.add(job)
+    if result is not None:
+        print(json.dumps(result, default=repr))
+    return exitcodes.OK
+
+
+COMMANDS = {"addjob": addjob, "processjob": processjob}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    try:
+        return COMMANDS[args.command](args)
+    except DisqontrolError as exc:  # JobFailed included: its exit code is 1
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""``disqontrold``: run the master in the foreground (systemd style), check a
+config, or (``disqontrold scheduler ...``) make one pass of a crontab."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+from typing import Optional, Sequence
+
+from disqontrol_client import exitcodes
+from disqontrol_client.errors import DisqontrolError
+
+SCHEDULER_COMMAND = "scheduler"
+# Modules that extend the master without editing its loop: each may define
+# ``attach_to_master(master)`` (register files, add timers, on_ready/on_stop hooks).
+PLUGINS = ("disqontrold.systemd", "disqontrold.control", "disqontrold.scheduler")
+ATTACH = "attach_to_master"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="disqontrold",
+        description="Run the disqontrol master. `disqontrold scheduler --crontab P` runs one scheduler pass.",
+    )
+    parser.add_argument("--config", help="disqontrol.yml (default: $DISQONTROL_CONFIG, ./disqontrol.yml, "
+                                         "/etc/disqontrol/disqontrol.yml)")
+    parser.add_argument("--bootstrap", help="bootstrap file defining WORKERS (default: ./disqontrol_bootstrap.py)")
+    parser.add_argument("--daemonize", action="store_true", help="detach from the terminal")
+    parser.add_argument("--pidfile", help="write the master's pid here")
+    parser.add_argument("--check", action="store_true", help="validate the config and workers, then exit 0 or 2")
+    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    parser.add_argument("--no-stderr-log", action="store_true", help="log to the log file only")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == SCHEDULER_COMMAND:
+        from disqontrold.scheduler_cli import main as scheduler_main  # noqa: PLC0415
+
+        return scheduler_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except DisqontrolError as exc:
+        print(f"disqontrold: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+def _run(args: argparse.Namespace) -> int:
+    from disqontrold import reload as reloading  # noqa: PLC0415
+    from disqontrold.log import setup_logging  # noqa: PLC0415
+    from disqontrold.master import Master  # noqa: PLC0415
+
+    bootstrap = reloading.bootstrap_path(args.bootstrap)
+    config = reloading.load_checked(args.config, bootstrap)
+    if args.check:
+        print(f"disqontrold: {config.path}: OK ({len(config.queues)} queues, {len(config.consumers)} consumer groups)")
+        return exitcodes.OK
+    if args.daemonize or args.pidfile:
+        detach(args, config)
+    setup_logging(config.log_dir, args.log_level, stderr=not args.no_stderr_log)
+    master = Master(config, bootstrap)
+    attach_plugins(master)
+    return master.run()
+
+
+def detach(args: argparse.Namespace, config: object) -> None:
+    """HOOK for operations: --daemonize (python-daemon) and --pidfile.
+
+    Delegates to ``disqontrold.pidfile.prepare(args, config)`` once it exists."""
+    if importlib.util.find_spec("disqontrold.pidfile") is None:
+        raise DisqontrolError("--daemonize/--pidfile are not available in this build")
+    importlib.import_module("disqontrold.pidfile").prepare(args, config)
+
+
+def attach_plugins(master: object) -> None:
+    """Let the control socket, sd_notify and the built-in scheduler plug in."""
+    for name in PLUGINS:
+        if importlib.util.find_spec(name) is None:
+            continue
+        attach = getattr(importlib.import_module(name), ATTACH, None)
+        if attach is not None:
+            attach(master)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

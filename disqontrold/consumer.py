@@ -1,0 +1,284 @@
+"""The consumer: a child of the master that takes jobs of its group's queues
+and runs their workers.
+
+reserve(batch) -> decode -> group by queue -> worker.run_many -> ack the
+successes -> failures.handle_failure for the others. It blocks in the
+broker's reserve (never sleep-polls) and checks its stop flag between batches
+and between the jobs of an inline batch.
+
+A delivery with ``additional_deliveries`` > 0 was leased before by a consumer
+or worker that died mid-job (or was killed as hung): SPEC §6 counts that as a
+failure. Each extra delivery adds one to the job's ``retries`` before it runs
+again; past ``max_retries`` (or its lifetime) it goes to the failure queue
+without running. The added count is persisted only if the job fails again
+(its retry copy carries it); a success simply acks it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import traceback
+from pathlib import Path
+from typing import Optional, Sequence
+
+from disqontrol_client.brokers import open_broker
+from disqontrol_client.brokers.broker import Broker, Delivery
+from disqontrol_client.config import Config, ConsumerConfig
+from disqontrol_client.errors import BrokerError, BrokerUnavailable, WorkerLoadError
+from disqontrol_client.job import RETRIES, Job, decode_payload
+from disqontrol_client.logfmt import log_event
+from disqontrold import failures
+from disqontrold.children import EXIT_BOOT_FAILED, EXIT_FAST, EXIT_OK
+from disqontrold.log import reopen_logs
+from disqontrold.proctitle import consumer_title, set_title
+from disqontrold.scoreboard import BUSY, IDLE, STOPPING, Scoreboard
+from disqontrold.workers.base import Outcome, Worker
+
+logger = logging.getLogger(__name__)
+
+RESERVE_TIMEOUT = 1.0  # s: bounds how long a stop request waits for a blocked reserve
+BROKER_BACKOFF_START = 0.5  # s
+BROKER_BACKOFF_CAP = 30.0  # s
+MIB = 1024 * 1024
+MS = 1000
+
+
+def rss_mib() -> float:
+    """Resident memory of this process (from /proc, no psutil import)."""
+    with open("/proc/self/statm", "rb") as statm:
+        resident_pages = int(statm.read().split()[1])
+    return resident_pages * os.sysconf("SC_PAGE_SIZE") / MIB
+
+
+class Consumer:
+    """One consumer process of a group (one slot of the master)."""
+
+    def __init__(
+        self, config: Config, group: ConsumerConfig, bootstrap: Optional[Path], scoreboard: Scoreboard
+    ) -> None:
+        self.config = config
+        self.group = group
+        self.bootstrap = bootstrap
+        self.scoreboard = scoreboard
+        self.queues = list(group.queues)
+        self.stopping = False
+        self.reopen_requested = False
+        self.broker: Optional[Broker] = None
+        self.workers: dict[str, Worker] = {}
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    # -- signals --------------------------------------------------------
+    def install_signals(self) -> None:
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGQUIT, self._on_quit)
+        signal.signal(signal.SIGUSR1, self._on_reopen)
+        for ignored in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
+            signal.signal(ignored, self._on_ignored)  # a handler, not SIG_IGN: exec resets it
+
+    def _on_stop(self, signum: int, frame: object) -> None:
+        self.stopping = True
+
+    def _on_quit(self, signum: int, frame: object) -> None:
+        os._exit(EXIT_FAST)
+
+    def _on_reopen(self, signum: int, frame: object) -> None:
+        self.reopen_requested = True
+
+    def _on_ignored(self, signum: int, frame: object) -> None:
+        pass
+
+    def _wait(self, seconds: float) -> None:
+        """Sleep up to ``seconds``, woken early by any handled signal."""
+        select.select([self._wake_r], [], [], seconds)
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    # -- lifecycle ------------------------------------------------------
+    def run(self) -> int:
+        self.install_signals()
+        set_title(consumer_title(self.group.name, "starting"))
+        try:
+            self.workers = self._build_workers()
+        except WorkerLoadError as exc:
+            log_event(logger, "consumer_boot_failed", logging.ERROR, group=self.group.name, error=str(exc))
+            return EXIT_BOOT_FAILED
+        if not self._connect():
+            return EXIT_OK
+        log_event(logger, "consumer_ready", group=self.group.name, queues=",".join(self.queues))
+        self._idle()
+        try:
+            while not self.stopping:
+                if self.reopen_requested:
+                    self.reopen_requested = False
+                    reopen_logs()
+                deliveries = self._reserve()
+                self.scoreboard.heartbeat()
+                if deliveries:
+                    self._process(deliveries)
+                    self._idle()
+                    if self._recycle_reason():
+                        break
+        finally:
+            self.scoreboard.set_state(STOPPING)
+            self._close()
+        log_event(logger, "consumer_stopped", group=self.group.name,
+                  done=self.scoreboard.done, failed=self.scoreboard.failed)
+        return EXIT_OK
+
+    def _build_workers(self) -> dict[str, Worker]:
+        from disqontrold.workers import build_worker  # noqa: PLC0415 (the master never loads workers)
+
+        return {q: build_worker(self.config.queue(q), self.bootstrap) for q in self.queues}
+
+    def _connect(self) -> bool:
+        """Open the broker, backing off while it is unreachable. False if stopped."""
+        delay = BROKER_BACKOFF_START
+        while not self.stopping:
+            try:
+                self.broker = open_broker(self.config.broker)
+                return True
+            except (BrokerUnavailable, BrokerError) as exc:
+                self._broker_trouble("connect", exc, delay)
+                delay = min(delay * 2, BROKER_BACKOFF_CAP)
+        return False
+
+    def _broker_trouble(self, operation: str, exc: Exception, delay: float) -> None:
+        log_event(logger, "broker_unreachable", logging.WARNING, group=self.group.name,
+                  operation=operation, error=str(exc), retry_in=delay)
+        self.scoreboard.heartbeat()
+        self._wait(delay)
+
+    def _close(self) -> None:
+        for worker in self.workers.values():
+            worker.close()
+        if self.broker is not None:
+            self.broker.close()
+
+    def _recycle_reason(self) -> str:
+        """Why this process should be replaced by a fresh one ('' = keep going)."""
+        handled = self.scoreboard.done + self.scoreboard.failed
+        if self.group.max_jobs_per_process and handled >= self.group.max_jobs_per_process:
+            reason = "max_jobs_per_process"
+        elif self.group.max_memory_per_process and rss_mib() >= self.group.max_memory_per_process:
+            reason = "max_memory_per_process"
+        else:
+            return ""
+        log_event(logger, "consumer_recycled", group=self.group.name, reason=reason, jobs=handled,
+                  rss_mib=round(rss_mib(), 1))
+        return reason
+
+    def _idle(self) -> None:
+        self.scoreboard.set_state(IDLE)
+        set_title(consumer_title(self.group.name, "idle"))
+
+    def _on_start(self, job: Job) -> None:
+        self.scoreboard.set_state(BUSY, job.id or "")
+        set_title(consumer_title(self.group.name, "busy", job.id or ""))
+
+    # -- the job path ---------------------------------------------------
+    def _reserve(self) -> list[Delivery]:
+        delay = BROKER_BACKOFF_START
+        while not self.stopping:
+            try:
+                return self.broker.reserve(self.queues, count=self.group.job_batch, timeout=RESERVE_TIMEOUT)
+            except (BrokerUnavailable, BrokerError) as exc:
+                self._broker_trouble("reserve", exc, delay)
+                delay = min(delay * 2, BROKER_BACKOFF_CAP)
+        return []
+
+    def _process(self, deliveries: Sequence[Delivery]) -> None:
+        if self.stopping:
+            self._nack([d.id for d in deliveries])
+            return
+        by_queue: dict[str, list[Job]] = {}
+        for delivery in deliveries:
+            job = self._decode(delivery)
+            if job is not None:
+                by_queue.setdefault(job.queue, []).append(job)
+        done: list[str] = []
+        for queue, jobs in by_queue.items():
+            worker = self.workers[queue]
+            if worker.concurrent:
+                self._settle(jobs, self._run(worker, jobs), done)
+                continue
+            for position, job in enumerate(jobs):
+                if self.stopping:  # finish the job in hand, give the rest back
+                    self._nack([j.id for j in jobs[position:]])
+                    break
+                self._settle([job], self._run(worker, [job]), done)
+        if done:
+            self._ack(done)
+
+    def _decode(self, delivery: Delivery) -> Optional[Job]:
+        """The Job of a delivery; None if it was redelivered too often (parked)."""
+        queue = self.config.queue(delivery.queue)
+        body, metadata = decode_payload(
+            delivery.payload, job_lifetime=queue.job_lifetime, process_timeout=queue.job_process_timeout
+        )
+        job = Job(body=body, queue=delivery.queue, metadata=metadata, id=delivery.id,
+                  nacks=delivery.nacks, additional_deliveries=delivery.additional_deliveries)
+        if delivery.additional_deliveries <= 0:
+            return job
+        failed_runs = job.retries + delivery.additional_deliveries
+        log_event(logger, "job_redelivered", logging.WARNING, job=job.id, queue=job.queue,
+                  additional_deliveries=delivery.additional_deliveries, retries=failed_runs)
+        if failed_runs <= queue.max_retries:
+            job.metadata[RETRIES] = failed_runs
+            return job
+        job.metadata[RETRIES] = failed_runs - 1  # handle_failure counts this failure
+        died = Outcome(ok=False, error=f"its consumer or worker died mid-job "
+                                       f"({delivery.additional_deliveries} redeliveries)")
+        self._fail(job, died)
+        return None
+
+    def _run(self, worker: Worker, jobs: list[Job]) -> list[Outcome]:
+        timeout = self.config.queue(jobs[0].queue).job_process_timeout
+        try:
+            return worker.run_many(jobs, timeout, on_start=self._on_start)
+        except Exception as exc:  # noqa: BLE001 -- a worker bug must fail its jobs, not the consumer
+            error = f"worker raised {type(exc).__name__}: {exc}"
+            log_event(logger, "worker_raised", logging.ERROR, job=",".join(j.id or "" for j in jobs),
+                      queue=jobs[0].queue, error=error)
+            return [Outcome(ok=False, error=error, details={"traceback": traceback.format_exc()})
+                    for _ in jobs]
+
+    def _settle(self, jobs: list[Job], outcomes: list[Outcome], done: list[str]) -> None:
+        failed = 0
+        for job, outcome in zip(jobs, outcomes):
+            if outcome.ok:
+                done.append(job.id)
+                log_event(logger, "job_done", job=job.id, queue=job.queue,
+                          duration_ms=round(outcome.duration * MS, 1))
+            else:
+                failed += 1
+                self._fail(job, outcome)
+        self.scoreboard.count(done=len(jobs) - failed, failed=failed)
+
+    def _fail(self, job: Job, outcome: Outcome) -> None:
+        try:
+            failures.handle_failure(self.broker, job, self.config.queue(job.queue), outcome)
+        except (BrokerUnavailable, BrokerError) as exc:
+            # Still leased: it comes back after its lease and counts as failed then.
+            log_event(logger, "failure_not_recorded", logging.ERROR, job=job.id, queue=job.queue,
+                      error=str(exc))
+
+    def _ack(self, ids: list[str]) -> None:
+        try:
+            self.broker.ack(ids)
+        except (BrokerUnavailable, BrokerError) as exc:
+            log_event(logger, "ack_failed", logging.ERROR, job=",".join(ids), error=str(exc))
+
+    def _nack(self, ids: list[str]) -> None:
+        if not ids:
+            return
+        try:
+            self.broker.nack(ids)
+        except (BrokerUnavailable, BrokerError) as exc:
+            log_event(logger, "nack_failed", logging.WARNING, job=",".join(ids), error=str(exc))

@@ -1,0 +1,278 @@
+"""`disqontrolctl`: inspect and steer a running master, and the failure queue.
+
+status / reload / stop talk to the master over its control socket; queues and
+failed work on the broker directly (opened from the config), so they also
+work while the master is down. Exit codes: 0 ok, 1 refused or failed,
+2 usage or config error, 3 no master or no broker answers.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+from urllib.parse import urlsplit, urlunsplit
+
+import psutil
+
+from disqontrol_client import exitcodes
+from disqontrol_client.brokers import Broker, open_broker
+from disqontrol_client.config import Config, load_config
+from disqontrol_client.errors import DisqontrolError, UsageError
+from disqontrold import ctl_failed
+from disqontrold.control import default_socket_path
+from disqontrold.ctl_client import MasterUnreachable, request
+
+STOP_POLL_INTERVAL = 0.1  # s between checks that the stopped master is gone
+BYTES_PER_MIB = 1024 * 1024
+
+
+def redact_url(url: str) -> str:
+    """The broker URL without its password, for display."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A plain left-aligned text table."""
+    cells = [[str(h) for h in headers]] + [["-" if v is None else str(v) for v in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
+
+
+def _duration(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m{rest % 60:02d}s" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+class Ctl:
+    """One invocation: the parsed arguments plus the lazily opened config and broker."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self._config: Optional[Config] = None
+        self._broker: Optional[Broker] = None
+
+    def config(self, path: Optional[str] = None) -> Config:
+        if self._config is None:
+            self._config = load_config(self.args.config or path)
+        return self._config
+
+    def socket_path(self) -> Path:
+        if self.args.socket:
+            return Path(self.args.socket)
+        return default_socket_path(self.config().run_dir)
+
+    def broker(self) -> Broker:
+        if self._broker is None:
+            self._broker = open_broker(self.config().broker)
+        return self._broker
+
+    def close(self) -> None:
+        if self._broker is not None:
+            self._broker.close()
+
+    def emit(self, data: Any, text: str) -> None:
+        print(json.dumps(data, indent=2, default=str) if getattr(self.args, "json", False) else text)
+
+    # -- master commands ----------------------------------------------------
+    def status(self) -> int:
+        reply = request(self.socket_path(), "status")
+        reply.pop("ok", None)
+        master = reply.setdefault("master", {})
+        for consumer in reply.get("consumers", []):
+            consumer.setdefault("rss_mib", _rss_mib(consumer.get("pid")))
+        if master.get("broker"):
+            master["broker"] = redact_url(master["broker"])
+        code = exitcodes.OK
+        try:
+            reply["queues"] = self.queue_stats(master.get("config"))
+        except DisqontrolError as exc:
+            reply["queues_error"] = str(exc)
+            code = exc.exit_code
+        self.emit(reply, format_status(reply))
+        if "queues_error" in reply:
+            print(f"disqontrolctl: queues: {reply['queues_error']}", file=sys.stderr)
+        return code
+
+    def reload(self) -> int:
+        reply = request(self.socket_path(), "reload")
+        verdict = "taken" if reply.get("taken") else "refused"
+        print(f"reload {verdict}: {reply.get('reason', '')}".rstrip(": "))
+        return exitcodes.OK if reply.get("taken") else exitcodes.FAILED
+
+    def stop(self) -> int:
+        reply = request(self.socket_path(), "stop", fast=self.args.fast)
+        pid = int(reply["pid"])
+        deadline = None if self.args.timeout is None else time.monotonic() + self.args.timeout
+        while _alive(pid):
+            if deadline is not None and time.monotonic() > deadline:
+                print(f"disqontrolctl: master {pid} still running after {self.args.timeout:g} s", file=sys.stderr)
+                return exitcodes.FAILED
+            time.sleep(STOP_POLL_INTERVAL)
+        print(f"master {pid} stopped")
+        return exitcodes.OK
+
+    # -- broker commands ----------------------------------------------------
+    def queue_stats(self, config_path: Optional[str] = None) -> list[dict[str, Any]]:
+        config = self.config(config_path)
+        broker = self.broker()
+        names = sorted(set(config.queues) | set(broker.queues()) - config.failure_queues)
+        failure_length = {q: broker.length(q) for q in config.failure_queues}
+        rows = []
+        for stats in broker.stats(names):
+            queue_config = config.queues.get(stats.queue)
+            failure_queue = queue_config.failure_queue if queue_config else None
+            rows.append({
+                "queue": stats.queue, "ready": stats.ready, "delayed": stats.delayed,
+                "in_flight": stats.in_flight, "failure_queue": failure_queue,
+                "failed": failure_length.get(failure_queue) if failure_queue else None,
+            })
+        return rows
+
+    def queues(self) -> int:
+        config = self.config()
+        rows = self.queue_stats()
+        failure_rows = [
+            {"queue": q, "length": self.broker().length(q)} for q in sorted(config.failure_queues)
+        ]
+        data = {"queues": rows, "failure_queues": failure_rows}
+        self.emit(data, format_queues(rows) + "\n\n" + table(
+            ["FAILURE QUEUE", "LENGTH"], [(r["queue"], r["length"]) for r in failure_rows]))
+        return exitcodes.OK
+
+    def failed(self) -> int:
+        config, broker, action = self.config(), self.broker(), self.args.action
+        if action == "list":
+            jobs = ctl_failed.list_failed(broker, config, self.args.queue)
+            self.emit([j.as_dict() for j in jobs], table(
+                ["ID", "QUEUE", "RETRIES", "LAST ERROR"],
+                [(j.id, j.original_queue, j.metadata.get("retries"), j.last_error[:60]) for j in jobs]))
+            return exitcodes.OK
+        if action == "show":
+            print(json.dumps(ctl_failed.show_failed(broker, config, self.args.id).as_dict(), indent=2, default=str))
+            return exitcodes.OK
+        if action == "retry":
+            target = self.args.target
+            if not self.args.all and target is None:
+                raise UsageError("failed retry: give a job ID, or --all [QUEUE]")
+            jobs = (ctl_failed.list_failed(broker, config, target) if self.args.all
+                    else [ctl_failed.show_failed(broker, config, target)])
+            for failed in jobs:
+                new_id = ctl_failed.retry_failed(broker, config, failed)
+                print(f"retried {failed.id} as {new_id} on {failed.original_queue}")
+            if self.args.all:
+                print(f"{len(jobs)} job(s) retried")
+            return exitcodes.OK
+        count = ctl_failed.purge_failed(broker, ctl_failed.list_failed(broker, config, self.args.queue))
+        print(f"{count} job(s) purged")
+        return exitcodes.OK
+
+
+def _alive(pid: int) -> bool:
+    """A zombie is gone: it only waits for its parent to reap it."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _rss_mib(pid: Optional[int]) -> Optional[float]:
+    if not pid:
+        return None
+    try:
+        return round(psutil.Process(pid).memory_info().rss / BYTES_PER_MIB, 1)
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+def _consumer_state(consumer: dict[str, Any]) -> str:
+    if consumer.get("job"):
+        return f"busy {consumer['job']} for {int(consumer.get('job_age') or 0)} s"
+    return str(consumer.get("state") or "idle")
+
+
+def format_queues(rows: Sequence[dict[str, Any]]) -> str:
+    return table(
+        ["QUEUE", "READY", "DELAYED", "IN FLIGHT", "FAILED", "FAILURE QUEUE"],
+        [(r["queue"], r["ready"], r["delayed"], r["in_flight"], r["failed"], r["failure_queue"]) for r in rows],
+    )
+
+
+def format_status(status: dict[str, Any]) -> str:
+    master = status["master"]
+    stopping = f", stopping ({master['stopping']})" if master.get("stopping") else ""
+    lines = [
+        f"master      pid {master.get('pid')}, up {_duration(master.get('uptime'))}{stopping}",
+        f"config      {master.get('config')} (generation {master.get('generation')})",
+        f"broker      {master.get('broker')}",
+        "",
+        table(
+            ["PID", "GROUP", "QUEUES", "STATE", "DONE", "FAILED", "RESTARTS", "RSS MiB"],
+            [(c.get("pid"), c.get("group"), ",".join(c.get("queues") or []), _consumer_state(c),
+              c.get("done"), c.get("failed"), c.get("restarts"), c.get("rss_mib"))
+             for c in status.get("consumers", [])]
+            + [(None, r.get("group"), None, f"restarting in {r.get('in')} s", None, None, r.get("restarts"), None)
+               for r in status.get("restarting", [])],
+        ),
+    ]
+    if "queues" in status:
+        lines += ["", format_queues(status["queues"])]
+    scheduler = status.get("scheduler")
+    if scheduler:
+        lines += ["", table(["NEXT RUN", "SCHEDULE", "QUEUE", "BODY", "LAST JOB"],
+                            [(e.get("next_run"), e.get("schedule"), e.get("queue"), json.dumps(e.get("body")),
+                              e.get("last_job_id")) for e in scheduler])]
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="disqontrolctl", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="disqontrol.yml (default: $DISQONTROL_CONFIG, ./disqontrol.yml, /etc/...)")
+    parser.add_argument("--socket", help="control socket (default: run_dir/disqontrol.sock of the config)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    status = commands.add_parser("status", help="the master, its consumers and the queues")
+    status.add_argument("--json", action="store_true")
+    commands.add_parser("reload", help="reload the config like SIGHUP; exit 1 if refused")
+    stop = commands.add_parser("stop", help="stop the master and wait until it is gone")
+    stop.add_argument("--fast", action="store_true", help="kill the consumers (their jobs come back)")
+    stop.add_argument("--timeout", type=float, default=None, help="give up waiting after S seconds (exit 1)")
+    queues = commands.add_parser("queues", help="queue names with their lengths")
+    queues.add_argument("--json", action="store_true")
+    failed = commands.add_parser("failed", help="inspect and replay the failure queue")
+    actions = failed.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list")
+    listing.add_argument("queue", nargs="?")
+    listing.add_argument("--json", action="store_true")
+    actions.add_parser("show").add_argument("id")
+    retry = actions.add_parser("retry")
+    retry.add_argument("target", nargs="?", metavar="ID|QUEUE", help="a job id; with --all, an optional queue")
+    retry.add_argument("--all", action="store_true", help="every failed job (of QUEUE if given)")
+    actions.add_parser("purge").add_argument("queue", nargs="?")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    ctl = Ctl(args)
+    handler = {"status": ctl.status, "reload": ctl.reload, "stop": ctl.stop,
+               "queues": ctl.queues, "failed": ctl.failed}[args.command]
+    try:
+        return handler()
+    except DisqontrolError as exc:
+        print(f"disqontrolctl: {exc}", file=sys.stderr)
+        return exc.exit_code
+    finally:
+        ctl.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

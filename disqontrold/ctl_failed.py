@@ -1,0 +1,117 @@
+"""The failure queue (dead-letter queue) as `disqontrolctl failed` sees it.
+
+Works on the broker directly, so it needs no running master. A failure-queue
+job is an ordinary stored job whose metadata names the queue it failed on
+(``original-queue``) and its last error. Retry adds a fresh copy to that queue
+with the retry count reset, first, and deletes the failed copy second: a crash
+in between duplicates the job, never loses it (SPEC §6).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Iterable, Optional
+
+from disqontrol_client import job as jobmod
+from disqontrol_client.brokers import Broker
+from disqontrol_client.config import Config
+from disqontrol_client.errors import UsageError
+from disqontrol_client.logfmt import log_event
+
+log = logging.getLogger(__name__)
+
+ORIGINAL_QUEUE = getattr(jobmod, "ORIGINAL_QUEUE", "original-queue")
+LAST_ERROR = jobmod.LAST_ERROR
+# Metadata the failure path adds that a replayed job must not carry.
+FAILURE_ONLY_KEYS = (LAST_ERROR, ORIGINAL_QUEUE)
+
+
+@dataclass(frozen=True)
+class FailedJob:
+    id: str
+    failure_queue: str
+    original_queue: Optional[str]
+    body: Any
+    metadata: dict[str, Any]
+
+    @property
+    def last_error(self) -> str:
+        """The error's message (the failure path stores a dict with "message")."""
+        error = self.metadata.get(LAST_ERROR)
+        if isinstance(error, dict):
+            return str(error.get("message", error))
+        return str(error or "")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "failure_queue": self.failure_queue, "queue": self.original_queue,
+            "retries": self.metadata.get(jobmod.RETRIES), "last_error": self.last_error,
+            "body": self.body, "metadata": self.metadata,
+        }
+
+
+def _decode(delivery_id: str, failure_queue: str, payload: bytes | str) -> FailedJob:
+    body, metadata = jobmod.decode_payload(payload)
+    return FailedJob(delivery_id, failure_queue, metadata.get(ORIGINAL_QUEUE), body, metadata)
+
+
+def list_failed(broker: Broker, config: Config, queue: Optional[str] = None) -> list[FailedJob]:
+    """Failed jobs, oldest first. ``queue`` is a failure queue's name, or an
+    original queue's name to see only the jobs that failed there."""
+    failure_queues = sorted(config.failure_queues)
+    if queue is not None and queue not in config.failure_queues and queue not in config.queues:
+        raise UsageError(
+            f"unknown queue {queue!r}; queues: {', '.join(sorted(config.queues))}; "
+            f"failure queues: {', '.join(failure_queues)}"
+        )
+    found = []
+    for failure_queue in failure_queues:
+        if queue in config.failure_queues and queue != failure_queue:
+            continue
+        deliveries = broker.peek(failure_queue, max(broker.length(failure_queue), 1))
+        for delivery in deliveries:
+            failed = _decode(delivery.id, failure_queue, delivery.payload)
+            if queue is None or queue == failure_queue or failed.original_queue == queue:
+                found.append(failed)
+    return found
+
+
+def show_failed(broker: Broker, config: Config, job_id: str) -> FailedJob:
+    """One failed job by id; UsageError if the id is not in a failure queue."""
+    info = broker.show(job_id)
+    if info is None:
+        raise UsageError(f"no job with id {job_id!r} (already retried or purged?)")
+    if info.get("queue") not in config.failure_queues:
+        raise UsageError(
+            f"job {job_id!r} is in queue {info.get('queue')!r}, not in a failure queue "
+            f"({', '.join(sorted(config.failure_queues))})"
+        )
+    return _decode(job_id, info["queue"], info["payload"])
+
+
+def retry_failed(broker: Broker, config: Config, failed: FailedJob) -> str:
+    """Re-add the job to its original queue with retries reset; returns the new id."""
+    if not failed.original_queue:
+        raise UsageError(f"failed job {failed.id} does not name its original queue ({ORIGINAL_QUEUE!r} metadata)")
+    queue_config = config.queue(failed.original_queue)
+    metadata = {k: v for k, v in failed.metadata.items() if k not in FAILURE_ONLY_KEYS}
+    metadata[jobmod.RETRIES] = 0
+    metadata[jobmod.ORIGINAL_ID] = metadata.get(jobmod.ORIGINAL_ID) or failed.id
+    new_id = broker.add(
+        failed.original_queue,
+        jobmod.encode_envelope(failed.body, metadata),
+        retry=queue_config.job_process_timeout,
+        ttl=queue_config.job_lifetime,
+    )
+    broker.delete([failed.id])
+    log_event(log, "failed_job_retried", job=new_id, failed_job=failed.id, queue=failed.original_queue)
+    return new_id
+
+
+def purge_failed(broker: Broker, jobs: Iterable[FailedJob]) -> int:
+    """Delete failed jobs for good; returns how many."""
+    ids = [failed.id for failed in jobs]
+    if ids:
+        broker.delete(ids)
+    log_event(log, "failed_jobs_purged", count=len(ids))
+    return len(ids)

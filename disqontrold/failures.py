@@ -1,0 +1,110 @@
+"""What happens after a job failed (SPEC §6): a delayed retry copy, or the
+queue's failure queue once it failed too often or would outlive its lifetime.
+
+Always "add the new copy first, ack the old one second" (Broker.replace): a
+crash in between can duplicate a job, never lose it.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from disqontrol_client.brokers.broker import Broker, NewJob
+from disqontrol_client.config import FAILURE_QUEUE_TTL, QueueConfig
+from disqontrol_client.job import (
+    CREATION_TIME, DEFAULT_JOB_LIFETIME, JOB_LIFETIME, LAST_ERROR, ORIGINAL_ID,
+    ORIGINAL_QUEUE, RETRIES, Job, encode_envelope,
+)
+from disqontrol_client.logfmt import log_event
+from disqontrol_client.submit import new_job_for
+from disqontrold.backoff import retry_delay
+from disqontrold.workers.base import Outcome
+
+logger = logging.getLogger(__name__)
+
+RETRY_IMMEDIATELY = "retry_immediately"
+# Lease of a job parked in a failure queue: nobody consumes it by default.
+FAILURE_QUEUE_RETRY = 600
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Where a failed job went: ``retry`` (after ``delay`` s) or ``failed``."""
+
+    action: str
+    new_id: str
+    attempt: int
+    delay: float = 0.0
+
+
+def last_error(outcome: Outcome, now: float) -> dict[str, Any]:
+    return {"message": outcome.error, **outcome.details, "time": now}
+
+
+def next_delay(attempt: int, queue: QueueConfig, jitter: Callable[[], float] = random.random) -> float:
+    """Seconds before retry number ``attempt`` (1-based) of a job of ``queue``."""
+    if queue.failure_strategy == RETRY_IMMEDIATELY:
+        return 0.0
+    return retry_delay(attempt, jitter=jitter, scale=queue.backoff_scale)
+
+
+def handle_failure(
+    broker: Broker,
+    job: Job,
+    queue: QueueConfig,
+    outcome: Outcome,
+    *,
+    now: Optional[float] = None,
+    jitter: Callable[[], float] = random.random,
+) -> Decision:
+    """Retry ``job`` later or move it to its failure queue; ack the old copy.
+
+    ``job.retries`` is the number of failures before this one, so this failure
+    is attempt ``job.retries + 1``."""
+    now = time.time() if now is None else now
+    attempt = job.retries + 1
+    error = last_error(outcome, now)
+    delay = next_delay(attempt, queue, jitter)
+    expires = float(job.metadata.get(CREATION_TIME, now)) + float(
+        job.metadata.get(JOB_LIFETIME, DEFAULT_JOB_LIFETIME)
+    )
+    if attempt > queue.max_retries or now + delay > expires:
+        reason = "max_retries" if attempt > queue.max_retries else "job_lifetime"
+        return _to_failure_queue(broker, job, queue, error, attempt, reason)
+    metadata = dict(job.metadata)
+    metadata[RETRIES] = attempt
+    metadata[ORIGINAL_ID] = job.original_id
+    metadata[LAST_ERROR] = error
+    copy = Job(body=job.body, queue=job.queue, metadata=metadata)
+    new_id = broker.replace(job.id, new_job_for(copy, queue, delay=delay))
+    log_event(
+        logger, "job_failed", logging.WARNING, job=job.id, queue=job.queue, attempt=attempt,
+        error=outcome.error, next_delay=round(delay, 3), retry_job=new_id,
+    )
+    return Decision("retry", new_id, attempt, delay)
+
+
+def _to_failure_queue(
+    broker: Broker, job: Job, queue: QueueConfig, error: dict[str, Any], attempt: int, reason: str
+) -> Decision:
+    metadata = dict(job.metadata)
+    metadata[RETRIES] = attempt
+    metadata[ORIGINAL_ID] = job.original_id
+    metadata[LAST_ERROR] = error
+    metadata[ORIGINAL_QUEUE] = job.queue
+    parked = NewJob(
+        queue=queue.failure_queue,
+        payload=encode_envelope(job.body, metadata),
+        retry=FAILURE_QUEUE_RETRY,
+        ttl=FAILURE_QUEUE_TTL,
+    )
+    new_id = broker.replace(job.id, parked)
+    log_event(
+        logger, "job_failed_permanently", logging.ERROR, job=job.id, queue=job.queue,
+        attempt=attempt, error=error.get("message"), reason=reason,
+        failure_queue=queue.failure_queue, failed_job=new_id,
+    )
+    return Decision("failed", new_id, attempt)

@@ -1,0 +1,96 @@
+"""The daemon's log: one line per event, to ``log_dir/disqontrol.log`` and stderr.
+
+``2026-11-28T03:41:32.123Z level=info pid=123 event=job_done job=D-.. queue=q``.
+The file is reopened on SIGUSR1 (by the master, which forwards the signal to
+its consumers) so logrotate can move it without copytruncate.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+from disqontrol_client.errors import ConfigError
+
+LOG_FILE_NAME = "disqontrol.log"
+LEVELS = ("debug", "info", "warning", "error")
+ROOT_LOGGER = "disqontrol"  # both packages log under disqontrol_client.* / disqontrold.*
+
+
+class EventFormatter(logging.Formatter):
+    """UTC timestamp with milliseconds, level and pid in front of the event."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        millis = int(record.msecs)
+        line = (
+            f"{stamp}.{millis:03d}Z level={record.levelname.lower()} "
+            f"pid={record.process} {record.getMessage()}"
+        )
+        if record.exc_info:
+            # One line per event, even with a traceback: newlines are escaped.
+            line += " traceback=" + repr(self.formatException(record.exc_info))
+        return line
+
+
+class ReopenableFileHandler(logging.FileHandler):
+    """A FileHandler whose file can be reopened after logrotate moved it."""
+
+    def reopen(self) -> None:
+        self.acquire()
+        try:
+            if self.stream is not None:
+                self.stream.close()
+            self.stream = self._open()
+        finally:
+            self.release()
+
+
+_file_handler: Optional[ReopenableFileHandler] = None
+
+
+def parse_level(name: str) -> int:
+    """A level name of LEVELS to its logging constant."""
+    if name.lower() not in LEVELS:
+        raise ConfigError(f"log level {name!r} is not one of {', '.join(LEVELS)}")
+    return getattr(logging, name.upper())
+
+
+def setup_logging(log_dir: Optional[Path], level: int | str = logging.INFO, stderr: bool = True) -> None:
+    """Send every record of the process to the log file and/or stderr.
+
+    Called once by the master before forking; consumers inherit the handlers
+    (the file is opened in append mode, so lines of several processes never
+    overwrite each other)."""
+    global _file_handler
+    if isinstance(level, str):
+        level = parse_level(level)
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    formatter = EventFormatter()
+    if log_dir is not None:
+        log_dir = Path(log_dir)
+        try:
+            log_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"disqontrol.log_dir: cannot create {str(log_dir)!r}: {exc.strerror}") from exc
+        _file_handler = ReopenableFileHandler(log_dir / LOG_FILE_NAME, encoding="utf-8")
+        _file_handler.setFormatter(formatter)
+        root.addHandler(_file_handler)
+    if stderr:
+        stream_handler = logging.StreamHandler(sys.stderr)
+        stream_handler.setFormatter(formatter)
+        root.addHandler(stream_handler)
+    root.setLevel(level)
+    logging.logThreads = False
+    logging.logMultiprocessing = False
+    # logging.raiseExceptions stays on: a broken log file is visible on stderr.
+
+
+def reopen_logs() -> None:
+    """Reopen the log file (after SIGUSR1); a no-op without one."""
+    if _file_handler is not None:
+        _file_handler.reopen()

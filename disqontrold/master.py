@@ -1,0 +1,342 @@
+"""The pre-fork master (gunicorn arbiter style, one thread).
+
+Signal handlers only record the signal; the loop (a ``selectors`` selector
+shared with plug-ins such as the control socket and the scheduler) dispatches
+``handle_<signal>``, reaps, restarts and enforces deadlines. Plug-ins use
+``register`` / ``add_timer`` and the ``on_ready`` / ``on_stop`` hooks, and the
+control socket calls ``status`` / ``request_reload`` / ``request_stop``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import signal
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+from urllib.parse import urlsplit, urlunsplit
+
+from disqontrol_client.config import Config
+from disqontrol_client.errors import ConfigError, WorkerLoadError
+from disqontrol_client.logfmt import log_event
+from disqontrold import reload as reloading
+from disqontrold.children import EXIT_OK, describe_exit, fork_consumer
+from disqontrold.log import reopen_logs
+from disqontrold.proctitle import master_title, set_title
+from disqontrold.scoreboard import Scoreboard
+from disqontrold.signals import SignalQueue
+from disqontrold.slots import Slot
+
+logger = logging.getLogger(__name__)
+
+LOOP_TICK = 1.0  # s: the longest the loop sleeps (deadlines, hung checks)
+FAST_STOP_TIMEOUT = 5.0  # s between SIGQUIT and SIGKILL on a fast stop
+GRACEFUL, FAST = "graceful", "fast"
+
+Callback = Callable[[Any], None]
+Timer = Callable[[], Optional[float]]
+
+
+def redact_url(url: str) -> str:
+    """The broker URL without its password, for status and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit(parts._replace(netloc=user + netloc))
+
+
+class Master:
+    def __init__(self, config: Config, bootstrap: Optional[Path] = None) -> None:
+        self.config = config
+        self.config_path = config.path
+        self.bootstrap = bootstrap
+        self.pid = os.getpid()
+        self.started = time.monotonic()
+        self.generation = 1
+        self.selector = selectors.DefaultSelector()
+        self.signals = SignalQueue()
+        self.slots: list[Slot] = []  # the current generation's wanted slots
+        self.children: dict[int, Slot] = {}  # every live consumer, retiring ones too
+        self.targets: dict[str, int] = {}  # processes wanted per group (SIGTTIN/SIGTTOU)
+        self.stopping: Optional[str] = None
+        self.on_ready: list[Callable[[], None]] = []
+        self.on_stop: list[Callable[[], None]] = []
+        self._timers: list[list[Any]] = []  # [callback, next deadline]
+        self._plugged: list[Any] = []  # fileobjs registered by plug-ins: closed in children
+
+    # -- the plug-in surface --------------------------------------------
+    def register(self, fileobj: Any, callback: Callback) -> None:
+        """Call ``callback(fileobj)`` from the loop whenever ``fileobj`` is readable."""
+        self.selector.register(fileobj, selectors.EVENT_READ, callback)
+        self._plugged.append(fileobj)
+
+    def unregister(self, fileobj: Any) -> None:
+        self.selector.unregister(fileobj)
+        self._plugged.remove(fileobj)
+
+    def add_timer(self, callback: Timer) -> None:
+        """Run ``callback()`` from the loop now, then whenever the
+        ``time.monotonic()`` deadline it returned has passed (None: never again)."""
+        self._timers.append([callback, time.monotonic()])
+
+    # -- the loop -------------------------------------------------------
+    def run(self) -> int:
+        """Serve until stopped; the exit code of the daemon."""
+        set_title(master_title(self.config_path))
+        self.signals.install()
+        self.selector.register(self.signals, selectors.EVENT_READ, None)
+        self._start_generation(self.config)
+        log_event(logger, "master_started", config=self.config_path, broker=redact_url(self.config.broker),
+                  consumers=len(self.slots))
+        for hook in self.on_ready:
+            hook()
+        while not (self.stopping and not self.children):
+            self._wait(self._next_wait())
+            for signum in self.signals.pop_all():
+                self._dispatch(signum)
+            now = time.monotonic()
+            self._run_timers(now)
+            self._maintain(now)
+        for hook in self.on_stop:
+            hook()
+        log_event(logger, "master_stopped", mode=self.stopping)
+        return 0
+
+    def _wait(self, timeout: float) -> None:
+        for key, _ in self.selector.select(timeout):
+            if key.data is None:
+                self.signals.drain_pipe()
+            else:
+                key.data(key.fileobj)
+
+    def _next_wait(self) -> float:
+        now = time.monotonic()
+        deadlines = [now + LOOP_TICK] + [deadline for _, deadline in self._timers]
+        deadlines += [s.next_start for s in self.slots if s.pid is None and not self.stopping]
+        return max(0.0, min(deadlines) - now)
+
+    def _run_timers(self, now: float) -> None:
+        for timer in list(self._timers):
+            callback, deadline = timer
+            if deadline <= now:
+                following = callback()
+                if following is None:
+                    self._timers.remove(timer)
+                else:
+                    timer[1] = following
+
+    def _dispatch(self, signum: int) -> None:
+        name = signal.Signals(signum).name[3:].lower()
+        if signum != signal.SIGCHLD:
+            log_event(logger, "signal_received", signal=name)
+        getattr(self, f"handle_{name}")()
+
+    def _maintain(self, now: float) -> None:
+        if not self.stopping:
+            for slot in self.slots:
+                if slot.pid is None and slot.next_start <= now:
+                    self._spawn(slot)
+        for pid, slot in list(self.children.items()):
+            if slot.kill_at is not None and slot.kill_at <= now:
+                log_event(logger, "consumer_kill", logging.WARNING, pid=pid, group=slot.group.name,
+                          reason="stop deadline passed")
+                self._kill(pid, signal.SIGKILL)
+                slot.kill_at = None
+            elif slot.scoreboard is not None and not slot.kill_reason:
+                self._check_hung(pid, slot, now)
+
+    def _check_hung(self, pid: int, slot: Slot, now: float) -> None:
+        snap = slot.scoreboard.read()
+        if snap.state == "busy" and now - snap.since > slot.hung_after:
+            log_event(logger, "consumer_hung", logging.ERROR, pid=pid, group=slot.group.name,
+                      job=snap.job, busy_s=round(now - snap.since, 1), limit_s=slot.hung_after)
+            slot.kill_reason = "hung"
+            self._kill(pid, signal.SIGKILL)
+
+    # -- consumers ------------------------------------------------------
+    def _start_generation(self, config: Config) -> None:
+        self.targets = {group.name: group.min_processes for group in config.consumers}
+        self.slots = [
+            Slot(group, config, self.generation)
+            for group in config.consumers
+            for _ in range(group.min_processes)
+        ]
+        for slot in self.slots:
+            self._spawn(slot)
+
+    def _spawn(self, slot: Slot) -> None:
+        slot.scoreboard = Scoreboard()
+        slot.kill_reason = ""
+        try:
+            pid = fork_consumer(self.pid, slot.config, slot.group, self.bootstrap, slot.scoreboard,
+                                self._forget_in_child)
+        except OSError as exc:  # EAGAIN / ENOMEM: try again later, like a crash
+            log_event(logger, "fork_failed", logging.ERROR, group=slot.group.name, error=str(exc))
+            slot.started_at = time.monotonic()
+            slot.ended(slot.started_at, crashed=True, how=f"fork failed: {exc}")
+            return
+        slot.pid = pid
+        slot.started_at = time.monotonic()
+        self.children[pid] = slot
+        log_event(logger, "consumer_started", pid=pid, group=slot.group.name, generation=slot.generation)
+
+    def _forget_in_child(self) -> None:
+        """In a new consumer: drop the master's signals, selector and plug-in files."""
+        self.signals.close()
+        self.selector.close()
+        for fileobj in self._plugged:
+            fileobj.close()
+        self._timers.clear()
+
+    def _kill(self, pid: int, signum: int) -> None:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass  # already gone; the reaper books it
+
+    def _retire(self, slot: Slot) -> None:
+        """Stop a slot's process gracefully; it is not replaced."""
+        slot.retiring = True
+        if slot.pid is not None:
+            self._kill(slot.pid, signal.SIGTERM)
+            slot.kill_at = time.monotonic() + slot.graceful_timeout
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            slot = self.children.pop(pid, None)
+            if slot is not None:  # children that are not consumers are reaped quietly
+                self._child_ended(pid, slot, status)
+
+    def _child_ended(self, pid: int, slot: Slot, status: int) -> None:
+        code, _, how = describe_exit(status)
+        planned = slot.retiring or self.stopping is not None or bool(slot.kill_reason)
+        crashed = not planned and code != EXIT_OK
+        log_event(logger, "consumer_exited", logging.WARNING if crashed else logging.INFO, pid=pid,
+                  group=slot.group.name, status=how, **({"reason": slot.kill_reason} if slot.kill_reason else {}))
+        slot.ended(time.monotonic(), crashed=crashed, how=how)
+        if not (slot.retiring or self.stopping):
+            slot.restarts += 1
+
+    # -- signal handlers (run from the loop, not in signal context) ------
+    def handle_chld(self) -> None:
+        self._reap()
+
+    def handle_term(self) -> None:
+        self.request_stop(fast=False)
+
+    handle_int = handle_term
+
+    def handle_quit(self) -> None:
+        self.request_stop(fast=True)
+
+    def handle_hup(self) -> None:
+        self.request_reload()
+
+    def handle_usr1(self) -> None:
+        reopen_logs()
+        for pid in self.children:
+            self._kill(pid, signal.SIGUSR1)
+        log_event(logger, "logs_reopened")
+
+    def handle_ttin(self) -> None:
+        self._scale(+1)
+
+    def handle_ttou(self) -> None:
+        self._scale(-1)
+
+    def _scale(self, step: int) -> None:
+        if self.stopping:
+            return
+        for group in self.config.consumers:
+            wanted = self.targets[group.name] + step
+            if not group.min_processes <= wanted <= group.max_processes:
+                continue
+            self.targets[group.name] = wanted
+            if step > 0:
+                slot = Slot(group, self.config, self.generation)
+                self.slots.append(slot)
+                self._spawn(slot)
+            else:
+                slot = [s for s in self.slots if s.group.name == group.name][-1]
+                self.slots.remove(slot)
+                self._retire(slot)
+            log_event(logger, "consumers_scaled", group=group.name, processes=wanted)
+
+    # -- the operations API (control socket) ----------------------------
+    def request_stop(self, fast: bool) -> None:
+        """Stop every consumer (fast: SIGQUIT, jobs in hand come back by lease
+        expiry; graceful: SIGTERM, they finish them) and exit when all are gone."""
+        mode = FAST if fast else GRACEFUL
+        if self.stopping == FAST or self.stopping == mode:
+            return
+        self.stopping = mode
+        now = time.monotonic()
+        for pid, slot in self.children.items():
+            self._kill(pid, signal.SIGQUIT if fast else signal.SIGTERM)
+            slot.kill_at = now + (FAST_STOP_TIMEOUT if fast else slot.graceful_timeout)
+        log_event(logger, "master_stopping", mode=mode, consumers=len(self.children))
+
+    def request_reload(self) -> tuple[bool, str]:
+        """Re-read and check the config; (taken?, why). Refused: nothing changes."""
+        if self.stopping:
+            return False, "the master is stopping"
+        if self.config_path is None:
+            return False, "the config was not read from a file; nothing to reload"
+        try:
+            config = reloading.load_checked(self.config_path, self.bootstrap)
+        except (ConfigError, WorkerLoadError) as exc:
+            log_event(logger, "reload_refused", logging.ERROR, config=self.config_path, reason=str(exc))
+            return False, f"refused: {exc}"
+        old = self.slots
+        self.config = config
+        self.generation += 1
+        self._start_generation(config)
+        for slot in old:
+            self._retire(slot)
+        log_event(logger, "reload_taken", config=self.config_path, generation=self.generation,
+                  consumers=len(self.slots), retiring=len(old))
+        return True, f"taken: generation {self.generation}, {len(self.slots)} consumers"
+
+    def status(self) -> dict[str, Any]:
+        """What ``disqontrolctl status`` shows of the master and its consumers."""
+        now = time.monotonic()
+        consumers = []
+        for pid, slot in sorted(self.children.items()):
+            snap = slot.scoreboard.read() if slot.scoreboard is not None else None
+            busy = snap is not None and snap.state == "busy"
+            consumers.append({
+                "pid": pid,
+                "group": slot.group.name,
+                "queues": list(slot.group.queues),
+                "generation": slot.generation,
+                "state": "retiring" if slot.retiring else (snap.state if snap else "starting"),
+                "job": snap.job if busy else None,
+                "job_age": round(now - snap.since, 3) if busy else None,
+                "done": slot.done_before + (snap.done if snap else 0),
+                "failed": slot.failed_before + (snap.failed if snap else 0),
+                "restarts": slot.restarts,
+                "uptime": round(now - slot.started_at, 3),
+            })
+        waiting = [{"group": s.group.name, "state": "restarting", "in": round(max(0.0, s.next_start - now), 3),
+                    "restarts": s.restarts} for s in self.slots if s.pid is None]
+        return {
+            "master": {
+                "pid": self.pid,
+                "uptime": round(now - self.started, 3),
+                "config": str(self.config_path) if self.config_path else None,
+                "generation": self.generation,
+                "broker": redact_url(self.config.broker),
+                "stopping": self.stopping,
+            },
+            "consumers": consumers,
+            "restarting": waiting,
+        }

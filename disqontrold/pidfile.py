@@ -1,0 +1,155 @@
+"""The master's pidfile: one master per run_dir, even when two start at once.
+
+The pidfile is held under an exclusive ``flock`` for the master's whole life,
+so the lock (not the pid written inside) decides who wins: the kernel drops it
+when the holder dies, however it dies. The pid inside is for people and for
+tools; a pidfile left by a dead master, or naming a live process that is not a
+disqontrold (pid reuse), is stale and replaced.
+"""
+from __future__ import annotations
+
+import atexit
+import errno
+import fcntl
+import logging
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import psutil
+
+from disqontrol_client.errors import DisqontrolError
+from disqontrol_client.logfmt import log_event
+
+log = logging.getLogger(__name__)
+
+PIDFILE_NAME = "disqontrold.pid"
+PIDFILE_MODE = 0o644
+MASTER_NAME = "disqontrold"
+# Another starter may unlink the file between our open and our lock; retry a
+# few times rather than lock a file nobody else can see.
+MAX_LOCK_ATTEMPTS = 5
+
+
+class PidfileLocked(DisqontrolError):
+    """Another master holds the pidfile (exit code 2: a usage error)."""
+
+    exit_code = 2
+
+
+def default_pidfile(run_dir: Path) -> Path:
+    return Path(run_dir) / PIDFILE_NAME
+
+
+def read_pid(path: Path) -> Optional[int]:
+    """The pid written in ``path``, or None (missing, empty or garbage)."""
+    try:
+        text = Path(path).read_text().strip()
+    except (FileNotFoundError, IsADirectoryError):
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def is_master(pid: int) -> bool:
+    """Whether ``pid`` is a live disqontrold (by process title or argv)."""
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        words = [proc.name()] + proc.cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False
+    return any(MASTER_NAME in os.path.basename(word) or word.startswith(MASTER_NAME) for word in words)
+
+
+class Pidfile:
+    """``acquire()`` at start, ``write(pid)`` once the final pid is known
+    (after daemonizing), ``release()`` at exit."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.fd: Optional[int] = None
+
+    def acquire(self) -> None:
+        """Lock the pidfile or raise PidfileLocked naming it and its holder."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(MAX_LOCK_ATTEMPTS):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PIDFILE_MODE)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                os.close(fd)
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+                    raise
+                raise PidfileLocked(
+                    f"pidfile {self.path} is held by a running master (pid {read_pid(self.path)}); "
+                    "stop it first or give this one another run_dir / --pidfile"
+                ) from None
+            if self._still_linked(fd):
+                break
+            os.close(fd)
+        else:
+            raise PidfileLocked(f"pidfile {self.path} keeps being replaced by another starting master")
+        self.fd = fd
+        self._check_previous()
+        self.write(os.getpid())
+
+    def _still_linked(self, fd: int) -> bool:
+        """Whether the file we locked is still the one at ``path``."""
+        try:
+            return os.fstat(fd).st_ino == os.stat(self.path).st_ino
+        except FileNotFoundError:
+            return False
+
+    def _check_previous(self) -> None:
+        """Log a stale pidfile; refuse a live unlocked master (an old one that
+        lost its lock, e.g. its file was deleted and recreated)."""
+        old = read_pid(self.path)
+        if old is None or old == os.getpid():
+            return
+        if psutil.pid_exists(old) and is_master(old):
+            self.release(unlink=False)
+            raise PidfileLocked(
+                f"pidfile {self.path} names pid {old}, a running disqontrold; "
+                "stop it first or give this one another run_dir / --pidfile"
+            )
+        reason = "not_disqontrold" if psutil.pid_exists(old) else "dead"
+        log_event(log, "pidfile_stale_replaced", logging.WARNING, pidfile=self.path, old_pid=old, reason=reason)
+
+    def write(self, pid: int) -> None:
+        """Write ``pid`` into the locked file (again after a daemonizing fork)."""
+        if self.fd is None:
+            raise RuntimeError("pidfile not acquired")
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{pid}\n".encode(), 0)
+
+    def release(self, unlink: bool = True) -> None:
+        """Remove the pidfile (if still ours) and drop the lock. Idempotent.
+        A forked child never removes its master's pidfile."""
+        if self.fd is None:
+            return
+        if unlink and self._still_linked(self.fd) and read_pid(self.path) in (os.getpid(), None):
+            self.path.unlink(missing_ok=True)
+        os.close(self.fd)
+        self.fd = None
+
+    def __enter__(self) -> "Pidfile":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def prepare(args: Any, config: Any) -> Pidfile:
+    """Hook of disqontrold.cli, before logging and the master start: take the
+    pidfile (``--pidfile`` or run_dir/disqontrold.pid), then detach if
+    ``--daemonize``. PidfileLocked (exit 2) refuses a second master."""
+    pidfile = Pidfile(Path(args.pidfile) if getattr(args, "pidfile", None) else default_pidfile(config.run_dir))
+    pidfile.acquire()
+    if getattr(args, "daemonize", False):
+        from disqontrold.daemonize import daemonize  # noqa: PLC0415 (python-daemon only when asked)
+
+        daemonize(pidfile)
+    atexit.register(pidfile.release)
+    return pidfile

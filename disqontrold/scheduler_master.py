@@ -1,0 +1,96 @@
+"""The built-in scheduler inside the master's loop (never in the consumers).
+
+Plugged in through the master's timer: the timer callback runs at the next
+run of any entry, and at least every ``POLL`` seconds so that a reload
+(``master.config`` replaced) takes effect at once. The crontab of a new
+config is validated before the reload is taken (``disqontrold.reload``);
+should it break in between, the old entries keep running and the error is
+logged. The scheduler stops adding jobs as soon as the master stops.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Optional
+
+from disqontrol_client.brokers import Broker, open_broker
+from disqontrol_client.config import Config
+from disqontrol_client.errors import ConfigError
+from disqontrol_client.logfmt import log_event
+from disqontrold.scheduler import Clock, Scheduler
+
+logger = logging.getLogger("disqontrold.scheduler")
+
+# s: the longest the timer waits between looks at the master's config; the
+# master's own loop wakes this often anyway, so it costs nothing.
+POLL = 1.0
+STATUS_KEY = "scheduler"
+
+
+class MasterScheduler:
+    """Keeps a ``Scheduler`` in step with the master's current config."""
+
+    def __init__(self, master: Any, clock: Optional[Clock] = None) -> None:
+        self.master = master
+        self.clock = clock or Clock.from_env()
+        self.config: Optional[Config] = None
+        self.scheduler: Optional[Scheduler] = None
+        self.deadline = 0.0  # time.time() of the next tick
+
+    def _connect(self) -> Broker:
+        return open_broker(self.master.config.broker)
+
+    def _follow(self, config: Config) -> None:
+        """Start, reload or stop the scheduler for a new config."""
+        self.config = config
+        self.deadline = 0.0
+        if config.scheduler is None:
+            if self.scheduler is not None:
+                log_event(logger, "scheduler_stopped", reason="no scheduler in the config")
+            self.scheduler = None
+            return
+        try:
+            if self.scheduler is None:
+                self.scheduler = Scheduler.from_config(config, self._connect, clock=self.clock)
+                log_event(logger, "scheduler_started", crontab=config.scheduler.crontab,
+                          entries=len(self.scheduler.entries), missed_runs=config.scheduler.missed_runs)
+            else:
+                self.scheduler.reload(config)
+        except ConfigError as error:
+            log_event(logger, "scheduler_config_refused", logging.ERROR, reason=error,
+                      keeping="old entries" if self.scheduler else "no scheduler")
+
+    def timer(self) -> Optional[float]:
+        """The master's timer callback: tick when due; the next monotonic deadline."""
+        if self.master.stopping:
+            return None
+        if self.master.config is not self.config:
+            self._follow(self.master.config)
+        if self.scheduler is None:
+            return time.monotonic() + POLL
+        if time.time() >= self.deadline:
+            self.scheduler.tick()
+            self.deadline = self.scheduler.next_deadline()
+        return time.monotonic() + min(max(0.0, self.deadline - time.time()), POLL)
+
+    def status(self) -> Optional[dict[str, Any]]:
+        """The ``scheduler`` part of ``disqontrolctl status``."""
+        if self.scheduler is None:
+            return None
+        settings = self.scheduler.settings
+        return {
+            "crontab": str(settings.crontab),
+            "timezone": str(self.scheduler.zone),
+            "missed_runs": settings.missed_runs,
+            "entries": self.scheduler.status(),
+        }
+
+
+def attach(master: Any) -> MasterScheduler:
+    """Plug the scheduler into the master: a timer, and a part of its status."""
+    plugged = MasterScheduler(master)
+    master.add_timer(plugged.timer)
+    hooks = getattr(master, "status_hooks", None)
+    if hooks is not None:
+        hooks[STATUS_KEY] = plugged.status
+    return plugged

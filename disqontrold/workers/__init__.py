@@ -1,0 +1,139 @@
+"""Building a queue's worker, and checking every configured worker can be.
+
+``check_workers`` is what ``disqontrold --check``, the start and a reload run:
+a missing command binary or an unloadable Python worker refuses the config
+with a message naming the key path. Python workers are checked in a forked
+child so that the master never imports the user's code (a consumer forked
+after a reload must not inherit modules imported before it).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Optional, Union
+
+from disqontrol_client.config import Config, QueueConfig
+from disqontrol_client.errors import WorkerLoadError
+from disqontrold.workers.base import Outcome, Worker
+from disqontrold.workers.bootstrap import Bootstrap, load_bootstrap, read_bootstrap
+from disqontrold.workers.command import CommandWorker, resolve_program
+
+__all__ = ["Outcome", "Worker", "build_worker", "check_workers", "worker_key"]
+
+PYTHON_TYPES = ("inline_python_worker", "isolated_python_worker")
+#: Seconds the forked checker may spend importing the user's modules.
+CHECK_TIMEOUT = 60.0
+#: Exit code of the checker child when it could not report.
+CHECKER_CRASHED = 70
+
+BootstrapArg = Union[Bootstrap, str, "os.PathLike[str]", None]
+
+
+def worker_key(queue: str) -> str:
+    """The config key path of a queue's worker, as error messages name it."""
+    return f"disqontrol.queues.{queue}.worker"
+
+
+def build_worker(queue_config: QueueConfig, bootstrap: BootstrapArg = None) -> Worker:
+    """The worker of one queue, in the process that will run it (after the
+    fork). ``bootstrap`` is a loaded Bootstrap or the --bootstrap path (None:
+    the default file); it is only loaded for Python workers."""
+    spec = queue_config.worker
+    key = worker_key(queue_config.name)
+    if spec.type == "command":
+        return CommandWorker(spec.command or "", queue_config.name, key=f"{key}.command")
+    if spec.type == "http":
+        from disqontrold.workers.http import HttpWorker  # noqa: PLC0415 - only consumers of http queues need it
+
+        return HttpWorker(spec.address, spec.method, spec.headers, spec.body_format, key=key)
+    if spec.type in PYTHON_TYPES:
+        from disqontrold.workers.python import InlinePythonWorker, IsolatedPythonWorker  # noqa: PLC0415
+
+        loaded = bootstrap if isinstance(bootstrap, Bootstrap) else load_bootstrap(bootstrap)
+        func = loaded.resolve(spec.name, key=f"{key}.name")
+        cls = InlinePythonWorker if spec.type == "inline_python_worker" else IsolatedPythonWorker
+        return cls(func, spec.name or "")
+    raise WorkerLoadError(f"{key}.type: {spec.type!r} is not one of command, inline_python_worker, "
+                          f"isolated_python_worker, http")
+
+
+def _python_errors(config: Config, bootstrap_path: Optional[str | os.PathLike[str]]) -> list[str]:
+    """In the checker child: import the bootstrap and every named module."""
+    errors = []
+    try:
+        bootstrap = read_bootstrap(bootstrap_path)
+    except WorkerLoadError as exc:
+        return [str(exc)]
+    for name, queue in sorted(config.queues.items()):
+        if queue.worker.type in PYTHON_TYPES:
+            try:
+                bootstrap.find(queue.worker.name, f"{worker_key(name)}.name")
+            except WorkerLoadError as exc:
+                errors.append(str(exc))
+    return errors
+
+
+def _check_python_in_child(config: Config, bootstrap_path: Optional[str | os.PathLike[str]]) -> list[str]:
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the checker: report over the pipe, exit without cleanup
+        code = CHECKER_CRASHED
+        try:
+            os.close(read_fd)
+            with os.fdopen(write_fd, "w") as out:
+                json.dump(_python_errors(config, bootstrap_path), out)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as source:
+        report = _read_with_deadline(source.fileno(), pid)
+    _, status = os.waitpid(pid, 0)
+    if report is None:
+        return [f"the Python workers could not be checked: the checker exited with status {status} "
+                f"or took longer than {CHECK_TIMEOUT:g}s"]
+    return report
+
+
+def _read_with_deadline(fd: int, pid: int) -> Optional[list[str]]:
+    """The checker's JSON list of errors, or None if it hung or died."""
+    import selectors  # noqa: PLC0415
+    import signal  # noqa: PLC0415
+
+    deadline = time.monotonic() + CHECK_TIMEOUT
+    chunks = []
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not sel.select(remaining):
+                os.kill(pid, signal.SIGKILL)
+                return None
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    try:
+        return json.loads(b"".join(chunks))
+    except ValueError:
+        return None
+
+
+def check_workers(config: Config, bootstrap_path: Optional[str | os.PathLike[str]] = None) -> None:
+    """Raise WorkerLoadError listing every worker that cannot be built."""
+    errors = []
+    for name, queue in sorted(config.queues.items()):
+        if queue.worker.type == "command":
+            try:
+                resolve_program(queue.worker.command, f"{worker_key(name)}.command")
+            except WorkerLoadError as exc:
+                errors.append(str(exc))
+    needs_python = any(q.worker.type in PYTHON_TYPES for q in config.queues.values())
+    if bootstrap_path is not None and not Path(bootstrap_path).is_file():
+        errors.append(f"--bootstrap: {str(bootstrap_path)!r} does not exist or is not a file")
+    elif needs_python:
+        errors.extend(_check_python_in_child(config, bootstrap_path))
+    if errors:
+        raise WorkerLoadError("\n".join(errors))

@@ -1,0 +1,209 @@
+"""Python workers: inline (in the consumer) and isolated (a fork per job).
+
+Both call the same user code, ``worker(job)`` or ``obj.process(job)``, with
+the same contract: returning normally is success (the value is the result in
+synchronous mode); returning ``False`` or raising is failure.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
+
+from disqontrol_client.job import Job
+from disqontrol_client.logfmt import log_event
+from disqontrold.workers.base import OnStart, Outcome, Worker
+from disqontrold.workers.bootstrap import JobFunction
+from disqontrold.workers.children import KILL_GRACE, Capture, Child, prepare, run_batch
+
+logger = logging.getLogger("disqontrold.workers.python")
+
+RETURNED_FALSE = "the worker returned False"
+#: Exit codes of an isolated child (the result itself travels over the pipe).
+CHILD_OK = 0
+CHILD_FAILED = 1
+CHILD_CRASHED = 70  # EX_SOFTWARE: the child failed outside the worker code
+#: Signals the consumer may handle that a forked child must take by default.
+CHILD_DEFAULT_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGCHLD,
+                         signal.SIGTTIN, signal.SIGTTOU, signal.SIGALRM)
+
+
+#: Seconds: an outer alarm that came due during a job fires right after it.
+MIN_ALARM = 0.001
+
+
+class JobTimeout(BaseException):
+    """Raised inside an inline worker when its job runs past the timeout.
+
+    A BaseException so that a worker's ``except Exception`` does not swallow it."""
+
+
+def _error_text(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def call_worker(func: JobFunction, job: Job) -> Outcome:
+    """Run the user code once and turn its return or exception into an Outcome."""
+    started = time.monotonic()
+    try:
+        value = func(job)
+    except Exception as exc:  # any failure of the user's code fails the job
+        return Outcome(False, error=_error_text(exc), details={"traceback": traceback.format_exc()},
+                       duration=time.monotonic() - started)
+    if value is False:
+        return Outcome(False, error=RETURNED_FALSE, duration=time.monotonic() - started)
+    return Outcome(True, result=value, duration=time.monotonic() - started)
+
+
+@contextmanager
+def alarm(timeout: float) -> Iterator[None]:
+    """Raise JobTimeout in the main thread after ``timeout`` seconds.
+
+    SIGALRM only interrupts the main thread, and only between bytecodes or
+    when a blocking call returns EINTR: a long C call that ignores signals
+    finishes before the timeout bites. Off the main thread there is no
+    timeout at all (logged)."""
+    if threading.current_thread() is not threading.main_thread() or timeout <= 0:
+        if timeout > 0:
+            log_event(logger, "inline_timeout_unavailable", logging.WARNING, reason="not in the main thread")
+        yield
+        return
+
+    def on_alarm(signum: int, frame: Any) -> None:
+        raise JobTimeout()
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    outer_delay, outer_interval = signal.setitimer(signal.ITIMER_REAL, timeout)
+    armed = time.monotonic()
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        if outer_delay > 0:  # someone else's alarm (pytest-timeout uses one): give it back
+            remaining = outer_delay - (time.monotonic() - armed)
+            signal.setitimer(signal.ITIMER_REAL, max(remaining, MIN_ALARM), outer_interval)
+
+
+class InlinePythonWorker(Worker):
+    """Runs the job inside the consumer: cheapest, but a crash or leak of the
+    user's code is the consumer's."""
+
+    def __init__(self, func: JobFunction, name: str) -> None:
+        self.func = func
+        self.name = name
+
+    def run(self, job: Job, timeout: float) -> Outcome:
+        started = time.monotonic()
+        try:
+            with alarm(timeout):
+                outcome = call_worker(self.func, job)
+        except JobTimeout:
+            outcome = Outcome(False, error=f"killed after {timeout:g}s timeout",
+                              details={"traceback": traceback.format_exc()},
+                              duration=time.monotonic() - started)
+        if not outcome.ok:
+            log_event(logger, "python_job_failed", logging.WARNING, job=job.id, queue=job.queue,
+                      worker=self.name, error=outcome.error)
+        return outcome
+
+
+def _encode_outcome(outcome: Outcome) -> bytes:
+    """The child's report; a result JSON cannot carry is sent as its repr."""
+    report = {"ok": outcome.ok, "error": outcome.error, "details": outcome.details}
+    try:
+        return json.dumps({**report, "result": outcome.result}).encode()
+    except (TypeError, ValueError):
+        return json.dumps({**report, "result": repr(outcome.result), "result_repr": True}).encode()
+
+
+def _child_main(func: JobFunction, job: Job, write_fd: int) -> None:
+    """In the forked child: run the job, report, and leave without running
+    the consumer's cleanup (its broker connection belongs to the parent)."""
+    code = CHILD_CRASHED
+    try:
+        gc.disable()  # a collection would touch (and copy) every shared page
+        os.setsid()  # its own process group: a timeout kills what it started
+        signal.set_wakeup_fd(-1)
+        for sig in CHILD_DEFAULT_SIGNALS:
+            signal.signal(sig, signal.SIG_DFL)
+        outcome = call_worker(func, job)
+        data = _encode_outcome(outcome)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(write_fd, view):]
+        code = CHILD_OK if outcome.ok else CHILD_FAILED
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+class IsolatedPythonWorker(Worker):
+    """Runs each job in a child forked from the consumer: the user code is
+    already imported, so a job costs one fork, and whatever the job does to
+    its memory dies with it."""
+
+    concurrent = True
+
+    def __init__(self, func: JobFunction, name: str, kill_grace: float = KILL_GRACE) -> None:
+        self.func = func
+        self.name = name
+        self.kill_grace = kill_grace
+
+    def _fork(self, job: Job, timeout: float) -> Child:
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read_fd)
+            _child_main(self.func, job, write_fd)
+        os.close(write_fd)
+        return prepare(Child(pid=pid, timeout=timeout, outputs={read_fd: Capture()}))
+
+    def run(self, job: Job, timeout: float) -> Outcome:
+        return self.run_many([job], timeout)[0]
+
+    def run_many(self, jobs: Sequence[Job], timeout: float, on_start: OnStart = None) -> list[Outcome]:
+        """Fork the whole batch, then wait for every child."""
+        # Anything buffered now would be written twice if a child flushed it.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        outcomes = run_batch(jobs, on_start, lambda job: self._fork(job, timeout), self._outcome, self.kill_grace,
+                             "cannot fork")
+        for job, outcome in zip(jobs, outcomes):
+            if not outcome.ok:
+                log_event(logger, "python_job_failed", logging.WARNING, job=job.id, queue=job.queue,
+                          worker=self.name, error=outcome.error, exit_code=outcome.details.get("exit_code"),
+                          signal=outcome.details.get("signal"))
+        return outcomes
+
+    def _outcome(self, job: Job, child: Child) -> Outcome:
+        duration = child.ended - child.started
+        details: dict[str, Any] = {"exit_code": child.exit_code,
+                                   "signal": signal.Signals(child.signal).name if child.signal else None}
+        if child.timed_out:
+            return Outcome(False, error=f"killed after {child.timeout:g}s timeout", details=details, duration=duration)
+        raw = bytes(next(iter(child.outputs.values())).data)
+        if child.signal:
+            return Outcome(False, error=f"killed by signal {details['signal']}", details=details, duration=duration)
+        try:
+            report = json.loads(raw)
+        except ValueError:
+            return Outcome(False, error=f"the job process ended without a result (exit code {child.exit_code})",
+                           details=details, duration=duration)
+        details.update(report.get("details") or {})
+        if report.get("result_repr"):
+            details["result_repr"] = True
+        return Outcome(bool(report["ok"]) and child.exit_code == CHILD_OK, result=report.get("result"),
+                       error=report.get("error"), details=details, duration=duration)

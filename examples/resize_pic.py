@@ -1,0 +1,33 @@
+#!/usr/bin/env python3
+"""An example command worker (the `resize-pic` queue of etc/disqontrol.yml).
+
+disqontrol execs it, without a shell, as
+    resize_pic.py --queue=Q --body=<json> --metadata=<json>
+Exit 0 is success; any other exit code is a failure and the job is retried.
+It only logs what it got; a body {"fail": true} fails on purpose, to show
+retries and the failure queue. stdout and stderr tails end up in the log.
+"""
+import argparse
+import json
+import sys
+
+FAILED = 1
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--queue", required=True)
+    parser.add_argument("--body", required=True)
+    parser.add_argument("--metadata", default="{}")
+    args = parser.parse_args()
+    body = json.loads(args.body)
+    metadata = json.loads(args.metadata)
+    sys.stdout.write(f"resize_pic: queue={args.queue} body={body!r} retries={metadata.get('retries', 0)}\n")
+    if isinstance(body, dict) and body.get("fail"):
+        sys.stderr.write("resize_pic: failing on purpose ({'fail': true} in the body)\n")
+        return FAILED
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

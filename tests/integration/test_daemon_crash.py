@@ -1,0 +1,74 @@
+"""Crashes: a killed consumer is replaced and its job comes back; a killed
+master takes its consumers with it."""
+from __future__ import annotations
+
+import collections
+import os
+import signal
+
+import pytest
+
+from tests.support.daemon import Daemon, python_worker, running
+from tests.support.procs import wait_for
+
+LEASE = 3.0  # s: the broker hands a killed consumer's job out again after this
+ORPHAN_DEADLINE = 5.0  # s: SPEC §8, consumers exit within seconds of the master
+
+
+def busy_consumer(daemon: Daemon) -> int:
+    def find() -> int:
+        return next((pid for pid in daemon.consumer_pids() if " busy " in daemon.title(pid)), 0)
+    return wait_for(find, timeout=30, message="a busy consumer")
+
+
+@pytest.mark.timeout(180)
+def test_killed_busy_consumer_is_restarted_and_its_job_runs_again(tmp_path, broker_url):
+    # Given one consumer busy with a slow job, and more jobs waiting
+    daemon = Daemon(tmp_path, broker_url, {
+        "work": {"worker": python_worker(), "max_retries": 5},
+    }, consumer_defaults={"job_batch": 1}).start()
+    try:
+        [slow_id] = daemon.add("work", [{"n": 0, "sleep": 1.5}], lease=LEASE)
+        daemon.add("work", list(range(1, 21)), lease=LEASE)
+        victim = busy_consumer(daemon)
+
+        # When the consumer is killed with SIGKILL mid-job
+        os.kill(victim, signal.SIGKILL)
+
+        # Then a new consumer replaces it
+        wait_for(lambda: daemon.consumer_pids() and victim not in daemon.consumer_pids(),
+                 timeout=30, message="a replacement consumer")
+        # and every job, the interrupted one too, is done exactly once
+        runs = daemon.wait_runs(21, timeout=90)
+        counts = collections.Counter(body for body, _ in runs)
+        assert sorted(int(b) for b in counts) == list(range(21))
+        assert max(counts.values()) == 1
+        # and the redelivery was counted as a failure of that job
+        [redelivered] = daemon.events("job_redelivered")
+        assert f"job={slow_id} " in redelivered and "retries=1" in redelivered
+        assert daemon.events("consumer_crashed")
+        assert daemon.proc.poll() is None
+    finally:
+        daemon.stop()
+
+
+def test_consumers_exit_when_the_master_is_killed(tmp_path):
+    # Given a master with two consumers, one busy with a long job
+    daemon = Daemon(tmp_path, f"sqlite://{tmp_path}/jobs.db", {
+        "work": {"worker": python_worker()},
+    }, consumer_defaults={"min_processes": 2, "job_batch": 1}).start(consumers=2)
+    try:
+        daemon.add("work", [{"n": 0, "sleep": 60}])
+        busy_consumer(daemon)
+        consumers = daemon.consumer_pids()
+        assert len(consumers) == 2
+
+        # When the master is killed with SIGKILL
+        daemon.signal(signal.SIGKILL)
+        daemon.wait_exit(10)
+
+        # Then no consumer is left after 5 s
+        wait_for(lambda: not any(running(pid) for pid in consumers), timeout=ORPHAN_DEADLINE,
+                 message="consumers to exit after the master's death")
+    finally:
+        daemon.stop()

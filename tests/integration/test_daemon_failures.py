@@ -1,0 +1,93 @@
+"""Failed jobs: retried on the backoff schedule (shrunk with backoff_scale),
+then parked in the failure queue with their last error."""
+from __future__ import annotations
+
+import pytest
+
+from disqontrol_client.job import LAST_ERROR, ORIGINAL_ID, ORIGINAL_QUEUE, RETRIES
+from tests.support.daemon import Daemon, command_worker, python_worker
+from tests.support.procs import wait_for
+
+SCALE = 0.05  # retry n waits 4**n * SCALE s (+ up to 10 %)
+SLACK = 10.0  # s a loaded machine may add to any wait
+
+
+@pytest.fixture
+def sqlite_url(tmp_path):
+    return f"sqlite://{tmp_path}/jobs.db"
+
+
+def parked(daemon: Daemon, count: int = 1):
+    return wait_for(lambda: len(daemon.failed_jobs()) >= count and daemon.failed_jobs(),
+                    timeout=60, message="jobs in the failure queue")
+
+
+def test_failing_job_is_retried_on_schedule_then_parked_with_its_error(tmp_path, sqlite_url):
+    # Given an inline queue allowing 2 retries on a 20x faster schedule
+    daemon = Daemon(tmp_path, sqlite_url, {
+        "flaky": {"worker": python_worker(), "max_retries": 2, "backoff_scale": SCALE},
+    }).start()
+    try:
+        # When a job that always fails is added
+        [job_id] = daemon.add("flaky", [{"n": 7, "fail": True}])
+
+        # Then it runs 3 times, each wait at least its retry delay
+        [(body, stored)] = parked(daemon)
+        runs = daemon.wait_runs(3)
+        assert [b for b, _ in runs] == ["7", "7", "7"]
+        gaps = [later[1] - earlier[1] for earlier, later in zip(runs, runs[1:])]
+        for n, gap in enumerate(gaps, start=1):
+            assert 4**n * SCALE <= gap <= 4**n * SCALE * 1.1 + SLACK, (n, gaps)
+        # and lands in the failure queue with its last error
+        assert body == {"n": 7, "fail": True}
+        assert "asked to fail 7" in stored[LAST_ERROR]["message"]
+        assert stored[ORIGINAL_QUEUE] == "flaky"
+        assert stored[ORIGINAL_ID] == job_id
+        assert stored[RETRIES] == 3
+        assert len(daemon.events("job_failed")) == 2
+        assert len(daemon.events("job_failed_permanently")) == 1
+        assert daemon.broker.length("flaky") == 0
+    finally:
+        daemon.stop()
+
+
+def test_retry_immediately_retries_without_waiting(tmp_path, sqlite_url):
+    # Given a command queue with retry_immediately and 3 retries
+    daemon = Daemon(tmp_path, sqlite_url, {
+        "now": {"worker": command_worker(tmp_path), "max_retries": 3,
+                "failure_strategy": "retry_immediately"},
+    }).start()
+    try:
+        # When a job whose command exits 3 is added
+        daemon.add("now", [{"n": 1, "fail": True}])
+
+        # Then it runs 4 times back to back and is parked with the exit code
+        [(_, stored)] = parked(daemon)
+        runs = daemon.wait_runs(4)
+        assert len(runs) == 4
+        assert runs[-1][1] - runs[0][1] < SLACK
+        assert "exit code 3" in stored[LAST_ERROR]["message"]
+        assert stored[LAST_ERROR]["exit_code"] == 3
+    finally:
+        daemon.stop()
+
+
+def test_job_past_its_timeout_is_killed_and_counted_as_failed(tmp_path, sqlite_url):
+    # Given a command queue with a 1 s timeout and no retry
+    daemon = Daemon(tmp_path, sqlite_url, {
+        "slow": {"worker": command_worker(tmp_path), "job_process_timeout": 1, "max_retries": 0},
+    }).start()
+    try:
+        # When its command hangs
+        daemon.add("slow", [{"n": 1, "sleep": True}])
+
+        # Then it is killed and parked as a timeout, never recorded as done
+        [(_, stored)] = parked(daemon)
+        assert "timeout" in stored[LAST_ERROR]["message"]
+        assert daemon.runs() == []
+        assert not daemon.events("job_done")
+        # and the consumer is still the same process, ready for more
+        daemon.add("slow", [2])
+        assert daemon.wait_runs(1)[0][0] == "2"
+    finally:
+        daemon.stop()

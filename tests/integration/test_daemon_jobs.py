@@ -1,0 +1,43 @@
+"""The daemon runs every job exactly once across worker types and engines."""
+from __future__ import annotations
+
+import collections
+
+import pytest
+
+from tests.support.daemon import Daemon, command_worker, python_worker
+
+JOBS_PER_QUEUE = {"cmd": 700, "inline": 700, "isolated": 600}  # 2,000 in all
+
+
+@pytest.mark.timeout(300)
+def test_2000_jobs_across_worker_types_run_exactly_once(tmp_path, broker_url):
+    # Given a daemon with a command, an inline and an isolated queue, 2 consumers each
+    daemon = Daemon(tmp_path, broker_url, {
+        "cmd": {"worker": command_worker(tmp_path)},
+        "inline": {"worker": python_worker()},
+        "isolated": {"worker": python_worker("isolated_python_worker")},
+    }, consumer_defaults={"min_processes": 1, "job_batch": 20})
+    daemon.start(consumers=3)
+    try:
+        # When 2,000 jobs with unique bodies are added
+        bodies: dict[str, list[int]] = {}
+        first = 0
+        for queue, count in JOBS_PER_QUEUE.items():
+            bodies[queue] = list(range(first, first + count))
+            daemon.add(queue, bodies[queue])
+            first += count
+        total = sum(JOBS_PER_QUEUE.values())
+
+        # Then each body is run exactly once and the queues drain
+        runs = daemon.wait_runs(total, timeout=240)
+        counts = collections.Counter(body for body, _ in runs)
+        assert sorted(int(b) for b in counts) == list(range(total))
+        assert max(counts.values()) == 1, [b for b, c in counts.items() if c > 1][:10]
+        assert all(daemon.broker.length(q) == 0 for q in JOBS_PER_QUEUE)
+        assert daemon.events("job_done") and not daemon.events("job_failed")
+        # and the daemon is still up with its consumers
+        assert daemon.proc.poll() is None
+        assert len(daemon.consumer_pids()) == 3
+    finally:
+        daemon.stop()

@@ -1,0 +1,71 @@
+"""SIGHUP reloads: a new generation of consumers takes over without losing
+or repeating a job; a broken config is refused and the old one runs on."""
+from __future__ import annotations
+
+import collections
+import signal
+
+import pytest
+
+from tests.support.daemon import Daemon, command_worker, python_worker
+from tests.support.procs import wait_for
+
+JOBS = 1000
+
+
+def sqlite(tmp_path) -> str:
+    return f"sqlite://{tmp_path}/jobs.db"
+
+
+@pytest.mark.timeout(240)
+def test_sighup_under_load_loses_no_job_and_runs_none_twice(tmp_path):
+    # Given a daemon working through 1,000 jobs (inline and command)
+    queues = {"inline": {"worker": python_worker()}, "cmd": {"worker": command_worker(tmp_path)}}
+    daemon = Daemon(tmp_path, sqlite(tmp_path), queues, consumer_defaults={"job_batch": 5}).start(consumers=2)
+    try:
+        daemon.add("inline", range(0, JOBS // 2))
+        daemon.add("cmd", range(JOBS // 2, JOBS))
+        wait_for(lambda: len(daemon.runs()) >= 50, timeout=60, message="jobs flowing")
+        first_generation = set(daemon.consumer_pids())
+
+        # When the config is reloaded twice while jobs flow, the second time with 2 processes a group
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_event("reload_taken", 1)
+        daemon.write_config(queues, consumer_defaults={"job_batch": 5, "min_processes": 2})
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_event("reload_taken", 2)
+
+        # Then every job runs exactly once
+        runs = daemon.wait_runs(JOBS, timeout=180)
+        counts = collections.Counter(body for body, _ in runs)
+        assert sorted(int(b) for b in counts) == list(range(JOBS))
+        assert max(counts.values()) == 1
+        # and the old consumers were replaced by the new generation's 4
+        wait_for(lambda: len(daemon.consumer_pids()) == 4, timeout=60, message="4 new consumers")
+        assert not first_generation & set(daemon.consumer_pids())
+        assert not daemon.events("consumer_crashed")
+    finally:
+        daemon.stop()
+
+
+def test_broken_config_on_sighup_keeps_the_old_consumers(tmp_path):
+    # Given a running daemon
+    queues = {"work": {"worker": python_worker()}}
+    daemon = Daemon(tmp_path, sqlite(tmp_path), queues).start()
+    try:
+        before = daemon.consumer_pids()
+
+        # When its config is broken and SIGHUP arrives
+        daemon.write_config({"work": {"worker": {"type": "inline_php"}}})
+        daemon.signal(signal.SIGHUP)
+
+        # Then the reload is refused with the key path in the log
+        [refused] = daemon.wait_event("reload_refused")
+        assert "inline_php" in refused and "worker.type" in refused
+        # and the old consumer runs on and still takes jobs
+        assert daemon.consumer_pids() == before
+        daemon.add("work", [1])
+        assert daemon.wait_runs(1)[0][0] == "1"
+        assert not daemon.events("reload_taken")
+    finally:
+        daemon.stop()

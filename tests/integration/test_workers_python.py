@@ -1,0 +1,200 @@
+"""Inline and isolated Python workers with a real bootstrap file: the same
+contract for both (return = success, False or raise = failure, timeout),
+plus what isolation adds (a fork per job, a signal-killed child)."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from disqontrol_client.errors import WorkerLoadError
+from disqontrol_client.job import Job, fresh_metadata
+from disqontrold.workers.bootstrap import read_bootstrap
+from disqontrold.workers.python import RETURNED_FALSE, InlinePythonWorker, IsolatedPythonWorker
+
+BOOTSTRAP = '''
+import os, signal, time
+
+SETUP_LOG = {setup_log!r}
+STATE = {{"touched": False}}
+
+def setup_environment():
+    with open(SETUP_LOG, "a") as f:
+        f.write(f"{{os.getpid()}}\\n")
+    return {{"greeting": "hello"}}
+
+def echo(environment, name):
+    def work(job):
+        return {{"greeting": environment["greeting"], "name": name, "body": job.body,
+                 "queue": job.queue, "id": job.id, "retries": job.metadata["retries"]}}
+    return work
+
+class Resizer:
+    def __init__(self, environment):
+        self.environment = environment
+    def process(self, job):
+        return job.body * 2
+
+def returns(value):
+    return lambda environment, name: (lambda job: value)
+
+def fails(environment, name):
+    def work(job):
+        raise ValueError(f"bad size {{job.body}}")
+    return work
+
+def sleeps(environment, name):
+    return lambda job: time.sleep(job.body)
+
+def suicide(environment, name):
+    return lambda job: os.kill(os.getpid(), signal.SIGKILL)
+
+def pid(environment, name):
+    return lambda job: os.getpid()
+
+def touch_state(environment, name):
+    def work(job):
+        STATE["touched"] = True
+        return STATE["touched"]
+    return work
+
+def unserializable(environment, name):
+    return lambda job: {{1, 2}}
+
+WORKERS = {{
+    "echo": echo, "resizer": lambda env, name: Resizer(env), "false": returns(False),
+    "none": returns(None), "fails": fails, "sleeps": sleeps, "suicide": suicide,
+    "pid": pid, "touch_state": touch_state, "unserializable": unserializable,
+}}
+'''
+
+KINDS = {"inline": InlinePythonWorker, "isolated": IsolatedPythonWorker}
+
+
+@pytest.fixture
+def bootstrap(tmp_path: Path):
+    path = tmp_path / "disqontrol_bootstrap.py"
+    path.write_text(BOOTSTRAP.format(setup_log=str(tmp_path / "setup.log")))
+    loaded = read_bootstrap(path)
+    yield loaded
+    sys.modules.pop("disqontrol_bootstrap", None)
+
+
+def job(body, job_id="j1") -> Job:
+    return Job(body, "pics", fresh_metadata(), id=job_id)
+
+
+def make(kind: str, bootstrap, name: str):
+    return KINDS[kind](bootstrap.resolve(name), name)
+
+
+@pytest.fixture(params=sorted(KINDS))
+def kind(request) -> str:
+    return request.param
+
+
+def test_return_value_is_the_result(kind, bootstrap):
+    outcome = make(kind, bootstrap, "echo").run(job({"w": 3}), 30)
+    assert outcome.ok, outcome
+    assert outcome.result == {"greeting": "hello", "name": "echo", "body": {"w": 3},
+                              "queue": "pics", "id": "j1", "retries": 0}
+
+
+def test_object_with_process_method(kind, bootstrap):
+    outcome = make(kind, bootstrap, "resizer").run(job(21), 30)
+    assert outcome.ok and outcome.result == 42
+
+
+def test_returning_none_is_success(kind, bootstrap):
+    outcome = make(kind, bootstrap, "none").run(job(1), 30)
+    assert outcome.ok and outcome.result is None
+
+
+def test_returning_false_is_failure(kind, bootstrap):
+    outcome = make(kind, bootstrap, "false").run(job(1), 30)
+    assert not outcome.ok and outcome.error == RETURNED_FALSE
+
+
+def test_raising_is_failure_with_type_message_and_traceback(kind, bootstrap):
+    outcome = make(kind, bootstrap, "fails").run(job(7), 30)
+    assert not outcome.ok
+    assert outcome.error == "ValueError: bad size 7"
+    assert "Traceback" in outcome.details["traceback"] and "bad size 7" in outcome.details["traceback"]
+
+
+def test_timeout_stops_the_job(kind, bootstrap):
+    started = time.monotonic()
+    outcome = make(kind, bootstrap, "sleeps").run(job(60), 0.5)
+    assert not outcome.ok
+    assert outcome.error == "killed after 0.5s timeout"
+    assert time.monotonic() - started < 10
+
+
+def test_setup_environment_runs_once_per_process(kind, bootstrap, tmp_path):
+    # Given one worker built in this process, When it runs three jobs
+    worker = make(kind, bootstrap, "echo")
+    for i in range(3):
+        assert worker.run(job(i), 30).ok
+    # Then setup_environment ran once, here (isolated children inherit it)
+    assert (tmp_path / "setup.log").read_text().split() == [str(os.getpid())]
+    make(kind, bootstrap, "resizer")
+    assert (tmp_path / "setup.log").read_text().split() == [str(os.getpid())]
+
+
+def test_inline_runs_in_this_process_isolated_in_a_fresh_child(bootstrap):
+    inline = make("inline", bootstrap, "pid").run(job(1), 30)
+    isolated = IsolatedPythonWorker(bootstrap.resolve("pid"), "pid").run_many([job(1), job(2)], 30)
+    assert inline.result == os.getpid()
+    child_pids = [o.result for o in isolated]
+    assert os.getpid() not in child_pids and len(set(child_pids)) == 2
+
+
+def test_isolated_job_cannot_change_the_consumer(bootstrap):
+    outcome = make("isolated", bootstrap, "touch_state").run(job(1), 30)
+    assert outcome.ok and outcome.result is True
+    assert sys.modules["disqontrol_bootstrap"].STATE["touched"] is False
+
+
+def test_isolated_child_killed_by_a_signal_is_a_failure(bootstrap):
+    outcome = make("isolated", bootstrap, "suicide").run(job(1), 30)
+    assert not outcome.ok
+    assert outcome.error == "killed by signal SIGKILL"
+    assert outcome.details["signal"] == "SIGKILL"
+
+
+def test_isolated_result_that_json_cannot_carry_comes_back_as_repr(bootstrap):
+    outcome = make("isolated", bootstrap, "unserializable").run(job(1), 30)
+    assert outcome.ok and outcome.result == "{1, 2}" and outcome.details["result_repr"] is True
+
+
+def test_isolated_batch_runs_in_parallel(bootstrap):
+    worker = make("isolated", bootstrap, "sleeps")
+    started = time.monotonic()
+    outcomes = worker.run_many([job(1, str(i)) for i in range(5)], 30)
+    assert all(o.ok for o in outcomes)
+    assert time.monotonic() - started < 4
+
+
+def test_module_callable_path(kind, bootstrap, tmp_path, monkeypatch):
+    # Given a module next to the bootstrap file
+    (tmp_path / "myapp_workers_mod.py").write_text("def rss_update(job):\n    return ['rss', job.body]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    outcome = make(kind, bootstrap, "myapp_workers_mod:rss_update").run(job(5), 30)
+    assert outcome.ok and outcome.result == ["rss", 5]
+    sys.modules.pop("myapp_workers_mod", None)
+
+
+def test_unknown_names_are_refused_with_the_key(bootstrap, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "myapp_workers_mod2.py").write_text("x = 1\n")
+    with pytest.raises(WorkerLoadError, match=r"^k: 'nope' cannot be loaded: it is not in WORKERS of .* \(known: echo,"):
+        bootstrap.resolve("nope", key="k")
+    with pytest.raises(WorkerLoadError,
+                       match=r"^k: 'myapp_workers_mod2:nope' cannot be loaded: module 'myapp_workers_mod2' has no attribute 'nope'"):
+        bootstrap.resolve("myapp_workers_mod2:nope", key="k")
+    with pytest.raises(WorkerLoadError, match=r"^k: 'no_such_mod_xyz:f' cannot be loaded: ModuleNotFoundError"):
+        bootstrap.resolve("no_such_mod_xyz:f", key="k")
+    sys.modules.pop("myapp_workers_mod2", None)

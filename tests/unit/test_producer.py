@@ -1,0 +1,104 @@
+"""Producer: adds through a real sqlite file, refuses bad jobs before adding
+anything, and keeps ``import disqontrol_client`` free of daemon modules."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from disqontrol_client import Job, Producer
+from disqontrol_client.config import parse_config
+from disqontrol_client.errors import ConfigError, UsageError
+from disqontrol_client.job import decode_payload
+
+FORBIDDEN = ("disqontrold", "psutil", "setproctitle", "daemon", "croniter")
+
+
+def test_importing_the_client_never_imports_the_daemon_or_its_dependencies():
+    # Given a fresh interpreter, When the client and its producer path are imported
+    code = (
+        "import sys, json, disqontrol_client\n"
+        "from disqontrol_client import Producer, Job\n"
+        "import disqontrol_client.cli, disqontrol_client.config, disqontrol_client.submit\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in %r)))" % (FORBIDDEN,)
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    # Then none of the daemon's modules was loaded
+    assert json.loads(out.stdout) == []
+
+
+@pytest.fixture
+def sqlite_url(tmp_path):
+    pytest.importorskip("disqontrol_client.brokers.sqlite", reason="the sqlite engine has not landed yet")
+    return f"sqlite://{tmp_path}/jobs.db"
+
+
+@pytest.fixture
+def config(tmp_path, sqlite_url):
+    section = {
+        "broker": sqlite_url,
+        "queues": {"mail": {"worker": {"type": "command", "command": "true"},
+                            "job_process_timeout": 30, "job_lifetime": 1000}},
+    }
+    return parse_config({"disqontrol": section}, base_dir=tmp_path)
+
+
+def stored(url: str, queue: str) -> list:
+    with Producer(url) as producer:
+        return producer.broker.peek(queue, 100)
+
+
+def test_add_without_config_takes_any_queue_with_default_limits(sqlite_url):
+    with Producer(sqlite_url) as producer:
+        job = Job({"id": 5}, "anything")
+        job_id = producer.add(job)
+    assert job.id == job_id
+    (delivery,) = stored(sqlite_url, "anything")
+    body, metadata = decode_payload(delivery.payload)
+    assert (delivery.id, body, metadata["job-lifetime"], metadata["process-timeout"]) == (job_id, {"id": 5}, 2592000, 600)
+
+
+def test_add_with_config_uses_the_queue_limits(config):
+    with Producer(config.broker, config) as producer:
+        producer.add(Job("x", "mail"), delay=5)
+    with Producer(config.broker) as producer:
+        (delivery,) = producer.broker.peek("mail", 10)
+        shown = producer.broker.show(delivery.id)
+    _, metadata = decode_payload(delivery.payload)
+    assert (metadata["job-lifetime"], metadata["process-timeout"]) == (1000, 30)
+    assert shown["state"] == "delayed"
+
+
+def test_add_many_returns_ids_in_order(config):
+    with Producer(config.broker, config) as producer:
+        jobs = [Job(i, "mail") for i in range(5)]
+        ids = producer.add_many(jobs)
+    assert ids == [job.id for job in jobs] and len(set(ids)) == 5
+    bodies = {d.id: decode_payload(d.payload)[0] for d in stored(config.broker, "mail")}
+    assert bodies == {job_id: i for i, job_id in enumerate(ids)}
+
+
+@pytest.mark.parametrize("job, delay, error, message", [
+    (Job("x", "nope"), 0, ConfigError, r"^unknown queue 'nope'; configured queues: mail$"),
+    (Job("x", "mail"), -1, UsageError, r"^delay must be a number of seconds, 0 or more; got -1$"),
+    (Job("x", "mail"), math.nan, UsageError, r"^delay must be a number of seconds, 0 or more; got nan$"),
+    (Job("x", "mail"), "5", UsageError, r"^delay must be a number of seconds, 0 or more; got '5'$"),
+    (Job({1, 2}, "mail"), 0, UsageError, r"^the body of a job for queue 'mail' is not JSON-serializable"),
+    (Job("x", "two words"), 0, UsageError, r"^a queue name is one non-empty word; got 'two words'$"),
+])
+def test_bad_job_is_refused_and_nothing_is_added(config, job, delay, error, message):
+    with Producer(config.broker, config) as producer:
+        with pytest.raises(error, match=message):
+            producer.add(job, delay=delay)
+        # a batch with one bad job adds none of the good ones
+        with pytest.raises(error, match=message):
+            producer.add_many([Job("good", "mail"), job], delay=delay)
+        assert producer.broker.queues() == []
+
+
+def test_synchronous_mode_needs_a_config(sqlite_url):
+    with pytest.raises(UsageError, match="^synchronous mode needs a config"):
+        Producer(sqlite_url, synchronous=True)

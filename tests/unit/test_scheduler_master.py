@@ -1,0 +1,87 @@
+"""The master plug-in's bookkeeping against a stand-in master: follows
+reloads, keeps old entries when a crontab breaks, stops with the master.
+The real master runs it in tests/integration/test_scheduler_daemon.py."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from disqontrol_client.config import Config, QueueConfig, SchedulerConfig, WorkerConfig
+from disqontrold import scheduler_master
+from disqontrold.scheduler_master import MasterScheduler, attach
+from tests.unit.scheduler_fakes import MemoryBroker
+
+
+class StandInMaster:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.stopping: Optional[str] = None
+        self.timers: list[Any] = []
+        self.status_hooks: dict[str, Any] = {}
+
+    def add_timer(self, callback: Any) -> None:
+        self.timers.append(callback)
+
+
+def config_with(tmp_path: Path, crontab_text: Optional[str], name: str = "crontab") -> Config:
+    worker = WorkerConfig(type="command", command="true")
+    scheduler = None
+    if crontab_text is not None:
+        (tmp_path / name).write_text(crontab_text)
+        scheduler = SchedulerConfig(crontab=tmp_path / name, timezone="UTC", missed_runs="skip")
+    return Config(
+        path=None, broker="memory://", log_dir=tmp_path, run_dir=tmp_path,
+        queues={"q": QueueConfig("q", worker), "r": QueueConfig("r", worker)},
+        consumers=(), scheduler=scheduler,
+    )
+
+
+def plugged(tmp_path: Path, crontab_text: Optional[str], monkeypatch) -> tuple[StandInMaster, MasterScheduler, MemoryBroker]:
+    broker = MemoryBroker()
+    monkeypatch.setattr(MasterScheduler, "_connect", lambda self: broker)
+    master = StandInMaster(config_with(tmp_path, crontab_text))
+    return master, attach(master), broker
+
+
+def test_attach_adds_a_timer_and_a_status_part(tmp_path, monkeypatch):
+    master, plug, _ = plugged(tmp_path, "* * * * * q\n", monkeypatch)
+    assert master.timers == [plug.timer]
+    deadline = plug.timer()
+    # the next look is at most POLL seconds away on the monotonic clock
+    assert 0 <= deadline - time.monotonic() <= scheduler_master.POLL
+    status = master.status_hooks["scheduler"]()
+    assert status["missed_runs"] == "skip" and [e["queue"] for e in status["entries"]] == ["q"]
+
+
+def test_the_current_minute_is_added_by_the_first_timer_call(tmp_path, monkeypatch):
+    _, plug, broker = plugged(tmp_path, "* * * * * q\n", monkeypatch)
+    plug.timer()
+    plug.timer()
+    # unless the call straddled a minute boundary, one job; never more than two
+    assert 1 <= len(broker.jobs) <= 2
+    assert len(broker.claims) == len(broker.jobs)
+
+
+def test_a_reload_swaps_entries_and_a_broken_crontab_keeps_the_old(tmp_path, monkeypatch):
+    master, plug, _ = plugged(tmp_path, "* * * * * q\n", monkeypatch)
+    plug.timer()
+    # When the master takes a config with another crontab
+    master.config = config_with(tmp_path, "@hourly r\n", name="crontab2")
+    plug.timer()
+    assert [e.queue for e in plug.scheduler.entries] == ["r"]
+    # When a later config's crontab is broken (changed after the check)
+    master.config = config_with(tmp_path, "0 0 * * mon-xyz r\n", name="crontab3")
+    plug.timer()
+    # Then the previous entries keep running
+    assert [e.queue for e in plug.scheduler.entries] == ["r"]
+
+
+def test_a_config_without_scheduler_stops_it_and_a_stopping_master_ends_the_timer(tmp_path, monkeypatch):
+    master, plug, _ = plugged(tmp_path, "* * * * * q\n", monkeypatch)
+    plug.timer()
+    master.config = config_with(tmp_path, None)
+    assert plug.timer() is not None
+    assert plug.scheduler is None and master.status_hooks["scheduler"]() is None
+    master.stopping = "graceful"
+    assert plug.timer() is None
