@@ -13,7 +13,6 @@ consumer blocked in reserve. Each figure is bounded in jobs and seconds.
 from __future__ import annotations
 
 import multiprocessing
-import shutil
 import statistics
 import sys
 import tempfile
@@ -26,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import redis  # noqa: E402
 
 from disqontrol_client.brokers import NewJob, open_broker  # noqa: E402
-from tests.support.redis_server import RedisServer  # noqa: E402
+from tests.support.redis_server import RedisServer, server_binary  # noqa: E402
 
 JOBS = 20000  # per figure, split over the processes
 PROCESSES = 2
@@ -179,7 +178,7 @@ def figures(url: str) -> list[str]:
 
 
 def main() -> int:
-    if not shutil.which("redis-server"):
+    if not server_binary():
         print("redis: skipped (redis-server is not installed; make test-services installs it)")
         return 0
     with tempfile.TemporaryDirectory() as workdir:
