@@ -12,13 +12,15 @@ consumer blocked in reserve. Each figure is bounded in jobs and seconds.
 """
 from __future__ import annotations
 
+import atexit
+import contextlib
 import multiprocessing
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -53,18 +55,26 @@ def _raw_blpop(url: str, key: str, share: int, deadline: float) -> int:
     return done
 
 
-def _raw_pipelined(url: str, key: str, share: int, deadline: float) -> int:
-    client = redis.Redis.from_url(url)
-    done = 0
-    while done < share and time.time() < deadline:
-        pipe = client.pipeline(transaction=False)
-        for _ in range(PIPELINE):
-            pipe.lpop(key)
-        got = sum(1 for item in pipe.execute() if item is not None)
-        if not got:
-            break
-        done += got
-    return done
+def _raw_pipelined_by(size: int, push: bool = False) -> Callable[[str, str, int, float], int]:
+    """Pipelines of ``size`` LPOPs (or RPUSHes of one payload): one round trip each."""
+    def pipelined(url: str, key: str, share: int, deadline: float) -> int:
+        client = redis.Redis.from_url(url)
+        done = 0
+        while done < share and time.time() < deadline:
+            pipe = client.pipeline(transaction=False)
+            for _ in range(size):
+                if push:
+                    pipe.rpush(key, PAYLOAD)
+                else:
+                    pipe.lpop(key)
+            replies = pipe.execute()
+            got = size if push else sum(1 for item in replies if item is not None)
+            if not got:
+                break
+            done += got
+        return done
+
+    return pipelined
 
 
 def _add(url: str, queue: str, share: int, deadline: float) -> int:
@@ -106,13 +116,14 @@ def _job(work: Callable[[str, str, int, float], int], url: str, queue: str, shar
     results.put(work(url, queue, share, deadline))
 
 
-def rate(work: Callable[[str, str, int, float], int], url: str, queue: str) -> float:
-    """jobs/s of PROCESSES processes sharing JOBS, from a common start."""
+def rate(work: Callable[[str, str, int, float], int], url: str, queue: str, jobs: int = JOBS,
+         processes: int = PROCESSES) -> float:
+    """jobs/s of ``processes`` processes sharing ``jobs``, from a common start."""
     results: multiprocessing.Queue[int] = multiprocessing.Queue()
     start = time.time() + 0.5  # lets the forks settle
     deadline = start + PHASE_SECONDS
-    procs = [multiprocessing.Process(target=_job, args=(work, url, queue, JOBS // PROCESSES, start, deadline,
-                                                        results)) for _ in range(PROCESSES)]
+    procs = [multiprocessing.Process(target=_job, args=(work, url, queue, jobs // processes, start, deadline,
+                                                        results)) for _ in range(processes)]
     for proc in procs:
         proc.start()
     done = sum(results.get() for _ in procs)
@@ -152,12 +163,44 @@ def latency(url: str) -> list[float]:
     return sorted(seen)
 
 
+# -- the plug for bench/broker.py: an empty store and raw baselines ----------
+
+_SERVER: list[RedisServer] = []  # one redis-server for the whole bench run
+
+
+@contextlib.contextmanager
+def redis_store(tmp: Path) -> Iterator[str]:
+    """The URL of an empty database of one redis-server started on first use."""
+    if not _SERVER:
+        _SERVER.append(RedisServer(tmp / "redis").start())
+        atexit.register(_SERVER[0].stop)
+    client = redis.Redis.from_url(_SERVER[0].url)
+    client.flushall()
+    client.close()
+    yield _SERVER[0].url
+
+
+def raw_add(url: str, jobs: int, batch: int, processes: int) -> float:
+    """One RPUSH round trip per job, or one pipeline of ``batch`` RPUSHes."""
+    return rate(_raw_pipelined_by(batch, push=True), url, "raw", jobs, processes)
+
+
+def raw_reserve_ack(url: str, jobs: int, batch: int, processes: int) -> float:
+    """One BLPOP round trip per job, or LPOPs pipelined by ``batch``."""
+    _fill(url, "raw", jobs)
+    work = _raw_blpop if batch == 1 else _raw_pipelined_by(batch)
+    return rate(work, url, "raw", jobs, processes)
+
+
+RAW = {"add": raw_add, "reserve_ack": raw_reserve_ack}
+
+
 def figures(url: str) -> list[str]:
     """Printable lines: each of our figures beside its raw limit."""
     _fill(url, "raw-1", JOBS)
     raw_single = rate(_raw_blpop, url, "raw-1")
     _fill(url, "raw-100", JOBS)
-    raw_piped = rate(_raw_pipelined, url, "raw-100")
+    raw_piped = rate(_raw_pipelined_by(PIPELINE), url, "raw-100")
     lines = [f"{'redis raw BLPOP per job (2 procs)':44s} {raw_single:10.0f} jobs/s",
              f"{'redis raw pipelined x100 (2 procs)':44s} {raw_piped:10.0f} jobs/s"]
     ours = [
