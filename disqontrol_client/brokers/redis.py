@@ -100,6 +100,9 @@ class RedisBroker(Broker):
         self._prefix = prefix
         self._where = where
         self._backoff = CONSUMER_BACKOFF_FIRST
+        # Queues this connection has put in the queue-name set: later adds skip
+        # the SADD and, for one queue, the pipeline.
+        self._registered: set[str] = set()
         self._scripts: dict[str, Script] = {
             name: client.register_script(_script_source(name))
             for name in ("add", "reserve", "remove", "nack", "working", "replace", "peek", "counts", "show")
@@ -190,8 +193,12 @@ class RedisBroker(Broker):
         for queue, args in by_queue.items():
             step = ADD_CHUNK * JOB_ARGS
             calls.extend(("add", self._keys(queue), args[i:i + step]) for i in range(0, len(args), step))
-        if calls:
-            self._pipeline(calls, extra=[("SADD", self._queues_key, *by_queue)])
+        fresh = [queue for queue in by_queue if queue not in self._registered]
+        if len(calls) == 1 and not fresh:
+            self._run(*calls[0])
+        elif calls:
+            self._pipeline(calls, extra=[("SADD", self._queues_key, *fresh)] if fresh else [])
+            self._registered.update(fresh)
         return ids
 
     def _new_id(self, queue: str) -> str:
