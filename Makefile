@@ -48,7 +48,11 @@ install-systemd:
 	getent passwd disqontrol >/dev/null || useradd --system --gid disqontrol \
 		--home-dir /var/lib/disqontrol --no-create-home --shell /usr/sbin/nologin disqontrol
 	install -d -m 0755 /etc/disqontrol
-	test -e /etc/disqontrol/disqontrol.yml || install -m 0640 -g disqontrol etc/disqontrol.yml /etc/disqontrol/disqontrol.yml
+	sed -e 's#^  broker: sqlite:.*#  broker: sqlite:///var/lib/disqontrol/disqontrol.db#' \
+		-e 's#^  log_dir: .*#  log_dir: /var/log/disqontrol#' -e 's#^  run_dir: .*#  run_dir: /run/disqontrol#' \
+		etc/disqontrol.yml > /etc/disqontrol/disqontrol.yml.example
+	test -e /etc/disqontrol/disqontrol.yml || echo "install-systemd: now write /etc/disqontrol/disqontrol.yml" \
+		"(start from /etc/disqontrol/disqontrol.yml.example; its paths match the unit)"
 	sed 's#/usr/local/bin/disqontrold#$(PREFIX)/bin/disqontrold#' systemd/disqontrold.service > $(UNIT_DIR)/disqontrold.service
 	chmod 0644 $(UNIT_DIR)/disqontrold.service
 	systemctl daemon-reload 2>/dev/null || echo "install-systemd: systemd is not running here; run 'systemctl daemon-reload' on the target"

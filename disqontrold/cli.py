@@ -58,8 +58,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.check:
         print(f"disqontrold: {config.path}: OK ({len(config.queues)} queues, {len(config.consumers)} consumer groups)")
         return exitcodes.OK
-    if args.daemonize or args.pidfile:
-        detach(args, config)
+    detach(args, config)  # always: the pidfile keeps a second master off this run_dir
     setup_logging(config.log_dir, args.log_level, stderr=not args.no_stderr_log)
     master = Master(config, bootstrap)
     attach_plugins(master)
@@ -67,9 +66,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def detach(args: argparse.Namespace, config: object) -> None:
-    """HOOK for operations: --daemonize (python-daemon) and --pidfile.
-
-    Delegates to ``disqontrold.pidfile.prepare(args, config)`` once it exists."""
+    """The pidfile (``--pidfile`` or run_dir/disqontrold.pid; a second master
+    exits 2) and ``--daemonize`` (python-daemon): ``disqontrold.pidfile.prepare``."""
     if importlib.util.find_spec("disqontrold.pidfile") is None:
         raise DisqontrolError("--daemonize/--pidfile are not available in this build")
     importlib.import_module("disqontrold.pidfile").prepare(args, config)

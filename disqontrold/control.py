@@ -142,17 +142,27 @@ class ControlServer:
     def close(self) -> None:
         """Close every connection and remove the socket file. Idempotent.
 
-        In a forked consumer (which closes the master's files) the socket file
-        is left alone: it still belongs to the master."""
+        In a forked consumer (which closes the master's files) only our copies
+        of the fds are closed: the epoll instance is shared with the master, so
+        unregistering there would deafen the master, and the socket file is
+        still the master's."""
+        if os.getpid() != self._owner_pid:
+            for client in self._clients.values():
+                client.sock.close()
+            if self._listener is not None:
+                self._listener.close()
+            self._clients.clear()
+            self._listener = None
+            self._selector.close()
+            return
         for client in list(self._clients.values()):
             self._drop(client)
         if self._listener is not None:
             self._selector.unregister(self._listener)
             self._listener.close()
             self._listener = None
-            if os.getpid() == self._owner_pid:
-                self.path.unlink(missing_ok=True)
-                log_event(log, "control_socket_closed", path=self.path)
+            self.path.unlink(missing_ok=True)
+            log_event(log, "control_socket_closed", path=self.path)
         self._selector.close()
 
     # -- the master's loop ---------------------------------------------------
@@ -207,11 +217,18 @@ class ControlServer:
         while b"\n" in client.inbuf and not client.closing:
             line, _, rest = bytes(client.inbuf).partition(b"\n")
             client.inbuf = bytearray(rest)
+            if len(line) > self.max_request_bytes:
+                self._refuse_oversized(client)
+                return
             self._reply(client, self.handle_line(line))
         if len(client.inbuf) > self.max_request_bytes:
-            client.inbuf.clear()
-            client.closing = True
-            self._reply(client, error_reply(f"request longer than {self.max_request_bytes} bytes"))
+            self._refuse_oversized(client)
+
+    def _refuse_oversized(self, client: _Client) -> None:
+        """Reply with the error, then hang up: the rest of the stream is garbage."""
+        client.inbuf.clear()
+        client.closing = True
+        self._reply(client, error_reply(f"request longer than {self.max_request_bytes} bytes"))
 
     def _reply(self, client: _Client, reply: Mapping[str, Any]) -> None:
         client.outbuf += json.dumps(reply, default=str, separators=(",", ":")).encode() + b"\n"
@@ -237,6 +254,7 @@ class ControlServer:
         self._selector.modify(client.sock, events, client)
 
     def _drop(self, client: _Client) -> None:
+        client.closing = True
         fd = client.sock.fileno()
         if fd >= 0:
             self._selector.unregister(client.sock)
@@ -284,9 +302,11 @@ def master_handlers(master: MasterLike) -> dict[str, Handler]:
 
     def status(request: Mapping[str, Any]) -> Mapping[str, Any]:
         reply = dict(master.status())
-        scheduler = getattr(master, "scheduler", None)  # the built-in scheduler, when configured
-        if scheduler is not None:
-            reply["scheduler"] = scheduler.status()
+        # Plug-ins add their part (the built-in scheduler: "scheduler").
+        for key, hook in getattr(master, "status_hooks", {}).items():
+            part = hook()
+            if part is not None:
+                reply[key] = part
         return reply
 
     def reload(request: Mapping[str, Any]) -> Mapping[str, Any]:

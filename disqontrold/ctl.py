@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -16,17 +17,19 @@ from typing import Any, Optional, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 import psutil
+import yaml
 
 from disqontrol_client import exitcodes
 from disqontrol_client.brokers import Broker, open_broker
-from disqontrol_client.config import Config, load_config
-from disqontrol_client.errors import DisqontrolError, UsageError
+from disqontrol_client.config import DEFAULT_RUN_DIR, Config, find_config_path, load_config
+from disqontrol_client.errors import ConfigError, DisqontrolError, UsageError
 from disqontrold import ctl_failed
 from disqontrold.control import default_socket_path
 from disqontrold.ctl_client import MasterUnreachable, request
 
 STOP_POLL_INTERVAL = 0.1  # s between checks that the stopped master is gone
 BYTES_PER_MIB = 1024 * 1024
+LAST_ERROR_CHARS = 60  # of the last error in `failed list`; `failed show` has it all
 
 
 def redact_url(url: str) -> str:
@@ -67,9 +70,18 @@ class Ctl:
         return self._config
 
     def socket_path(self) -> Path:
+        """--socket, else run_dir/disqontrol.sock of the config. A config that
+        no longer validates (just edited, before a reload) still names its
+        run_dir: the master must hear the reload to refuse it with the reason."""
         if self.args.socket:
             return Path(self.args.socket)
-        return default_socket_path(self.config().run_dir)
+        try:
+            return default_socket_path(self.config().run_dir)
+        except ConfigError:
+            run_dir = _raw_run_dir(self.args.config)
+            if run_dir is None:
+                raise
+            return default_socket_path(run_dir)
 
     def broker(self) -> Broker:
         if self._broker is None:
@@ -106,7 +118,9 @@ class Ctl:
     def reload(self) -> int:
         reply = request(self.socket_path(), "reload")
         verdict = "taken" if reply.get("taken") else "refused"
-        print(f"reload {verdict}: {reply.get('reason', '')}".rstrip(": "))
+        reason = str(reply.get("reason", ""))
+        reason = reason[len(verdict) + 1:].lstrip() if reason.startswith(f"{verdict}:") else reason
+        print(f"reload {verdict}: {reason}".rstrip(": "))
         return exitcodes.OK if reply.get("taken") else exitcodes.FAILED
 
     def stop(self) -> int:
@@ -155,7 +169,8 @@ class Ctl:
             jobs = ctl_failed.list_failed(broker, config, self.args.queue)
             self.emit([j.as_dict() for j in jobs], table(
                 ["ID", "QUEUE", "RETRIES", "LAST ERROR"],
-                [(j.id, j.original_queue, j.metadata.get("retries"), j.last_error[:60]) for j in jobs]))
+                [(j.id, j.original_queue, j.metadata.get("retries"), j.last_error[:LAST_ERROR_CHARS])
+                 for j in jobs]) if jobs else "no failed jobs")
             return exitcodes.OK
         if action == "show":
             print(json.dumps(ctl_failed.show_failed(broker, config, self.args.id).as_dict(), indent=2, default=str))
@@ -175,6 +190,19 @@ class Ctl:
         count = ctl_failed.purge_failed(broker, ctl_failed.list_failed(broker, config, self.args.queue))
         print(f"{count} job(s) purged")
         return exitcodes.OK
+
+
+def _raw_run_dir(explicit: Optional[str]) -> Optional[Path]:
+    """run_dir read from the YAML without validating the rest (None if unreadable)."""
+    try:
+        path = find_config_path(explicit)
+        section = yaml.safe_load(path.read_text(encoding="utf-8"))["disqontrol"]
+        run_dir = section.get("run_dir", DEFAULT_RUN_DIR)
+    except (ConfigError, OSError, yaml.YAMLError, TypeError, KeyError, AttributeError):
+        return None
+    if not isinstance(run_dir, str):
+        return None
+    return Path(os.path.normpath(path.parent / Path(run_dir).expanduser()))
 
 
 def _alive(pid: int) -> bool:
@@ -230,7 +258,7 @@ def format_status(status: dict[str, Any]) -> str:
     if scheduler:
         lines += ["", table(["NEXT RUN", "SCHEDULE", "QUEUE", "BODY", "LAST JOB"],
                             [(e.get("next_run"), e.get("schedule"), e.get("queue"), json.dumps(e.get("body")),
-                              e.get("last_job_id")) for e in scheduler])]
+                              e.get("last_job_id")) for e in scheduler.get("entries", [])])]
     return "\n".join(lines)
 
 

@@ -3,12 +3,13 @@
 Works on the broker directly, so it needs no running master. A failure-queue
 job is an ordinary stored job whose metadata names the queue it failed on
 (``original-queue``) and its last error. Retry adds a fresh copy to that queue
-with the retry count reset, first, and deletes the failed copy second: a crash
+with the retry count reset and a fresh lifetime, first, and deletes the failed copy second: a crash
 in between duplicates the job, never loses it (SPEC §6).
 """
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional
 
@@ -17,10 +18,11 @@ from disqontrol_client.brokers import Broker
 from disqontrol_client.config import Config
 from disqontrol_client.errors import UsageError
 from disqontrol_client.logfmt import log_event
+from disqontrol_client.submit import new_job_for
 
 log = logging.getLogger(__name__)
 
-ORIGINAL_QUEUE = getattr(jobmod, "ORIGINAL_QUEUE", "original-queue")
+ORIGINAL_QUEUE = jobmod.ORIGINAL_QUEUE
 LAST_ERROR = jobmod.LAST_ERROR
 # Metadata the failure path adds that a replayed job must not carry.
 FAILURE_ONLY_KEYS = (LAST_ERROR, ORIGINAL_QUEUE)
@@ -97,12 +99,10 @@ def retry_failed(broker: Broker, config: Config, failed: FailedJob) -> str:
     metadata = {k: v for k, v in failed.metadata.items() if k not in FAILURE_ONLY_KEYS}
     metadata[jobmod.RETRIES] = 0
     metadata[jobmod.ORIGINAL_ID] = metadata.get(jobmod.ORIGINAL_ID) or failed.id
-    new_id = broker.add(
-        failed.original_queue,
-        jobmod.encode_envelope(failed.body, metadata),
-        retry=queue_config.job_process_timeout,
-        ttl=queue_config.job_lifetime,
-    )
+    # A replay is a fresh chance: the whole lifetime again, from now.
+    metadata[jobmod.CREATION_TIME] = int(time.time())
+    new = new_job_for(jobmod.Job(failed.body, failed.original_queue, metadata), queue_config)
+    new_id = broker.add(new.queue, new.payload, delay=new.delay, retry=new.retry, ttl=new.ttl)
     broker.delete([failed.id])
     log_event(log, "failed_job_retried", job=new_id, failed_job=failed.id, queue=failed.original_queue)
     return new_id

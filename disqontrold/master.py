@@ -64,6 +64,8 @@ class Master:
         self.stopping: Optional[str] = None
         self.on_ready: list[Callable[[], None]] = []
         self.on_stop: list[Callable[[], None]] = []
+        # Plug-ins' parts of the control socket's status reply, by key (e.g. "scheduler").
+        self.status_hooks: dict[str, Callable[[], Any]] = {}
         self._timers: list[list[Any]] = []  # [callback, next deadline]
         self._plugged: list[Any] = []  # fileobjs registered by plug-ins: closed in children
 

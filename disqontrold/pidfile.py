@@ -133,6 +133,13 @@ class Pidfile:
         os.close(self.fd)
         self.fd = None
 
+    def forget(self) -> None:
+        """In a forked child: close our copy of the fd, so the lock dies with
+        the master and not with the last of its children."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
     def __enter__(self) -> "Pidfile":
         self.acquire()
         return self
@@ -151,5 +158,6 @@ def prepare(args: Any, config: Any) -> Pidfile:
         from disqontrold.daemonize import daemonize  # noqa: PLC0415 (python-daemon only when asked)
 
         daemonize(pidfile)
+    os.register_at_fork(after_in_child=pidfile.forget)
     atexit.register(pidfile.release)
     return pidfile

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Optional, Union
@@ -81,6 +82,7 @@ def _check_python_in_child(config: Config, bootstrap_path: Optional[str | os.Pat
     if pid == 0:  # the checker: report over the pipe, exit without cleanup
         code = CHECKER_CRASHED
         try:
+            signal.set_wakeup_fd(-1)  # a signal here must not wake the master's loop
             os.close(read_fd)
             with os.fdopen(write_fd, "w") as out:
                 json.dump(_python_errors(config, bootstrap_path), out)
@@ -100,7 +102,6 @@ def _check_python_in_child(config: Config, bootstrap_path: Optional[str | os.Pat
 def _read_with_deadline(fd: int, pid: int) -> Optional[list[str]]:
     """The checker's JSON list of errors, or None if it hung or died."""
     import selectors  # noqa: PLC0415
-    import signal  # noqa: PLC0415
 
     deadline = time.monotonic() + CHECK_TIMEOUT
     chunks = []

@@ -26,7 +26,7 @@ from disqontrol_client.errors import WorkerLoadError
 from disqontrol_client.job import Job
 from disqontrol_client.logfmt import log_event
 from disqontrold.workers.base import OnStart, Outcome, Worker
-from disqontrold.workers.children import KILL_GRACE, Capture, Child, prepare, run_batch
+from disqontrold.workers.jobprocs import KILL_GRACE, Capture, Child, prepare, run_batch
 
 logger = logging.getLogger("disqontrold.workers.command")
 
@@ -69,7 +69,14 @@ def resolve_program(command: Optional[str], key: str) -> tuple[list[str], str]:
 
 
 def _json(value: object) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    """Compact JSON, readable UTF-8; \\u escapes only for what an argument
+    cannot carry (a lone surrogate decoded from bad input)."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(value, separators=(",", ":"))
+    return text
 
 
 def _last_line(data: bytes) -> str:
@@ -87,6 +94,9 @@ class CommandWorker(Worker):
         self.kill_grace = kill_grace
         self.queue = queue
         self._argv, self._path = resolve_program(command, key)
+        # The consumer's environment as bytes, taken once: converting
+        # os.environ on every spawn cost more than the rest of our Python work.
+        self._env = dict(os.environb)
 
     def argv(self, job: Job) -> tuple[list[str], Optional[bytes]]:
         """The job's argv and the stdin bytes to feed it (None: /dev/null)."""
@@ -112,7 +122,7 @@ class CommandWorker(Worker):
             # Our pipe ends are close-on-exec (PEP 446): the program only
             # inherits the three descriptors set up above.
             pid = os.posix_spawn(
-                self._path, argv, os.environ, file_actions=actions, setsid=True,
+                self._path, argv, self._env, file_actions=actions, setsid=True,
                 setsigdef=RESTORED_SIGNALS, setsigmask=(),
             )
         except OSError:

@@ -22,7 +22,7 @@ from disqontrol_client.job import Job
 from disqontrol_client.logfmt import log_event
 from disqontrold.workers.base import OnStart, Outcome, Worker
 from disqontrold.workers.bootstrap import JobFunction
-from disqontrold.workers.children import KILL_GRACE, Capture, Child, prepare, run_batch
+from disqontrold.workers.jobprocs import KILL_GRACE, Capture, Child, prepare, run_batch
 
 logger = logging.getLogger("disqontrold.workers.python")
 
@@ -164,7 +164,12 @@ class IsolatedPythonWorker(Worker):
 
     def _fork(self, job: Job, timeout: float) -> Child:
         read_fd, write_fd = os.pipe()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(read_fd)
+            os.close(write_fd)
+            raise
         if pid == 0:
             os.close(read_fd)
             _child_main(self.func, job, write_fd)

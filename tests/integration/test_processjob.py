@@ -4,6 +4,7 @@ with no broker and no retry."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -79,3 +80,25 @@ def test_command_failure_is_reported(config, tmp_path):
 def test_unknown_queue_is_a_config_error(config):
     with pytest.raises(ConfigError, match=r"unknown queue 'nope'; configured queues: refuse, shell"):
         run_job_now(config, Job(1, "nope"))
+
+
+def test_disqontrol_processjob_runs_a_command_worker_end_to_end(tmp_path):
+    # Given a config file whose queue runs a shell-free command worker
+    out = tmp_path / "got.txt"
+    script = tmp_path / "worker.sh"
+    script.write_text(f'#!/bin/sh\nprintf "%s\\n" "$2" > {out}\ncase "$2" in *fail*) exit 4;; esac\n')
+    script.chmod(0o755)
+    config = tmp_path / "disqontrol.yml"
+    config.write_text(f"disqontrol:\n  broker: sqlite://{tmp_path}/jobs.db\n"
+                      f"  queues:\n    shell:\n      worker: {{type: command, command: '{script}'}}\n")
+    cli = Path(sys.executable).parent / "disqontrol"
+    # When `disqontrol processjob` runs a good job and a failing one
+    good = subprocess.run([str(cli), "processjob", "shell", '{"n": 2}', "--config", str(config)],
+                          capture_output=True, text=True, timeout=60)
+    assert good.returncode == 0, good.stderr
+    assert out.read_text() == '--body={"n":2}\n'
+    bad = subprocess.run([str(cli), "processjob", "shell", '"fail"', "--config", str(config)],
+                         capture_output=True, text=True, timeout=60)
+    # Then the exit codes are 0 and 1, and the error names the exit code
+    assert bad.returncode == 1
+    assert "exit code 4" in bad.stderr

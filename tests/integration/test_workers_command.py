@@ -3,6 +3,7 @@ timeouts that kill the whole process group, large bodies, shell injection."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import sys
@@ -90,6 +91,15 @@ def test_exit_code_and_stderr_tail_make_the_error():
     assert outcome.details["exit_code"] == 3
     assert outcome.details["stdout_tail"] == "progress\n"
     assert outcome.details["stderr_tail"] == "disk full\n"
+
+
+def test_output_tails_are_logged_with_the_job_id(caplog):
+    caplog.set_level(logging.INFO, logger="disqontrold.workers.command")
+    CommandWorker("sh -c 'echo resized; echo \"no space\" >&2; exit 2' sh", "q").run(job(1, job_id="J-77"), 30)
+    [line] = [r.getMessage() for r in caplog.records if "J-77" in r.getMessage()]
+    assert line.startswith("event=command_failed job=J-77 queue=q ")
+    assert 'stdout_tail="resized\\n"' in line and 'stderr_tail="no space\\n"' in line
+    assert 'error="exit code 2: no space"' in line
 
 
 def test_exit_zero_is_success():

@@ -114,6 +114,16 @@ def test_an_oversized_request_is_refused_and_the_connection_closed(server):
     assert _ask(server.path, b'{"cmd": "status"}\n')["ok"] is True
 
 
+def test_an_oversized_line_arriving_at_once_is_refused_too(server):
+    # A whole oversized line with its newline, in one send: still refused.
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(str(server.path))
+        sock.sendall(b'{"cmd": "status", "pad": "' + b"x" * (MAX_REQUEST * 2) + b'"}\n')
+        reply = json.loads(sock.makefile("rb").readline())
+    assert reply["ok"] is False and f"longer than {MAX_REQUEST}" in reply["error"]
+
+
 def test_a_silent_client_does_not_block_others(server):
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as idle:
         idle.connect(str(server.path))
@@ -194,4 +204,28 @@ def test_fileno_is_readable_when_a_client_connects(tmp_path):
         client.close()
     finally:
         outer.close()
+        srv.close()
+
+
+def test_a_forked_child_closing_its_copy_does_not_deafen_the_server(tmp_path):
+    # Given a server, and a child forked from its process that closes its copy
+    # (as every consumer does right after the fork)
+    srv = ControlServer(tmp_path / "s.sock", _handlers()).open()
+    try:
+        pid = os.fork()
+        if pid == 0:
+            srv.close()
+            os._exit(0)
+        os.waitpid(pid, 0)
+        # Then the socket file is still there and the server still answers
+        assert srv.path.exists()
+        stop = threading.Event()
+        thread = threading.Thread(target=lambda: [srv.process(0.05) for _ in iter(stop.is_set, True)], daemon=True)
+        thread.start()
+        try:
+            assert _ask(srv.path, b'{"cmd": "status"}\n')["ok"] is True
+        finally:
+            stop.set()
+            thread.join(5)
+    finally:
         srv.close()

@@ -10,7 +10,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from disqontrol_client.job import Job
-from disqontrold.workers.children import Capture
+from disqontrold.workers.jobprocs import Capture
 from disqontrold.workers.command import BODY_ON_STDIN, MAX_BODY_ARG, CommandWorker
 from disqontrold.workers.http import HttpWorker
 from disqontrold.workers.python import JobTimeout, alarm
@@ -75,3 +75,10 @@ def test_alarm_interrupts_and_gives_back_an_outer_alarm():
     assert signal.getsignal(signal.SIGALRM) is outer_handler
     if outer_delay:
         assert 0 < signal.getitimer(signal.ITIMER_REAL)[0] <= outer_delay
+
+
+def test_argv_escapes_what_an_argument_cannot_carry():
+    worker = CommandWorker("true", "q")
+    argv, _ = worker.argv(Job("a\x00b\ud800é", "q", {}))
+    assert argv[2] == '--body="a\\u0000b\\ud800\\u00e9"'
+    assert json.loads(argv[2].removeprefix("--body=")) == "a\x00b\ud800é"

@@ -1,4 +1,4 @@
-"""Supervising the child processes of one batch: pipes, deadlines, exits.
+"""Supervising the job processes of one batch: pipes, deadlines, exits.
 
 Shared by the command worker (exec'd children) and the isolated Python worker
 (forked children). One selector loop watches every child of the batch at
