@@ -35,6 +35,7 @@ test: $(STAMP) test-services
 bench: $(STAMP) test-services
 	$(BIN)/python bench/broker.py
 	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/scheduler.py
 
 clean:
 	rm -rf $(VENV) var build *.egg-info

@@ -81,6 +81,9 @@ class SchedulerConfig:
     missed_runs: str = "once"  # once | skip | catch_up
     missed_window: int = 3600  # s: how far back "once"/"catch_up" look
     catch_up_limit: int = 60  # max missed minutes added per entry by catch_up
+    # Broker URL holding the scheduler's claims (None: the broker itself);
+    # lets a disque broker, which has no claim(), be scheduled once per minute.
+    claim_store: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -242,4 +245,7 @@ def _broker(section: Mapping[str, Any], base: Path) -> str:
 def _scheduler(raw: Optional[Mapping[str, Any]], base: Path) -> Optional[SchedulerConfig]:
     if raw is None:
         return None
-    return SchedulerConfig(**{**raw, "crontab": _resolve(base, raw["crontab"])})
+    settings = {**raw, "crontab": _resolve(base, raw["crontab"])}
+    if raw.get("claim_store"):
+        settings["claim_store"] = config_checks.resolve_broker_url(raw["claim_store"], base)
+    return SchedulerConfig(**settings)

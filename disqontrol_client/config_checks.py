@@ -92,18 +92,21 @@ def cross_key_errors(
     timezone = (section.get("scheduler") or {}).get("timezone")
     if timezone:
         errors.extend(_timezone_errors(timezone))
+    claim_store = (section.get("scheduler") or {}).get("claim_store")
+    if claim_store:
+        errors.extend(_broker_errors(claim_store, key="scheduler.claim_store"))
     return errors
 
 
-def _broker_errors(url: str) -> list[str]:
+def _broker_errors(url: str, key: str = "broker") -> list[str]:
     scheme = urlsplit(url).scheme
     if scheme not in ENGINES:
         return [
-            f"{ROOT}.broker: {url!r} has an unknown scheme {scheme!r}; "
+            f"{ROOT}.{key}: {url!r} has an unknown scheme {scheme!r}; "
             f"allowed: {', '.join(sorted(ENGINES))}"
         ]
     if scheme == "sqlite" and not sqlite_path(url):
-        return [f"{ROOT}.broker: {url!r} names no database file; e.g. sqlite:///var/lib/disqontrol/jobs.db"]
+        return [f"{ROOT}.{key}: {url!r} names no database file; e.g. sqlite:///var/lib/disqontrol/jobs.db"]
     return []
 
 

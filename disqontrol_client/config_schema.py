@@ -104,6 +104,7 @@ SCHEDULER: dict[str, Any] = {
         "missed_runs": {"enum": list(MISSED_RUNS)},
         "missed_window": _COUNT,
         "catch_up_limit": _COUNT,
+        "claim_store": _NON_EMPTY,
     },
 }
 

@@ -1,6 +1,7 @@
 """Loading a config the master may run: read, validate, and check that every
 worker can be built (missing binary, unloadable module) before any consumer
-is forked. Used at start, by --check and by every reload."""
+is forked, and that the crontab parses. Used at start, by --check and by
+every reload."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,4 +28,14 @@ def load_checked(config_path: Optional[str | Path], bootstrap: Optional[Path]) -
 
     config = load_config(config_path)
     check_workers(config, bootstrap)
+    check_crontab(config)
     return config
+
+
+def check_crontab(config: Config) -> None:
+    """A broken crontab refuses the start, --check and a reload like a broken
+    config: ConfigError naming the file and line."""
+    if config.scheduler is not None:
+        from disqontrold.scheduler import load_entries  # noqa: PLC0415 (croniter: daemon-only)
+
+        load_entries(config)

@@ -18,19 +18,17 @@ from __future__ import annotations
 import logging
 import os
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timezone, tzinfo
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
+from disqontrol_client.brokers import open_broker
 from disqontrol_client.brokers.broker import Broker, NewJob
 from disqontrol_client.config import Config, SchedulerConfig
 from disqontrol_client.errors import BrokerError, BrokerUnavailable, ConfigError
-from disqontrol_client.job import (
-    DEFAULT_JOB_LIFETIME,
-    DEFAULT_PROCESS_TIMEOUT,
-    encode_envelope,
-    fresh_metadata,
-)
+from disqontrol_client.job import Job
+from disqontrol_client.submit import new_job_for
 from disqontrol_client.logfmt import log_event
 from disqontrold.cron_due import (
     DEFAULT_SETTINGS,
@@ -55,8 +53,10 @@ CLAIM_MARGIN = 300.0
 # The master wakes at least this often, so a change of the wall clock
 # (NTP step, manual date) is noticed within a minute.
 MAX_SLEEP = 60.0
-# Test hook, read only here: the scheduler's clock runs this many times faster
-# than the wall clock (60: a cron minute every real second). Never set it in
+# Test hook, read only here: "SCALE" or "SCALE@ORIGIN". The scheduler's clock
+# runs SCALE times faster than the wall clock from ORIGIN (unix seconds;
+# default: when the scheduler starts), so 60 is a cron minute every real
+# second; schedulers given one ORIGIN agree on the time. Never set it in
 # production; the integration tests use it to see minutes pass in seconds.
 TIME_SCALE_ENV = "DISQONTROL_SCHEDULER_TIME_SCALE"
 
@@ -76,11 +76,13 @@ class Clock:
         text = environ.get(TIME_SCALE_ENV, "")
         if not text:
             return cls()
+        scale, _, origin = text.partition("@")
         try:
-            scale = float(text)
+            return cls(float(scale), float(origin) if origin else None)
         except ValueError:
-            raise ConfigError(f"{TIME_SCALE_ENV}: {text!r} is not a number > 0") from None
-        return cls(scale)
+            raise ConfigError(
+                f"{TIME_SCALE_ENV}: {text!r} is not SCALE or SCALE@ORIGIN (numbers, SCALE > 0)"
+            ) from None
 
     def now(self) -> float:
         return self.origin + (time.time() - self.origin) * self.scale
@@ -100,6 +102,20 @@ class Run:
     entry: CrontabEntry
     time: float  # unix seconds of the cron minute
     job_id: Optional[str]  # None: another scheduler had claimed it
+
+
+# A broker, or a way to open one: then each pass opens its own connection and
+# closes it, so a forking master holds no connection its children inherit.
+BrokerSource = Union[Broker, Callable[[], Broker]]
+
+
+def _connect(source: BrokerSource, connections: ExitStack) -> Broker:
+    """The connection itself, or a new one from a factory, closed with ``connections``."""
+    if hasattr(source, "claim"):  # a connection, not a factory
+        return source  # type: ignore[return-value]
+    broker = source()  # type: ignore[operator]
+    connections.callback(broker.close)
+    return broker
 
 
 def claim_key(entry: CrontabEntry, run_time: float) -> str:
@@ -122,11 +138,6 @@ def load_entries(config: Config, crontab: Optional[os.PathLike[str] | str] = Non
     return load_crontab(path, queues=list(config.queues))
 
 
-# A broker, or a way to open one: then each pass opens its own connection and
-# closes it, so a forking master holds no connection its children inherit.
-BrokerSource = Union[Broker, Callable[[], Broker]]
-
-
 class Scheduler:
     """Adds due crontab runs to the broker. Not thread-safe; one per process."""
 
@@ -139,9 +150,13 @@ class Scheduler:
         config: Optional[Config] = None,
         clock: Optional[Clock] = None,
         now: Optional[float] = None,
+        claims: Optional[BrokerSource] = None,
     ) -> None:
         check_settings(settings)
         self.broker = broker
+        # Where claims go: given here, else settings.claim_store, else the broker.
+        self._given_claims = claims
+        self.claims: Optional[BrokerSource] = None
         self.config = config
         self.clock = clock or Clock()
         self.entries: list[CrontabEntry] = []
@@ -154,7 +169,7 @@ class Scheduler:
         self.last_added: dict[str, Run] = {}
 
     @classmethod
-    def from_config(cls, config: Config, broker: Broker, **kwargs: Any) -> "Scheduler":
+    def from_config(cls, config: Config, broker: BrokerSource, **kwargs: Any) -> "Scheduler":
         if config.scheduler is None:
             raise ConfigError("disqontrol.scheduler: not configured; add 'scheduler: {crontab: PATH}'")
         return cls(load_entries(config), broker, config.scheduler, config=config, **kwargs)
@@ -167,6 +182,8 @@ class Scheduler:
         check_settings(settings)
         zone = resolve_timezone(settings.timezone)
         self.entries, self.settings, self.config, self.zone = list(entries), settings, config, zone
+        store = settings.claim_store
+        self.claims = self._given_claims if store is None else (lambda: open_broker(store))
 
     def reload(self, config: Config) -> None:
         """Re-read the crontab of a new config; ConfigError refuses the reload."""
@@ -229,14 +246,11 @@ class Scheduler:
         if not due:
             self.last_checked = now
             return []
-        opened = not hasattr(self.broker, "claim")  # a factory, not a connection
-        broker: Broker = self.broker() if opened else self.broker  # type: ignore[operator,assignment]
-        try:
-            won = [(entry, run_time) for entry, run_time in due if self._claim(broker, entry, run_time)]
+        with ExitStack() as connections:
+            broker = _connect(self.broker, connections)
+            claims = broker if self.claims is None else _connect(self.claims, connections)
+            won = [(entry, run_time) for entry, run_time in due if self._claim(claims, entry, run_time)]
             ids = self._add(broker, won)
-        finally:
-            if opened:
-                broker.close()
         job_ids = {(entry.key, run_time): job_id for (entry, run_time), job_id in zip(won, ids)}
         runs = [Run(entry, run_time, job_ids.get((entry.key, run_time))) for entry, run_time in due]
         for run in runs:
@@ -260,7 +274,8 @@ class Scheduler:
         except NotImplementedError as error:
             raise ConfigError(
                 f"disqontrol.broker: the scheduler needs Broker.claim() to add each run once, "
-                f"and {type(broker).__name__} refuses it ({error}); use a sqlite or redis broker"
+                f"and {type(broker).__name__} refuses it ({error}); use a sqlite or redis broker, "
+                "or put the claims in one: disqontrol.scheduler.claim_store: redis://... or sqlite://..."
             ) from None
 
     def _add(self, broker: Broker, won: list[tuple[CrontabEntry, float]]) -> list[str]:
@@ -278,15 +293,11 @@ class Scheduler:
             raise
 
     def _new_job(self, entry: CrontabEntry, run_time: float) -> NewJob:
-        """The job of one run, with the queue's limits (SPEC §3) in its envelope."""
-        lifetime, timeout = DEFAULT_JOB_LIFETIME, DEFAULT_PROCESS_TIMEOUT
-        if self.config is not None:
-            queue = self.config.queue(entry.queue)
-            lifetime, timeout = int(queue.job_lifetime), int(queue.job_process_timeout)
-        metadata = fresh_metadata(job_lifetime=lifetime, process_timeout=timeout)
-        metadata[SCHEDULED_TIME] = int(run_time)
-        payload = encode_envelope(entry.body, metadata)
-        return NewJob(entry.queue, payload, retry=timeout, ttl=lifetime)
+        """The job of one run: the producers' envelope and limits for its queue
+        (``submit.new_job_for``), plus the run it stands for."""
+        queue = self.config.queue(entry.queue) if self.config is not None else None
+        job = Job(entry.body, entry.queue, metadata={SCHEDULED_TIME: int(run_time)})
+        return new_job_for(job, queue)
 
 
 def attach_to_master(master: Any) -> None:

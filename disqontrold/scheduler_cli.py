@@ -18,6 +18,8 @@ from disqontrol_client import exitcodes
 from disqontrol_client.brokers import open_broker
 from disqontrol_client.config import SchedulerConfig, load_config
 from disqontrol_client.errors import BrokerError, BrokerUnavailable, ConfigError, UsageError
+from disqontrol_client.logfmt import log_event
+from disqontrold.log import EventFormatter, setup_logging
 from disqontrold.scheduler import Clock, Scheduler, iso, load_entries
 
 logger = logging.getLogger("disqontrold.scheduler")
@@ -46,9 +48,16 @@ def build_parser() -> argparse.ArgumentParser:
 def run_once(config_path: Optional[str], crontab: Optional[str], verbose: bool = False) -> int:
     """Load, validate, pass once; the exceptions are main()'s to map."""
     config = load_config(config_path)
-    settings = config.scheduler or SchedulerConfig(crontab=Path(crontab or ""))
+    log_to_file(config.log_dir)
     if crontab:
-        settings = replace(settings, crontab=Path(crontab))
+        settings = replace(config.scheduler, crontab=Path(crontab)) if config.scheduler \
+            else SchedulerConfig(crontab=Path(crontab))
+    elif config.scheduler:
+        settings = config.scheduler
+    else:
+        raise UsageError(
+            f"no crontab: give --crontab PATH, or set disqontrol.scheduler.crontab in {config.path}"
+        )
     entries = load_entries(config, settings.crontab)
     broker = open_broker(config.broker)
     try:
@@ -61,6 +70,27 @@ def run_once(config_path: Optional[str], crontab: Optional[str], verbose: bool =
             state = run.job_id or "already-added"
             print(f"{run.entry.queue}\t{iso(run.time, scheduler.zone)}\t{state}")
     return exitcodes.OK
+
+
+def log_to_file(log_dir: Path) -> None:
+    """Events at INFO to the daemon's log file (what cron added is seen with
+    the rest), warnings and errors to stderr too (cron mails them). A log dir
+    this user cannot write leaves stderr only, with a warning."""
+    try:
+        setup_logging(log_dir, logging.INFO, stderr=False)
+    except (ConfigError, OSError) as error:
+        setup_logging(None, logging.INFO, stderr=False)
+        _stderr_handler()
+        log_event(logger, "scheduler_log_file_unusable", logging.WARNING, log_dir=log_dir, error=error)
+        return
+    _stderr_handler()
+
+
+def _stderr_handler() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(EventFormatter())
+    logging.getLogger().addHandler(handler)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

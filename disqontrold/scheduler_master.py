@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 from disqontrol_client.brokers import Broker, open_broker
 from disqontrol_client.config import Config
-from disqontrol_client.errors import ConfigError
+from disqontrol_client.errors import BrokerError, BrokerUnavailable, ConfigError
 from disqontrol_client.logfmt import log_event
 from disqontrold.scheduler import Clock, Scheduler
 
@@ -25,6 +25,7 @@ logger = logging.getLogger("disqontrold.scheduler")
 # master's own loop wakes this often anyway, so it costs nothing.
 POLL = 1.0
 STATUS_KEY = "scheduler"
+BROKER_RETRY = 5.0  # s between two passes while the broker cannot be reached
 
 
 class MasterScheduler:
@@ -69,12 +70,30 @@ class MasterScheduler:
         if self.scheduler is None:
             return time.monotonic() + POLL
         if time.time() >= self.deadline:
-            self.scheduler.tick()
-            self.deadline = self.scheduler.next_deadline()
+            try:
+                self.scheduler.run_due()
+                self.deadline = self.scheduler.next_deadline()
+            except (BrokerUnavailable, BrokerError) as error:
+                # Runs not claimed yet are retried (per missed_runs) once the broker is back.
+                log_event(logger, "scheduler_broker_error", logging.ERROR, error=error, retry_in=BROKER_RETRY)
+                self.deadline = time.time() + BROKER_RETRY
+            except ConfigError as error:  # e.g. a broker without claim(): never retry blindly
+                self._disable(error)
+            except Exception as error:  # noqa: BLE001 - a scheduler bug must not kill the master
+                logger.exception("event=scheduler_failed")
+                self._disable(error)
+            if self.scheduler is None:
+                return time.monotonic() + POLL
         return time.monotonic() + min(max(0.0, self.deadline - time.time()), POLL)
 
+    def _disable(self, error: Exception) -> None:
+        log_event(logger, "scheduler_disabled", logging.ERROR, reason=error, until="a reload")
+        self.scheduler = None
+
     def status(self) -> Optional[dict[str, Any]]:
-        """The ``scheduler`` part of ``disqontrolctl status``."""
+        """The ``scheduler`` part of ``disqontrolctl status``: the settings and
+        every entry with its next and last run; None (no part) when no
+        scheduler is configured."""
         if self.scheduler is None:
             return None
         settings = self.scheduler.settings
@@ -87,10 +106,9 @@ class MasterScheduler:
 
 
 def attach(master: Any) -> MasterScheduler:
-    """Plug the scheduler into the master: a timer, and a part of its status."""
+    """Plug the scheduler into the master: a timer, and the ``scheduler`` part
+    of the master's status (``master.status_hooks``)."""
     plugged = MasterScheduler(master)
     master.add_timer(plugged.timer)
-    hooks = getattr(master, "status_hooks", None)
-    if hooks is not None:
-        hooks[STATUS_KEY] = plugged.status
+    master.status_hooks[STATUS_KEY] = plugged.status
     return plugged

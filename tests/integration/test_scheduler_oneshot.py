@@ -3,20 +3,22 @@ as a process on a real config and sqlite file."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Optional
 
 from disqontrol_client.brokers import open_broker
-from disqontrold.scheduler import SCHEDULED_TIME
-from tests.support.procs import free_port, wait_for
+from disqontrold.crontab import parse_crontab
+from disqontrold.scheduler import SCHEDULED_TIME, TIME_SCALE_ENV, claim_key
+from tests.support.procs import free_port
 
 REPO = Path(__file__).resolve().parents[2]
-# Seconds into a minute after which a test waits for the next one, so two
-# passes meant to fall in one minute do (each pass takes well under 10 s).
-LATEST_START_SECOND = 40
+MINUTE = 60
+FROZEN = 0.001  # a time scale that all but stops the scheduler's clock (test hook)
 
 
 def write_config(tmp_path: Path, crontab: str, broker: str = "", missed_runs: str = "skip") -> Path:
@@ -38,10 +40,10 @@ def write_config(tmp_path: Path, crontab: str, broker: str = "", missed_runs: st
     return config
 
 
-def oneshot(config: Path, *args: str) -> subprocess.CompletedProcess:
+def oneshot(config: Path, *args: str, env: Optional[dict[str, str]] = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "disqontrold.scheduler_cli", "--config", str(config), *args],
-        capture_output=True, text=True, cwd=REPO, timeout=60,
+        capture_output=True, text=True, cwd=REPO, timeout=60, env=env,
     )
 
 
@@ -51,13 +53,13 @@ def stored(tmp_path: Path, queue: str) -> Counter:
 
 
 def test_oneshot_run_twice_in_a_minute_adds_the_minute_once(tmp_path):
-    # Given an every-minute entry, and a start early enough in a minute
+    # Given an every-minute entry, and a scheduler clock held one second
+    # into the current minute (so both runs fall in it without waiting)
     config = write_config(tmp_path, '* * * * * every {"n": 1}\n')
-    wait_for(lambda: time.time() % 60 < LATEST_START_SECOND, timeout=30, interval=0.2,
-             message="an early second of a minute")
-    minute = time.time() // 60 * 60
+    minute = time.time() // MINUTE * MINUTE
+    env = {**os.environ, TIME_SCALE_ENV: f"{FROZEN}@{minute + 1}"}
     # When the one-shot runs twice
-    first, second = oneshot(config, "--verbose"), oneshot(config, "--verbose")
+    first, second = oneshot(config, "--verbose", env=env), oneshot(config, "--verbose", env=env)
     # Then both succeed, and the minute's job was added by the first only
     assert (first.returncode, second.returncode) == (0, 0), first.stderr + second.stderr
     assert stored(tmp_path, "every") == {int(minute): 1}
@@ -65,10 +67,21 @@ def test_oneshot_run_twice_in_a_minute_adds_the_minute_once(tmp_path):
     assert "already-added" in second.stdout
 
 
-def test_oneshot_without_verbose_is_silent(tmp_path):
+def test_oneshot_without_verbose_is_silent_and_logs_to_the_log_file(tmp_path):
     config = write_config(tmp_path, "* * * * * every\n")
     result = oneshot(config)
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    assert sum(stored(tmp_path, "every").values()) >= 1
+    log = (tmp_path / "log" / "disqontrol.log").read_text()
+    assert "event=schedule_added job=" in log and "queue=every" in log
+
+
+def test_oneshot_with_an_unwritable_log_dir_still_schedules(tmp_path):
+    config = write_config(tmp_path, "* * * * * every\n")
+    (tmp_path / "log").write_text("a file where the log dir should be")
+    result = oneshot(config)
+    assert result.returncode == 0, result.stderr
+    assert "event=scheduler_log_file_unusable" in result.stderr
     assert sum(stored(tmp_path, "every").values()) >= 1
 
 
@@ -91,7 +104,7 @@ def test_crontab_option_overrides_the_configured_one(tmp_path):
     config = write_config(tmp_path, "* * * * * nope\n")
     other = tmp_path / "other.crontab"
     other.write_text("* * * * * other\n")
-    result = oneshot(config, "--crontab", str(other))
+    result = oneshot(config, f"--crontab={other}")  # the PHP Disqontrol's spelling
     assert result.returncode == 0, result.stderr
     assert sum(stored(tmp_path, "other").values()) >= 1
 
@@ -101,3 +114,38 @@ def test_oneshot_exits_3_when_the_broker_cannot_be_reached(tmp_path):
     result = oneshot(config)
     assert result.returncode == 3, result.stderr
     assert "broker" in result.stderr
+
+
+def test_oneshot_without_any_crontab_is_a_usage_error(tmp_path):
+    config = write_config(tmp_path, "")
+    config.write_text(config.read_text().split("  scheduler:")[0])
+    result = oneshot(config)
+    assert result.returncode == 2
+    assert "no crontab: give --crontab PATH, or set disqontrol.scheduler.crontab" in result.stderr
+
+
+def test_oneshot_on_disque_is_refused_since_disque_has_no_claim(tmp_path, disque_cluster):
+    # Given a config on a disque broker (skipped unless $DISQUE_SERVER is set)
+    disque_cluster.flush()
+    config = write_config(tmp_path, "* * * * * every\n", broker=disque_cluster.url)
+    # Then the one-shot refuses to schedule rather than risk running a minute twice
+    result = oneshot(config)
+    assert result.returncode == 2
+    assert "needs Broker.claim()" in result.stderr and "DisqueBroker" in result.stderr
+
+
+def test_claim_store_holds_the_claims_and_still_adds_each_run_once(tmp_path):
+    # Given jobs in one sqlite file and the scheduler's claims in another
+    config = write_config(tmp_path, "* * * * * every\n")
+    config.write_text(config.read_text() + "    claim_store: sqlite://claims.db\n")
+    minute = time.time() // MINUTE * MINUTE
+    env = {**os.environ, TIME_SCALE_ENV: f"{FROZEN}@{minute + 1}"}
+    # When the one-shot runs twice in a minute
+    assert [oneshot(config, env=env).returncode for _ in range(2)] == [0, 0]
+    # Then the minute was added once, and its claim is in the claim store
+    assert stored(tmp_path, "every") == {int(minute): 1}
+    entry = parse_crontab("* * * * * every\n", "c")[0]
+    with open_broker(f"sqlite://{tmp_path}/claims.db") as claims:
+        assert claims.claim(claim_key(entry, minute), 60) is False
+    with open_broker(f"sqlite://{tmp_path}/jobs.db") as jobs:
+        assert jobs.claim(claim_key(entry, minute), 60) is True

@@ -19,7 +19,7 @@ RACERS = 4
 REPO = Path(__file__).resolve().parents[2]
 # A fixed instant, the same for every racer: they fight over the same runs.
 NOW = datetime(2026, 1, 1, 12, 0, 7, tzinfo=timezone.utc).timestamp()
-CRONTAB = "* * * * * every {\"n\": 1}\n*/2 * * * * even two\n@hourly hourly\n"
+CRONTAB = "* * * * * every {\"n\": 1}\n*/2 * * * * two even\n@hourly hourly\n"
 
 
 def broker_url_for(engine: str, tmp_path: Path, request) -> str:

@@ -5,8 +5,10 @@ from pathlib import Path
 
 import pytest
 
+from disqontrol_client.config import load_config
 from disqontrol_client.errors import ConfigError
 from disqontrold.crontab import load_crontab, parse_crontab, parse_line
+from disqontrold.scheduler import load_entries
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -26,6 +28,10 @@ GOOD = [
     ("@yearly q {\"a\": {\"b\": [1]}}", "0 0 1 1 *", "q", {"a": {"b": [1]}}),
     ("@annually q x", "0 0 1 1 *", "q", "x"),
     ("* * * * * q # not a comment here", "* * * * *", "q", "# not a comment here"),
+    # lines of the PHP Disqontrol's documentation run unchanged
+    ("15 5 * * * daily-cleanup 1", "15 5 * * *", "daily-cleanup", 1),
+    ("34 2 * * 5 weekly-pruning all", "34 2 * * 5", "weekly-pruning", "all"),
+    ("25 3 * * 6 pic-resize true", "25 3 * * 6", "pic-resize", True),
 ]
 
 BAD = [
@@ -98,6 +104,10 @@ def test_missing_file_is_a_config_error_naming_it(tmp_path):
         load_crontab(missing)
 
 
-def test_shipped_example_crontab_parses():
-    entries = load_crontab(REPO / "etc" / "crontab")
+def test_shipped_example_crontab_parses_against_the_example_config():
+    # etc/disqontrol.yml names etc/crontab; every entry's queue must exist there
+    config = load_config(REPO / "etc" / "disqontrol.yml")
+    assert config.scheduler is not None and config.scheduler.crontab == REPO / "etc" / "crontab"
+    entries = load_entries(config)
     assert entries, "etc/crontab should show at least one entry"
+    assert {e.queue for e in entries} <= set(config.queues)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from disqontrol_client.config import Config, QueueConfig, SchedulerConfig, WorkerConfig
+from disqontrol_client.errors import BrokerUnavailable
 from disqontrold import scheduler_master
 from disqontrold.scheduler_master import MasterScheduler, attach
 from tests.unit.scheduler_fakes import MemoryBroker
@@ -37,7 +38,9 @@ def config_with(tmp_path: Path, crontab_text: Optional[str], name: str = "cronta
     )
 
 
-def plugged(tmp_path: Path, crontab_text: Optional[str], monkeypatch) -> tuple[StandInMaster, MasterScheduler, MemoryBroker]:
+def plugged(
+    tmp_path: Path, crontab_text: Optional[str], monkeypatch
+) -> tuple[StandInMaster, MasterScheduler, MemoryBroker]:
     broker = MemoryBroker()
     monkeypatch.setattr(MasterScheduler, "_connect", lambda self: broker)
     master = StandInMaster(config_with(tmp_path, crontab_text))
@@ -51,7 +54,8 @@ def test_attach_adds_a_timer_and_a_status_part(tmp_path, monkeypatch):
     # the next look is at most POLL seconds away on the monotonic clock
     assert 0 <= deadline - time.monotonic() <= scheduler_master.POLL
     status = master.status_hooks["scheduler"]()
-    assert status["missed_runs"] == "skip" and [e["queue"] for e in status["entries"]] == ["q"]
+    assert status["missed_runs"] == "skip" and status["timezone"] == "UTC"
+    assert [e["queue"] for e in status["entries"]] == ["q"]
 
 
 def test_the_current_minute_is_added_by_the_first_timer_call(tmp_path, monkeypatch):
@@ -85,3 +89,42 @@ def test_a_config_without_scheduler_stops_it_and_a_stopping_master_ends_the_time
     assert plug.scheduler is None and master.status_hooks["scheduler"]() is None
     master.stopping = "graceful"
     assert plug.timer() is None
+
+
+def test_a_broker_without_claim_disables_the_scheduler_until_a_reload(tmp_path, monkeypatch, caplog):
+    class NoClaim(MemoryBroker):
+        def claim(self, key: str, ttl: float) -> bool:
+            raise NotImplementedError("no claim here")
+
+    monkeypatch.setattr(MasterScheduler, "_connect", lambda self: NoClaim())
+    master = StandInMaster(config_with(tmp_path, "* * * * * q\n"))
+    plug = attach(master)
+    # When the first tick finds the broker cannot claim
+    assert plug.timer() is not None
+    # Then the scheduler is off, said once, and the master's loop goes on
+    assert plug.scheduler is None
+    assert caplog.text.count("event=scheduler_disabled") == 1 and "no claim here" in caplog.text
+    plug.timer()
+    assert caplog.text.count("event=scheduler_disabled") == 1
+
+
+def test_an_unreachable_broker_is_retried_after_a_pause_not_in_a_tight_loop(tmp_path, monkeypatch, caplog):
+    attempts: list[str] = []
+
+    class Down(MemoryBroker):
+        def claim(self, key: str, ttl: float) -> bool:
+            attempts.append(key)
+            raise BrokerUnavailable("connection refused (test)")
+
+    monkeypatch.setattr(MasterScheduler, "_connect", lambda self: Down())
+    master = StandInMaster(config_with(tmp_path, "* * * * * q\n"))
+    plug = attach(master)
+    # When the broker is down at the first tick
+    plug.timer()
+    # Then the error is logged with the pause, the next attempt waits for it
+    assert len(attempts) == 1 and "event=scheduler_broker_error" in caplog.text
+    assert plug.deadline >= time.time() + scheduler_master.BROKER_RETRY - 1
+    plug.timer()
+    assert len(attempts) == 1
+    # and the scheduler is still there to retry
+    assert plug.scheduler is not None

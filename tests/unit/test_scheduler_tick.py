@@ -116,7 +116,8 @@ def test_broker_without_claim_is_refused_clearly():
             raise NotImplementedError("NoClaim has no claim()")
 
     sched = scheduler("* * * * * q", NoClaim(), at(12, 0, 30))
-    with pytest.raises(ConfigError, match=r"needs Broker.claim\(\).*NoClaim refuses it.*sqlite or redis"):
+    refused = r"needs Broker.claim\(\).*NoClaim refuses it.*sqlite or redis.*scheduler.claim_store"
+    with pytest.raises(ConfigError, match=refused):
         sched.run_due(at(12, 0, 31))
 
 
@@ -156,9 +157,13 @@ def test_scaled_clock_runs_faster_and_maps_back_to_real_time():
     clock = Clock(scale=60, origin=1000.0)
     assert clock.to_real(1000.0 + 600) == pytest.approx(1010.0)
     assert clock.real_duration(3600) == 60
-    with pytest.raises(ConfigError, match="DISQONTROL_SCHEDULER_TIME_SCALE: 'fast' is not a number"):
+    with pytest.raises(ConfigError, match="DISQONTROL_SCHEDULER_TIME_SCALE: 'fast' is not SCALE"):
         Clock.from_env({"DISQONTROL_SCHEDULER_TIME_SCALE": "fast"})
+    with pytest.raises(ConfigError, match="SCALE: -1.0 is not a number > 0"):
+        Clock.from_env({"DISQONTROL_SCHEDULER_TIME_SCALE": "-1"})
     assert Clock.from_env({}).scale == 1.0
+    shared = Clock.from_env({"DISQONTROL_SCHEDULER_TIME_SCALE": "60@1000.5"})
+    assert (shared.scale, shared.origin) == (60.0, 1000.5)
 
 
 def test_scheduler_without_entries_runs_nothing():
@@ -186,3 +191,23 @@ def test_a_broker_factory_is_opened_per_pass_and_closed():
     # Then the connection was opened and closed once, for the pass with work
     assert len(opened) == len(closed) == 1
     assert len(shared.jobs) == 2  # 11:59 (latest missed, policy once) and 12:00
+
+
+def test_claims_go_to_the_claim_store_when_one_is_given():
+    # Given a broker that cannot claim (like disque) and a separate claim store
+    class NoClaim(MemoryBroker):
+        def claim(self, key: str, ttl: float) -> bool:
+            raise NotImplementedError("no claim here")
+
+    jobs, store = NoClaim(), MemoryBroker()
+    entries = parse_crontab("* * * * * q", "c")
+    first, second = (
+        Scheduler(entries, jobs, SETTINGS, now=at(12, 0, 30), claims=store)  # type: ignore[arg-type]
+        for _ in range(2)
+    )
+    # When both pass in the same minute
+    first.tick(at(12, 0, 31))
+    second.tick(at(12, 0, 32))
+    # Then the claims are in the store and each run was added to the broker once
+    assert len(store.claims) == 2 and store.jobs == []
+    assert scheduled_times(jobs) == [at(11, 59), at(12, 0)]
