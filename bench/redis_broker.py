@@ -146,6 +146,17 @@ def _latency_consumer(url: str, queue: str, samples: int, results: "multiprocess
     results.put(seen)
 
 
+def _wait_for_blpop(url: str, timeout: float = 30.0) -> None:
+    """Until some client is blocked in BLPOP: the latency consumer is waiting."""
+    client = redis.Redis.from_url(url)
+    deadline = time.monotonic() + timeout
+    while not any(c["cmd"] == "blpop" for c in client.client_list()):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the latency consumer never blocked in reserve")
+        time.sleep(LATENCY_GAP)
+    client.close()
+
+
 def latency(url: str) -> list[float]:
     """enqueue -> start delays (s) seen by a consumer blocked in reserve."""
     results: multiprocessing.Queue[list[float]] = multiprocessing.Queue()
@@ -153,7 +164,7 @@ def latency(url: str) -> list[float]:
                                                                        results))
     consumer.start()
     broker = open_broker(url)
-    time.sleep(0.5)  # the consumer connects and blocks
+    _wait_for_blpop(url)
     for _ in range(LATENCY_SAMPLES):
         broker.add("bench-latency", repr(time.time()).encode())
         time.sleep(LATENCY_GAP)
