@@ -115,11 +115,11 @@ class Consumer:
         self._idle()
         try:
             while not self.stopping:
-                if self.reopen_requested:
-                    self.reopen_requested = False
-                    reopen_logs()
                 deliveries = self._reserve()
                 self.scoreboard.heartbeat()
+                if self.reopen_requested:  # after the wait: the batch's lines go to the new file
+                    self.reopen_requested = False
+                    reopen_logs()
                 if deliveries:
                     self._process(deliveries)
                     self._idle()

@@ -13,6 +13,7 @@ import os
 import selectors
 import signal
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Callable, Optional
 from urllib.parse import urlsplit, urlunsplit
@@ -32,7 +33,11 @@ logger = logging.getLogger(__name__)
 
 LOOP_TICK = 1.0  # s: the longest the loop sleeps (deadlines, hung checks)
 FAST_STOP_TIMEOUT = 5.0  # s between SIGQUIT and SIGKILL on a fast stop
+# s without a heartbeat from an idle consumer (it beats after every reserve,
+# at most RESERVE_TIMEOUT + the broker backoff cap apart) before it is killed
+IDLE_STALL = 300.0
 GRACEFUL, FAST = "graceful", "fast"
+PLUGIN_RETRY = object()  # what a failed plug-in callback returns: timers try again a tick later
 
 Callback = Callable[[Any], None]
 Timer = Callable[[], Optional[float]]
@@ -71,7 +76,10 @@ class Master:
 
     # -- the plug-in surface --------------------------------------------
     def register(self, fileobj: Any, callback: Callback) -> None:
-        """Call ``callback(fileobj)`` from the loop whenever ``fileobj`` is readable."""
+        """Call ``callback(fileobj)`` from the loop whenever ``fileobj`` is readable.
+
+        Forked consumers close their copy of its descriptor (os.close, not
+        ``fileobj.close()``); anything else it holds stays open there."""
         self.selector.register(fileobj, selectors.EVENT_READ, callback)
         self._plugged.append(fileobj)
 
@@ -112,7 +120,16 @@ class Master:
             if key.data is None:
                 self.signals.drain_pipe()
             else:
-                key.data(key.fileobj)
+                self._guarded(key.data, key.fileobj)
+
+    def _guarded(self, callback: Callable[..., Any], *args: Any) -> Any:
+        """Run a plug-in callback; its bug is logged, and jobs keep flowing."""
+        try:
+            return callback(*args)
+        except Exception as exc:  # noqa: BLE001 -- a control-socket bug must not stop the consumers
+            log_event(logger, "plugin_failed", logging.ERROR, callback=getattr(callback, "__qualname__", callback),
+                      error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+            return PLUGIN_RETRY
 
     def _next_wait(self) -> float:
         now = time.monotonic()
@@ -124,7 +141,9 @@ class Master:
         for timer in list(self._timers):
             callback, deadline = timer
             if deadline <= now:
-                following = callback()
+                following = self._guarded(callback)
+                if following is PLUGIN_RETRY:
+                    following = now + LOOP_TICK
                 if following is None:
                     self._timers.remove(timer)
                 else:
@@ -151,12 +170,19 @@ class Master:
                 self._check_hung(pid, slot, now)
 
     def _check_hung(self, pid: int, slot: Slot, now: float) -> None:
+        """Kill a consumer stuck on one job past its timeout + grace, or idle
+        without a heartbeat (a broker call that never returns)."""
         snap = slot.scoreboard.read()
         if snap.state == "busy" and now - snap.since > slot.hung_after:
             log_event(logger, "consumer_hung", logging.ERROR, pid=pid, group=slot.group.name,
                       job=snap.job, busy_s=round(now - snap.since, 1), limit_s=slot.hung_after)
-            slot.kill_reason = "hung"
-            self._kill(pid, signal.SIGKILL)
+        elif snap.state == "idle" and now - snap.heartbeat > IDLE_STALL:
+            log_event(logger, "consumer_hung", logging.ERROR, pid=pid, group=slot.group.name,
+                      idle_without_heartbeat_s=round(now - snap.heartbeat, 1), limit_s=IDLE_STALL)
+        else:
+            return
+        slot.kill_reason = "hung"
+        self._kill(pid, signal.SIGKILL)
 
     # -- consumers ------------------------------------------------------
     def _start_generation(self, config: Config) -> None:
@@ -190,7 +216,9 @@ class Master:
         self.signals.close()
         self.selector.close()
         for fileobj in self._plugged:
-            fileobj.close()
+            # Close only this process's descriptor: a plug-in's close() could
+            # EPOLL_CTL_DEL from an epoll instance the fork shares with the master.
+            os.close(fileobj if isinstance(fileobj, int) else fileobj.fileno())
         self._timers.clear()
 
     def _kill(self, pid: int, signum: int) -> None:
@@ -323,6 +351,7 @@ class Master:
                 "state": "retiring" if slot.retiring else (snap.state if snap else "starting"),
                 "job": snap.job if busy else None,
                 "job_age": round(now - snap.since, 3) if busy else None,
+                "heartbeat_age": round(now - snap.heartbeat, 3) if snap else None,
                 "done": slot.done_before + (snap.done if snap else 0),
                 "failed": slot.failed_before + (snap.failed if snap else 0),
                 "restarts": slot.restarts,

@@ -1,7 +1,11 @@
 """Process titles that tell `ps` what each process does:
 ``disqontrold: master [/etc/disqontrol.yml]``,
-``disqontrold: consumer [pic-resize] idle`` / ``busy D-1a2b... 3s``."""
+``disqontrold: consumer [pic-resize] idle`` / ``busy S-1a2b since 03:41:32Z``.
+A title is set when a job starts and cannot tick while the job runs, so it
+shows the start time; ``disqontrolctl status`` shows the age."""
 from __future__ import annotations
+
+import time
 
 PREFIX = "disqontrold: "
 
@@ -20,7 +24,7 @@ def master_title(config_path: object) -> str:
     return f"master [{config_path}]"
 
 
-def consumer_title(group: str, state: str, job_id: str = "", age: float = 0.0) -> str:
+def consumer_title(group: str, state: str, job_id: str = "") -> str:
     if state == "busy":
-        return f"consumer [{group}] busy {job_id} {age:.0f}s"
+        return f"consumer [{group}] busy {job_id} since {time.strftime('%H:%M:%SZ', time.gmtime())}"
     return f"consumer [{group}] {state}"

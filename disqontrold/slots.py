@@ -19,7 +19,7 @@ RESTART_BACKOFF_CAP = 60.0  # s
 STABLE_AFTER = 30.0  # s: a process that lived this long resets the crash count
 CRASH_LOOP_AFTER = 3  # consecutive crashes that make a crash loop
 STOP_GRACE = 10.0  # s beyond the longest job timeout for a graceful stop
-HUNG_GRACE = 15.0  # s beyond a job's timeout before the master kills its consumer
+HUNG_GRACE = 10.0  # s beyond a job's timeout before the master kills its consumer (workers: 5 s TERM->KILL grace)
 
 _slot_ids = itertools.count(1)
 

@@ -72,3 +72,51 @@ def test_consumers_exit_when_the_master_is_killed(tmp_path):
                  message="consumers to exit after the master's death")
     finally:
         daemon.stop()
+
+
+def test_a_job_that_kills_its_consumer_ends_in_the_failure_queue_without_a_crash_loop(tmp_path):
+    # Given an inline queue allowing 2 retries, and a job whose worker exits the consumer
+    daemon = Daemon(tmp_path, f"sqlite://{tmp_path}/jobs.db", {
+        "work": {"worker": python_worker(), "max_retries": 2},
+    }).start()
+    try:
+        [job_id] = daemon.add("work", [{"n": 1, "exit": True}], lease=1)
+
+        # Then after 3 deliveries that each crash the consumer it is parked, not run a 4th time
+        [(body, metadata)] = wait_for(daemon.failed_jobs, timeout=90, message="the job in the failure queue")
+        assert body == {"n": 1, "exit": True}
+        assert "died mid-job" in metadata["last-error"]["message"]
+        assert len(daemon.events("consumer_crashed")) + len(daemon.events("crash_loop")) == 3
+        # restarts were spaced by a growing backoff, logged as a crash loop at the third
+        [loop] = daemon.events("crash_loop")
+        assert "crashes=3" in loop
+        # and the daemon goes on with a healthy consumer
+        daemon.add("work", [2])
+        assert daemon.wait_runs(1, timeout=30)[0][0] == "2"
+        assert daemon.broker.show(job_id) is None
+    finally:
+        daemon.stop()
+
+
+@pytest.mark.timeout(180)
+def test_a_hung_consumer_is_killed_and_its_job_counted_as_failed(tmp_path):
+    # Given an inline queue with a 1 s timeout, no retry, and one consumer
+    daemon = Daemon(tmp_path, f"sqlite://{tmp_path}/jobs.db", {
+        "work": {"worker": python_worker(), "job_process_timeout": 1, "max_retries": 0},
+    }).start()
+    try:
+        # When a job hangs its consumer where the worker's own timeout cannot reach
+        daemon.add("work", [{"n": 1, "block": True}], lease=1)
+        hung = busy_consumer(daemon)
+
+        # Then the master kills it past timeout + grace, and a new consumer takes over
+        [killed] = daemon.wait_event("consumer_hung", timeout=60)
+        assert f"pid={hung} " in killed
+        wait_for(lambda: daemon.consumer_pids() and hung not in daemon.consumer_pids(), timeout=30,
+                 message="a replacement consumer")
+        # and the job is parked as a failure, without a crash backoff for the slot
+        [(_, metadata)] = wait_for(daemon.failed_jobs, timeout=60, message="the job in the failure queue")
+        assert "died mid-job" in metadata["last-error"]["message"]
+        assert not daemon.events("consumer_crashed")
+    finally:
+        daemon.stop()

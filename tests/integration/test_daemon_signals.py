@@ -84,3 +84,45 @@ def test_sigttin_and_sigttou_change_the_process_count_within_bounds(tmp_path):
         assert daemon.wait_runs(1)[0][0] == "5"
     finally:
         daemon.stop()
+
+
+def test_sigusr1_reopens_the_log_file_after_rotation(tmp_path):
+    # Given a running daemon whose log file was moved away (logrotate without copytruncate)
+    daemon = Daemon(tmp_path, sqlite(tmp_path), {"work": {"worker": python_worker()}}).start()
+    try:
+        rotated = daemon.log_path.with_suffix(".log.1")
+        daemon.log_path.rename(rotated)
+
+        # When the master gets SIGUSR1 and a job runs afterwards
+        daemon.signal(signal.SIGUSR1)
+        daemon.wait_event("logs_reopened")
+        daemon.add("work", [1])
+        daemon.wait_runs(1)
+
+        # Then the consumer's job line lands in the new file, not the rotated one
+        [done] = daemon.wait_event("job_done")
+        assert "queue=work" in done
+        assert "event=job_done" not in rotated.read_text()
+    finally:
+        daemon.stop()
+
+
+def test_a_consumer_is_recycled_after_max_jobs_per_process_without_backoff(tmp_path):
+    # Given a consumer that must be replaced after every 5 jobs
+    daemon = Daemon(tmp_path, sqlite(tmp_path), {"work": {"worker": python_worker()}},
+                    consumer_defaults={"max_jobs_per_process": 5, "job_batch": 1}).start()
+    try:
+        first = daemon.consumer_pids()
+
+        # When 12 jobs are added
+        daemon.add("work", range(12))
+
+        # Then all run exactly once, by successive processes, none counted as a crash
+        runs = daemon.wait_runs(12)
+        assert sorted(int(b) for b, _ in runs) == list(range(12))
+        daemon.wait_event("consumer_recycled", 2)
+        wait_for(lambda: daemon.consumer_pids() and daemon.consumer_pids() != first, timeout=30,
+                 message="a fresh consumer")
+        assert not daemon.events("consumer_crashed")
+    finally:
+        daemon.stop()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
+
 import subprocess
 import sys
 import textwrap
@@ -28,15 +28,21 @@ START_TIMEOUT = 60.0  # s: a loaded 2-core machine forks slowly
 STOP_TIMEOUT = 60.0
 
 # Test workers. A run appends "<n> <unix time>" to $DQ_OUT; a body may be an
-# int n, or {"n": n, "sleep": s, "fail": true} to be slow or fail.
+# int n, or {"n": n, "sleep": s, "fail": true, "exit": true, "block": true} to
+# be slow, fail, kill the consumer or hang it (inline).
 WORKERS_MODULE = '''
-import os, time
+import os, signal, time
 
 def record(job):
     body = job.body
     n = body["n"] if isinstance(body, dict) else body
     if isinstance(body, dict):
         time.sleep(body.get("sleep", 0))
+        if body.get("exit"):
+            os._exit(1)  # takes the consumer down with it
+        if body.get("block"):  # hangs where the inline timeout (SIGALRM) cannot reach
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+            time.sleep(600)
     with open(os.environ["DQ_OUT"], "a") as out:
         out.write(f"{n} {time.time():.4f}\\n")
     if isinstance(body, dict) and body.get("fail"):
@@ -203,8 +209,3 @@ def running(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
-
-
-def parse_fields(line: str) -> dict[str, str]:
-    return dict(re.findall(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)', line))
-
