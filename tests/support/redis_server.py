@@ -50,10 +50,8 @@ class RedisServer:
         ]
         if self.appendonly:
             args += ["--appendfsync", "always"]
-        self.proc = subprocess.Popen(
-            args, stdout=open(self.workdir / "redis.log", "ab"), stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        with open(self.workdir / "redis.log", "ab") as log:  # the child keeps its own copy
+            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         wait_for(self._answers, timeout=10, message=f"redis-server on port {self.port}")
         return self
 
