@@ -102,4 +102,3 @@ def test_disqontrol_processjob_runs_a_command_worker_end_to_end(tmp_path):
     # Then the exit codes are 0 and 1, and the error names the exit code
     assert bad.returncode == 1
     assert "exit code 4" in bad.stderr
-
