@@ -2,8 +2,9 @@
 
 Retry n waits 4**n seconds plus up to 10 % while 4**n <= 90000 (that is 2
 retries in the first minute, 5 in the first hour, 7 in a day), then 90000
-seconds minus up to 10 %: about one a day, 37 in 30 days. The jitter spreads
-a burst of failures so the retries do not all land in the same second.
+seconds minus up to 10 %: about one a day. In 30 days that is 35 retries with
+no jitter, 37 on average and 38 at most (hence max_retries: 37). The jitter
+spreads a burst of failures so the retries do not all land in the same second.
 """
 from __future__ import annotations
 

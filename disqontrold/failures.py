@@ -41,6 +41,8 @@ class Decision:
 
 
 def last_error(outcome: Outcome, now: float) -> dict[str, Any]:
+    """The job's ``last-error`` metadata: what an operator needs to judge a
+    failed job from ``disqontrolctl failed show`` alone."""
     return {"message": outcome.error, **outcome.details, "time": now}
 
 
@@ -74,10 +76,7 @@ def handle_failure(
     if attempt > queue.max_retries or now + delay > expires:
         reason = "max_retries" if attempt > queue.max_retries else "job_lifetime"
         return _to_failure_queue(broker, job, queue, error, attempt, reason)
-    metadata = dict(job.metadata)
-    metadata[RETRIES] = attempt
-    metadata[ORIGINAL_ID] = job.original_id
-    metadata[LAST_ERROR] = error
+    metadata = _failed_metadata(job, attempt, error)
     copy = Job(body=job.body, queue=job.queue, metadata=metadata)
     new_id = broker.replace(job.id, new_job_for(copy, queue, delay=delay))
     log_event(
@@ -87,13 +86,20 @@ def handle_failure(
     return Decision("retry", new_id, attempt, delay)
 
 
-def _to_failure_queue(
-    broker: Broker, job: Job, queue: QueueConfig, error: dict[str, Any], attempt: int, reason: str
-) -> Decision:
+def _failed_metadata(job: Job, attempt: int, error: dict[str, Any]) -> dict[str, Any]:
+    """The metadata a failed job's next copy carries, whether it is retried or
+    parked: the count and the first id survive every copy, for the logs."""
     metadata = dict(job.metadata)
     metadata[RETRIES] = attempt
     metadata[ORIGINAL_ID] = job.original_id
     metadata[LAST_ERROR] = error
+    return metadata
+
+
+def _to_failure_queue(
+    broker: Broker, job: Job, queue: QueueConfig, error: dict[str, Any], attempt: int, reason: str
+) -> Decision:
+    metadata = _failed_metadata(job, attempt, error)
     metadata[ORIGINAL_QUEUE] = job.queue
     parked = NewJob(
         queue=queue.failure_queue,
