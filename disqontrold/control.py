@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 SOCKET_NAME = "disqontrol.sock"
 SOCKET_MODE = 0o600
 GROUP_SOCKET_MODE = 0o660
+ALL_PERMISSIONS = 0o777  # a umask is the complement of the mode wanted
 MAX_REQUEST_BYTES = 64 * 1024  # a request is a short command line, never a job body
 MAX_REPLY_BUFFER = 16 * 1024 * 1024  # a client that never reads is dropped past this
 LISTEN_BACKLOG = 16
@@ -91,16 +92,15 @@ class ControlServer:
         self._remove_stale()
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         # Bind under a umask that leaves no window where the socket is open to all.
-        old_umask = os.umask(0o177 if gid is None else 0o117)
+        mode = SOCKET_MODE if gid is None else GROUP_SOCKET_MODE
+        old_umask = os.umask(ALL_PERMISSIONS & ~mode)
         try:
             listener.bind(str(self.path))
         finally:
             os.umask(old_umask)
         if gid is not None:
             os.chown(self.path, -1, gid)
-            os.chmod(self.path, GROUP_SOCKET_MODE)
-        else:
-            os.chmod(self.path, SOCKET_MODE)
+        os.chmod(self.path, mode)
         listener.listen(LISTEN_BACKLOG)
         listener.setblocking(False)
         self._listener = listener
