@@ -86,7 +86,10 @@ class WakeDir:
             return
         try:
             mtime = os.stat(self._dir_fd).st_mtime_ns  # type: ignore[arg-type]
-        except OSError:
+        except OSError as exc:
+            # The add is committed: raising would make its caller add it
+            # again. Waiters still find it at their next poll.
+            log_event(log, "wake_notify_failed", logging.WARNING, path=self.path, error=exc, fallback="poll")
             return
         # Directory times tick coarsely (a few ms): a listing taken in the
         # same tick as a bind may miss it, so it is trusted only once taken
