@@ -56,7 +56,13 @@ def test_a_blocked_reserve_wakes_on_an_add(broker, disque_cluster):
     got = []
     waiter = threading.Thread(target=lambda: got.extend(broker.reserve(["wake"], timeout=30)))
     waiter.start()
-    time.sleep(0.2)  # let GETJOB block first; the thing measured is the wake-up
+    # Once GETJOB is blocked on the node the broker uses (the first of the
+    # URL): the thing measured is the wake-up, so wait for the block, not a guess
+    node = disque_cluster.client(0)
+    try:
+        wait_for(lambda: node.info("clients")["blocked_clients"] >= 1, message="a GETJOB blocked on node 0")
+    finally:
+        node.close()
     start = time.monotonic()
     with open_broker(disque_cluster.url) as producer:
         producer.add("wake", b"1")
