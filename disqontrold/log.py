@@ -16,7 +16,6 @@ from disqontrol_client.errors import ConfigError
 
 LOG_FILE_NAME = "disqontrol.log"
 LEVELS = ("debug", "info", "warning", "error")
-ROOT_LOGGER = "disqontrol"  # both packages log under disqontrol_client.* / disqontrold.*
 
 
 class EventFormatter(logging.Formatter):
