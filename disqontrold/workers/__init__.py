@@ -26,8 +26,6 @@ __all__ = ["Outcome", "Worker", "build_worker", "check_workers", "worker_key"]
 PYTHON_TYPES = ("inline_python_worker", "isolated_python_worker")
 #: Seconds the forked checker may spend importing the user's modules.
 CHECK_TIMEOUT = 60.0
-#: Bytes per read of the checker's report.
-READ_CHUNK = 65536
 #: Exit code of the checker child when it could not report.
 CHECKER_CRASHED = 70
 
@@ -114,7 +112,7 @@ def _read_with_deadline(fd: int, pid: int) -> Optional[list[str]]:
             if remaining <= 0 or not sel.select(remaining):
                 os.kill(pid, signal.SIGKILL)
                 return None
-            chunk = os.read(fd, READ_CHUNK)
+            chunk = os.read(fd, 65536)
             if not chunk:
                 break
             chunks.append(chunk)
