@@ -83,8 +83,10 @@ def test_an_explicit_bootstrap_must_exist(tmp_path):
 
 def test_a_missing_default_bootstrap_is_fine_for_path_names(tmp_path, app):
     config = make_config(tmp_path, rss=WorkerConfig(type="inline_python_worker", name="myapp_check_workers:rss_update"))
+    # Given no ./disqontrol_bootstrap.py (the default), and a module:callable name
     app.rename(tmp_path / "elsewhere.py")
-    check_workers(config, None)
+    # Then the check passes: it raises WorkerLoadError for anything it refuses
+    assert check_workers(config, None) is None
 
 
 def test_a_bootstrap_that_fails_to_import_is_reported(tmp_path):
