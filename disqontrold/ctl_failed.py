@@ -3,7 +3,8 @@
 Works on the broker directly, so it needs no running master. A failure-queue
 job is an ordinary stored job whose metadata names the queue it failed on
 (``original-queue``) and its last error. Retry adds a fresh copy to that queue
-with the retry count reset and a fresh lifetime, first, and deletes the failed copy second: a crash
+with the retry count reset and a fresh lifetime, first, and removes the failed
+copy second (``Broker.replace``: one transaction on sqlite and redis): a crash
 in between duplicates the job, never loses it (SPEC §6).
 """
 from __future__ import annotations
@@ -30,6 +31,9 @@ FAILURE_ONLY_KEYS = (LAST_ERROR, ORIGINAL_QUEUE)
 
 @dataclass(frozen=True)
 class FailedJob:
+    """A failure-queue job decoded once, so list, show and retry agree on
+    where it came from and why it failed."""
+
     id: str
     failure_queue: str
     original_queue: Optional[str]
@@ -102,8 +106,8 @@ def retry_failed(broker: Broker, config: Config, failed: FailedJob) -> str:
     # A replay is a fresh chance: the whole lifetime again, from now.
     metadata[jobmod.CREATION_TIME] = int(time.time())
     new = new_job_for(jobmod.Job(failed.body, failed.original_queue, metadata), queue_config)
-    new_id = broker.add(new.queue, new.payload, delay=new.delay, retry=new.retry, ttl=new.ttl)
-    broker.delete([failed.id])
+    # Add first, remove second (one transaction where the engine can).
+    new_id = broker.replace(failed.id, new)
     log_event(log, "failed_job_retried", job=new_id, failed_job=failed.id, queue=failed.original_queue)
     return new_id
 
