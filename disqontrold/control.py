@@ -36,6 +36,7 @@ MAX_REPLY_BUFFER = 16 * 1024 * 1024  # a client that never reads is dropped past
 LISTEN_BACKLOG = 16
 RECV_CHUNK = 65536
 MAX_CLIENTS = 64
+REQUEST_SNIPPET_CHARS = 200  # of a bad request, quoted back in the error
 
 Handler = Callable[[Mapping[str, Any]], Mapping[str, Any]]
 
@@ -269,7 +270,7 @@ class ControlServer:
         except ValueError as exc:
             return error_reply(f"request is not JSON ({exc}); send one object per line like {{\"cmd\": \"status\"}}")
         if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
-            return error_reply(f"request must be an object with a string \"cmd\"; got {line[:200]!r}")
+            return error_reply(f"request must be an object with a string \"cmd\"; got {line[:REQUEST_SNIPPET_CHARS]!r}")
         cmd = request["cmd"]
         handler = self.handlers.get(cmd)
         if handler is None:
