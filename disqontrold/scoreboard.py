@@ -1,8 +1,10 @@
 """Per-consumer status in shared memory: the consumer writes its state on
 every job start without a syscall; the master reads it for status(), the
 process title and hung-consumer detection. One small anonymous shared mmap per
-consumer, created by the master before the fork. A sequence counter (odd while
-writing) lets the reader retry a torn read."""
+consumer, created by the master before the fork. A sequence counter (a
+seqlock: odd while the fields are written) lets the reader retry a torn read:
+a torn read could show a busy state with a zero start time, which the master
+would take for a hung consumer and kill."""
 from __future__ import annotations
 
 import mmap
@@ -13,7 +15,9 @@ from dataclasses import dataclass
 IDLE, BUSY, STOPPING, STARTING = 0, 1, 2, 3
 STATE_NAMES = {IDLE: "idle", BUSY: "busy", STOPPING: "stopping", STARTING: "starting"}
 JOB_ID_BYTES = 64
-_LAYOUT = struct.Struct(f"<IBxxxddQQ{JOB_ID_BYTES}s")  # seq state since heartbeat done failed job
+_SEQ = struct.Struct("<I")
+_FIELDS = struct.Struct(f"<BxxxddQQ{JOB_ID_BYTES}s")  # state since heartbeat done failed job
+_SIZE = _SEQ.size + _FIELDS.size
 READ_ATTEMPTS = 100
 
 
@@ -29,7 +33,7 @@ class Snapshot:
 
 class Scoreboard:
     def __init__(self) -> None:
-        self._map = mmap.mmap(-1, _LAYOUT.size)  # anonymous + MAP_SHARED: survives fork
+        self._map = mmap.mmap(-1, _SIZE)  # anonymous + MAP_SHARED: survives fork
         self._seq = 0
         self._state = STARTING
         self._job = b""
@@ -37,15 +41,19 @@ class Scoreboard:
         self.done = 0
         self.failed = 0
         self._write(self._since)
+        self._last = self.read()  # no writer yet: a whole snapshot to fall back on
 
     # -- writer side (the consumer) --
     def _write(self, now: float) -> None:
+        """Odd sequence, then the fields, then even: the sequence is written
+        on its own before and after, never in the same copy as the fields."""
         self._seq += 1
-        _LAYOUT.pack_into(self._map, 0, self._seq, 0, 0.0, 0.0, 0, 0, b"")  # odd: writing
-        self._seq += 1
-        _LAYOUT.pack_into(
-            self._map, 0, self._seq, self._state, self._since, now, self.done, self.failed, self._job
+        _SEQ.pack_into(self._map, 0, self._seq)
+        _FIELDS.pack_into(
+            self._map, _SEQ.size, self._state, self._since, now, self.done, self.failed, self._job
         )
+        self._seq += 1
+        _SEQ.pack_into(self._map, 0, self._seq)
 
     def set_state(self, state: int, job_id: str = "") -> None:
         now = time.monotonic()
@@ -64,12 +72,21 @@ class Scoreboard:
 
     # -- reader side (the master) --
     def read(self) -> Snapshot:
+        """The last complete write: the sequence must be even and unchanged
+        across the read of the fields (retried while the consumer writes).
+        Racing a consumer that writes without pause, or one killed
+        mid-write, it returns the previous whole snapshot, never a torn one."""
         for _ in range(READ_ATTEMPTS):
-            seq1 = _LAYOUT.unpack_from(self._map, 0)[0]
-            values = _LAYOUT.unpack_from(self._map, 0)
-            if seq1 % 2 == 0 and values[0] == seq1:
+            before = _SEQ.unpack_from(self._map, 0)[0]
+            values = _FIELDS.unpack_from(self._map, _SEQ.size)
+            if before % 2 == 0 and _SEQ.unpack_from(self._map, 0)[0] == before:
+                self._last = self._snapshot(values)
                 break
-        _, state, since, heartbeat, done, failed, job = values
+        return self._last
+
+    @staticmethod
+    def _snapshot(values: tuple) -> Snapshot:
+        state, since, heartbeat, done, failed, job = values
         return Snapshot(
             state=STATE_NAMES.get(state, "unknown"),
             job=job.rstrip(b"\0").decode(errors="replace"),

@@ -1,0 +1,42 @@
+"""The scoreboard's seqlock: the master never sees a half-written state (a
+torn "busy since 0.0" would make it kill a healthy consumer as hung)."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from disqontrold.scoreboard import BUSY, IDLE, Scoreboard
+
+WRITES = 200_000
+READ_LIMIT_S = 30.0
+
+
+def test_a_reader_never_sees_a_torn_write():
+    # Given a consumer process flipping its scoreboard between busy and idle
+    board = Scoreboard()
+    pid = os.fork()
+    if pid == 0:  # the writer: exit without running pytest's cleanup
+        try:
+            for n in range(WRITES):
+                board.set_state(BUSY, f"S-{n}") if n % 2 else board.set_state(IDLE)
+        finally:
+            os._exit(0)
+    # When the master reads it while it writes
+    seen = set()
+    deadline = time.monotonic() + READ_LIMIT_S
+    try:
+        while time.monotonic() < deadline and os.waitpid(pid, os.WNOHANG) == (0, 0):
+            snap = board.read()
+            seen.add(snap.state)
+            # Then every snapshot is one whole write: set_state stamps since
+            # and heartbeat with the same time, and only busy carries a job
+            assert snap.since > 0 and snap.since == snap.heartbeat, snap
+            assert (snap.state == "busy") == snap.job.startswith("S-"), snap
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass  # it already ended (and was reaped by the loop above)
+    assert {"busy", "idle"} <= seen
