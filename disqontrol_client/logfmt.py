@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import re
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 # Anything outside these characters makes a value quoted (a regex: this runs per log field).
 _UNSAFE = re.compile(r"[^a-zA-Z0-9\-_.:/+@,\[\]]")
@@ -35,3 +36,13 @@ def log_event(logger: logging.Logger, event: str, level: int = logging.INFO, **f
     """Log one event as ``event=NAME key=value ...`` (cheap when disabled)."""
     if logger.isEnabledFor(level):
         logger.log(level, format_fields(event, fields))
+
+
+def redact_url(url: str) -> str:
+    """A broker URL fit for logs and status: its password becomes ``***``
+    (the user name and every host stay, so the reader knows which server)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    hosts = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{hosts}"))

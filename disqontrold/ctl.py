@@ -14,7 +14,6 @@ import sys
 import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
-from urllib.parse import urlsplit, urlunsplit
 
 import psutil
 import yaml
@@ -24,6 +23,7 @@ from disqontrol_client.cli import guarded
 from disqontrol_client.brokers import Broker, open_broker
 from disqontrol_client.config import DEFAULT_RUN_DIR, Config, find_config_path, load_config
 from disqontrol_client.errors import ConfigError, DisqontrolError, UsageError
+from disqontrol_client.logfmt import redact_url
 from disqontrold import ctl_failed
 from disqontrold.control import default_socket_path
 from disqontrold.ctl_client import MasterUnreachable, request
@@ -32,15 +32,6 @@ PROG = "disqontrolctl"
 STOP_POLL_INTERVAL = 0.1  # s between checks that the stopped master is gone
 BYTES_PER_MIB = 1024 * 1024
 LAST_ERROR_CHARS = 60  # of the last error in `failed list`; `failed show` has it all
-
-
-def redact_url(url: str) -> str:
-    """The broker URL without its password, for display."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
