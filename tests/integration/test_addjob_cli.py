@@ -176,6 +176,8 @@ EXAMPLE = ("--config", str(REPO / "etc" / "disqontrol.yml"), "--bootstrap", str(
     ("count-words", "5", 1, ""),  # ... refusing a non-string body
     ("resize-pic", '"p.png"', 0, ""),  # the command worker examples/resize_pic.py
     ("resize-pic", '{"fail": true}', 1, ""),
+    # above 64 KiB of JSON the body comes on stdin (--body=-), and the example reads it there
+    pytest.param("resize-pic", '{"pic": "%s"}' % ("x" * 100_000), 0, "", id="resize-pic-large-body"),
 ])
 def test_example_config_workers_run_from_any_cwd(queue, body, code, out, tmp_path):
     pytest.importorskip("disqontrold.sync", reason="the synchronous runner has not landed yet")
