@@ -23,3 +23,8 @@ def ctl_json(daemon: Daemon, *args: str) -> Any:
     result = ctl(daemon, *args, "--json")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
+
+
+def ctl_status(daemon: Daemon) -> dict[str, Any]:
+    """`disqontrolctl status --json`, which must succeed."""
+    return ctl_json(daemon, "status")

@@ -3,13 +3,11 @@ max_processes, an idle stretch brings it back to min, ``autoscale: false``
 stays at min, and SIGTTIN/SIGTTOU work within the bounds either way."""
 from __future__ import annotations
 
-import json
 import re
 import signal
-import subprocess
-import sys
 from typing import Any
 
+from tests.integration.ctl_support import ctl_status
 from tests.support.daemon import Daemon, python_worker
 from tests.support.procs import wait_for
 
@@ -35,12 +33,6 @@ def start(tmp_path, **consumer: Any) -> Daemon:
                 "autoscale_idle_seconds": IDLE_SECONDS, **consumer}
     return Daemon(tmp_path, sqlite(tmp_path), {"work": {"worker": python_worker()}},
                   consumer_defaults=settings).start()
-
-
-def ctl_status(daemon: Daemon) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, "-m", "disqontrold.ctl", "--config", str(daemon.config_path),
-                          "status", "--json"], capture_output=True, text=True, timeout=30, check=True)
-    return json.loads(out.stdout)
 
 
 def test_a_burst_of_slow_jobs_scales_up_to_max_then_idle_brings_it_back_to_min(tmp_path):

@@ -1,18 +1,8 @@
 """The master's operations API through the real control socket client."""
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
+from tests.integration.ctl_support import ctl, ctl_status
 from tests.support.daemon import Daemon, python_worker
-
-CTL = [sys.executable, "-m", "disqontrold.ctl"]
-
-
-def ctl(daemon: Daemon, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(CTL + ["--config", str(daemon.config_path), *args], capture_output=True,
-                          text=True, timeout=60)
 
 
 def test_status_reload_and_stop_through_disqontrolctl(tmp_path):
@@ -25,7 +15,7 @@ def test_status_reload_and_stop_through_disqontrolctl(tmp_path):
         daemon.wait_event("control_socket_open")
 
         # When status is asked
-        status = json.loads(ctl(daemon, "status", "--json").stdout)
+        status = ctl_status(daemon)
 
         # Then it shows the master and both consumers with their counters
         assert status["master"]["pid"] == daemon.pid
@@ -39,7 +29,7 @@ def test_status_reload_and_stop_through_disqontrolctl(tmp_path):
         reloaded = ctl(daemon, "reload")
         assert reloaded.returncode == 0, reloaded.stderr
         assert "taken" in reloaded.stdout
-        assert json.loads(ctl(daemon, "status", "--json").stdout)["master"]["generation"] == 2
+        assert ctl_status(daemon)["master"]["generation"] == 2
 
         # When a stop is asked, the master is gone with exit code 0
         assert ctl(daemon, "stop").returncode == 0

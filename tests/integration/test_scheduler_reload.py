@@ -3,18 +3,15 @@ entries, a broken crontab refuses a reload (and --check), a fixed one is
 taken and its entries replace the old ones."""
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import yaml
 
+from tests.integration.ctl_support import ctl_status
 from tests.support.daemon import Daemon, python_worker
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def with_scheduler(daemon: Daemon, crontab: str) -> None:
@@ -23,15 +20,6 @@ def with_scheduler(daemon: Daemon, crontab: str) -> None:
     data = yaml.safe_load(daemon.config_path.read_text())
     data["disqontrol"]["scheduler"] = {"crontab": "crontab", "missed_runs": "skip", "timezone": "UTC"}
     daemon.config_path.write_text(yaml.safe_dump(data))
-
-
-def ctl_status(daemon: Daemon) -> dict[str, Any]:
-    result = subprocess.run(
-        [sys.executable, "-m", "disqontrold.ctl", "--config", str(daemon.config_path), "status", "--json"],
-        capture_output=True, text=True, cwd=REPO, timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 def schedules(daemon: Daemon) -> list[tuple[str, str]]:
