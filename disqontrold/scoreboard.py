@@ -15,9 +15,9 @@ from dataclasses import dataclass
 IDLE, BUSY, STOPPING, STARTING = 0, 1, 2, 3
 STATE_NAMES = {IDLE: "idle", BUSY: "busy", STOPPING: "stopping", STARTING: "starting"}
 JOB_ID_BYTES = 64
-_SEQ = struct.Struct("<I")
+_SEQ_BYTES = 4  # a native unsigned int at offset 0, written with one store
 _FIELDS = struct.Struct(f"<BxxxddQQ{JOB_ID_BYTES}s")  # state since heartbeat done failed job
-_SIZE = _SEQ.size + _FIELDS.size
+_SIZE = _SEQ_BYTES + _FIELDS.size
 READ_ATTEMPTS = 100
 
 
@@ -34,6 +34,10 @@ class Snapshot:
 class Scoreboard:
     def __init__(self) -> None:
         self._map = mmap.mmap(-1, _SIZE)  # anonymous + MAP_SHARED: survives fork
+        # Not struct.pack_into: it zeroes its bytes before writing them, and a
+        # reader catching that 0 before and after a write would take it as
+        # an unchanged, even sequence.
+        self._seq_cell = memoryview(self._map)[:_SEQ_BYTES].cast("I")
         self._seq = 0
         self._state = STARTING
         self._job = b""
@@ -48,12 +52,12 @@ class Scoreboard:
         """Odd sequence, then the fields, then even: the sequence is written
         on its own before and after, never in the same copy as the fields."""
         self._seq += 1
-        _SEQ.pack_into(self._map, 0, self._seq)
+        self._seq_cell[0] = self._seq
         _FIELDS.pack_into(
-            self._map, _SEQ.size, self._state, self._since, now, self.done, self.failed, self._job
+            self._map, _SEQ_BYTES, self._state, self._since, now, self.done, self.failed, self._job
         )
         self._seq += 1
-        _SEQ.pack_into(self._map, 0, self._seq)
+        self._seq_cell[0] = self._seq
 
     def set_state(self, state: int, job_id: str = "") -> None:
         now = time.monotonic()
@@ -77,9 +81,9 @@ class Scoreboard:
         Racing a consumer that writes without pause, or one killed
         mid-write, it returns the previous whole snapshot, never a torn one."""
         for _ in range(READ_ATTEMPTS):
-            before = _SEQ.unpack_from(self._map, 0)[0]
-            values = _FIELDS.unpack_from(self._map, _SEQ.size)
-            if before % 2 == 0 and _SEQ.unpack_from(self._map, 0)[0] == before:
+            before = self._seq_cell[0]
+            values = _FIELDS.unpack_from(self._map, _SEQ_BYTES)
+            if before % 2 == 0 and self._seq_cell[0] == before:
                 self._last = self._snapshot(values)
                 break
         return self._last
@@ -94,4 +98,5 @@ class Scoreboard:
         )
 
     def close(self) -> None:
+        self._seq_cell.release()  # mmap refuses to close while a view exists
         self._map.close()
