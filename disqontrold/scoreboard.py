@@ -16,6 +16,9 @@ IDLE, BUSY, STOPPING, STARTING = 0, 1, 2, 3
 STATE_NAMES = {IDLE: "idle", BUSY: "busy", STOPPING: "stopping", STARTING: "starting"}
 JOB_ID_BYTES = 64
 _SEQ_BYTES = 4  # a native unsigned int at offset 0, written with one store
+# The sequence wraps (an even modulus keeps its parity) instead of overflowing
+# the cell after ~2**31 writes: a busy consumer gets there within a day.
+_SEQ_MODULUS = 2 ** (8 * _SEQ_BYTES)
 _FIELDS = struct.Struct(f"<BxxxddQQ{JOB_ID_BYTES}s")  # state since heartbeat done failed job
 _SIZE = _SEQ_BYTES + _FIELDS.size
 READ_ATTEMPTS = 100
@@ -51,12 +54,12 @@ class Scoreboard:
     def _write(self, now: float) -> None:
         """Odd sequence, then the fields, then even: the sequence is written
         on its own before and after, never in the same copy as the fields."""
-        self._seq += 1
+        self._seq = (self._seq + 1) % _SEQ_MODULUS
         self._seq_cell[0] = self._seq
         _FIELDS.pack_into(
             self._map, _SEQ_BYTES, self._state, self._since, now, self.done, self.failed, self._job
         )
-        self._seq += 1
+        self._seq = (self._seq + 1) % _SEQ_MODULUS
         self._seq_cell[0] = self._seq
 
     def set_state(self, state: int, job_id: str = "") -> None:

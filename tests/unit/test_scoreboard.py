@@ -40,3 +40,16 @@ def test_a_reader_never_sees_a_torn_write():
         except (ProcessLookupError, ChildProcessError):
             pass  # it already ended (and was reaped by the loop above)
     assert {"busy", "idle"} <= seen
+
+
+def test_the_sequence_wraps_instead_of_overflowing():
+    # Given a scoreboard that has been written about 2**32 times
+    board = Scoreboard()
+    board._seq = 2**32 - 2  # the last even value its 4-byte cell holds
+    # When the consumer writes again, and again
+    board.set_state(BUSY, "S-1")
+    board.heartbeat()
+    # Then it still writes, and the master still reads whole snapshots
+    snap = board.read()
+    assert (snap.state, snap.job) == ("busy", "S-1") and snap.heartbeat >= snap.since > 0
+    board.close()
