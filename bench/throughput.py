@@ -6,6 +6,9 @@ Prints, each with its target and the ratio to it:
   (/bin/true) workers;
 - the raw rate of spawning /bin/true from 2 Python processes (posix_spawn),
   measured in the same run: the command figure is a ratio against it;
+- the machine's fork limit (bench/forkrate.py: fork + _exit + waitpid from
+  2 processes), for a bare interpreter and for one of the consumer's RSS,
+  measured in the same run: the isolated figure is a ratio against both;
 - enqueue -> start latency p50 / p99 on an idle daemon;
 - master and consumer RSS.
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -42,6 +46,8 @@ POLL = 0.02  # s between two looks at the queue length
 MIB = 1024 * 1024
 MS = 1000
 RAW_SPAWN_SHARE = 0.80  # target of the command rate, as a share of the raw spawn rate
+FORK_SECONDS = 3.0
+FORKRATE = Path(__file__).resolve().parent / "forkrate.py"
 
 TARGETS = {  # name: (target, higher is better)
     "inline jobs/s": (10_000, True),
@@ -93,6 +99,17 @@ def raw_spawn_rate(seconds: float = SPAWN_SECONDS, processes: int = CONSUMERS) -
     with os.fdopen(read_fd) as results:
         total = sum(int(line) for line in results.read().split())
     return total / seconds
+
+
+def raw_fork_rate(rss_mib: Optional[float] = None, seconds: float = FORK_SECONDS,
+                  processes: int = CONSUMERS) -> float:
+    """fork + _exit + waitpid per second by ``processes`` fresh interpreters
+    (grown to ``rss_mib`` resident when given): the machine's fork limit."""
+    argv = [sys.executable, "-S", str(FORKRATE), str(seconds), str(processes)]
+    if rss_mib is not None:
+        argv.append(f"{rss_mib:.1f}")
+    done = subprocess.run(argv, check=True, capture_output=True, text=True, timeout=seconds * 10 + 30)
+    return float(done.stdout)
 
 
 def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
@@ -188,13 +205,13 @@ def run_all(root: Path, args: argparse.Namespace, redis: Optional[RedisServer]) 
         "isolated": {"type": "isolated_python_worker", "name": "benchworkers:noop"},
         "command": {"type": "command", "command": "/bin/true"},
     }
-    memory: tuple[float, float] = (0.0, 0.0)
+    memories: dict[str, tuple[float, float]] = {}
     for kind, worker in kinds.items():
         daemon = start_daemon(root / kind, broker_url(root, kind, redis), kind, worker)
         try:
             rate, finished = drain_rate(daemon, kind, args.jobs, args.phase_timeout)
-            if kind == "inline":
-                memory = rss(daemon)
+            if kind in ("inline", "isolated"):
+                memories[kind] = rss(daemon)
         finally:
             daemon.stop()
         name = f"{kind} jobs/s" + ("" if finished else " (timed out)")
@@ -202,6 +219,8 @@ def run_all(root: Path, args: argparse.Namespace, redis: Optional[RedisServer]) 
             report(name, rate, spawn_rate * RAW_SPAWN_SHARE, True)
         else:
             report(name, rate, *TARGETS[f"{kind} jobs/s"])
+        if kind == "isolated":
+            report_fork_limits(rate, memories[kind][1])
     daemon = start_daemon(root / "latency", broker_url(root, "latency", redis), "latency",
                           {"type": "inline_python_worker", "name": "benchworkers:latency"})
     try:
@@ -211,8 +230,18 @@ def run_all(root: Path, args: argparse.Namespace, redis: Optional[RedisServer]) 
     report("latency p50 ms", percentile(values, 0.50), *TARGETS["latency p50 ms"])
     report("latency p99 ms", percentile(values, 0.99), *TARGETS["latency p99 ms"])
     print(f"{'latency mean ms':<22} {statistics.mean(values):>10.1f}", flush=True)
-    report("master RSS MiB", memory[0], *TARGETS["master RSS MiB"])
-    report("consumer RSS MiB", memory[1], *TARGETS["consumer RSS MiB"])
+    report("master RSS MiB", memories["inline"][0], *TARGETS["master RSS MiB"])
+    report("consumer RSS MiB", memories["inline"][1], *TARGETS["consumer RSS MiB"])
+
+
+def report_fork_limits(isolated_rate: float, consumer_rss: float) -> None:
+    """The isolated rate as a share of what fork itself allows on this machine now."""
+    bare = raw_fork_rate()
+    sized = raw_fork_rate(consumer_rss)
+    print(f"{'raw fork/s (bare)':<22} {bare:>10.1f}   (2 processes) isolated/bare {isolated_rate / bare:5.2f}",
+          flush=True)
+    print(f"{'raw fork/s (consumer)':<22} {sized:>10.1f}   (2 processes of {consumer_rss:.1f} MiB) "
+          f"isolated/consumer {isolated_rate / sized:5.2f}", flush=True)
 
 
 if __name__ == "__main__":
