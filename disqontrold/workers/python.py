@@ -6,6 +6,7 @@ synchronous mode); returning ``False`` or raising is failure.
 """
 from __future__ import annotations
 
+import _signal  # the C functions: signal.signal's enum conversions cost the child ~70 page faults
 import gc
 import json
 import logging
@@ -22,6 +23,7 @@ from disqontrol_client.job import Job
 from disqontrol_client.logfmt import log_event
 from disqontrold.workers.base import OnStart, Outcome, Worker
 from disqontrold.workers.bootstrap import JobFunction
+from disqontrold.workers.fastfork import fork
 from disqontrold.workers.jobprocs import KILL_GRACE, Capture, Child, prepare, run_batch
 
 logger = logging.getLogger("disqontrold.workers.python")
@@ -117,8 +119,15 @@ class InlinePythonWorker(Worker):
         return outcome
 
 
+#: The report of the commonest job, a success returning None, encoded once:
+#: json.dumps in the child touches (copy-on-write faults) ~70 shared pages.
+OK_NONE_REPORT = json.dumps({"ok": True, "error": None, "details": {}, "result": None}).encode()
+
+
 def _encode_outcome(outcome: Outcome) -> bytes:
     """The child's report; a result JSON cannot carry is sent as its repr."""
+    if outcome.ok and outcome.result is None and not outcome.details and outcome.error is None:
+        return OK_NONE_REPORT
     report = {"ok": outcome.ok, "error": outcome.error, "details": outcome.details}
     try:
         return json.dumps({**report, "result": outcome.result}).encode()
@@ -133,9 +142,9 @@ def _child_main(func: JobFunction, job: Job, write_fd: int) -> None:
     try:
         gc.disable()  # a collection would touch (and copy) every shared page
         os.setsid()  # its own process group: a timeout kills what it started
-        signal.set_wakeup_fd(-1)
+        _signal.set_wakeup_fd(-1)
         for sig in CHILD_DEFAULT_SIGNALS:
-            signal.signal(sig, signal.SIG_DFL)
+            _signal.signal(sig, _signal.SIG_DFL)
         outcome = call_worker(func, job)
         data = _encode_outcome(outcome)
         view = memoryview(data)
@@ -165,7 +174,7 @@ class IsolatedPythonWorker(Worker):
     def _fork(self, job: Job, timeout: float) -> Child:
         read_fd, write_fd = os.pipe()
         try:
-            pid = os.fork()
+            pid = fork()
         except OSError:
             os.close(read_fd)
             os.close(write_fd)
