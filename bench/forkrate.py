@@ -8,8 +8,11 @@ tear down at exit): bench/throughput.py prints the isolated drain rate
 beside this rate, for a bare interpreter and for one grown to a consumer's
 RSS, measured in the same run.
 
-Usage: python -S bench/forkrate.py SECONDS PROCESSES [RSS_MIB]
-Prints one number: forks per second summed over the processes.
+Usage: python -S bench/forkrate.py SECONDS PROCESSES [ANON_MIB]
+ANON_MIB grows the interpreter's anonymous resident memory (RssAnon, the
+part a fork copies page tables for and exit tears down) to that size.
+Prints two numbers: forks per second summed over the processes, and the
+CPU milliseconds one fork costs (parent + child, any load).
 """
 import os
 import sys
@@ -19,14 +22,22 @@ MIB = 1024 * 1024
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
-def rss_mib() -> float:
-    with open("/proc/self/statm", "rb") as statm:
-        return int(statm.read().split()[1]) * PAGE / MIB
+KIB = 1024
+MS = 1000
+
+
+def anon_mib(pid: str = "self") -> float:
+    """RssAnon of a process, from /proc."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * KIB / MIB
+    raise RuntimeError(f"/proc/{pid}/status has no RssAnon line")
 
 
 def grow_to(target_mib: float) -> bytearray:
-    """Touch anonymous memory until this process is ``target_mib`` resident."""
-    ballast = bytearray(max(0, int((target_mib - rss_mib()) * MIB)))
+    """Touch anonymous memory until this process has ``target_mib`` of it resident."""
+    ballast = bytearray(max(0, int((target_mib - anon_mib()) * MIB)))
     for offset in range(0, len(ballast), PAGE):
         ballast[offset] = 1  # a written page is resident and has its own page-table entry
     return ballast
@@ -47,6 +58,7 @@ def main(argv: list) -> int:
     seconds, processes = float(argv[0]), int(argv[1])
     ballast = grow_to(float(argv[2])) if len(argv) > 2 else bytearray()
     read_fd, write_fd = os.pipe()
+    cpu_before = os.times()
     pids = []
     for _ in range(processes):
         pid = os.fork()
@@ -57,10 +69,13 @@ def main(argv: list) -> int:
     for pid in pids:
         os.waitpid(pid, 0)
     os.close(write_fd)
+    cpu = os.times()
     with os.fdopen(read_fd) as results:
         total = sum(int(line) for line in results.read().split())
     del ballast
-    sys.stdout.write(f"{total / seconds:.1f}\n")
+    cpu_seconds = (cpu.children_user + cpu.children_system
+                   - cpu_before.children_user - cpu_before.children_system)
+    sys.stdout.write(f"{total / seconds:.1f} {cpu_seconds / max(total, 1) * MS:.3f}\n")
     return 0
 
 
