@@ -4,23 +4,23 @@ One ``jobs`` row per job. ``leased`` and ``due`` make its state: a waiting
 row (leased=0) is delayed until ``due`` then ready; a leased row (leased=1)
 belongs to a consumer until ``due``, its lease expiry, after which it is ready
 again and its next delivery counts as an additional one. A delay and a lease
-never share a row state (kombu #337). Leasing is ``BEGIN IMMEDIATE`` +
-``UPDATE ... RETURNING`` over the (queue, due) index, so two consumers never
-get the same job. WAL + ``synchronous=NORMAL``: a commit does not fsync;
-a power cut may lose the last commits, a crash of any process loses nothing.
+never share a row state (kombu #337). Leasing is ``UPDATE ... RETURNING``
+over the (queue, due) index, one write statement (or one ``BEGIN IMMEDIATE``
+transaction when several queues are read), so two consumers never get the
+same job.
+WAL + ``synchronous=NORMAL``: a commit does not fsync; a power cut may lose
+the last commits, a crash of any process loses nothing.
 
 Blocking ``reserve`` sleeps on a unix datagram socket that producers poke
 after each commit (see ``sqlite_wake``), or until the earliest delayed job or
 lease expiry of its queues is due: it never polls the disk.
 
-Every process opens its own connection, lazily and again after a fork.
-``SQLITE_BUSY`` is absorbed by sqlite's busy timeout plus a bounded retry.
+Every process opens its own connection, lazily and again after a fork; a
+busy database is waited for and retried (see ``sqlite_store``).
 """
 from __future__ import annotations
 
 import functools
-import logging
-import os
 import sqlite3
 import time
 from typing import Any, Callable, Iterable, Optional, Sequence, TypeVar
@@ -34,45 +34,21 @@ from disqontrol_client.brokers.broker import (
     NewJob,
     QueueStats,
 )
+from disqontrol_client.brokers.sqlite_store import BUSY_TIMEOUT, CACHED_STATEMENTS, Store
 from disqontrol_client.brokers.sqlite_wake import Waiter, WakeDir
-from disqontrol_client.errors import BrokerError, BrokerUnavailable, ConfigError
-from disqontrol_client.logfmt import log_event
+from disqontrol_client.errors import BrokerError, ConfigError
 
-log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SCHEME = "sqlite"
 URL_PREFIX = "sqlite://"
-MIN_SQLITE_VERSION = (3, 35, 0)  # UPDATE ... RETURNING
-BUSY_TIMEOUT = 30.0  # s: sqlite waits this long for a lock before SQLITE_BUSY
-BUSY_RETRIES = 3  # then we retry the whole transaction this many times
 SWEEP_INTERVAL = 1.0  # s between two steps of the ttl sweep
 SWEEP_ROWS = 10000  # rowids looked at per step: bounds the time the write lock is held
-PAGE_SIZE = 2048  # bytes; measured ~20% faster leases than 4096 (fewer bytes per WAL frame)
-WAL_AUTOCHECKPOINT = 8000  # pages: fewer checkpoints (each one fsyncs twice)
-WAL_SIZE_LIMIT = 32 * 1024 * 1024  # bytes the WAL is truncated to after a checkpoint
 MAX_SLEEP = 2.0  # s: a waiter re-checks at least this often (lost-wakeup safety net)
 POLL_INTERVAL = 0.05  # s: only when the wake directory is unusable
 ID_PREFIX = "S-"
 CHUNK = 500  # ids per IN (...) statement
-CACHED_STATEMENTS = 256
 
-SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS jobs (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused, so a stale ack misses
-        queue TEXT NOT NULL,
-        payload BLOB NOT NULL,
-        leased INTEGER NOT NULL DEFAULT 0,
-        due REAL NOT NULL,          -- waiting: ready time, leased: lease expiry
-        retry REAL NOT NULL,
-        expires REAL NOT NULL,      -- ctime + ttl
-        ctime REAL NOT NULL,
-        nacks INTEGER NOT NULL DEFAULT 0,
-        deliveries INTEGER NOT NULL DEFAULT 0  -- additional deliveries
-    )""",
-    "CREATE INDEX IF NOT EXISTS jobs_queue_due ON jobs (queue, due)",
-    "CREATE TABLE IF NOT EXISTS claims (key TEXT PRIMARY KEY, expires REAL NOT NULL)",
-)
 INSERT = "INSERT INTO jobs (queue, payload, due, retry, expires, ctime) VALUES (?, ?, ?, ?, ?, ?)"
 _LEASE_SET = (
     "UPDATE jobs SET leased = 1, deliveries = deliveries + leased, due = ?1 + retry WHERE id {} "
@@ -82,16 +58,19 @@ _LEASE_SET = (
 LEASE_ONE = _LEASE_SET.format("=")  # "=" skips the IN-list temp table: much cheaper
 LEASE_MANY = _LEASE_SET.format("IN")
 NEXT_DUE = "SELECT due FROM jobs WHERE queue = ? AND expires > ? ORDER BY due LIMIT 1"
+# Queue names by hopping through the (queue, due) index, one lookup per queue
+# rather than a scan of every job (DISTINCT would read them all).
+QUEUES = """
+WITH RECURSIVE names(queue) AS (
+    SELECT min(queue) FROM jobs
+    UNION ALL
+    SELECT (SELECT min(queue) FROM jobs WHERE queue > names.queue) FROM names
+    WHERE names.queue IS NOT NULL
+)
+SELECT queue FROM names WHERE queue IS NOT NULL
+AND EXISTS (SELECT 1 FROM jobs WHERE jobs.queue = names.queue AND expires > ?)
+"""
 WAITING = "expires > ?2 AND (leased = 0 OR due <= ?2)"  # ready or delayed, alive
-
-
-def _check_sqlite_version() -> None:
-    if sqlite3.sqlite_version_info < MIN_SQLITE_VERSION:
-        need = ".".join(map(str, MIN_SQLITE_VERSION))
-        raise BrokerUnavailable(
-            f"sqlite broker: SQLite {sqlite3.sqlite_version} is too old; it needs >= {need} "
-            "(UPDATE ... RETURNING). Use a newer Python/SQLite or a redis:// broker."
-        )
 
 
 def _path_from_url(url: str) -> str:
@@ -106,15 +85,15 @@ def job_id(rowid: int) -> str:
 
 def _rowids(ids: Iterable[str]) -> list[int]:
     """Row ids of our job ids; ids that are not ours cannot exist here."""
-    out = []
-    for i in ids:
-        if isinstance(i, str) and i.startswith(ID_PREFIX) and i[2:].isdigit():
-            out.append(int(i[2:]))
-    return out
+    n = len(ID_PREFIX)
+    return [int(i[n:]) for i in ids if i[:n] == ID_PREFIX and i[n:].isdigit()]
 
 
-def _in_list(count: int) -> str:
-    return ",".join("?" * count)
+@functools.lru_cache(maxsize=CACHED_STATEMENTS)
+def _with_ids(sql: str, count: int) -> str:
+    """``sql`` with its ``{}`` filled by ``count`` placeholders (cached: acks
+    of a batch size repeat the same text, which sqlite3 then finds prepared)."""
+    return sql.format(",".join("?" * count))
 
 
 def _check_job(queue: str, delay: float, retry: float, ttl: float) -> None:
@@ -147,11 +126,11 @@ class SqliteBroker(Broker):
     schemes = (SCHEME,)
 
     def __init__(self, path: str, *, busy_timeout: float = BUSY_TIMEOUT) -> None:
-        _check_sqlite_version()
         self.path = path
-        self.busy_timeout = busy_timeout
-        self._db: Optional[sqlite3.Connection] = None
-        self._pid = 0
+        self._store = Store(path, busy_timeout)
+        self._conn = self._store.conn
+        self._exclusive = self._store.exclusive
+        self._write = self._store.write
         self._wake = WakeDir(path)
         self._waiter = Waiter(self._wake)
         self._last_sweep = 0.0
@@ -162,78 +141,6 @@ class SqliteBroker(Broker):
         broker = cls(_path_from_url(url), **options)
         broker._conn()  # fail now, with a clear message, if the file is unusable
         return broker
-
-    # -- connection ----------------------------------------------------------
-
-    def _conn(self) -> sqlite3.Connection:
-        if self._db is not None and self._pid == os.getpid():
-            return self._db
-        # After a fork the parent's connection must not be used nor closed here.
-        self._db = None
-        self._pid = os.getpid()
-        self._db = self._open()
-        return self._db
-
-    def _open(self) -> sqlite3.Connection:
-        parent = os.path.dirname(os.path.abspath(self.path))
-        try:
-            os.makedirs(parent, exist_ok=True)
-        except OSError as exc:
-            raise BrokerUnavailable(
-                f"sqlite broker: cannot create directory {parent!r} for {self.path!r}: {exc.strerror}"
-            ) from exc
-        try:
-            db = sqlite3.connect(
-                self.path,
-                timeout=self.busy_timeout,
-                isolation_level=None,
-                check_same_thread=False,
-                cached_statements=CACHED_STATEMENTS,
-            )
-            db.execute(f"PRAGMA page_size={PAGE_SIZE}")  # only takes on a new file
-            self._retry_busy(lambda: db.execute("PRAGMA journal_mode=WAL").fetchone())
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT}")
-            db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
-            self._retry_busy(lambda: self._in_transaction(db, lambda: self._create_schema(db)))
-        except sqlite3.Error as exc:
-            raise BrokerUnavailable(
-                f"sqlite broker: cannot open {self.path!r}: {exc}; the file and its directory "
-                "must be readable and writable by this user"
-            ) from exc
-        return db
-
-    @staticmethod
-    def _create_schema(db: sqlite3.Connection) -> None:
-        for statement in SCHEMA:
-            db.execute(statement)
-
-    @staticmethod
-    def _in_transaction(db: sqlite3.Connection, work: Callable[[], T]) -> T:
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            result = work()
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-        return result
-
-    def _retry_busy(self, work: Callable[[], T]) -> T:
-        """Run ``work``; retry a bounded number of times if the db stays locked."""
-        for attempt in range(BUSY_RETRIES):
-            try:
-                return work()
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) and "busy" not in str(exc):
-                    raise
-                log_event(log, "sqlite_busy", logging.WARNING, path=self.path, attempt=attempt + 1)
-        return work()
-
-    def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        db = self._conn()
-        return self._retry_busy(lambda: self._in_transaction(db, lambda: work(db)))
 
     # -- producing -----------------------------------------------------------
 
@@ -251,7 +158,7 @@ class SqliteBroker(Broker):
         now = time.time()
         db = self._conn()
         row = (queue, payload, now + delay, retry, now + ttl, now)
-        rowid = self._retry_busy(lambda: db.execute(INSERT, row).lastrowid)
+        rowid = self._exclusive(lambda: db.execute(INSERT, row).lastrowid)
         self._wake.notify()
         return job_id(rowid)  # type: ignore[arg-type]
 
@@ -300,33 +207,58 @@ class SqliteBroker(Broker):
         if count < 1:
             raise BrokerError(f"sqlite broker: reserve count {count!r} must be >= 1")
         deadline = time.monotonic() + timeout
-        armed = False
-        while True:
-            got = self._write(lambda db: self._lease(db, queues, count))
-            if got:
-                return got
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return []
-            if not armed:  # bind before the next check so no wake-up is lost
+        armed: Optional[bool] = None  # None: not bound for this call
+        try:
+            while True:
+                got = self._lease(queues, count)
+                if got:
+                    return got
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return []
+                if armed is None:  # bind before the next check so no wake-up is lost
+                    armed = self._waiter.arm()
+                    continue
+                self._waiter.wait(min(remaining, self._until_next_due(queues, armed)))
                 armed = self._waiter.arm()
-                continue
-            self._waiter.wait(min(remaining, self._until_next_due(queues, armed)))
-            armed = self._waiter.arm()
+        finally:
+            if armed is not None:
+                self._waiter.disarm()
 
-    def _lease(self, db: sqlite3.Connection, queues: Sequence[str], count: int) -> list[Delivery]:
+    def _lease(self, queues: Sequence[str], count: int) -> list[Delivery]:
+        """Lease up to ``count`` due jobs. One queue: a single autocommit
+        write statement: sqlite takes the write lock before its subquery
+        reads, so the read and the write are one transaction."""
+        db = self._conn()
         now = time.time()
         if now - self._last_sweep >= SWEEP_INTERVAL:
-            self._sweep(db, now)
-        out: list[Delivery] = []
+            self._write(lambda db: self._sweep(db, now))
+        if len(queues) == 1:
+            sql = LEASE_ONE if count == 1 else LEASE_MANY
+            rows = self._exclusive(lambda: db.execute(sql, (now, queues[0], count)).fetchall())
+            return self._deliveries(queues[0], rows)
+        per_queue = self._write(lambda db: self._lease_queues(db, now, queues, count))
+        return [d for queue, rows in per_queue for d in self._deliveries(queue, rows)]
+
+    @staticmethod
+    def _lease_queues(
+        db: sqlite3.Connection, now: float, queues: Sequence[str], count: int
+    ) -> list[tuple[str, list]]:
+        """Rows leased per queue, in queue order, until ``count`` are taken."""
+        out = []
         for queue in queues:
-            want = count - len(out)
-            rows = db.execute(LEASE_ONE if want == 1 else LEASE_MANY, (now, queue, want)).fetchall()
-            rows.sort()  # RETURNING order is unspecified; ids follow insertion
-            out.extend(Delivery(job_id(r[0]), queue, r[1], r[2], r[3]) for r in rows)
-            if len(out) >= count:
+            want = count - sum(len(rows) for _, rows in out)
+            if want <= 0:
                 break
+            sql = LEASE_ONE if want == 1 else LEASE_MANY
+            out.append((queue, db.execute(sql, (now, queue, want)).fetchall()))
         return out
+
+    @staticmethod
+    def _deliveries(queue: str, rows: list) -> list[Delivery]:
+        if len(rows) > 1:
+            rows.sort()  # RETURNING order is unspecified; ids follow insertion
+        return [Delivery(f"{ID_PREFIX}{r[0]}", queue, r[1], r[2], r[3]) for r in rows]
 
     def _sweep(self, db: sqlite3.Connection, now: float) -> None:
         """Delete the jobs past their ttl in the next window of rowids.
@@ -373,14 +305,14 @@ class SqliteBroker(Broker):
             return 0
         db = self._conn()
         if len(rowids) <= CHUNK:
-            statement = sql.format(_in_list(len(rowids)))
-            return self._retry_busy(lambda: db.execute(statement, head + tuple(rowids)).rowcount)
+            statement = _with_ids(sql, len(rowids))
+            return self._exclusive(lambda: db.execute(statement, (*head, *rowids)).rowcount)
 
         def run(db: sqlite3.Connection) -> int:
             changed = 0
             for start in range(0, len(rowids), CHUNK):
                 part = tuple(rowids[start:start + CHUNK])
-                changed += db.execute(sql.format(_in_list(len(part))), head + part).rowcount
+                changed += db.execute(_with_ids(sql, len(part)), head + part).rowcount
             return changed
 
         return self._write(run)
@@ -390,7 +322,7 @@ class SqliteBroker(Broker):
         rowids = _rowids([id])
         if rowids:
             db = self._conn()
-            self._retry_busy(lambda: db.execute(
+            self._exclusive(lambda: db.execute(
                 "UPDATE jobs SET due = ? + retry WHERE id = ? AND leased = 1", (time.time(), rowids[0])
             ))
 
@@ -420,10 +352,7 @@ class SqliteBroker(Broker):
 
     @_guarded
     def queues(self) -> list[str]:
-        rows = self._conn().execute(
-            "SELECT DISTINCT queue FROM jobs WHERE expires > ? ORDER BY queue", (time.time(),)
-        )
-        return [r[0] for r in rows]
+        return [r[0] for r in self._conn().execute(QUEUES, (time.time(),))]
 
     @_guarded
     def peek(self, queue: str, count: int) -> list[Delivery]:
@@ -466,8 +395,6 @@ class SqliteBroker(Broker):
         return self._write(take)
 
     def close(self) -> None:
-        self._waiter.close()
+        self._waiter.disarm()
         self._wake.close()
-        if self._db is not None and self._pid == os.getpid():
-            self._db.close()
-        self._db = None
+        self._store.close()

@@ -21,6 +21,7 @@ import os
 import secrets
 import select
 import socket
+import time
 from typing import Optional
 
 from disqontrol_client.logfmt import log_event
@@ -32,6 +33,8 @@ SOCKET_SUFFIX = ".sock"
 MAX_SOCKET_PATH = 100  # bytes; sun_path holds 108 including the NUL
 WAKE_BYTE = b"w"
 DRAIN_CHUNK = 64
+COARSE_MTIME_NS = 50_000_000  # a listing this long after the dir's mtime is complete
+RETRY_UNUSABLE = 60.0  # s before an unusable directory is tried again
 _GONE = (errno.ECONNREFUSED, errno.ENOENT)
 _FULL = (errno.EAGAIN, errno.ENOBUFS)
 
@@ -45,7 +48,9 @@ class WakeDir:
         self._sender: Optional[socket.socket] = None
         self._names: list[str] = []
         self._listed_mtime = -1
+        self._listed_at_ns = 0
         self._pid = os.getpid()
+        self._retry_at = 0.0  # monotonic time before which an unusable dir is not retried
 
     def _ensure(self) -> bool:
         """Create/open the directory; False (logged) if it cannot be used."""
@@ -55,11 +60,16 @@ class WakeDir:
             self._pid = os.getpid()
         if self._dir_fd is not None:
             return True
+        if time.monotonic() < self._retry_at:
+            return False
         try:
             os.makedirs(self.path, exist_ok=True)
             self._dir_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
-            log_event(log, "wake_dir_unusable", logging.WARNING, path=self.path, error=exc)
+            # one line per RETRY_UNUSABLE, not one per add
+            self._retry_at = time.monotonic() + RETRY_UNUSABLE
+            log_event(log, "wake_dir_unusable", logging.WARNING, path=self.path, error=exc,
+                      fallback="poll")
             return False
         return True
 
@@ -78,7 +88,11 @@ class WakeDir:
             mtime = os.stat(self._dir_fd).st_mtime_ns  # type: ignore[arg-type]
         except OSError:
             return
-        if mtime != self._listed_mtime:
+        # Directory times tick coarsely (a few ms): a listing taken in the
+        # same tick as a bind may miss it, so it is trusted only once taken
+        # well after the tick it saw.
+        if mtime != self._listed_mtime or self._listed_at_ns - mtime < COARSE_MTIME_NS:
+            self._listed_at_ns = time.time_ns()
             self._names = [n for n in os.listdir(self._dir_fd) if n.endswith(SOCKET_SUFFIX)]  # type: ignore[arg-type]
             self._listed_mtime = mtime
         if not self._names:
@@ -113,7 +127,10 @@ class WakeDir:
 
 
 class Waiter:
-    """One consumer's wake-up socket, bound for the life of its broker."""
+    """One consumer's wake-up socket, bound only while it waits: producers
+    send to every socket in the directory, so a busy consumer's socket would
+    cost each add a syscall for nothing (8 of them cut adds from 47,000/s
+    to 16,000/s)."""
 
     def __init__(self, wake_dir: WakeDir) -> None:
         self._dir = wake_dir
@@ -122,8 +139,8 @@ class Waiter:
         self._pid = os.getpid()
 
     def arm(self) -> bool:
-        """Bind (once) and swallow pending wake-ups, before checking the db.
-        False when the directory is unusable: the caller then polls."""
+        """Bind (if not bound) and swallow pending wake-ups, before checking
+        the db. False when the directory is unusable: the caller then polls."""
         if self._pid != os.getpid():
             self._sock = None  # the parent's socket: leave it to the parent
             self._pid = os.getpid()
@@ -158,14 +175,15 @@ class Waiter:
             return
         select.select([self._sock], [], [], max(timeout, 0))
 
-    def close(self) -> None:
+    def disarm(self) -> None:
+        """Stop waiting: remove the socket so producers skip us."""
         if self._sock is None or self._pid != os.getpid():
             self._sock = None
             return
-        self._sock.close()
-        self._sock = None
         if self._dir._dir_fd is not None:
             try:
                 os.unlink(self._name, dir_fd=self._dir._dir_fd)
             except FileNotFoundError:
                 pass
+        self._sock.close()
+        self._sock = None

@@ -6,7 +6,8 @@ engine, so that concurrency and wake-ups are tested across real processes.
     python -m tests.contract.broker_agent add-on-line URL QUEUE
 
 ``produce`` writes one ``id payload`` line per job it added; ``consume``
-writes one line per job it was given (flushed before the ack) until killed;
+prints ``ready`` once connected, then writes one line per job it was given
+(flushed before the ack) until killed;
 ``add-on-line`` prints ``ready``, then for each line read from stdin waits a
 moment, adds a job and prints the monotonic time just before the add.
 """
@@ -35,6 +36,8 @@ def produce(url: str, queue: str, count: int, prefix: str, out: str) -> None:
 
 def consume(url: str, queue: str, batch: int, out: str) -> None:
     with open_broker(url) as broker, open(out, "w", encoding="utf-8") as f:
+        sys.stdout.write("ready\n")
+        sys.stdout.flush()
         while True:
             got = broker.reserve([queue], count=batch, timeout=IDLE_TIMEOUT)
             if not got:

@@ -11,11 +11,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
-from disqontrol_client.brokers import Broker, NewJob, open_broker
+from disqontrol_client.brokers import Broker, Delivery, NewJob, open_broker
 from tests.support.procs import stop_process, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -33,11 +33,15 @@ def broker(broker_url: str) -> Iterator[Broker]:
     b.close()
 
 
-def agent(*args: str, **kwargs) -> subprocess.Popen:
+def agent(*args: str, **kwargs: Any) -> subprocess.Popen:
     return subprocess.Popen([*AGENT, *args], cwd=REPO, start_new_session=True, **kwargs)
 
 
-def reserve_one(broker: Broker, queue: str, timeout: float = 10.0):
+def lines(path: Path) -> list[str]:
+    return path.read_text(encoding="utf-8").splitlines()
+
+
+def reserve_one(broker: Broker, queue: str, timeout: float = 10.0) -> Delivery:
     got = broker.reserve([queue], timeout=timeout)
     assert len(got) == 1, f"expected one job of {queue!r} within {timeout}s, got {got!r}"
     return got[0]
@@ -93,14 +97,15 @@ def test_nack_returns_the_job_at_once(broker: Broker) -> None:
 
 
 def test_working_extends_the_lease(broker: Broker) -> None:
-    job_id = broker.add("q", b"x", retry=2)
+    job_id = broker.add("q", b"x", retry=3)
     reserve_one(broker, "q")
-    assert broker.reserve(["q"], timeout=1.2) == []  # leased: ~1.2 s of 2 pass
+    assert broker.reserve(["q"], timeout=1.5) == []  # leased: ~1.5 s of 3 pass
 
-    broker.working(job_id)  # now leased until ~3.2 s
+    broker.working(job_id)  # now leased until ~4.5 s
 
-    assert broker.reserve(["q"], timeout=1.3) == [], "working() did not extend the lease"
-    again = reserve_one(broker, "q", timeout=5)
+    # without working() the lease would end at 3 s, inside this wait
+    assert broker.reserve(["q"], timeout=2) == [], "working() did not extend the lease"
+    again = reserve_one(broker, "q", timeout=10)  # Disque may requeue it on another node: NEEDJOBS federation takes a moment
     assert (again.id, again.additional_deliveries) == (job_id, 1)
 
 
@@ -156,9 +161,11 @@ def test_batch_spans_queues_in_order(broker: Broker) -> None:
 
 def test_concurrent_producers_and_consumers(broker_url: str, tmp_path: Path) -> None:
     # Given consumers already waiting in their own processes
-    consumers = [agent("consume", broker_url, "load", "10", str(tmp_path / f"c{i}.txt"))
-                 for i in range(CONSUMERS)]
+    consumers = [agent("consume", broker_url, "load", "10", str(tmp_path / f"c{i}.txt"),
+                       stdout=subprocess.PIPE, text=True) for i in range(CONSUMERS)]
     try:
+        for c in consumers:
+            assert c.stdout.readline().strip() == "ready"
         # When four producer processes add 2,000 jobs each
         producers = [agent("produce", broker_url, "load", str(JOBS_PER_PRODUCER), f"p{i}",
                            str(tmp_path / f"p{i}.txt")) for i in range(PRODUCERS)]
@@ -170,10 +177,11 @@ def test_concurrent_producers_and_consumers(broker_url: str, tmp_path: Path) -> 
     finally:
         for c in consumers:
             stop_process(c)
+            c.stdout.close()
 
     # Then every job was delivered exactly once
-    added = [line.split() for i in range(PRODUCERS) for line in open(tmp_path / f"p{i}.txt")]
-    taken = [line.split() for i in range(CONSUMERS) for line in open(tmp_path / f"c{i}.txt")]
+    added = [line.split() for i in range(PRODUCERS) for line in lines(tmp_path / f"p{i}.txt")]
+    taken = [line.split() for i in range(CONSUMERS) for line in lines(tmp_path / f"c{i}.txt")]
     assert len(added) == PRODUCERS * JOBS_PER_PRODUCER
     assert len({i for i, _ in added}) == len(added), "two jobs got the same id"
     assert sorted(taken) == sorted(added)
@@ -280,6 +288,8 @@ def test_blocking_reserve_wakes_on_an_add_from_another_process(
             latencies.append(woke - added)
     finally:
         stop_process(adder)
+        adder.stdin.close()
+        adder.stdout.close()
 
     # Then we woke within milliseconds (target 50 ms; loose bound when loaded)
     median = statistics.median(latencies)

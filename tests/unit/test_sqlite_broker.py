@@ -3,7 +3,13 @@ clean-up of dead waiters' sockets, a connection per process after fork."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +18,17 @@ from disqontrol_client.brokers import open_broker
 from disqontrol_client.brokers.sqlite import SqliteBroker
 from disqontrol_client.brokers.sqlite_wake import SOCKET_SUFFIX, WAKE_DIR_SUFFIX
 from disqontrol_client.errors import BrokerError, BrokerUnavailable, ConfigError
+from tests.support.procs import stop_process, wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+KILLED_WRITER_BOUND = 2.0  # s: the kernel frees the lock at once; this allows a loaded machine
+
+FOREIGN_HOLD = 0.5  # s a foreign writer keeps the database locked
+SHORT_DELAY = 0.3  # s
+SHORT_TTL = 0.5  # s
+WAKE_SLACK = 0.25  # s allowed past the due time on a loaded machine
+THREADS, THREAD_JOBS = 4, 300
+POLL_WAIT = 0.5  # s
 
 
 def test_parent_directories_are_created(tmp_path: Path) -> None:
@@ -70,13 +87,26 @@ def test_a_dead_waiters_socket_is_removed_by_the_next_add(tmp_path: Path) -> Non
     assert not stale.exists()
 
 
-def test_a_waiters_socket_is_removed_on_close(tmp_path: Path) -> None:
+def test_a_waiters_socket_exists_only_while_it_waits(tmp_path: Path) -> None:
+    # Given a consumer blocked in reserve (in a thread of this process)
     db = tmp_path / "jobs.db"
-    b = open_broker(f"sqlite://{db}")
-    assert b.reserve(["q"], timeout=0.05) == []
-    assert len(list(Path(str(db) + WAKE_DIR_SUFFIX).iterdir())) == 1
-    b.close()
-    assert list(Path(str(db) + WAKE_DIR_SUFFIX).iterdir()) == []
+    wake_dir = Path(str(db) + WAKE_DIR_SUFFIX)
+    consumer, producer = open_broker(f"sqlite://{db}"), open_broker(f"sqlite://{db}")
+    got: list = []
+    waiting = threading.Thread(target=lambda: got.extend(consumer.reserve(["q"], timeout=10)))
+    waiting.start()
+    try:
+        wait_for(lambda: wake_dir.exists() and len(list(wake_dir.iterdir())) == 1,
+                 message="the waiter's socket")
+        # When a job arrives
+        job = producer.add("q", b"x")
+    finally:
+        waiting.join(15)
+    # Then it is woken and its socket is gone, so adds stop writing to it
+    assert [d.id for d in got] == [job]
+    assert list(wake_dir.iterdir()) == []
+    consumer.close()
+    producer.close()
 
 
 def test_long_paths_still_wake(tmp_path: Path) -> None:
@@ -104,3 +134,142 @@ def test_child_process_opens_its_own_connection(tmp_path: Path) -> None:
     assert os.waitstatus_to_exitcode(status) == 0
     assert b.length("q") == 0 and b.stats(["q"])[0].in_flight == 0
     b.close()
+
+
+def test_a_foreign_writer_delays_but_does_not_fail_an_add(tmp_path: Path) -> None:
+    # Given a writer that does not take our lock (like the sqlite3 shell) mid-transaction
+    db = tmp_path / "jobs.db"
+    b = open_broker(f"sqlite://{db}")
+    foreign = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    foreign.execute("BEGIN IMMEDIATE")
+    timer = threading.Timer(FOREIGN_HOLD, lambda: foreign.execute("COMMIT"))
+    timer.start()
+    try:
+        # When we add meanwhile, Then sqlite's busy timeout absorbs the wait
+        started = time.monotonic()
+        job = b.add("q", b"x")
+        assert time.monotonic() - started >= FOREIGN_HOLD * 0.5
+    finally:
+        timer.join()
+        foreign.close()
+    assert b.show(job)["state"] == "ready"
+    b.close()
+
+
+def test_a_sub_second_delay_wakes_a_blocked_reserve_on_time(tmp_path: Path) -> None:
+    with open_broker(f"sqlite://{tmp_path}/jobs.db") as b:
+        added = time.monotonic()
+        job = b.add("q", b"x", delay=SHORT_DELAY)
+        got = b.reserve(["q"], timeout=5)
+        waited = time.monotonic() - added
+    assert [d.id for d in got] == [job]
+    assert SHORT_DELAY * 0.9 <= waited < SHORT_DELAY + WAKE_SLACK
+
+
+def test_expired_rows_are_swept_from_the_file(tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"
+    with open_broker(f"sqlite://{db}") as b:
+        b.add("q", b"short", ttl=SHORT_TTL)
+        kept = b.add("q", b"kept", delay=60)
+        wait_for(lambda: b.length("q") == 1, timeout=10, message="the short job to expire")
+        # consumers sweep as they reserve
+        wait_for(lambda: b.reserve(["q"], timeout=0.2) == [] and rows(db) == 1, timeout=10,
+                 message="the sweep to delete the expired row")
+        assert b.show(kept)["state"] == "delayed"
+
+
+def rows(db: Path) -> int:
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute("SELECT count(*) FROM jobs").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def test_threads_sharing_one_broker_get_their_own_ids(tmp_path: Path) -> None:
+    # Given one producer object shared by request threads (as a web app would)
+    b = open_broker(f"sqlite://{tmp_path}/jobs.db")
+    added: dict[str, bytes] = {}
+
+    def produce(n: int) -> None:
+        for i in range(THREAD_JOBS):
+            payload = f"t{n}-{i}".encode()
+            added[b.add("q", payload)] = payload
+
+    threads = [threading.Thread(target=produce, args=(n,)) for n in range(THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    # Then every id names the job its caller added
+    assert len(added) == THREADS * THREAD_JOBS
+    assert all(b.show(i)["payload"] == p for i, p in added.items())
+    b.close()
+
+
+def test_without_a_usable_wake_dir_reserve_polls_gently(tmp_path: Path) -> None:
+    # Given a file where the wake directory should be
+    db = tmp_path / "jobs.db"
+    Path(str(db) + WAKE_DIR_SUFFIX).write_text("in the way")
+    with open_broker(f"sqlite://{db}") as b:
+        # When a reserve waits on an empty queue
+        cpu = time.process_time()
+        assert b.reserve(["q"], timeout=POLL_WAIT) == []
+        # Then it slept between checks instead of spinning
+        assert time.process_time() - cpu < POLL_WAIT / 2
+        # and still sees an add, from the next check
+        job = b.add("q", b"x")
+        assert [d.id for d in b.reserve(["q"], timeout=1)] == [job]
+
+
+def test_a_waiter_bound_after_a_producer_listed_the_dir_is_woken(tmp_path: Path) -> None:
+    # Given a producer that has just listed the wake directory
+    db = tmp_path / "jobs.db"
+    with open_broker(f"sqlite://{db}") as b:
+        b.add("q", b"first")
+        # When a consumer binds afterwards (on kernels with coarse directory
+        # times, possibly within the same tick)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(str(Path(str(db) + WAKE_DIR_SUFFIX) / f"1-late{SOCKET_SUFFIX}"))
+        sock.settimeout(1)
+        try:
+            b.add("q", b"second")
+            # Then the next add still wakes it
+            assert sock.recv(16)
+        finally:
+            sock.close()
+
+
+HOLD_LOCK_FOREVER = """
+import sys, time
+from disqontrol_client.brokers.sqlite import SqliteBroker
+b = SqliteBroker.from_url(sys.argv[1])
+db = b._conn()
+def hold():
+    db.execute("BEGIN IMMEDIATE")
+    db.execute("INSERT INTO jobs (queue, payload, due, retry, expires, ctime) VALUES ('q', x'00', 0, 1, 9e99, 0)")
+    print("holding", flush=True)
+    time.sleep(600)
+b._exclusive(hold)
+"""
+
+
+def test_a_writer_killed_mid_transaction_does_not_wedge_the_broker(tmp_path: Path) -> None:
+    # Given another process killed while holding sqlite's write lock in an open transaction
+    url = f"sqlite://{tmp_path}/jobs.db"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK_FOREVER, url], cwd=REPO,
+                              stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        os.killpg(holder.pid, signal.SIGKILL)
+        holder.wait(10)
+    finally:
+        stop_process(holder)
+        holder.stdout.close()
+    # When we write, Then it goes through at once and the dead transaction left nothing
+    with open_broker(url) as b:
+        started = time.monotonic()
+        job = b.add("q", b"x")
+        assert time.monotonic() - started < KILLED_WRITER_BOUND
+        assert [d.id for d in b.peek("q", 10)] == [job]

@@ -1,0 +1,147 @@
+"""One process's connection to the sqlite broker's file: opening it (WAL,
+pragmas, schema), reopening after a fork, and retrying a busy database.
+
+Every write is either one autocommit statement or a ``BEGIN IMMEDIATE``
+transaction, so it takes sqlite's write lock before it reads: two writers
+never deadlock, and a single ``UPDATE ... RETURNING`` reads and writes in one
+transaction. Contention is left to sqlite's busy handler (it sleeps 1, 2,
+5, ... ms between tries). Queueing writers on a ``flock`` instead was tried:
+fair, but 1.5-1.8x slower for two consumers, as each commit then hands the
+lock to the other process, where sqlite lets the holder run on in bursts.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+from typing import Callable, Optional, TypeVar
+
+from disqontrol_client.errors import BrokerUnavailable
+from disqontrol_client.logfmt import log_event
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+MIN_SQLITE_VERSION = (3, 35, 0)  # UPDATE ... RETURNING
+BUSY_TIMEOUT = 30.0  # s: sqlite waits this long for a foreign writer before SQLITE_BUSY
+BUSY_RETRIES = 3  # then we retry the whole write this many times
+PAGE_SIZE = 2048  # bytes; measured ~20% faster leases than 4096 (fewer bytes per WAL frame)
+WAL_AUTOCHECKPOINT = 8000  # pages: fewer checkpoints (each one fsyncs twice)
+WAL_SIZE_LIMIT = 32 * 1024 * 1024  # bytes the WAL is truncated to after a checkpoint
+CACHED_STATEMENTS = 256
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS jobs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused, so a stale ack misses
+        queue TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        leased INTEGER NOT NULL DEFAULT 0,
+        due REAL NOT NULL,          -- waiting: ready time, leased: lease expiry
+        retry REAL NOT NULL,
+        expires REAL NOT NULL,      -- ctime + ttl
+        ctime REAL NOT NULL,
+        nacks INTEGER NOT NULL DEFAULT 0,
+        deliveries INTEGER NOT NULL DEFAULT 0  -- additional deliveries
+    )""",
+    "CREATE INDEX IF NOT EXISTS jobs_queue_due ON jobs (queue, due)",
+    "CREATE TABLE IF NOT EXISTS claims (key TEXT PRIMARY KEY, expires REAL NOT NULL)",
+)
+
+
+def check_sqlite_version() -> None:
+    if sqlite3.sqlite_version_info < MIN_SQLITE_VERSION:
+        need = ".".join(map(str, MIN_SQLITE_VERSION))
+        raise BrokerUnavailable(
+            f"sqlite broker: SQLite {sqlite3.sqlite_version} is too old; it needs >= {need} "
+            "(UPDATE ... RETURNING). Use a newer Python/SQLite or a redis:// broker."
+        )
+
+
+def in_transaction(db: sqlite3.Connection, work: Callable[[], T]) -> T:
+    """Run ``work`` inside ``BEGIN IMMEDIATE`` ... ``COMMIT``."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        result = work()
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    return result
+
+
+class Store:
+    """The connection of this process (opened lazily, again after a fork)."""
+
+    def __init__(self, path: str, busy_timeout: float = BUSY_TIMEOUT) -> None:
+        check_sqlite_version()
+        self.path = path
+        self.busy_timeout = busy_timeout
+        self._db: Optional[sqlite3.Connection] = None
+        self._thread_lock = threading.Lock()
+        self._pid = 0
+
+    def conn(self) -> sqlite3.Connection:
+        if self._db is not None and self._pid == os.getpid():
+            return self._db
+        # After a fork the parent's connection is neither used nor closed here.
+        self._db = None
+        self._thread_lock = threading.Lock()  # another thread may have held it at fork
+        self._pid = os.getpid()
+        self._db = self._open()
+        return self._db
+
+    def _open(self) -> sqlite3.Connection:
+        parent = os.path.dirname(os.path.abspath(self.path))
+        try:
+            os.makedirs(parent, exist_ok=True)
+        except OSError as exc:
+            raise BrokerUnavailable(
+                f"sqlite broker: cannot create directory {parent!r} for {self.path!r}: {exc.strerror}"
+            ) from exc
+        try:
+            db = sqlite3.connect(
+                self.path,
+                timeout=self.busy_timeout,
+                isolation_level=None,
+                check_same_thread=False,
+                cached_statements=CACHED_STATEMENTS,
+            )
+            db.execute(f"PRAGMA page_size={PAGE_SIZE}")  # only takes on a new file
+            self.exclusive(lambda: db.execute("PRAGMA journal_mode=WAL").fetchone())
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT}")
+            db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
+            self.exclusive(lambda: in_transaction(db, lambda: [db.execute(s) for s in SCHEMA]))
+        except sqlite3.Error as exc:
+            raise BrokerUnavailable(
+                f"sqlite broker: cannot open {self.path!r}: {exc}; the file and its directory "
+                "must be readable and writable by this user"
+            ) from exc
+        return db
+
+    def exclusive(self, work: Callable[[], T]) -> T:
+        """Run the write ``work``; retry a bounded number of times if sqlite
+        still reports the db locked after its busy timeout."""
+        for attempt in range(BUSY_RETRIES + 1):
+            # sqlite serializes processes; this serializes threads sharing the
+            # connection (an app may share one producer between request threads).
+            with self._thread_lock:
+                try:
+                    return work()
+                except sqlite3.OperationalError as exc:
+                    if attempt == BUSY_RETRIES or ("locked" not in str(exc) and "busy" not in str(exc)):
+                        raise
+                    log_event(log, "sqlite_busy", logging.WARNING, path=self.path, attempt=attempt + 1)
+        raise AssertionError("unreachable")
+
+    def write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``work(db)`` in one write transaction."""
+        db = self.conn()
+        return self.exclusive(lambda: in_transaction(db, lambda: work(db)))
+
+    def close(self) -> None:
+        if self._db is not None and self._pid == os.getpid():
+            self._db.close()
+        self._db = None
