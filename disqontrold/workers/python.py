@@ -56,14 +56,19 @@ def _error_text(exc: BaseException) -> str:
 def call_worker(func: JobFunction, job: Job) -> Outcome:
     """Run the user code once and turn its return or exception into an Outcome."""
     started = time.monotonic()
+    outcome = _call(func, job)
+    outcome.duration = time.monotonic() - started
+    return outcome
+
+
+def _call(func: JobFunction, job: Job) -> Outcome:
     try:
         value = func(job)
     except Exception as exc:  # any failure of the user's code fails the job
-        return Outcome(False, error=_error_text(exc), details={"traceback": traceback.format_exc()},
-                       duration=time.monotonic() - started)
+        return Outcome(False, error=_error_text(exc), details={"traceback": traceback.format_exc()})
     if value is False:
-        return Outcome(False, error=RETURNED_FALSE, duration=time.monotonic() - started)
-    return Outcome(True, result=value, duration=time.monotonic() - started)
+        return Outcome(False, error=RETURNED_FALSE)
+    return Outcome(True, result=value)
 
 
 @contextmanager
@@ -145,7 +150,7 @@ def _child_main(func: JobFunction, job: Job, write_fd: int) -> None:
         _signal.set_wakeup_fd(-1)
         for sig in CHILD_DEFAULT_SIGNALS:
             _signal.signal(sig, _signal.SIG_DFL)
-        outcome = call_worker(func, job)
+        outcome = _call(func, job)  # no timing: the consumer times the child
         data = _encode_outcome(outcome)
         view = memoryview(data)
         while view:
