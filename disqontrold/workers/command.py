@@ -26,7 +26,7 @@ from disqontrol_client.errors import WorkerLoadError
 from disqontrol_client.job import Job
 from disqontrol_client.logfmt import log_event
 from disqontrold.workers.base import OnStart, Outcome, Worker
-from disqontrold.workers.jobprocs import KILL_GRACE, Capture, Child, prepare, run_batch
+from disqontrold.workers.jobprocs import KILL_GRACE, Capture, Child, run_batch
 
 logger = logging.getLogger("disqontrold.workers.command")
 
@@ -143,10 +143,8 @@ class CommandWorker(Worker):
             for fd in (out_w, err_w, in_r):
                 if fd is not None:
                     os.close(fd)
-        return prepare(
-            Child(pid=pid, timeout=timeout, outputs={out_r: Capture(OUTPUT_TAIL), err_r: Capture(OUTPUT_TAIL)},
-                  stdin=in_w, stdin_data=stdin_data or b"")
-        )
+        return Child(pid=pid, timeout=timeout, outputs={out_r: Capture(OUTPUT_TAIL), err_r: Capture(OUTPUT_TAIL)},
+                     stdin=in_w, stdin_data=stdin_data or b"")
 
     def run(self, job: Job, timeout: float) -> Outcome:
         return self.run_many([job], timeout)[0]

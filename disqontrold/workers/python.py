@@ -24,7 +24,7 @@ from disqontrol_client.logfmt import log_event
 from disqontrold.workers.base import OnStart, Outcome, Worker
 from disqontrold.workers.bootstrap import JobFunction
 from disqontrold.workers.fastfork import fork
-from disqontrold.workers.jobprocs import KILL_GRACE, Capture, Child, prepare, run_batch
+from disqontrold.workers.jobprocs import KILL_GRACE, Capture, Child, run_batch
 
 logger = logging.getLogger("disqontrold.workers.python")
 
@@ -176,7 +176,9 @@ class IsolatedPythonWorker(Worker):
         self.name = name
         self.kill_grace = kill_grace
 
-    def _fork(self, job: Job, timeout: float) -> Child:
+    def _fork(self, job: Job) -> tuple[int, int]:
+        """Fork the job's child: (pid, our read end of its report pipe).
+        Kept to ints: see jobprocs.run_batch."""
         read_fd, write_fd = os.pipe()
         try:
             pid = fork()
@@ -188,7 +190,7 @@ class IsolatedPythonWorker(Worker):
             os.close(read_fd)
             _child_main(self.func, job, write_fd)
         os.close(write_fd)
-        return prepare(Child(pid=pid, timeout=timeout, outputs={read_fd: Capture()}))
+        return pid, read_fd
 
     def run(self, job: Job, timeout: float) -> Outcome:
         return self.run_many([job], timeout)[0]
@@ -198,8 +200,9 @@ class IsolatedPythonWorker(Worker):
         # Anything buffered now would be written twice if a child flushed it.
         sys.stdout.flush()
         sys.stderr.flush()
-        outcomes = run_batch(jobs, on_start, lambda job: self._fork(job, timeout), self._outcome, self.kill_grace,
-                             "cannot fork")
+        outcomes = run_batch(jobs, on_start, self._fork, self._outcome, self.kill_grace, "cannot fork",
+                             adopt=lambda forked: Child(pid=forked[0], timeout=timeout,
+                                                        outputs={forked[1]: Capture()}))
         for job, outcome in zip(jobs, outcomes):
             if not outcome.ok:
                 log_event(logger, "python_job_failed", logging.WARNING, job=job.id, queue=job.queue,
