@@ -14,6 +14,7 @@ of an isolated job slower (disqontrold.reload validates in a child).
 from __future__ import annotations
 
 import os
+import shlex
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -200,13 +201,38 @@ def _resolve(base: Path, value: str) -> Path:
     return Path(os.path.normpath(base / Path(value).expanduser()))
 
 
+def resolve_command(command: str, base: Path) -> str:
+    """The command line with a relative program path made absolute against
+    ``base`` (the config's directory), so ``../examples/resize_pic.py`` means
+    the same under ``--daemonize`` (cwd /) or systemd's WorkingDirectory.
+
+    Only a program containing a ``/`` is touched: a bare name (``php``) is
+    looked up on PATH. The arguments are kept as written. A line shlex cannot
+    split is returned unchanged: the worker check names the problem."""
+    lexer = shlex.shlex(command, posix=True)
+    lexer.whitespace_split = True
+    lexer.commenters = ""  # as shlex.split: '#' is an ordinary character
+    try:
+        program = lexer.get_token()
+    except ValueError:  # unbalanced quotes
+        return command
+    if not program or "/" not in program:
+        return command
+    expanded = os.path.expanduser(program)
+    if os.path.isabs(expanded) and expanded == program:
+        return command
+    rest = command[lexer.instream.tell():]
+    resolved = shlex.quote(str(_resolve(base, program)))
+    return f"{resolved} {rest}" if rest else resolved
+
+
 def _build(data: Mapping[str, Any], base: Path, path: Optional[Path]) -> Config:
     section = data["disqontrol"]
     queue_defaults = {**_defaults(QueueConfig), **section.get("queue_defaults", {})}
     queues = {
         name: QueueConfig(
             name=name,
-            worker=_worker(queue["worker"]),
+            worker=_worker(queue["worker"], base),
             **{**queue_defaults, **{k: v for k, v in queue.items() if k != "worker"}},
         )
         for name, queue in (section.get("queues") or {}).items()
@@ -233,8 +259,10 @@ def _build(data: Mapping[str, Any], base: Path, path: Optional[Path]) -> Config:
     )
 
 
-def _worker(raw: Mapping[str, Any]) -> WorkerConfig:
+def _worker(raw: Mapping[str, Any], base: Path) -> WorkerConfig:
     settings = dict(raw)
+    if settings.get("command"):
+        settings["command"] = resolve_command(settings["command"], base)
     if "method" in settings:
         settings["method"] = settings["method"].lower()
     settings["headers"] = FrozenDict(settings.get("headers", {}))  # hashable, unlike the default {}
