@@ -16,14 +16,14 @@ import time
 import traceback
 from pathlib import Path
 from typing import Any, Callable, Optional
-from urllib.parse import urlsplit, urlunsplit
 
 from disqontrol_client.config import Config
 from disqontrol_client.errors import ConfigError, WorkerLoadError
-from disqontrol_client.logfmt import log_event
+from disqontrol_client.logfmt import log_event, redact_url
 from disqontrold import reload as reloading
 from disqontrold.children import EXIT_OK, describe_exit, fork_consumer
 from disqontrold.log import reopen_logs
+from disqontrold.master_status import master_status
 from disqontrold.proctitle import master_title, set_title
 from disqontrold.scoreboard import Scoreboard
 from disqontrold.signals import SignalQueue
@@ -41,16 +41,6 @@ PLUGIN_RETRY = object()  # what a failed plug-in callback returns: timers try ag
 
 Callback = Callable[[Any], None]
 Timer = Callable[[], Optional[float]]
-
-
-def redact_url(url: str) -> str:
-    """The broker URL without its password, for status and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urlunsplit(parts._replace(netloc=user + netloc))
 
 
 class Master:
@@ -363,50 +353,4 @@ class Master:
 
     def status(self) -> dict[str, Any]:
         """What ``disqontrolctl status`` shows of the master and its consumers."""
-        now = time.monotonic()
-        consumers = []
-        for pid, slot in sorted(self.children.items()):
-            snap = slot.scoreboard.read() if slot.scoreboard is not None else None
-            busy = snap is not None and snap.state == "busy"
-            consumers.append({
-                "pid": pid,
-                "group": slot.group.name,
-                "queues": list(slot.group.queues),
-                "generation": slot.generation,
-                "state": "retiring" if slot.retiring else (snap.state if snap else "starting"),
-                "job": snap.job if busy else None,
-                "job_age": round(now - snap.since, 3) if busy else None,
-                "heartbeat_age": round(now - snap.heartbeat, 3) if snap else None,
-                "done": slot.done_before + (snap.done if snap else 0),
-                "failed": slot.failed_before + (snap.failed if snap else 0),
-                "restarts": slot.restarts,
-                "uptime": round(now - slot.started_at, 3),
-            })
-        waiting = [{"group": s.group.name, "state": "restarting", "in": round(max(0.0, s.next_start - now), 3),
-                    "restarts": s.restarts} for s in self.slots if s.pid is None]
-        return {
-            "master": {
-                "pid": self.pid,
-                "uptime": round(now - self.started, 3),
-                "config": str(self.config_path) if self.config_path else None,
-                "generation": self.generation,
-                "broker": redact_url(self.config.broker),
-                "stopping": self.stopping,
-            },
-            "consumers": consumers,
-            "restarting": waiting,
-            "groups": self._groups_status(),
-        }
-
-    def _groups_status(self) -> list[dict[str, Any]]:
-        """Each group's process count, bounds and last scaling decision."""
-        live = [slot.group.name for slot in self.children.values() if not slot.retiring]
-        return [{
-            "group": group.name,
-            "processes": live.count(group.name),
-            "target": self.targets.get(group.name, group.min_processes),
-            "min": group.min_processes,
-            "max": group.max_processes,
-            "autoscale": group.autoscale,
-            "last_scaling": self.scaled.get(group.name),
-        } for group in self.config.consumers]
+        return master_status(self)

@@ -8,7 +8,6 @@ import signal
 from disqontrol_client import logfmt
 from disqontrol_client.config import Config, ConsumerConfig, QueueConfig, WorkerConfig
 from disqontrold.children import describe_exit
-from disqontrold.master import redact_url
 from disqontrold.scoreboard import BUSY, Scoreboard
 from disqontrold.slots import RESTART_BACKOFF_CAP, RESTART_BACKOFF_START, Slot
 
@@ -40,9 +39,13 @@ def test_describe_exit_names_codes_and_signals():
 
 
 def test_redact_url_hides_only_the_password():
+    # The one redactor: the master's status and logs, ctl and the engines use it.
+    redact_url = logfmt.redact_url
     assert redact_url("redis://:s3cret@127.0.0.1:6379/0") == "redis://:***@127.0.0.1:6379/0"
     assert redact_url("redis://bob:s3cret@h:1/0") == "redis://bob:***@h:1/0"
     assert redact_url("sqlite:///var/jobs.db") == "sqlite:///var/jobs.db"
+    assert (redact_url("disque://:pw@10.0.0.1:7711,10.0.0.2:7711?replicate=2")
+            == "disque://:***@10.0.0.1:7711,10.0.0.2:7711?replicate=2")
 
 
 def test_crashes_back_off_exponentially_up_to_the_cap_and_recycling_does_not():
@@ -59,11 +62,3 @@ def test_crashes_back_off_exponentially_up_to_the_cap_and_recycling_does_not():
     assert max(delays) == RESTART_BACKOFF_CAP
     slot.ended(200.0, crashed=False, how="exit code 0")
     assert slot.next_start == 200.0 and slot.crashes == 0
-
-
-def test_the_shared_redactor_hides_only_the_password():
-    # The client package's redactor (ctl, and any engine) agrees with the master's
-    for url in ("redis://:s3cret@127.0.0.1:6379/0", "redis://bob:s3cret@h:1/0", "sqlite:///var/jobs.db"):
-        assert logfmt.redact_url(url) == redact_url(url)
-    assert (logfmt.redact_url("disque://:pw@10.0.0.1:7711,10.0.0.2:7711?replicate=2")
-            == "disque://:***@10.0.0.1:7711,10.0.0.2:7711?replicate=2")

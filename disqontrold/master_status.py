@@ -1,0 +1,70 @@
+"""What ``disqontrolctl status`` shows of the master: its own state, each
+consumer's scoreboard, the slots waiting to restart and each group's
+process counts. Kept apart from the master's loop: it only reads."""
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from disqontrol_client.logfmt import redact_url
+
+if TYPE_CHECKING:
+    from disqontrold.master import Master
+    from disqontrold.slots import Slot
+
+#: Decimal places of the ages and uptimes in the reply (milliseconds).
+AGE_DIGITS = 3
+
+
+def master_status(master: Master) -> dict[str, Any]:
+    """The status reply of the master and its consumers (broker password hidden)."""
+    now = time.monotonic()
+    return {
+        "master": {
+            "pid": master.pid,
+            "uptime": round(now - master.started, AGE_DIGITS),
+            "config": str(master.config_path) if master.config_path else None,
+            "generation": master.generation,
+            "broker": redact_url(master.config.broker),
+            "stopping": master.stopping,
+        },
+        "consumers": [_consumer_status(pid, slot, now) for pid, slot in sorted(master.children.items())],
+        "restarting": [{"group": s.group.name, "state": "restarting",
+                        "in": round(max(0.0, s.next_start - now), AGE_DIGITS), "restarts": s.restarts}
+                       for s in master.slots if s.pid is None],
+        "groups": groups_status(master),
+    }
+
+
+def _consumer_status(pid: int, slot: Slot, now: float) -> dict[str, Any]:
+    """One live consumer: its scoreboard plus the counts of its predecessors in the slot."""
+    snap = slot.scoreboard.read() if slot.scoreboard is not None else None
+    busy = snap is not None and snap.state == "busy"
+    return {
+        "pid": pid,
+        "group": slot.group.name,
+        "queues": list(slot.group.queues),
+        "generation": slot.generation,
+        "state": "retiring" if slot.retiring else (snap.state if snap else "starting"),
+        "job": snap.job if busy else None,
+        "job_age": round(now - snap.since, AGE_DIGITS) if busy else None,
+        "heartbeat_age": round(now - snap.heartbeat, AGE_DIGITS) if snap else None,
+        "done": slot.done_before + (snap.done if snap else 0),
+        "failed": slot.failed_before + (snap.failed if snap else 0),
+        "restarts": slot.restarts,
+        "uptime": round(now - slot.started_at, AGE_DIGITS),
+    }
+
+
+def groups_status(master: Master) -> list[dict[str, Any]]:
+    """Each group's process count, bounds and last scaling decision."""
+    live = [slot.group.name for slot in master.children.values() if not slot.retiring]
+    return [{
+        "group": group.name,
+        "processes": live.count(group.name),
+        "target": master.targets.get(group.name, group.min_processes),
+        "min": group.min_processes,
+        "max": group.max_processes,
+        "autoscale": group.autoscale,
+        "last_scaling": master.scaled.get(group.name),
+    } for group in master.config.consumers]
