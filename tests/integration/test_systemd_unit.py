@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from disqontrold.reload import LOAD_TIMEOUT
+from disqontrold.systemd import READY_WAIT_LIMIT
+
 UNIT = Path(__file__).resolve().parents[2] / "systemd" / "disqontrold.service"
 INSTALLED_BINARY = "/usr/local/bin/disqontrold"
 
@@ -51,3 +54,9 @@ def test_unit_keeps_the_contract_of_the_master():
     assert service["ProtectSystem"] == "strict"
     writable = service["ReadWritePaths"].split()
     assert {"/var/log/disqontrol", "/run/disqontrol", "/var/lib/disqontrol"} <= set(writable)
+
+
+def test_start_timeout_outlasts_the_slowest_start_the_master_allows():
+    # systemd must not kill a start that is still checking a slow config
+    # (the loader child may take LOAD_TIMEOUT) or waiting for its consumers.
+    assert int(_service_section()["TimeoutStartSec"]) > LOAD_TIMEOUT + READY_WAIT_LIMIT
