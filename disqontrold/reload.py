@@ -10,16 +10,22 @@ of an isolated job copies fewer page tables.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Optional
 
 from disqontrol_client.config import Config
 from disqontrol_client.errors import ConfigError, WorkerLoadError
+from disqontrol_client.logfmt import log_event
 from disqontrold.forkcall import NoAnswer, call_in_child
 
 DEFAULT_BOOTSTRAP = Path("disqontrol_bootstrap.py")
 #: Seconds the loader child may take: its Python-worker checker has 60 s.
 LOAD_TIMEOUT = 90.0
+#: What the loader child does, as its failure messages say.
+LOADING = "validating the config (schema, workers, crontab)"
+
+logger = logging.getLogger(__name__)
 
 
 def bootstrap_path(explicit: Optional[str]) -> Optional[Path]:
@@ -33,10 +39,15 @@ def bootstrap_path(explicit: Optional[str]) -> Optional[Path]:
 def load_checked(config_path: Optional[str | Path], bootstrap: Optional[Path]) -> Config:
     """The config at ``config_path`` (SPEC §2 lookup when None), workers checked.
 
-    Raises ConfigError or WorkerLoadError with a message naming the key."""
+    Raises ConfigError or WorkerLoadError with a message naming the key; an
+    unexpected error in the loader is a ConfigError naming it (its traceback
+    is logged)."""
     try:
-        result = call_in_child(lambda: _load_reported(config_path, bootstrap), LOAD_TIMEOUT)
+        result = call_in_child(lambda: _load_reported(config_path, bootstrap), LOAD_TIMEOUT, LOADING)
     except NoAnswer as exc:
+        if exc.traceback:
+            log_event(logger, "config_check_crashed", logging.ERROR, config=str(config_path or "the config"),
+                      error=str(exc), traceback=exc.traceback)
         raise ConfigError(f"{config_path or 'the config'}: could not be checked: {exc}") from None
     if isinstance(result, (ConfigError, WorkerLoadError)):
         raise result

@@ -24,6 +24,8 @@ __all__ = ["Outcome", "Worker", "build_worker", "check_workers", "worker_key"]
 PYTHON_TYPES = ("inline_python_worker", "isolated_python_worker")
 #: Seconds the forked checker may spend importing the user's modules.
 CHECK_TIMEOUT = 60.0
+#: What the checker child does, as its failure message says.
+CHECKING = "checking the Python workers (importing the bootstrap and their modules)"
 
 BootstrapArg = Union[Bootstrap, str, "os.PathLike[str]", None]
 
@@ -74,9 +76,9 @@ def _python_errors(config: Config, bootstrap_path: Optional[str | os.PathLike[st
 
 def _check_python_in_child(config: Config, bootstrap_path: Optional[str | os.PathLike[str]]) -> list[str]:
     try:
-        return call_in_child(lambda: _python_errors(config, bootstrap_path), CHECK_TIMEOUT)
+        return call_in_child(lambda: _python_errors(config, bootstrap_path), CHECK_TIMEOUT, CHECKING)
     except NoAnswer as exc:
-        return [f"the Python workers could not be checked: {exc}"]
+        return [str(exc)]
 
 
 def check_workers(config: Config, bootstrap_path: Optional[str | os.PathLike[str]] = None) -> None:

@@ -8,6 +8,7 @@ import signal
 import pytest
 
 from tests.integration.ctl_support import ctl_json
+from tests.integration.test_daemon_check_crash import write_too_deep_config
 from tests.support.daemon import Daemon, command_worker, python_worker
 from tests.support.procs import wait_for
 
@@ -64,12 +65,38 @@ def test_broken_config_on_sighup_keeps_the_old_consumers(tmp_path):
         [refused] = daemon.wait_event("reload_refused")
         assert "inline_php" in refused and "worker.type" in refused
         # and the old consumer runs on and still takes jobs
-        assert daemon.consumer_pids() == before
-        daemon.add("work", [1])
-        assert daemon.wait_runs(1)[0][0] == "1"
-        assert not daemon.events("reload_taken")
+        assert_old_consumers_run_on(daemon, before)
     finally:
         daemon.stop()
+
+
+def test_sighup_with_a_config_the_loader_crashes_on_is_refused_naming_the_error(tmp_path):
+    # Given a running daemon
+    daemon = Daemon(tmp_path, sqlite(tmp_path), {"work": {"worker": python_worker()}}).start()
+    try:
+        before = daemon.consumer_pids()
+
+        # When its config is replaced by one the loader crashes on (RecursionError), and SIGHUP arrives
+        write_too_deep_config(daemon.config_path)
+        daemon.signal(signal.SIGHUP)
+
+        # Then the reload is refused, the log naming the real error and its traceback
+        [refused] = daemon.wait_event("reload_refused")
+        assert "RecursionError" in refused and "validating the config" in refused
+        [crashed] = daemon.wait_event("config_check_crashed")
+        assert "Traceback (most recent call last)" in crashed and "load_config" in crashed
+        # and the old consumer runs on and still takes jobs
+        assert_old_consumers_run_on(daemon, before)
+    finally:
+        daemon.stop()
+
+
+def assert_old_consumers_run_on(daemon: Daemon, before: list[int]) -> None:
+    """After a refused reload: the same consumers, still taking jobs."""
+    assert daemon.consumer_pids() == before
+    daemon.add("work", [1])
+    assert daemon.wait_runs(1)[0][0] == "1"
+    assert not daemon.events("reload_taken")
 
 
 def test_reload_keeps_the_process_count_of_unchanged_groups_within_their_new_bounds(tmp_path):

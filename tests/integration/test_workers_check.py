@@ -103,3 +103,14 @@ def test_build_worker_picks_the_type(tmp_path):
     assert isinstance(worker, CommandWorker) and worker.concurrent
     with pytest.raises(WorkerLoadError, match=r"^disqontrol.queues.email.worker.command: 'php-missing-xyz'"):
         build_worker(QueueConfig(name="email", worker=WorkerConfig(type="command", command="php-missing-xyz")), None)
+
+
+def test_a_bootstrap_that_exits_is_reported_as_itself_not_as_a_status(tmp_path):
+    # SystemExit escapes the bootstrap loader's `except Exception`: the checker
+    # child used to die silently ("exited with status 768")
+    bad = tmp_path / "exiting_boot.py"
+    bad.write_text("import sys\nsys.exit(3)\n")
+    config = make_config(tmp_path, pics=WorkerConfig(type="inline_python_worker", name="x"))
+    with pytest.raises(WorkerLoadError, match=r"^checking the Python workers .*: the checker raised SystemExit: 3 "
+                                              r"\(at File .*exiting_boot.py"):
+        check_workers(config, bad)
