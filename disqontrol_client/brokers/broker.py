@@ -182,12 +182,16 @@ def claim_then_add(
     At most once: if the add fails the claimed jobs are lost, and
     ``ClaimedNotAdded`` names their claims. (``claims`` and ``jobs`` are
     Brokers, or anything with their ``claim`` / ``add_many``.)"""
-    won = [claims.claim(key, claim_ttl) for key, _ in pairs]
-    jobs_won = [job for (_, job), taken in zip(pairs, won) if taken]
+    won: list[bool] = []
     try:
+        for key, _ in pairs:
+            won.append(claims.claim(key, claim_ttl))
+        jobs_won = [job for (_, job), taken in zip(pairs, won) if taken]
         ids = iter(jobs.add_many(jobs_won) if jobs_won else [])
     except (BrokerUnavailable, BrokerError) as error:
         keys = [key for (key, _), taken in zip(pairs, won) if taken]
+        if not keys:
+            raise
         raise ClaimedNotAdded(
             f"{len(keys)} claim(s) taken but their jobs not added, so lost: {error}", keys
         ) from error
