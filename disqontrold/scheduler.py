@@ -1,12 +1,15 @@
 """The scheduler: adds each due crontab run to its queue exactly once per
-minute, however many schedulers run on one broker.
+minute, however many schedulers run on one broker and whenever one crashes.
 
-Exactly once comes from the broker, not from this process: before adding the
-job of run ``M`` of entry ``E`` a scheduler takes the claim
-``sched:E:M`` (``Broker.claim``: the first caller wins until the claim
-expires). Claim first, add second: a scheduler that dies (or loses the
-broker) between the two loses that run, so a run is added *at most once*;
-it is never added twice. The lost run is logged (``schedule_lost``).
+Exactly once comes from the broker, not from this process: a pass hands the
+broker every due run at once, ``Broker.add_claimed``: for run ``M`` of entry
+``E`` it takes the claim ``sched:E:M`` (the first caller wins until the
+claim expires) and adds the job only where it won. On sqlite and redis
+(``atomic_claims``) the claim and its job commit together, so a crash
+leaves both or neither. With a separate ``claim_store`` (or an engine without
+atomic claims) the claims come first and the add second: a scheduler dying
+in between loses those runs (at most once, never twice), logged as
+``schedule_lost`` when it sees the failure.
 
 The same class serves the master's built-in scheduler (``tick`` on every
 deadline) and the one-shot of the system cron (``run_due`` once). Neither
