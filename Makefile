@@ -36,6 +36,7 @@ bench: $(STAMP) test-services
 	$(BIN)/python bench/broker.py
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/scheduler.py
+	$(BIN)/python bench/autoscale.py
 
 clean:
 	rm -rf $(VENV) var build *.egg-info

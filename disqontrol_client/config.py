@@ -64,6 +64,7 @@ class ConsumerConfig:
     min_processes: int = 1
     max_processes: int = 5
     autoscale: bool = True
+    autoscale_idle_seconds: float = 30.0  # s of spare capacity before autoscaling removes a process
     job_batch: int = 10
     max_jobs_per_process: int = 0  # 0 = no limit
     max_memory_per_process: int = 0  # MiB of RSS, 0 = no limit

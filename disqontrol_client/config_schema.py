@@ -55,6 +55,7 @@ CONSUMER_SETTINGS: dict[str, Any] = {
     "min_processes": {"type": "integer", "minimum": 1},
     "max_processes": {"type": "integer", "minimum": 1},
     "autoscale": {"type": "boolean"},
+    "autoscale_idle_seconds": _POSITIVE_NUMBER,
     "job_batch": {"type": "integer", "minimum": MIN_JOB_BATCH, "maximum": MAX_JOB_BATCH},
     "max_jobs_per_process": _COUNT,
     "max_memory_per_process": _COUNT,

@@ -235,6 +235,20 @@ def format_queues(rows: Sequence[dict[str, Any]]) -> str:
     )
 
 
+def format_groups(groups: Sequence[dict[str, Any]]) -> str:
+    """Each consumer group's processes within its bounds, and its last scaling change."""
+    def last(change: Optional[dict[str, Any]]) -> str:
+        if not change:
+            return "-"
+        when = time.strftime("%H:%M:%S", time.localtime(change.get("at", 0)))
+        return f"{when} {change.get('from')} -> {change.get('to')} ({change.get('reason')})"
+    return table(
+        ["GROUP", "PROCESSES", "MIN..MAX", "AUTOSCALE", "LAST SCALING"],
+        [(g["group"], f"{g['processes']}/{g['target']}", f"{g['min']}..{g['max']}",
+          "on" if g.get("autoscale") else "off", last(g.get("last_scaling"))) for g in groups],
+    )
+
+
 def format_status(status: dict[str, Any]) -> str:
     master = status["master"]
     stopping = f", stopping ({master['stopping']})" if master.get("stopping") else ""
@@ -252,6 +266,8 @@ def format_status(status: dict[str, Any]) -> str:
                for r in status.get("restarting", [])],
         ),
     ]
+    if status.get("groups"):
+        lines += ["", format_groups(status["groups"])]
     if "queues" in status:
         lines += ["", format_queues(status["queues"])]
     scheduler = status.get("scheduler")

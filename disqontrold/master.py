@@ -65,7 +65,8 @@ class Master:
         self.signals = SignalQueue()
         self.slots: list[Slot] = []  # the current generation's wanted slots
         self.children: dict[int, Slot] = {}  # every live consumer, retiring ones too
-        self.targets: dict[str, int] = {}  # processes wanted per group (SIGTTIN/SIGTTOU)
+        self.targets: dict[str, int] = {}  # processes wanted per group (SIGTTIN/SIGTTOU, autoscaling)
+        self.scaled: dict[str, dict[str, Any]] = {}  # the last change of each group's target
         self.stopping: Optional[str] = None
         self.on_ready: list[Callable[[], None]] = []
         self.on_stop: list[Callable[[], None]] = []
@@ -287,19 +288,34 @@ class Master:
         if self.stopping:
             return
         for group in self.config.consumers:
-            wanted = self.targets[group.name] + step
-            if not group.min_processes <= wanted <= group.max_processes:
-                continue
-            self.targets[group.name] = wanted
-            if step > 0:
-                slot = Slot(group, self.config, self.generation)
-                self.slots.append(slot)
-                self._spawn(slot)
-            else:
-                slot = [s for s in self.slots if s.group.name == group.name][-1]
-                self.slots.remove(slot)
-                self._retire(slot)
-            log_event(logger, "consumers_scaled", group=group.name, processes=wanted)
+            self.set_processes(group.name, self.targets[group.name] + step, f"SIG{'TTIN' if step > 0 else 'TTOU'}")
+
+    def set_processes(self, group_name: str, wanted: int, reason: str) -> bool:
+        """Run ``wanted`` processes for the group (within its min..max): new
+        slots are spawned, removed ones retire gracefully. False if refused."""
+        group = next((g for g in self.config.consumers if g.name == group_name), None)
+        if self.stopping or group is None or not group.min_processes <= wanted <= group.max_processes:
+            return False
+        before = self.targets[group.name]
+        for _ in range(wanted, before):
+            slot = self._slot_to_remove(group.name)
+            self.slots.remove(slot)
+            self._retire(slot)
+        for _ in range(before, wanted):
+            slot = Slot(group, self.config, self.generation)
+            self.slots.append(slot)
+            self._spawn(slot)
+        self.targets[group.name] = wanted
+        if wanted != before:
+            self.scaled[group.name] = {"from": before, "to": wanted, "reason": reason, "at": time.time()}
+            log_event(logger, "consumers_scaled", group=group.name, processes=wanted, reason=reason)
+        return True
+
+    def _slot_to_remove(self, group_name: str) -> Slot:
+        """The group's newest idle slot (it retires at once), else its newest."""
+        slots = [s for s in self.slots if s.group.name == group_name]
+        idle = [s for s in slots if s.scoreboard is None or s.scoreboard.read().state != "busy"]
+        return (idle or slots)[-1]
 
     # -- the operations API (control socket) ----------------------------
     def request_stop(self, fast: bool) -> None:
@@ -370,4 +386,18 @@ class Master:
             },
             "consumers": consumers,
             "restarting": waiting,
+            "groups": self._groups_status(),
         }
+
+    def _groups_status(self) -> list[dict[str, Any]]:
+        """Each group's process count, bounds and last scaling decision."""
+        live = [slot.group.name for slot in self.children.values() if not slot.retiring]
+        return [{
+            "group": group.name,
+            "processes": live.count(group.name),
+            "target": self.targets.get(group.name, group.min_processes),
+            "min": group.min_processes,
+            "max": group.max_processes,
+            "autoscale": group.autoscale,
+            "last_scaling": self.scaled.get(group.name),
+        } for group in self.config.consumers]

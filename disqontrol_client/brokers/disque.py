@@ -3,9 +3,10 @@ switching a consumer to the node that produces most of its jobs.
 
 Disque speaks the broker interface natively (ADDJOB / GETJOB / ACKJOB / NACK /
 WORKING), so most methods are one command. Disque counts in whole seconds:
-DELAY, RETRY and TTL are rounded up. Queues are per node: ``length``,
-``stats``, ``peek`` and ``queues`` describe the connected node (a consumer's
-GETJOB on an empty queue imports jobs from the other nodes).
+DELAY, RETRY and TTL are rounded up. Queues are per node (a consumer's
+GETJOB on an empty queue imports jobs from the other nodes), so ``length``,
+``stats``, ``peek``, ``show`` and ``queues`` merge every node's copies
+(disque_view); ``claim`` takes a majority of nodes (disque_claim).
 """
 from __future__ import annotations
 
@@ -29,10 +30,14 @@ from disqontrol_client.brokers.broker import (
 )
 from disqontrol_client.brokers.disque_client import (
     NODE_ID_PREFIX_LEN,
+    FAILING_PRIORITY,
     SOCKET_TIMEOUT,
     ClusterNode,
     FailoverClient,
 )
+from disqontrol_client.brokers import disque_claim
+from disqontrol_client.brokers import disque_view as view
+from disqontrol_client.brokers.disque_view import JobView
 from disqontrol_client.errors import BrokerError, ConfigError
 from disqontrol_client.logfmt import log_event
 
@@ -45,13 +50,14 @@ ADDJOB_TIMEOUT_MS = 5000  # synchronous replication may take this long
 MAX_GETJOB_TIMEOUT = SOCKET_TIMEOUT / 2  # s per blocking GETJOB, below the socket timeout
 SWITCH_AFTER = 100  # jobs received between best-node decisions (disque-php: 1000)
 SWITCH_MARGIN = 0.05  # a node must beat the current one by 5 % to be worth a move
-FAILING_PRIORITY = 10  # HELLO priority from which Disque deems a node failing
-SCAN_COUNT = 1000
 JOB_ID_PREFIX = "D-"  # D-<8 chars of the producing node id>-...
 JOB_ID_LEN = 40
-STATE_ACTIVE = "active"
-STATE_QUEUED = "queued"
-URL_OPTIONS = ("replicate", "switch_after")
+NOJOB = "NOJOB"  # Disque's error for a job this node does not hold
+URL_OPTIONS = {  # name -> smallest allowed value
+    "replicate": 1,
+    "switch_after": 1,
+    "async": 0,  # 1: ADDJOB ASYNC, replicate in the background
+}
 
 
 def parse_url(url: str) -> tuple[list[str], Optional[str], dict[str, int]]:
@@ -68,7 +74,11 @@ def parse_url(url: str) -> tuple[list[str], Optional[str], dict[str, int]]:
         password = unquote(credentials.partition(":")[2]) or None
     nodes = []
     for part in filter(None, rest.split(",")):
-        host, _, port = part.partition(":")
+        if part.startswith("["):  # [IPv6]:port
+            host, _, port = part[1:].partition("]")
+            port = port[1:]
+        else:
+            host, _, port = part.partition(":")
         if not host or (port and not port.isdigit()):
             raise ConfigError(f"disqontrol.broker: {part!r} in {url!r} is not host:port")
         nodes.append(f"{host}:{port or DEFAULT_PORT}")
@@ -76,28 +86,18 @@ def parse_url(url: str) -> tuple[list[str], Optional[str], dict[str, int]]:
         raise ConfigError(f"disqontrol.broker: {url!r} names no Disque node (disque://host:port,...)")
     options = {}
     for key, value in parse_qsl(query):
-        if key not in URL_OPTIONS or not value.isdigit() or int(value) < 1:
+        if key not in URL_OPTIONS or not value.isdigit() or int(value) < URL_OPTIONS[key]:
             raise ConfigError(
-                f"disqontrol.broker: option {key}={value!r} in {url!r}; allowed: "
-                f"{', '.join(URL_OPTIONS)} as positive integers"
+                f"disqontrol.broker: option {key}={value!r} in {url!r}; allowed: replicate and "
+                f"switch_after as positive integers, async as 0 or 1"
             )
-        options[key] = int(value)
+        options["asynchronous" if key == "async" else key] = int(value)
     return nodes, password, options
 
 
 def seconds(value: float) -> int:
     """Disque's whole seconds, rounded up so a lease is never shorter."""
     return int(math.ceil(value))
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
-
-
-def _pairs(reply: Optional[Sequence[Any]]) -> dict[str, Any]:
-    if not reply:
-        return {}
-    return dict(zip(map(_text, reply[::2]), reply[1::2]))
 
 
 def disque_ids(ids: Iterable[str]) -> list[str]:
@@ -137,6 +137,16 @@ def producer_prefix(job_id: str) -> Optional[str]:
     return None
 
 
+def _working_on(connection: redis.Redis, job_id: str) -> bool:
+    try:
+        connection.execute_command("WORKING", job_id)
+    except redis.ResponseError as exc:
+        if NOJOB in str(exc):
+            return False
+        raise BrokerError(f"Disque refused WORKING {job_id!r}: {exc}") from exc
+    return True
+
+
 class DisqueBroker(Broker):
     """A connection to a Disque cluster through any node that answers."""
 
@@ -144,10 +154,11 @@ class DisqueBroker(Broker):
 
     def __init__(
         self, nodes: Sequence[str], password: Optional[str] = None, *,
-        replicate: int = DEFAULT_REPLICATE, switch_after: int = SWITCH_AFTER,
+        replicate: int = DEFAULT_REPLICATE, switch_after: int = SWITCH_AFTER, asynchronous: bool = False,
     ) -> None:
         self.client = FailoverClient(nodes, password)
         self.replicate = replicate
+        self.asynchronous = bool(asynchronous)
         self.switch_after = switch_after
         self.produced_by: Counter[str] = Counter()  # node id prefix -> jobs received
         self.client.connect()
@@ -185,8 +196,9 @@ class DisqueBroker(Broker):
         while True:
             try:
                 job_id = self.client.add_job(queue, payload, timeout=ADDJOB_TIMEOUT_MS,
-                                             replicate=replicate, **options)
-                return _text(job_id)
+                                             replicate=replicate, asynchronous=self.asynchronous,
+                                             **options)
+                return view.text(job_id)
             except redis.ResponseError as exc:
                 if not str(exc).startswith("NOREPL") or replicate <= 1:
                     raise BrokerError(f"Disque refused ADDJOB to queue {queue!r}: {exc}") from exc
@@ -204,10 +216,11 @@ class DisqueBroker(Broker):
             o = self._addjob_args(item.queue, item.delay, item.retry, item.ttl)
             args = ["ADDJOB", item.queue, item.payload, ADDJOB_TIMEOUT_MS, "REPLICATE", self.replicate,
                     "RETRY", o["retry"], "TTL", o["ttl"]]
-            commands.append(args + (["DELAY", o["delay"]] if o["delay"] else []))
+            args += ["DELAY", o["delay"]] if o["delay"] else []
+            commands.append(args + (["ASYNC"] if self.asynchronous else []))
         replies = self._pipeline(commands)
         return [
-            _text(reply) if not isinstance(reply, Exception)
+            view.text(reply) if not isinstance(reply, Exception)
             else self.add(item.queue, item.payload, delay=item.delay, retry=item.retry, ttl=item.ttl)
             for item, reply in zip(items, replies)
         ]
@@ -234,7 +247,7 @@ class DisqueBroker(Broker):
                 break
         # pydisque names the fields (id, queue) but Disque sends (queue, id).
         deliveries = [
-            Delivery(id=_text(job_id), queue=_text(queue), payload=bytes(body),
+            Delivery(id=view.text(job_id), queue=view.text(queue), payload=bytes(body),
                      nacks=int(nacks), additional_deliveries=int(extra))
             for queue, job_id, body, nacks, extra in jobs
         ]
@@ -272,7 +285,16 @@ class DisqueBroker(Broker):
             self._call("nack_job", *ids)
 
     def working(self, id: str) -> None:
-        self._call("working", id)
+        """WORKING on the connected node, or on the nodes holding a copy
+        when this one has none (after a failover or a best-node switch)."""
+        try:
+            self._call("working", id)
+            return
+        except BrokerError as exc:
+            if NOJOB not in str(exc):
+                raise
+        if not any(self.client.each_node("WORKING", lambda c: _working_on(c, id))):
+            raise BrokerError(f"WORKING {id!r}: no Disque node holds that job (acked, expired or unknown)")
 
     def delete(self, ids: Iterable[str]) -> None:
         """FASTACK: a best-effort delete on every node holding a copy
@@ -281,93 +303,50 @@ class DisqueBroker(Broker):
         if ids:
             self._call("fast_ack", *ids)
 
-    # -- inspecting ---------------------------------------------------------
+    # -- inspecting: merged over every node (see disque_view) ------------
 
-    def _jobs_of(self, queue: str, states: Sequence[str]) -> list[dict[str, Any]]:
-        """Every job of ``queue`` the connected node holds in ``states``."""
-        cursor, jobs = 0, []
-        while True:
-            reply = self._call("jscan", cursor, count=SCAN_COUNT, queue=queue, state=list(states), reply="all")
-            cursor = int(reply[0])
-            jobs.extend(_pairs(item) for item in reply[1])
-            if cursor == 0:
-                return jobs
-
-    @staticmethod
-    def _is_delayed(job: dict[str, Any], now: float) -> bool:
-        """An active job still inside its first DELAY has never been queued;
-        any other active job is out with a consumer (leased)."""
-        return int(job["delay"]) > 0 and int(job["ctime"]) / 1e9 + int(job["delay"]) > now
+    def _jobs(self, queue: Optional[str] = None) -> dict[str, JobView]:
+        copies = self.client.each_node("JSCAN", lambda c: view.scan(c, queue))
+        return view.merge((job for node in copies for job in node), time.time())
 
     def length(self, queue: str) -> int:
         stats = self.stats([queue])[0]
         return stats.ready + stats.delayed
 
     def stats(self, queues: Sequence[str]) -> list[QueueStats]:
-        now = time.time()
+        """Counts over the whole cluster: one JSCAN of the queue per node,
+        so it costs O(jobs); meant for status, not for a hot loop."""
         result = []
         for queue in queues:
-            ready = int(self._call("qlen", queue))
-            active = self._jobs_of(queue, [STATE_ACTIVE])
-            delayed = sum(1 for job in active if self._is_delayed(job, now))
-            result.append(QueueStats(queue, ready, delayed, len(active) - delayed))
+            states = Counter(job.state for job in self._jobs(queue).values())
+            result.append(QueueStats(queue, states[view.READY], states[view.DELAYED], states[view.LEASED]))
         return result
 
     def queues(self) -> list[str]:
-        names: set[str] = set()
-        cursor = 0
-        while True:
-            reply = self._call("jscan", cursor, count=SCAN_COUNT, state=[STATE_ACTIVE, STATE_QUEUED], reply="all")
-            cursor = int(reply[0])
-            names.update(_text(_pairs(item)["queue"]) for item in reply[1])
-            if cursor == 0:
-                return sorted(names)
+        """Job queues only: the scheduler's claims live in queues too."""
+        names = {job.queue for job in self._jobs().values()}
+        return sorted(n for n in names if not n.startswith(disque_claim.CLAIM_QUEUE_PREFIX))
 
     def peek(self, queue: str, count: int) -> list[Delivery]:
-        """Queued jobs oldest first (QPEEK), then delayed ones by due time."""
-        if count <= 0:
-            return []
-        jobs = [Delivery(id=_text(j[1]), queue=_text(j[0]), payload=bytes(j[2]))
-                for j in self._call("qpeek", queue, count)]
-        if len(jobs) < count:
-            now = time.time()
-            delayed = [j for j in self._jobs_of(queue, [STATE_ACTIVE]) if self._is_delayed(j, now)]
-            delayed.sort(key=lambda j: int(j["ctime"]) / 1e9 + int(j["delay"]))
-            jobs += [self._delivery(j) for j in delayed[:count - len(jobs)]]
-        return jobs
-
-    @staticmethod
-    def _delivery(job: dict[str, Any]) -> Delivery:
-        return Delivery(id=_text(job["id"]), queue=_text(job["queue"]), payload=bytes(job["body"]),
-                        nacks=int(job["nacks"]), additional_deliveries=int(job["additional-deliveries"]))
+        """Ready jobs oldest first, then delayed ones by due time."""
+        jobs = [j for j in self._jobs(queue).values() if j.state in (view.READY, view.DELAYED)]
+        jobs.sort(key=lambda j: (j.state != view.READY, j.due if j.state == view.DELAYED else 0, j.order))
+        return [
+            Delivery(id=j.id, queue=j.queue, payload=j.body, nacks=j.nacks,
+                     additional_deliveries=j.additional_deliveries)
+            for j in jobs[:max(0, count)]
+        ]
 
     def show(self, id: str) -> Optional[dict[str, Any]]:
         if not disque_ids([id]):
             return None
-        job = _pairs(self._call("show", id))
-        if not job or job.get("body") is None:
-            return None
-        state = _text(job["state"])
-        if state == STATE_QUEUED:
-            state = "ready"
-        elif state == STATE_ACTIVE:
-            state = "delayed" if self._is_delayed(job, time.time()) else "leased"
-        return {
-            "id": _text(job["id"]), "queue": _text(job["queue"]), "payload": bytes(job["body"]),
-            "state": state, "nacks": int(job["nacks"]),
-            "additional_deliveries": int(job["additional-deliveries"]),
-            "ctime": int(job["ctime"]) / 1e9, "ttl": int(job["ttl"]), "retry": int(job["retry"]),
-            "delay": int(job["delay"]), "disque_state": _text(job["state"]),
-        }
+        copies = self.client.each_node("SHOW", lambda c: view.pairs(c.execute_command("SHOW", id)))
+        job = view.merge(copies, time.time()).get(id)
+        return job.as_dict() if job else None
 
     def claim(self, key: str, ttl: float) -> bool:
-        """Disque has no key-value store and job ids are random, so there is
-        no atomic "first caller wins" across nodes: refuse clearly."""
-        raise NotImplementedError(
-            "the disque broker has no claim(): Disque has no atomic key-value store and job ids "
-            "are random, so a cron minute cannot be fired once across schedulers; run one "
-            "scheduler, or give the scheduler a redis:// or sqlite:// claim store"
-        )
+        """A majority of nodes, each atomic on its own (see disque_claim)."""
+        return disque_claim.claim(self.client, key, ttl)
 
     # -- best node ----------------------------------------------------------
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence, TypeVar
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from pydisque.client import Client as PydisqueClient
 from pydisque.client import Node
 
@@ -26,6 +28,7 @@ RESP2 = 2
 CONNECT_TIMEOUT = 5.0  # s to open a TCP connection to one node
 SOCKET_TIMEOUT = 30.0  # s a reply may take; blocking GETJOBs stay below it
 NODE_ID_PREFIX_LEN = 8  # Disque job ids embed this much of the producer's node id
+FAILING_PRIORITY = 10  # HELLO priority from which Disque deems a node failing
 T = TypeVar("T")
 
 
@@ -49,6 +52,9 @@ def node_connection(
         protocol=RESP2,
         socket_connect_timeout=CONNECT_TIMEOUT,
         socket_timeout=socket_timeout,
+        # redis-py 6+ retries a failed command 3 times with backoff (seconds);
+        # failing over to the next node at once is the better retry here.
+        retry=Retry(NoBackoff(), 0),
         **_handshake_options(),
     )
 
@@ -130,7 +136,7 @@ class FailoverClient(PydisqueClient):
             connection = node_connection(host, int(port), self.password, self.socket_timeout)
             try:
                 reply = connection.execute_command("HELLO")
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
+            except redis.RedisError as exc:  # down, or refusing us (AUTH): try the next
                 connection.close()
                 errors.append(f"{address}: {exc}")
                 continue
@@ -168,6 +174,35 @@ class FailoverClient(PydisqueClient):
                 self.close_connection()
                 self.connect(avoid=dead)
         raise BrokerUnavailable(f"Disque command {what} failed on every node")
+
+    def each_node(self, what: str, action: Callable[[redis.Redis], T]) -> list[T]:
+        """Run ``action`` on every node the cluster deems healthy (a fresh
+        HELLO says which), for views that need all of them. A node that
+        cannot be reached is skipped and logged: its copies have twins."""
+        self.node_id, self.cluster = parse_hello(self.execute_command("HELLO"))
+        results = []
+        for node in self.cluster:
+            if node.priority >= FAILING_PRIORITY and node.id != self.node_id:
+                continue
+            try:
+                results.append(self.on_node(node, action))
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                log_event(logger, "disque_node_skipped", level=logging.WARNING, node=node.address,
+                          command=what, error=exc)
+        return results
+
+    def on_node(self, node: ClusterNode, action: Callable[[redis.Redis], T]) -> T:
+        """Run ``action`` on that node and no other (no failover: a view or a
+        claim must not count a node twice), through the open connection if it
+        is the connected node. Raises redis.ConnectionError / TimeoutError
+        when the node is gone."""
+        if node.id == self.node_id and self.connected_node is not None:
+            return action(self.connected_node.connection)
+        connection = node_connection(node.host, node.port, self.password, self.socket_timeout)
+        try:
+            return action(connection)
+        finally:
+            connection.close()
 
     def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         """Every pydisque method ends here: one command, with failover."""

@@ -35,12 +35,11 @@ def test_no_node_answering_is_broker_unavailable():
 
 
 def test_fractional_seconds_round_up_and_the_lease_is_whole_seconds(broker):
-    # Given a job added with a fractional lease and ttl
-    job_id = broker.add("rounding", b"1", retry=0.2, ttl=10.5)
+    # Given a job added with a fractional lease and delay
+    job_id = broker.add("rounding", b"1", retry=0.2, delay=0.3)
     # Then Disque holds whole seconds, never shorter than asked
     shown = broker.show(job_id)
-    assert shown["retry"] == 1
-    assert shown["ttl"] in (10, 11)
+    assert (shown["retry"], shown["delay"]) == (1, 1)
 
 
 def test_job_ids_carry_the_producing_node(broker, cluster):
@@ -109,11 +108,6 @@ def test_malformed_ids_are_unknown(broker):
     assert broker.show("not-a-disque-id") is None
 
 
-def test_claim_is_refused_with_a_reason(broker):
-    with pytest.raises(NotImplementedError, match="no claim"):
-        broker.claim("cron:2026-01-01T00:00", 60)
-
-
 def test_password_and_a_single_node_cluster(tmp_path, caplog):
     # Given a one-node Disque with a password (a developer's setup)
     single = DisqueCluster(disque_binary(), tmp_path, nodes=1, password="s3cret/pw").start()
@@ -129,3 +123,12 @@ def test_password_and_a_single_node_cluster(tmp_path, caplog):
             open_broker(single.url.replace("s3cret", "wrong"))
     finally:
         single.stop()
+
+
+def test_async_adds_are_delivered_too(disque_cluster):
+    disque_cluster.flush()
+    with open_broker(disque_cluster.url + "?async=1") as broker:
+        assert broker.asynchronous
+        ids = [broker.add("async", b"1")] + broker.add_many([NewJob("async", b"2")])
+        got = broker.reserve(["async"], count=2, timeout=5)
+        assert sorted(d.id for d in got) == sorted(ids)

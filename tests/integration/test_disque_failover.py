@@ -68,9 +68,7 @@ def test_consumers_survive_the_death_of_their_node(cluster, tmp_path, record_pro
         assert all(p.poll() is None for p in procs), "a consumer crashed when its node died"
         # At least once, not exactly once: an ack sent to A just before it died
         # may never have reached the copies on B and C, which then requeue the job.
-        duplicates = len(_processed(outputs)) - JOBS
-        assert duplicates >= 0
-        record_property("duplicates", duplicates)
+        record_property("duplicates", len(_processed(outputs)) - JOBS)
         # And a producer whose first node is dead adds through another one
         with open_broker(url_a) as producer:
             assert producer.node != cluster.addresses[0]

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from disqontrol_client.brokers import NewJob, open_broker
+from disqontrol_client.errors import BrokerError
 from tests.support.procs import wait_for
 
 LEASE = 1  # s: Disque's smallest RETRY
@@ -85,3 +86,30 @@ def test_working_extends_the_lease(broker):
     broker.ack([job_id])
     broker.ack([job_id])  # idempotent
     assert broker.show(job_id) is None
+
+
+def test_a_job_queued_on_another_node_is_ready_here_too(disque_cluster, broker):
+    # Given a job queued on node B, and a broker connected to node A
+    with open_broker(disque_cluster.node_url(1)) as producer:
+        job_id = producer.add("elsewhere", b"1")
+    assert broker.node == disque_cluster.addresses[0]
+    # Then A's view of the cluster calls it ready, not leased
+    assert broker.show(job_id)["state"] == "ready"
+    (stats,) = broker.stats(["elsewhere"])
+    assert (stats.ready, stats.delayed, stats.in_flight) == (1, 0, 0)
+    assert [d.id for d in broker.peek("elsewhere", 5)] == [job_id]
+
+
+def test_working_reaches_the_node_that_holds_the_job(disque_cluster):
+    disque_cluster.flush()
+    # Given a job held by node B only, leased by a consumer on B
+    with open_broker(disque_cluster.node_url(1), replicate=1) as on_b:
+        job_id = on_b.add("held-by-b", b"1", retry=60)
+        assert on_b.reserve(["held-by-b"], timeout=5)[0].id == job_id
+        # When a connection to node C (which has no copy) says WORKING
+        with open_broker(disque_cluster.node_url(2)) as on_c:
+            on_c.working(job_id)
+            # Then B extended the lease; and an unknown job is an error naming it
+            with pytest.raises(BrokerError, match="no Disque node holds"):
+                on_c.working(job_id[:-4] + "ffff")
+        on_b.ack([job_id])

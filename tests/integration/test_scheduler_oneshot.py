@@ -124,14 +124,19 @@ def test_oneshot_without_any_crontab_is_a_usage_error(tmp_path):
     assert "no crontab: give --crontab PATH, or set disqontrol.scheduler.crontab" in result.stderr
 
 
-def test_oneshot_on_disque_is_refused_since_disque_has_no_claim(tmp_path, disque_cluster):
-    # Given a config on a disque broker (skipped unless $DISQUE_SERVER is set)
+def test_oneshot_on_disque_adds_the_minute_once(tmp_path, disque_cluster):
+    # Given a config on a disque broker (skipped unless $DISQUE_SERVER is set),
+    # whose claims are taken on a majority of the Disque nodes
     disque_cluster.flush()
     config = write_config(tmp_path, "* * * * * every\n", broker=disque_cluster.url)
-    # Then the one-shot refuses to schedule rather than risk running a minute twice
-    result = oneshot(config)
-    assert result.returncode == 2
-    assert "needs Broker.claim()" in result.stderr and "DisqueBroker" in result.stderr
+    minute = time.time() // MINUTE * MINUTE
+    env = {**os.environ, TIME_SCALE_ENV: f"{FROZEN}@{minute + 1}"}
+    # When the one-shot runs twice in a minute
+    assert [oneshot(config, env=env).returncode for _ in range(2)] == [0, 0]
+    # Then the minute was added once
+    with open_broker(disque_cluster.url) as broker:
+        runs = Counter(json.loads(d.payload)["metadata"][SCHEDULED_TIME] for d in broker.peek("every", 1000))
+    assert runs == {int(minute): 1}
 
 
 def test_claim_store_holds_the_claims_and_still_adds_each_run_once(tmp_path):

@@ -95,7 +95,9 @@ class Daemon:
         section: dict[str, Any] = {
             "broker": self.broker_url, "log_dir": "log", "run_dir": "run", "queues": queues,
             "queue_defaults": {"job_process_timeout": 20, **(queue_defaults or {})},
-            "consumer_defaults": {"min_processes": 1, "max_processes": 3, **(consumer_defaults or {})},
+            # autoscale off unless a test asks: counts of consumers stay what the test set
+            "consumer_defaults": {"min_processes": 1, "max_processes": 3, "autoscale": False,
+                                  **(consumer_defaults or {})},
         }
         if consumers is not None:
             section["consumers"] = consumers

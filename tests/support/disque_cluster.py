@@ -110,10 +110,10 @@ class DisqueCluster:
         ]
         if self.password:
             args += ["--requirepass", self.password]
-        self.procs[index] = subprocess.Popen(
-            args, stdout=open(node_dir / "disque.log", "ab"), stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        with open(node_dir / "disque.log", "ab") as log:  # the child keeps its own copy
+            self.procs[index] = subprocess.Popen(
+                args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
 
     def _answers(self, index: int) -> bool:
         connection = self.client(index)

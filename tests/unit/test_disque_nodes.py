@@ -22,10 +22,14 @@ JOB_OF_B = "D-bbbbbbbb-0123456789abcdefghijklmn-05a1"
 
 
 def test_url_names_nodes_password_and_options():
-    nodes, password, options = parse_url("disque://:s%40cret@10.0.0.1:7711,10.0.0.2?replicate=3")
+    nodes, password, options = parse_url("disque://:s%40cret@10.0.0.1:7711,10.0.0.2?replicate=3&async=1")
     assert nodes == ["10.0.0.1:7711", "10.0.0.2:7711"]
     assert password == "s@cret"
-    assert options == {"replicate": 3}
+    assert options == {"replicate": 3, "asynchronous": 1}
+
+
+def test_url_with_ipv6_and_default_port():
+    assert parse_url("disque://[::1]:7712,[fe80::1]")[0] == ["::1:7712", "fe80::1:7711"]
 
 
 @pytest.mark.parametrize("url", ["disque://", "disque://h:port", "disque://h:1?replicate=0", "disque://h:1?x=1"])
