@@ -33,8 +33,10 @@ test: $(STAMP) test-services
 
 ## bench: print the throughput figures of bench/
 bench: $(STAMP) test-services
-	$(BIN)/python bench/broker.py
-	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/broker.py --engine all
+	$(BIN)/python bench/throughput.py --engine sqlite
+	$(BIN)/python bench/throughput.py --engine redis
+	$(BIN)/python bench/http_worker.py
 	$(BIN)/python bench/scheduler.py
 	$(BIN)/python bench/autoscale.py
 

@@ -32,6 +32,8 @@ from disqontrol_client.brokers import NewJob, open_broker  # noqa: E402
 from disqontrol_client.brokers import sqlite_store  # noqa: E402
 from disqontrol_client.job import encode_envelope, fresh_metadata  # noqa: E402
 
+import redis_broker  # noqa: E402 (bench/redis_broker.py, beside this file)
+
 KNOWN_ENGINES = ("sqlite", "redis", "disque")
 DEFAULT_JOBS = 20000
 DEFAULT_REPEAT = 3  # each figure is the best of this many runs: the machine may be busy
@@ -240,6 +242,8 @@ def empty_sqlite_store(tmp: Path) -> Iterator[str]:
 ENGINES: dict[str, Engine] = {
     "sqlite": Engine(empty_sqlite_store, {"add": sqlite_raw_add, "reserve_ack": sqlite_raw_reserve_ack}),
 }
+if redis_broker.server_binary():  # raw baselines: RPUSH / BLPOP per job, pipelines per batch
+    ENGINES["redis"] = Engine(redis_broker.redis_store, redis_broker.RAW)
 
 from bench import disque as disque_bench  # noqa: E402  (needs $DISQUE_SERVER)
 

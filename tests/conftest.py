@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import itertools
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.support.redis_server import RedisServer
+from tests.support.redis_server import RedisServer, server_binary
 
 ENGINES = ("sqlite", "redis", "disque")
 _redis_db = itertools.count(1)
@@ -18,7 +17,7 @@ _redis_db = itertools.count(1)
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
-    if not shutil.which("redis-server"):
+    if not server_binary():
         pytest.skip("redis-server is not installed (make test installs Debian's redis-server)")
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()
     yield server

@@ -101,9 +101,13 @@ class RedisBroker(Broker):
         self._prefix = prefix
         self._where = where
         self._backoff = CONSUMER_BACKOFF_FIRST
+        # Queues this connection has put in the queue-name set: later adds skip
+        # the SADD and, for one queue, the pipeline.
+        self._registered: set[str] = set()
         self._scripts: dict[str, Script] = {
             name: client.register_script(_script_source(name))
-            for name in ("add", "reserve", "remove", "nack", "working", "replace", "peek", "add_claimed")
+            for name in ("add", "reserve", "remove", "nack", "working", "replace", "peek", "counts", "show",
+                         "add_claimed")
         }
 
     @classmethod
@@ -136,9 +140,6 @@ class RedisBroker(Broker):
     def _keys(self, queue: str) -> list[str]:
         base = f"{self._prefix}:{{{_check_queue(queue)}}}"
         return [f"{base}:{suffix}" for suffix in KEY_SUFFIXES]
-
-    def _job_key(self, queue: str, job_id: str) -> str:
-        return f"{self._prefix}:{{{queue}}}:job:{job_id}"
 
     @property
     def _queues_key(self) -> str:
@@ -194,8 +195,12 @@ class RedisBroker(Broker):
         for queue, args in by_queue.items():
             step = ADD_CHUNK * JOB_ARGS
             calls.extend(("add", self._keys(queue), args[i:i + step]) for i in range(0, len(args), step))
-        if calls:
-            self._pipeline(calls, extra=[("SADD", self._queues_key, *by_queue)])
+        fresh = [queue for queue in by_queue if queue not in self._registered]
+        if len(calls) == 1 and not fresh:
+            self._run(*calls[0])
+        elif calls:
+            self._pipeline(calls, extra=[("SADD", self._queues_key, *fresh)] if fresh else [])
+            self._registered.update(fresh)
         return ids
 
     def _new_id(self, queue: str) -> str:
@@ -239,7 +244,9 @@ class RedisBroker(Broker):
         ]
         won = [False] * len(pairs)
         if calls:
-            replies = self._pipeline(calls, extra=[("SADD", self._queues_key, *positions)])
+            fresh = [queue for queue in positions if queue not in self._registered]
+            replies = self._pipeline(calls, extra=[("SADD", self._queues_key, *fresh)] if fresh else [])
+            self._registered.update(fresh)
             for (_, chunk), reply in zip(chunks, replies):
                 for n, taken in zip(chunk, reply):
                     won[n] = bool(taken)
@@ -316,24 +323,21 @@ class RedisBroker(Broker):
     # --- inspection -------------------------------------------------------
 
     def length(self, queue: str) -> int:
-        ready, delayed, *_ = self._keys(queue)
-        return sum(self._call(lambda: _execute(self._client, [("LLEN", ready), ("ZCARD", delayed)])))
+        ready, delayed, _ = self._counts([queue])[0]
+        return ready + delayed
 
-    def _counts(self, queues: Sequence[str]) -> list[int]:
-        commands = []
-        for queue in queues:
-            ready, delayed, leased, *_ = self._keys(queue)
-            commands += [("LLEN", ready), ("ZCARD", delayed), ("ZCARD", leased)]
-        return self._call(lambda: _execute(self._client, commands))
+    def _counts(self, queues: Sequence[str]) -> list[list[int]]:
+        """(ready, delayed, leased) per queue, after expired jobs are dropped."""
+        if len(queues) == 1:
+            return [self._run("counts", self._keys(queues[0]), [])]
+        return self._pipeline([("counts", self._keys(queue), []) for queue in queues]) if queues else []
 
     def stats(self, queues: Sequence[str]) -> list[QueueStats]:
-        counts = self._counts(queues)
-        return [QueueStats(queue, *counts[i * 3:i * 3 + 3]) for i, queue in enumerate(queues)]
+        return [QueueStats(queue, *counts) for queue, counts in zip(queues, self._counts(queues))]
 
     def queues(self) -> list[str]:
         names = sorted(n.decode() for n in self._call(lambda: self._client.smembers(self._queues_key)))
-        counts = self._counts(names)
-        return [name for i, name in enumerate(names) if sum(counts[i * 3:i * 3 + 3]) > 0]
+        return [name for name, counts in zip(names, self._counts(names)) if sum(counts) > 0]
 
     def peek(self, queue: str, count: int) -> list[Delivery]:
         if count <= 0:
@@ -348,10 +352,10 @@ class RedisBroker(Broker):
         queue = queue_of(id)
         if queue is None:
             return None
-        fields = self._call(lambda: self._client.hgetall(self._job_key(queue, id)))
-        if not fields:
+        flat = self._run("show", self._keys(queue), [id])
+        if not flat:
             return None
-        get = {k.decode(): v for k, v in fields.items()}
+        get = {flat[i].decode(): flat[i + 1] for i in range(0, len(flat), 2)}
         return {
             "id": id,
             "queue": queue,
@@ -380,13 +384,6 @@ def _redact(url: str) -> str:
 
 def _job_args(job_id: str, job: NewJob) -> list[Any]:
     return [job_id, job.payload, _ms(max(job.delay, 0)), _ms(job.retry), _ms(job.ttl)]
-
-
-def _execute(client: redis.Redis, commands: list[tuple]) -> list[Any]:
-    pipe = client.pipeline(transaction=False)
-    for command in commands:
-        pipe.execute_command(*command)
-    return [int(n) for n in pipe.execute()]
 
 
 def _deliveries(queues: list[str], reply: list[Any]) -> list[Delivery]:

@@ -193,3 +193,24 @@ def test_the_prefix_separates_two_applications(redis_server, raw):
         one.add("q", b"1")
         assert two.reserve(["q"], timeout=0) == []
         assert two.queues() == [] and one.queues() == ["q"]
+
+
+def test_one_batch_add_wakes_as_many_blocked_consumers_as_it_has_jobs(broker, redis_server):
+    # Given two consumers blocked in reserve, one job each
+    results: list = []
+    consumers = [RedisBroker.from_url(redis_server.url) for _ in range(2)]
+    threads = [threading.Thread(target=lambda c=c: results.append(c.reserve(["q"], timeout=30))) for c in consumers]
+    for thread in threads:
+        thread.start()
+    wait_for(lambda: sum(c["cmd"] == "blpop" for c in broker._client.client_list()) == 2, timeout=10,
+             message="two BLPOPs")
+    # When one add_many brings two jobs
+    started = time.monotonic()
+    broker.add_many([NewJob("q", b"1"), NewJob("q", b"2")])
+    for thread in threads:
+        thread.join(30)
+    # Then both woke long before their timeout, each with one job
+    assert time.monotonic() - started < 10
+    assert sorted(d.payload for got in results for d in got) == [b"1", b"2"]
+    for consumer in consumers:
+        consumer.close()

@@ -7,17 +7,20 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
 from disqontrol_client.brokers.redis import RedisBroker
 from disqontrol_client.errors import BrokerUnavailable
+from tests.support.daemon import Daemon, python_worker
 from tests.support.procs import free_port, stop_process, wait_for
 from tests.support.redis_server import RedisServer
 
 JOBS = 2000
 CONSUMERS = 2
 REPO = Path(__file__).resolve().parents[2]
+FLOW = [sys.executable, "-m", "tests.support.redis_flow"]
 
 
 @pytest.fixture
@@ -77,30 +80,68 @@ def _lines(path: Path) -> list[str]:
     return path.read_text().split() if path.exists() else []
 
 
+def _producer(server: RedisServer, progress: Path) -> subprocess.Popen:
+    return subprocess.Popen(FLOW + ["produce", server.url, "q", str(JOBS), str(progress)], cwd=REPO,
+                            start_new_session=True)
+
+
+def _crash_mid_flow(server: RedisServer, progress: Path, consumed: Callable[[], set]) -> int:
+    """Kill redis-server once jobs flow, restart it once the producer has hit
+    the dead server; returns how many jobs the producer had added by then."""
+    def produced() -> list[str]:
+        return _lines(progress)[-2:]  # "<added> <failed calls>" of the last call
+
+    wait_for(lambda: len(consumed()) >= JOBS // 10, timeout=60, message="jobs flowing")
+    server.kill()
+    at_kill = int(produced()[0])
+    wait_for(lambda: produced() and int(produced()[1]) > 0, timeout=30, message="the producer to hit the dead server")
+    server.start()
+    assert at_kill < JOBS, "the producer had finished before the kill: the test proved nothing"
+    return at_kill
+
+
+@pytest.mark.timeout(180)
 def test_no_job_is_lost_when_redis_is_killed_mid_flow(own_server, tmp_path):
     # Given a producer process and two consumer processes on one queue
     progress = tmp_path / "produced"
     done = [tmp_path / f"done-{i}" for i in range(CONSUMERS)]
-    run = [sys.executable, "-m", "tests.support.redis_flow"]
-    procs = [subprocess.Popen(run + ["consume", own_server.url, "q", str(d)], cwd=REPO, start_new_session=True)
+    procs = [subprocess.Popen(FLOW + ["consume", own_server.url, "q", str(d)], cwd=REPO, start_new_session=True)
              for d in done]
-    procs.append(subprocess.Popen(run + ["produce", own_server.url, "q", str(JOBS), str(progress)], cwd=REPO,
-                                  start_new_session=True))
+    procs.append(_producer(own_server, progress))
     try:
-        consumed = lambda: {int(x) for d in done for x in _lines(d)}  # noqa: E731
-        produced = lambda: _lines(progress)[-2:]  # noqa: E731 - "count failures" of the last add
-        wait_for(lambda: len(consumed()) >= JOBS // 10, timeout=60, message="jobs flowing")
-        # When redis-server is killed mid-flow, and restarted once the producer noticed
-        own_server.kill()
-        at_kill = int(produced()[0])
-        wait_for(lambda: produced() and int(produced()[1]) > 0 or procs[-1].poll() is not None, timeout=30,
-                 message="the producer to hit the dead server")
-        own_server.start()
+        def consumed() -> set[int]:
+            return {int(x) for d in done for x in _lines(d)}
+
+        # When redis-server is killed mid-flow and restarted
+        _crash_mid_flow(own_server, progress, consumed)
         # Then every job is processed: none is lost
         wait_for(lambda: len(consumed()) == JOBS, timeout=90, message=f"all {JOBS} jobs consumed")
-        assert at_kill < JOBS, "the producer had finished before the kill: the test proved nothing"
         assert procs[-1].wait(30) == 0
         assert consumed() == set(range(JOBS))
     finally:
         for proc in procs:
             stop_process(proc)
+
+
+@pytest.mark.timeout(240)
+def test_the_daemon_loses_no_job_when_redis_is_killed_mid_flow(own_server, tmp_path):
+    # Given a daemon with two consumers on a redis queue, and a producer process
+    (tmp_path / "daemon").mkdir()
+    daemon = Daemon(tmp_path / "daemon", own_server.url, {"q": {"worker": python_worker()}},
+                    consumer_defaults={"min_processes": 2, "job_batch": 10})
+    daemon.start(consumers=2)
+    producer = _producer(own_server, tmp_path / "produced")
+    try:
+        def consumed() -> set[int]:
+            return {int(body) for body, _ in daemon.runs()}
+
+        # When redis-server is killed mid-flow and restarted
+        _crash_mid_flow(own_server, tmp_path / "produced", consumed)
+        # Then every job is run (at least once), and the daemon kept running
+        wait_for(lambda: len(consumed()) == JOBS, timeout=150, interval=0.1, message=f"all {JOBS} jobs run")
+        assert producer.wait(30) == 0
+        assert consumed() == set(range(JOBS))
+        assert daemon.proc.poll() is None and len(daemon.consumer_pids()) == 2
+    finally:
+        stop_process(producer)
+        daemon.stop()

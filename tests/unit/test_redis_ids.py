@@ -34,3 +34,14 @@ def test_the_prefix_is_taken_out_of_the_url_before_redis_py_sees_it():
     assert broker._keys("q")[0] == "app1:{q}:ready"
     assert broker._client.connection_pool.connection_kwargs["db"] == 3
     broker.close()
+
+
+def test_rediss_hands_the_tls_options_to_redis_py():
+    # Given a rediss:// URL with redis-py's ssl options (no connection is made yet)
+    broker = RedisBroker.from_url("rediss://:pw@127.0.0.1:1/0?ssl_cert_reqs=required&ssl_ca_certs=/etc/ca.pem")
+    pool = broker._client.connection_pool
+    # Then the connections are TLS ones with those options
+    assert pool.connection_class.__name__ == "SSLConnection"
+    assert pool.connection_kwargs["ssl_ca_certs"] == "/etc/ca.pem"
+    assert "pw" not in broker._where
+    broker.close()

@@ -4,8 +4,9 @@
 --   leased (zset by lease expiry, ms), expiry (zset by ttl end, ms),
 --   notify (list of wake-up tokens that blocked reservers BLPOP on).
 -- Each job is a hash <base>:job:<id> (payload, retry, expire_at, nacks,
--- deliveries, ctime, state). Times come from the server clock (TIME), so
--- clients with skewed clocks agree.
+-- deliveries, ctime); its state is where its id is. Times come from the
+-- server clock (TIME), so clients with skewed clocks agree. Every redis.call
+-- costs a few microseconds: the hot paths (reserve, ack) keep them few.
 local NOTIFY_CAP = 16          -- wake-up tokens kept per queue
 local PROMOTE_BATCH = 1000     -- due jobs moved per queue per call
 local HASH_GRACE_MS = 60000    -- job hashes outlive their ttl by this, then Redis drops them
@@ -27,8 +28,12 @@ local function job_key(q, id)
   return string.sub(q.ready, 1, -7) .. ':job:' .. id
 end
 
-local function notify(q)
-  redis.call('LPUSH', q.notify, '1')
+-- One token per job made ready (at most NOTIFY_CAP): as many blocked
+-- reservers wake as there are jobs for them.
+local function notify(q, jobs)
+  local tokens = {}
+  for i = 1, math.min(jobs, NOTIFY_CAP) do tokens[i] = '1' end
+  redis.call('LPUSH', q.notify, unpack(tokens))
   redis.call('LTRIM', q.notify, 0, NOTIFY_CAP - 1)
 end
 
@@ -36,68 +41,75 @@ end
 -- of args starting at index first. An id that exists already is skipped, so a
 -- call retried after a lost reply does not add a job twice.
 local function add_jobs(q, args, first, now)
-  local woke = false
+  local ready = 0
   for i = first, #args, 5 do
     local id = args[i]
     local jk = job_key(q, id)
     if redis.call('EXISTS', jk) == 0 then
       local delay = tonumber(args[i + 2])
       local expire_at = now + tonumber(args[i + 4])
-      local state = 'ready'
-      if delay > 0 then state = 'delayed' end
       redis.call('HSET', jk, 'payload', args[i + 1], 'retry', args[i + 3], 'expire_at', expire_at,
-                 'nacks', 0, 'deliveries', 0, 'ctime', now, 'state', state)
+                 'nacks', 0, 'deliveries', 0, 'ctime', now)
       redis.call('PEXPIREAT', jk, expire_at + HASH_GRACE_MS)
       redis.call('ZADD', q.expiry, expire_at, id)
       if delay > 0 then
         redis.call('ZADD', q.delayed, now + delay, id)
       else
         redis.call('RPUSH', q.ready, id)
-        woke = true
+        ready = ready + 1
       end
     end
   end
-  if woke then notify(q) end
+  if ready > 0 then notify(q, ready) end
 end
 
--- Remove jobs whatever their state (ack and delete). Unknown ids are ignored.
+-- Remove jobs whatever their state (ack and delete). Unknown ids cost no
+-- scan: only a job whose hash existed is looked for in the ready list.
 local function remove_jobs(q, args, first)
   for i = first, #args do
     local id = args[i]
-    local jk = job_key(q, id)
-    local state = redis.call('HGET', jk, 'state')
-    if state == 'ready' then
-      redis.call('LREM', q.ready, 1, id)
-    elseif state == 'delayed' then
-      redis.call('ZREM', q.delayed, id)
-    elseif state == 'leased' then
+    if redis.call('DEL', job_key(q, id)) == 1 then
+      if redis.call('ZREM', q.leased, id) == 0 and redis.call('ZREM', q.delayed, id) == 0 then
+        redis.call('LREM', q.ready, 1, id)
+      end
+    else
       redis.call('ZREM', q.leased, id)
+      redis.call('ZREM', q.delayed, id)
     end
     redis.call('ZREM', q.expiry, id)
-    redis.call('DEL', jk)
   end
 end
 
--- Drop jobs past their ttl, make due delayed jobs ready and redeliver jobs
--- whose lease lapsed (deliveries + 1), at the head of the queue.
-local function promote(q, now)
-  local dead = redis.call('ZRANGEBYSCORE', q.expiry, '-inf', now, 'LIMIT', 0, PROMOTE_BATCH)
-  if #dead > 0 then remove_jobs(q, dead, 1) end
+-- Make due delayed jobs ready and redeliver jobs whose lease lapsed
+-- (deliveries + 1), at the head of the queue. With purge, first drop every
+-- job past its ttl (inspection does; reserve only drops the ones it pops).
+local function promote(q, now, purge)
+  if purge then
+    local dead = redis.call('ZRANGEBYSCORE', q.expiry, '-inf', now, 'LIMIT', 0, PROMOTE_BATCH)
+    if #dead > 0 then remove_jobs(q, dead, 1) end
+  end
   local due = redis.call('ZRANGEBYSCORE', q.delayed, '-inf', now, 'LIMIT', 0, PROMOTE_BATCH)
-  for _, id in ipairs(due) do
-    redis.call('RPUSH', q.ready, id)
-    redis.call('HSET', job_key(q, id), 'state', 'ready')
+  if #due > 0 then
+    redis.call('RPUSH', q.ready, unpack(due))
+    redis.call('ZREM', q.delayed, unpack(due))
   end
-  if #due > 0 then redis.call('ZREM', q.delayed, unpack(due)) end
   local lapsed = redis.call('ZRANGEBYSCORE', q.leased, '-inf', now, 'LIMIT', 0, PROMOTE_BATCH)
+  local newest_first = {}
   for i = #lapsed, 1, -1 do
-    local id = lapsed[i]
-    local jk = job_key(q, id)
-    redis.call('HINCRBY', jk, 'deliveries', 1)
-    redis.call('HSET', jk, 'state', 'ready')
-    redis.call('LPUSH', q.ready, id)
+    redis.call('HINCRBY', job_key(q, lapsed[i]), 'deliveries', 1)
+    newest_first[#newest_first + 1] = lapsed[i]
   end
-  if #lapsed > 0 then redis.call('ZREM', q.leased, unpack(lapsed)) end
+  if #lapsed > 0 then
+    redis.call('LPUSH', q.ready, unpack(newest_first))  -- the oldest lands at the head
+    redis.call('ZREM', q.leased, unpack(lapsed))
+  end
+end
+
+-- The state of a job that exists: where its id is.
+local function state_of(q, id)
+  if redis.call('ZSCORE', q.leased, id) then return 'leased' end
+  if redis.call('ZSCORE', q.delayed, id) then return 'delayed' end
+  return 'ready'
 end
 
 -- Milliseconds until the queue's next delayed job or lease falls due, or nil.

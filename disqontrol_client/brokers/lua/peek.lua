@@ -3,6 +3,7 @@
 -- Returns flat (id, payload, nacks, deliveries) groups.
 local q = queue_keys(0)
 local count = tonumber(ARGV[1])
+promote(q, now_ms(), true)
 local ids = redis.call('LRANGE', q.ready, 0, count - 1)
 if #ids < count then
   for _, id in ipairs(redis.call('ZRANGE', q.delayed, 0, count - #ids - 1)) do

@@ -8,31 +8,30 @@ local got = 0
 local soonest = nil
 for offset = 0, #KEYS - 1, 5 do
   local q = queue_keys(offset)
-  promote(q, now)
+  promote(q, now, false)
   while got < count do
     local id = redis.call('LPOP', q.ready)
     if not id then break end
     local jk = job_key(q, id)
-    local f = redis.call('HMGET', jk, 'payload', 'retry', 'nacks', 'deliveries')
-    if f[1] then
+    local f = redis.call('HMGET', jk, 'payload', 'retry', 'nacks', 'deliveries', 'expire_at')
+    if f[1] and tonumber(f[5]) > now then
       local retry = tonumber(f[2])
       local lease = FOREVER_MS
       if retry > 0 then lease = retry end
       redis.call('ZADD', q.leased, now + lease, id)
-      redis.call('HSET', jk, 'state', 'leased')
       out[#out + 1] = offset / 5
       out[#out + 1] = id
       out[#out + 1] = f[1]
       out[#out + 1] = f[3]
       out[#out + 1] = f[4]
       got = got + 1
+    else
+      -- past its ttl (or its hash already expired): dropped, never delivered
+      redis.call('DEL', jk)
+      redis.call('ZREM', q.expiry, id)
     end
   end
-  if got >= count then
-    -- jobs left over: wake another blocked reserver for them
-    if redis.call('LLEN', q.ready) > 0 then notify(q) end
-    break
-  end
+  if got >= count then break end
   local wait = next_due(q, now)
   if wait ~= nil and (soonest == nil or wait < soonest) then soonest = wait end
 end
