@@ -5,7 +5,15 @@ Prints, each with its target and the ratio to it:
 - drain rate (jobs/s) of N no-op jobs for inline, isolated and command
   (/bin/true) workers;
 - the raw rate of spawning /bin/true from 2 Python processes (posix_spawn),
-  measured in the same run: the command figure is a ratio against it;
+  measured right before and right after the command drain: the command
+  figure is a ratio against the mean of the two;
+- the machine's fork limit (bench/forkrate.py: fork + _exit + waitpid from
+  2 processes), for a bare interpreter and for one grown to the consumer's
+  anonymous memory, measured in the same run: the isolated figure is a
+  ratio against both;
+- for isolated and command, the CPU one job costs (the consumers and their
+  job processes, from /proc) beside what one raw fork / spawn costs: unlike
+  rates, these hold on a machine other tests are loading.
 - enqueue -> start latency p50 / p99 on an idle daemon;
 - master and consumer RSS.
 
@@ -17,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -27,6 +36,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.forkrate import anon_mib  # noqa: E402
 from tests.support.daemon import Daemon  # noqa: E402
 from tests.support.redis_server import RedisServer  # noqa: E402
 
@@ -42,6 +52,9 @@ POLL = 0.02  # s between two looks at the queue length
 MIB = 1024 * 1024
 MS = 1000
 RAW_SPAWN_SHARE = 0.80  # target of the command rate, as a share of the raw spawn rate
+FORK_SECONDS = 3.0
+FORKRATE = Path(__file__).resolve().parent / "forkrate.py"
+STAT_UTIME, STAT_CSTIME = 11, 14  # utime, stime, cutime, cstime: fields 14-17 of /proc/PID/stat
 
 TARGETS = {  # name: (target, higher is better)
     "inline jobs/s": (10_000, True),
@@ -72,9 +85,11 @@ def report(name: str, value: float, target: float, higher_is_better: bool) -> No
     print(f"{name:<22} {value:>10.1f}   target {sign} {target:<8g} ratio {ratio:5.2f}  {verdict}", flush=True)
 
 
-def raw_spawn_rate(seconds: float = SPAWN_SECONDS, processes: int = CONSUMERS) -> float:
-    """/bin/true spawned and reaped per second by ``processes`` forked Pythons."""
+def raw_spawn_rate(seconds: float = SPAWN_SECONDS, processes: int = CONSUMERS) -> tuple[float, float]:
+    """/bin/true spawned and reaped per second by ``processes`` forked
+    Pythons, and the CPU ms one spawn costs (the Pythons and /bin/true)."""
     read_fd, write_fd = os.pipe()
+    before = os.times()
     pids = []
     for _ in range(processes):
         pid = os.fork()
@@ -89,10 +104,35 @@ def raw_spawn_rate(seconds: float = SPAWN_SECONDS, processes: int = CONSUMERS) -
         pids.append(pid)
     for pid in pids:
         os.waitpid(pid, 0)
+    after = os.times()
     os.close(write_fd)
     with os.fdopen(read_fd) as results:
         total = sum(int(line) for line in results.read().split())
-    return total / seconds
+    cpu = after.children_user + after.children_system - before.children_user - before.children_system
+    return total / seconds, cpu / max(total, 1) * MS
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU used by these processes and the children they reaped (/proc/PID/stat)."""
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        total += sum(int(v) for v in fields[STAT_UTIME:STAT_CSTIME + 1])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def raw_fork_rate(anon_mib: Optional[float] = None, seconds: float = FORK_SECONDS,
+                  processes: int = CONSUMERS) -> tuple[float, float]:
+    """fork + _exit + waitpid per second by ``processes`` fresh interpreters
+    (grown to ``anon_mib`` of anonymous memory when given): the machine's
+    fork limit; and the CPU ms one fork costs."""
+    argv = [sys.executable, "-S", str(FORKRATE), str(seconds), str(processes)]
+    if anon_mib is not None:
+        argv.append(f"{anon_mib:.1f}")
+    done = subprocess.run(argv, check=True, capture_output=True, text=True, timeout=seconds * 10 + 30)
+    rate, cpu_ms = done.stdout.split()
+    return float(rate), float(cpu_ms)
 
 
 def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
@@ -181,27 +221,43 @@ def broker_url(root: Path, name: str, redis: Optional[RedisServer]) -> str:
 
 
 def run_all(root: Path, args: argparse.Namespace, redis: Optional[RedisServer]) -> None:
-    spawn_rate = raw_spawn_rate()
-    print(f"{'raw posix_spawn/s':<22} {spawn_rate:>10.1f}   (2 processes, /bin/true)", flush=True)
     kinds = {
         "inline": {"type": "inline_python_worker", "name": "benchworkers:noop"},
         "isolated": {"type": "isolated_python_worker", "name": "benchworkers:noop"},
         "command": {"type": "command", "command": "/bin/true"},
     }
-    memory: tuple[float, float] = (0.0, 0.0)
+    memories: dict[str, tuple[float, float]] = {}
     for kind, worker in kinds.items():
+        if kind == "command":
+            spawn_rate, spawn_cpu = raw_spawn_rate()
+            print(f"{'raw posix_spawn/s':<22} {spawn_rate:>10.1f}   (2 processes, /bin/true; "
+                  f"{spawn_cpu:.3f} CPU ms each)", flush=True)
         daemon = start_daemon(root / kind, broker_url(root, kind, redis), kind, worker)
         try:
+            consumers = daemon.consumer_pids()
+            cpu_before = cpu_seconds(consumers)
             rate, finished = drain_rate(daemon, kind, args.jobs, args.phase_timeout)
-            if kind == "inline":
-                memory = rss(daemon)
+            job_cpu = (cpu_seconds(consumers) - cpu_before) / args.jobs * MS
+            if kind in ("inline", "isolated"):
+                memories[kind] = rss(daemon)
+                anon = max(anon_mib(str(pid)) for pid in consumers)
         finally:
             daemon.stop()
         name = f"{kind} jobs/s" + ("" if finished else " (timed out)")
         if kind == "command":
+            # Again right after the drain: the load of a shared machine moves
+            # within a minute, so the target is the mean of both samples.
+            after_rate, after_cpu = raw_spawn_rate()
+            print(f"{'raw posix_spawn/s':<22} {after_rate:>10.1f}   (again, after the command drain; "
+                  f"{after_cpu:.3f} CPU ms each)", flush=True)
+            spawn_rate, spawn_cpu = (spawn_rate + after_rate) / 2, (spawn_cpu + after_cpu) / 2
             report(name, rate, spawn_rate * RAW_SPAWN_SHARE, True)
+            print(f"{'command CPU ms/job':<22} {job_cpu:>10.3f}   raw spawn {spawn_cpu:.3f}  "
+                  f"raw/command {spawn_cpu / job_cpu:5.2f}", flush=True)
         else:
             report(name, rate, *TARGETS[f"{kind} jobs/s"])
+        if kind == "isolated":
+            report_fork_limits(rate, job_cpu, anon)
     daemon = start_daemon(root / "latency", broker_url(root, "latency", redis), "latency",
                           {"type": "inline_python_worker", "name": "benchworkers:latency"})
     try:
@@ -211,8 +267,19 @@ def run_all(root: Path, args: argparse.Namespace, redis: Optional[RedisServer]) 
     report("latency p50 ms", percentile(values, 0.50), *TARGETS["latency p50 ms"])
     report("latency p99 ms", percentile(values, 0.99), *TARGETS["latency p99 ms"])
     print(f"{'latency mean ms':<22} {statistics.mean(values):>10.1f}", flush=True)
-    report("master RSS MiB", memory[0], *TARGETS["master RSS MiB"])
-    report("consumer RSS MiB", memory[1], *TARGETS["consumer RSS MiB"])
+    report("master RSS MiB", memories["inline"][0], *TARGETS["master RSS MiB"])
+    report("consumer RSS MiB", memories["inline"][1], *TARGETS["consumer RSS MiB"])
+
+
+def report_fork_limits(isolated_rate: float, job_cpu: float, consumer_anon: float) -> None:
+    """The isolated rate and CPU as shares of what fork itself allows on this machine now."""
+    (bare, bare_cpu), (sized, sized_cpu) = raw_fork_rate(), raw_fork_rate(consumer_anon)
+    print(f"{'raw fork/s (bare)':<22} {bare:>10.1f}   (2 processes; {bare_cpu:.3f} CPU ms each) "
+          f"isolated/bare {isolated_rate / bare:5.2f}", flush=True)
+    print(f"{'raw fork/s (consumer)':<22} {sized:>10.1f}   (2 processes of {consumer_anon:.1f} MiB anon; "
+          f"{sized_cpu:.3f} CPU ms each) isolated/consumer {isolated_rate / sized:5.2f}", flush=True)
+    print(f"{'isolated CPU ms/job':<22} {job_cpu:>10.3f}   raw fork (consumer) {sized_cpu:.3f}  "
+          f"raw/isolated {sized_cpu / job_cpu:5.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import select
+import signal
 import sys
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from disqontrol_client import exitcodes
 from disqontrol_client.errors import DisqontrolError, UsageError
@@ -19,6 +22,7 @@ from disqontrol_client.job import Job
 PROG = "disqontrol"
 STDIN_BODY = "-"
 BODY_SNIPPET_CHARS = 80
+EXIT_INTERRUPTED = 128 + signal.SIGINT  # the shell's code for a Ctrl-C
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_body(text: str) -> Any:
     """The JSON body of the command line (or of stdin for ``-``)."""
     if text == STDIN_BODY:
-        text = sys.stdin.read()
+        try:
+            text = sys.stdin.read()
+        except UnicodeDecodeError as exc:
+            raise UsageError(f"BODY on stdin is not UTF-8 text ({exc}); JSON must be UTF-8") from None
     try:
         return json.loads(text)
     except ValueError as exc:
@@ -83,12 +90,41 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    return guarded(PROG, lambda: COMMANDS[args.command](args))  # JobFailed: its exit code is 1
+
+
+def guarded(prog: str, command: Callable[[], int]) -> int:
+    """Run a command-line tool's body so that the user never sees a traceback
+    for what is not a bug: a DisqontrolError is one line on stderr and its
+    exit code, Ctrl-C exits 130, and a reader that closed our stdout
+    (``| head``) ends the command quietly."""
     try:
-        return COMMANDS[args.command](args)
-    except DisqontrolError as exc:  # JobFailed included: its exit code is 1
-        print(f"{PROG}: {exc}", file=sys.stderr)
+        return command()
+    except DisqontrolError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
         return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        if not _stdout_closed():
+            raise  # a pipe of ours, not the reader of stdout: a bug to see
+        return exitcodes.FAILED
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def _stdout_closed() -> bool:
+    """True if stdout's reader is gone (a pipe's write end then polls as an
+    error); stdout then points to /dev/null so the interpreter's last flush
+    does not fail again."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError):  # replaced or closed stdout
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    if not any(events & select.POLLERR for _, events in poller.poll(0)):
+        return False
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+    return True

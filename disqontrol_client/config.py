@@ -5,22 +5,25 @@ cross-key rules below; each problem becomes one line naming its key path
 (``disqontrol.queues.pic-resize.worker.type: 'inline_php' is not one of
 [...]``), all of them in one ConfigError. Relative paths are resolved against
 the config file's directory, so the result does not depend on the cwd.
+
+yaml and jsonschema (~10 MiB resident) are imported by the functions that
+read and validate, not by this module: the daemon's master and consumers
+use the dataclasses only, and every MiB a consumer carries makes each fork
+of an isolated job slower (disqontrold.reload validates in a child).
 """
 from __future__ import annotations
 
 import os
+import shlex
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, Optional
-
-import yaml
 
 from disqontrol_client.config_schema import (  # noqa: F401 (re-exported)
     FAILURE_STRATEGIES,
     MAX_JOB_LIFETIME,
     WORKER_TYPES,
 )
-from disqontrol_client import config_checks
 from disqontrol_client.errors import ConfigError
 from disqontrol_client.frozen import FrozenDict, deep_freeze
 
@@ -149,6 +152,8 @@ def _existing(path: Path, source: str) -> Path:
 
 def load_config(path: Optional[str | os.PathLike[str]] = None) -> Config:
     """Find, read and validate the config; ConfigError names the key path."""
+    import yaml  # noqa: PLC0415 (see the module docstring)
+
     found = find_config_path(path)
     try:
         text = found.read_text(encoding="utf-8")
@@ -170,6 +175,8 @@ def parse_config(data: Any, *, base_dir: str | os.PathLike[str], path: Optional[
     directory). Used by ``load_config`` and by code that builds configs in
     memory (tests, embedding applications).
     """
+    from disqontrol_client import config_checks  # noqa: PLC0415 (jsonschema: see the module docstring)
+
     base = Path(os.path.abspath(base_dir))
     messages = config_checks.schema_errors(data)
     if not messages:
@@ -194,13 +201,38 @@ def _resolve(base: Path, value: str) -> Path:
     return Path(os.path.normpath(base / Path(value).expanduser()))
 
 
+def resolve_command(command: str, base: Path) -> str:
+    """The command line with a relative program path made absolute against
+    ``base`` (the config's directory), so ``../examples/resize_pic.py`` means
+    the same under ``--daemonize`` (cwd /) or systemd's WorkingDirectory.
+
+    Only a program containing a ``/`` is touched: a bare name (``php``) is
+    looked up on PATH. The arguments are kept as written. A line shlex cannot
+    split is returned unchanged: the worker check names the problem."""
+    lexer = shlex.shlex(command, posix=True)
+    lexer.whitespace_split = True
+    lexer.commenters = ""  # as shlex.split: '#' is an ordinary character
+    try:
+        program = lexer.get_token()
+    except ValueError:  # unbalanced quotes
+        return command
+    if not program or "/" not in program:
+        return command
+    expanded = os.path.expanduser(program)
+    if os.path.isabs(expanded) and expanded == program:
+        return command
+    rest = command[lexer.instream.tell():]
+    resolved = shlex.quote(str(_resolve(base, program)))
+    return f"{resolved} {rest}" if rest else resolved
+
+
 def _build(data: Mapping[str, Any], base: Path, path: Optional[Path]) -> Config:
     section = data["disqontrol"]
     queue_defaults = {**_defaults(QueueConfig), **section.get("queue_defaults", {})}
     queues = {
         name: QueueConfig(
             name=name,
-            worker=_worker(queue["worker"]),
+            worker=_worker(queue["worker"], base),
             **{**queue_defaults, **{k: v for k, v in queue.items() if k != "worker"}},
         )
         for name, queue in (section.get("queues") or {}).items()
@@ -227,8 +259,10 @@ def _build(data: Mapping[str, Any], base: Path, path: Optional[Path]) -> Config:
     )
 
 
-def _worker(raw: Mapping[str, Any]) -> WorkerConfig:
+def _worker(raw: Mapping[str, Any], base: Path) -> WorkerConfig:
     settings = dict(raw)
+    if settings.get("command"):
+        settings["command"] = resolve_command(settings["command"], base)
     if "method" in settings:
         settings["method"] = settings["method"].lower()
     settings["headers"] = FrozenDict(settings.get("headers", {}))  # hashable, unlike the default {}
@@ -236,6 +270,8 @@ def _worker(raw: Mapping[str, Any]) -> WorkerConfig:
 
 
 def _broker(section: Mapping[str, Any], base: Path) -> str:
+    from disqontrol_client import config_checks  # noqa: PLC0415
+
     if "disque" in section:
         return config_checks.disque_url(section["disque"])
     if "broker" in section:
@@ -248,5 +284,7 @@ def _scheduler(raw: Optional[Mapping[str, Any]], base: Path) -> Optional[Schedul
         return None
     settings = {**raw, "crontab": _resolve(base, raw["crontab"])}
     if raw.get("claim_store"):
+        from disqontrol_client import config_checks  # noqa: PLC0415
+
         settings["claim_store"] = config_checks.resolve_broker_url(raw["claim_store"], base)
     return SchedulerConfig(**settings)

@@ -68,12 +68,15 @@ class MasterAutoscaler:
         self.broker_failing = False
 
     def _follow(self, config: Config) -> None:
-        """New deciders for a new config (a reload starts every group at its min)."""
+        """New deciders for a new config, starting from the count the master
+        runs (a reload keeps an unchanged group's count, not an outside change)."""
         self.config = config
         self.deciders = {
             g.name: Autoscaler(g.min_processes, g.max_processes, g.autoscale_idle_seconds)
             for g in config.consumers if g.autoscale and g.max_processes > g.min_processes
         }
+        for name, decider in self.deciders.items():
+            decider.target = self.master.targets.get(name, decider.low)
         self.meters = {name: GroupMeter() for name in self.deciders}
 
     def timer(self) -> Optional[float]:

@@ -7,7 +7,6 @@ never returns into the master's code: it always leaves with os._exit.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import os
 import random
@@ -32,7 +31,9 @@ EXIT_ORPHANED = 71  # the master died between fork and PR_SET_PDEATHSIG
 
 def set_parent_death_signal(signum: int = signal.SIGKILL) -> None:
     """Have the kernel send ``signum`` to this process when its parent dies."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    # The process's own symbols (libc's among them): ctypes.util.find_library
+    # would import subprocess and shutil into the master, and every consumer.
+    libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_PDEATHSIG, int(signum), 0, 0, 0) != 0:
         errno = ctypes.get_errno()
         raise OSError(errno, f"prctl(PR_SET_PDEATHSIG) failed: {os.strerror(errno)}")

@@ -14,7 +14,9 @@ from disqontrol_client.errors import DisqontrolError
 SCHEDULER_COMMAND = "scheduler"
 # Modules that extend the master without editing its loop: each may define
 # ``attach_to_master(master)`` (register files, add timers, on_ready/on_stop hooks).
-PLUGINS = ("disqontrold.systemd", "disqontrold.control", "disqontrold.scheduler", "disqontrold.autoscale_master")
+
+PLUGINS = ("disqontrold.systemd", "disqontrold.control", "disqontrold.scheduler_master",
+           "disqontrold.autoscale_master")
 ATTACH = "attach_to_master"
 
 

@@ -3,8 +3,10 @@ and runs their workers.
 
 reserve(batch) -> decode -> group by queue -> worker.run_many -> ack the
 successes -> failures.handle_failure for the others. It blocks in the
-broker's reserve (never sleep-polls) and checks its stop flag between batches
-and between the jobs of an inline batch.
+broker's reserve (never sleep-polls) and checks its stop flag and its
+recycling limits between batches and between the jobs of an inline batch;
+the unstarted jobs of a batch go back with ``nack``, which does not count
+as a failure.
 
 A delivery with ``additional_deliveries`` > 0 was leased before by a consumer
 or worker that died mid-job (or was killed as hung): SPEC §6 counts that as a
@@ -15,6 +17,7 @@ without running. The added count is persisted only if the job fails again
 """
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import select
@@ -111,6 +114,10 @@ class Consumer:
             return EXIT_BOOT_FAILED
         if not self._connect():
             return EXIT_OK
+        # Everything built so far lives as long as the process: out of the
+        # collector's sight, so no collection writes to (and copy-on-write
+        # faults) the pages shared with the isolated jobs' children.
+        gc.freeze()
         log_event(logger, "consumer_ready", group=self.group.name, queues=",".join(self.queues))
         self._idle()
         try:
@@ -121,9 +128,9 @@ class Consumer:
                     self.reopen_requested = False
                     reopen_logs()
                 if deliveries:
-                    self._process(deliveries)
+                    recycle = self._process(deliveries)
                     self._idle()
-                    if self._recycle_reason():
+                    if recycle:
                         break
         finally:
             self.scoreboard.set_state(STOPPING)
@@ -193,28 +200,36 @@ class Consumer:
                 delay = min(delay * 2, BROKER_BACKOFF_CAP)
         return []
 
-    def _process(self, deliveries: Sequence[Delivery]) -> None:
+    def _process(self, deliveries: Sequence[Delivery]) -> str:
+        """Run a reserved batch; the reason to recycle this process ('' = none).
+
+        Recycling is checked after each inline job (after each concurrent
+        group): a bloated process stops after the job in hand and gives the
+        unstarted rest back, as a graceful stop does."""
         if self.stopping:
             self._nack([d.id for d in deliveries])
-            return
+            return ""
         by_queue: dict[str, list[Job]] = {}
         for delivery in deliveries:
             job = self._decode(delivery)
             if job is not None:
                 by_queue.setdefault(job.queue, []).append(job)
+        reserved = [job for jobs in by_queue.values() for job in jobs]
+        started = 0
+        recycle = ""
         done: list[str] = []
         for queue, jobs in by_queue.items():
             worker = self.workers[queue]
-            if worker.concurrent:
-                self._settle(jobs, self._run(worker, jobs), done)
-                continue
-            for position, job in enumerate(jobs):
-                if self.stopping:  # finish the job in hand, give the rest back
-                    self._nack([j.id for j in jobs[position:]])
+            for run in [jobs] if worker.concurrent else [[job] for job in jobs]:
+                if self.stopping or recycle:  # finish the job in hand, give the rest back
                     break
-                self._settle([job], self._run(worker, [job]), done)
+                self._settle(run, self._run(worker, run), done)
+                started += len(run)
+                recycle = self._recycle_reason()
+        self._nack([job.id for job in reserved[started:]])
         if done:
             self._ack(done)
+        return recycle
 
     def _decode(self, delivery: Delivery) -> Optional[Job]:
         """The Job of a delivery; None if it was redelivered too often (parked)."""

@@ -20,6 +20,7 @@ import psutil
 import yaml
 
 from disqontrol_client import exitcodes
+from disqontrol_client.cli import guarded
 from disqontrol_client.brokers import Broker, open_broker
 from disqontrol_client.config import DEFAULT_RUN_DIR, Config, find_config_path, load_config
 from disqontrol_client.errors import ConfigError, DisqontrolError, UsageError
@@ -27,6 +28,7 @@ from disqontrold import ctl_failed
 from disqontrold.control import default_socket_path
 from disqontrold.ctl_client import MasterUnreachable, request
 
+PROG = "disqontrolctl"
 STOP_POLL_INTERVAL = 0.1  # s between checks that the stopped master is gone
 BYTES_PER_MIB = 1024 * 1024
 LAST_ERROR_CHARS = 60  # of the last error in `failed list`; `failed show` has it all
@@ -124,8 +126,11 @@ class Ctl:
         return exitcodes.OK if reply.get("taken") else exitcodes.FAILED
 
     def stop(self) -> int:
-        reply = request(self.socket_path(), "stop", fast=self.args.fast)
-        pid = int(reply["pid"])
+        path = self.socket_path()
+        reply = request(path, "stop", fast=self.args.fast)
+        pid = reply.get("pid")
+        if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+            raise MasterUnreachable(f"the control socket {path} answered 'stop' without the master's pid: {reply!r}")
         deadline = None if self.args.timeout is None else time.monotonic() + self.args.timeout
         while _alive(pid):
             if deadline is not None and time.monotonic() > deadline:
@@ -310,10 +315,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     handler = {"status": ctl.status, "reload": ctl.reload, "stop": ctl.stop,
                "queues": ctl.queues, "failed": ctl.failed}[args.command]
     try:
-        return handler()
-    except DisqontrolError as exc:
-        print(f"disqontrolctl: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return guarded(PROG, handler)
     finally:
         ctl.close()
 

@@ -186,12 +186,21 @@ class Master:
         self._kill(pid, signal.SIGKILL)
 
     # -- consumers ------------------------------------------------------
-    def _start_generation(self, config: Config) -> None:
-        self.targets = {group.name: group.min_processes for group in config.consumers}
+    def _start_generation(self, config: Config, previous: Optional[dict[str, int]] = None) -> None:
+        """Fill the slots of ``config``'s groups. ``previous``: the process
+        counts of the generation it replaces, kept for a group with the same
+        queues (clamped to its new min..max) so a reload does not undo
+        SIGTTIN / SIGTTOU; a new or changed group starts at min_processes."""
+        previous = previous or {}
+        self.targets = {
+            group.name: min(max(previous.get(group.name, group.min_processes), group.min_processes),
+                            group.max_processes)
+            for group in config.consumers
+        }
         self.slots = [
             Slot(group, config, self.generation)
             for group in config.consumers
-            for _ in range(group.min_processes)
+            for _ in range(self.targets[group.name])
         ]
         for slot in self.slots:
             self._spawn(slot)
@@ -345,7 +354,7 @@ class Master:
         old = self.slots
         self.config = config
         self.generation += 1
-        self._start_generation(config)
+        self._start_generation(config, previous=self.targets)
         for slot in old:
             self._retire(slot)
         log_event(logger, "reload_taken", config=self.config_path, generation=self.generation,

@@ -16,8 +16,6 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
-import psutil
-
 from disqontrol_client.errors import DisqontrolError
 from disqontrol_client.logfmt import log_event
 
@@ -52,6 +50,10 @@ def read_pid(path: Path) -> Optional[int]:
 
 def is_master(pid: int) -> bool:
     """Whether ``pid`` is a live disqontrold (by process title or argv)."""
+    # Imported here: psutil (~2 MiB resident) would be carried by every
+    # consumer the master forks, and slow each isolated job's fork.
+    import psutil  # noqa: PLC0415
+
     try:
         proc = psutil.Process(pid)
         if proc.status() == psutil.STATUS_ZOMBIE:
@@ -107,6 +109,8 @@ class Pidfile:
         old = read_pid(self.path)
         if old is None or old == os.getpid():
             return
+        import psutil  # noqa: PLC0415 (see is_master)
+
         if psutil.pid_exists(old) and is_master(old):
             self.release(unlink=False)
             raise PidfileLocked(

@@ -1,15 +1,25 @@
 """Loading a config the master may run: read, validate, and check that every
 worker can be built (missing binary, unloadable module) before any consumer
 is forked, and that the crontab parses. Used at start, by --check and by
-every reload."""
+every reload.
+
+The work runs in a short-lived forked child that sends the validated Config
+back (pickled): yaml, jsonschema and croniter (~15 MiB resident) are never
+imported by the master, so the consumers it forks stay small, and each fork
+of an isolated job copies fewer page tables.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Optional
 
-from disqontrol_client.config import Config, load_config
+from disqontrol_client.config import Config
+from disqontrol_client.errors import ConfigError, WorkerLoadError
+from disqontrold.forkcall import NoAnswer, call_in_child
 
 DEFAULT_BOOTSTRAP = Path("disqontrol_bootstrap.py")
+#: Seconds the loader child may take: its Python-worker checker has 60 s.
+LOAD_TIMEOUT = 90.0
 
 
 def bootstrap_path(explicit: Optional[str]) -> Optional[Path]:
@@ -24,11 +34,26 @@ def load_checked(config_path: Optional[str | Path], bootstrap: Optional[Path]) -
     """The config at ``config_path`` (SPEC §2 lookup when None), workers checked.
 
     Raises ConfigError or WorkerLoadError with a message naming the key."""
+    try:
+        result = call_in_child(lambda: _load_reported(config_path, bootstrap), LOAD_TIMEOUT)
+    except NoAnswer as exc:
+        raise ConfigError(f"{config_path or 'the config'}: could not be checked: {exc}") from None
+    if isinstance(result, (ConfigError, WorkerLoadError)):
+        raise result
+    return result
+
+
+def _load_reported(config_path: Optional[str | Path], bootstrap: Optional[Path]) -> Config | Exception:
+    """In the loader child: the checked Config, or the error refusing it."""
+    from disqontrol_client.config import load_config  # noqa: PLC0415
     from disqontrold.workers import check_workers  # noqa: PLC0415 (heavy, daemon-only)
 
-    config = load_config(config_path)
-    check_workers(config, bootstrap)
-    check_crontab(config)
+    try:
+        config = load_config(config_path)
+        check_workers(config, bootstrap)
+        check_crontab(config)
+    except (ConfigError, WorkerLoadError) as exc:
+        return exc
     return config
 
 

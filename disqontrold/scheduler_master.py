@@ -6,18 +6,24 @@ run of any entry, and at least every ``POLL`` seconds so that a reload
 config is validated before the reload is taken (``disqontrold.reload``);
 should it break in between, the old entries keep running and the error is
 logged. The scheduler stops adding jobs as soon as the master stops.
+
+``disqontrold.scheduler`` (croniter, ~5 MiB resident) is imported only when
+a config has a scheduler: whatever the master imports, every consumer it
+forks carries, and the isolated worker's forks grow slower with it.
 """
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from disqontrol_client.brokers import Broker, open_broker
 from disqontrol_client.config import Config
 from disqontrol_client.errors import BrokerError, BrokerUnavailable, ConfigError
 from disqontrol_client.logfmt import log_event
-from disqontrold.scheduler import Clock, Scheduler
+
+if TYPE_CHECKING:
+    from disqontrold.scheduler import Clock, Scheduler
 
 logger = logging.getLogger("disqontrold.scheduler")
 
@@ -33,7 +39,7 @@ class MasterScheduler:
 
     def __init__(self, master: Any, clock: Optional[Clock] = None) -> None:
         self.master = master
-        self.clock = clock or Clock.from_env()
+        self.clock = clock  # None: from the environment, once a scheduler starts
         self.config: Optional[Config] = None
         self.scheduler: Optional[Scheduler] = None
         self.deadline = 0.0  # time.time() of the next tick
@@ -52,6 +58,9 @@ class MasterScheduler:
             return
         try:
             if self.scheduler is None:
+                from disqontrold.scheduler import Clock, Scheduler  # noqa: PLC0415 (see the docstring)
+
+                self.clock = self.clock or Clock.from_env()
                 self.scheduler = Scheduler.from_config(config, self._connect, clock=self.clock)
                 log_event(logger, "scheduler_started", crontab=config.scheduler.crontab,
                           entries=len(self.scheduler.entries), missed_runs=config.scheduler.missed_runs)
@@ -112,3 +121,8 @@ def attach(master: Any) -> MasterScheduler:
     master.add_timer(plugged.timer)
     master.status_hooks[STATUS_KEY] = plugged.status
     return plugged
+
+
+def attach_to_master(master: Any) -> None:
+    """The daemon's plug-in entry point (disqontrold.cli.PLUGINS)."""
+    attach(master)

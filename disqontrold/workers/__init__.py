@@ -8,15 +8,13 @@ after a reload must not inherit modules imported before it).
 """
 from __future__ import annotations
 
-import json
 import os
-import signal
-import time
 from pathlib import Path
 from typing import Optional, Union
 
 from disqontrol_client.config import Config, QueueConfig
 from disqontrol_client.errors import WorkerLoadError
+from disqontrold.forkcall import NoAnswer, call_in_child
 from disqontrold.workers.base import Outcome, Worker
 from disqontrold.workers.bootstrap import Bootstrap, load_bootstrap, read_bootstrap
 from disqontrold.workers.command import CommandWorker, resolve_program
@@ -26,8 +24,6 @@ __all__ = ["Outcome", "Worker", "build_worker", "check_workers", "worker_key"]
 PYTHON_TYPES = ("inline_python_worker", "isolated_python_worker")
 #: Seconds the forked checker may spend importing the user's modules.
 CHECK_TIMEOUT = 60.0
-#: Exit code of the checker child when it could not report.
-CHECKER_CRASHED = 70
 
 BootstrapArg = Union[Bootstrap, str, "os.PathLike[str]", None]
 
@@ -77,49 +73,10 @@ def _python_errors(config: Config, bootstrap_path: Optional[str | os.PathLike[st
 
 
 def _check_python_in_child(config: Config, bootstrap_path: Optional[str | os.PathLike[str]]) -> list[str]:
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the checker: report over the pipe, exit without cleanup
-        code = CHECKER_CRASHED
-        try:
-            signal.set_wakeup_fd(-1)  # a signal here must not wake the master's loop
-            os.close(read_fd)
-            with os.fdopen(write_fd, "w") as out:
-                json.dump(_python_errors(config, bootstrap_path), out)
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write_fd)
-    with os.fdopen(read_fd) as source:
-        report = _read_with_deadline(source.fileno(), pid)
-    _, status = os.waitpid(pid, 0)
-    if report is None:
-        return [f"the Python workers could not be checked: the checker exited with status {status} "
-                f"or took longer than {CHECK_TIMEOUT:g}s"]
-    return report
-
-
-def _read_with_deadline(fd: int, pid: int) -> Optional[list[str]]:
-    """The checker's JSON list of errors, or None if it hung or died."""
-    import selectors  # noqa: PLC0415
-
-    deadline = time.monotonic() + CHECK_TIMEOUT
-    chunks = []
-    with selectors.DefaultSelector() as sel:
-        sel.register(fd, selectors.EVENT_READ)
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not sel.select(remaining):
-                os.kill(pid, signal.SIGKILL)
-                return None
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
     try:
-        return json.loads(b"".join(chunks))
-    except ValueError:
-        return None
+        return call_in_child(lambda: _python_errors(config, bootstrap_path), CHECK_TIMEOUT)
+    except NoAnswer as exc:
+        return [f"the Python workers could not be checked: {exc}"]
 
 
 def check_workers(config: Config, bootstrap_path: Optional[str | os.PathLike[str]] = None) -> None:

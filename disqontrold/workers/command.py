@@ -26,7 +26,7 @@ from disqontrol_client.errors import WorkerLoadError
 from disqontrol_client.job import Job
 from disqontrol_client.logfmt import log_event
 from disqontrold.workers.base import OnStart, Outcome, Worker
-from disqontrold.workers.jobprocs import KILL_GRACE, Capture, Child, prepare, run_batch
+from disqontrold.workers.jobprocs import KILL_GRACE, Capture, Child, run_batch
 
 logger = logging.getLogger("disqontrold.workers.command")
 
@@ -37,6 +37,7 @@ OUTPUT_TAIL = 4096
 #: all arguments plus the environment share ARG_MAX (2 MiB by default), so we
 #: stay well below the first limit and far below the second.
 MAX_BODY_ARG = 64 * 1024
+UTF8_MAX_BYTES = 4
 #: The ``--body`` value that tells the worker to read the JSON body on stdin.
 BODY_ON_STDIN = "-"
 #: Signals Python ignores that an exec'd program must see at their default
@@ -68,14 +69,21 @@ def resolve_program(command: Optional[str], key: str) -> tuple[list[str], str]:
     return argv, path
 
 
+#: Built once: json.dumps with non-default options builds an encoder per call.
+_COMPACT_UTF8 = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_COMPACT_ASCII = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def _json(value: object) -> str:
     """Compact JSON, readable UTF-8; \\u escapes only for what an argument
     cannot carry (a lone surrogate decoded from bad input)."""
-    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    text = _COMPACT_UTF8(value)
+    if text.isascii():
+        return text
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        return json.dumps(value, separators=(",", ":"))
+        return _COMPACT_ASCII(value)
     return text
 
 
@@ -102,7 +110,8 @@ class CommandWorker(Worker):
         """The job's argv and the stdin bytes to feed it (None: /dev/null)."""
         body = _json(job.body)
         stdin = None
-        if len(body) > MAX_BODY_ARG or len(body.encode("utf-8")) > MAX_BODY_ARG:
+        # UTF-8 takes at most 4 bytes a character: most bodies skip the encode.
+        if len(body) * UTF8_MAX_BYTES > MAX_BODY_ARG and len(body.encode("utf-8")) > MAX_BODY_ARG:
             stdin, body = body.encode("utf-8"), BODY_ON_STDIN
         args = [f"--queue={job.queue or self.queue}", f"--body={body}", f"--metadata={_json(job.metadata)}"]
         return self._argv + args, stdin
@@ -134,10 +143,8 @@ class CommandWorker(Worker):
             for fd in (out_w, err_w, in_r):
                 if fd is not None:
                     os.close(fd)
-        return prepare(
-            Child(pid=pid, timeout=timeout, outputs={out_r: Capture(OUTPUT_TAIL), err_r: Capture(OUTPUT_TAIL)},
-                  stdin=in_w, stdin_data=stdin_data or b"")
-        )
+        return Child(pid=pid, timeout=timeout, outputs={out_r: Capture(OUTPUT_TAIL), err_r: Capture(OUTPUT_TAIL)},
+                     stdin=in_w, stdin_data=stdin_data or b"")
 
     def run(self, job: Job, timeout: float) -> Outcome:
         return self.run_many([job], timeout)[0]

@@ -6,6 +6,7 @@ synchronous mode); returning ``False`` or raising is failure.
 """
 from __future__ import annotations
 
+import _signal  # the C functions: signal.signal's enum conversions cost the child ~70 page faults
 import gc
 import json
 import logging
@@ -22,7 +23,8 @@ from disqontrol_client.job import Job
 from disqontrol_client.logfmt import log_event
 from disqontrold.workers.base import OnStart, Outcome, Worker
 from disqontrold.workers.bootstrap import JobFunction
-from disqontrold.workers.jobprocs import KILL_GRACE, Capture, Child, prepare, run_batch
+from disqontrold.workers.fastfork import fork
+from disqontrold.workers.jobprocs import KILL_GRACE, Capture, Child, run_batch
 
 logger = logging.getLogger("disqontrold.workers.python")
 
@@ -54,14 +56,19 @@ def _error_text(exc: BaseException) -> str:
 def call_worker(func: JobFunction, job: Job) -> Outcome:
     """Run the user code once and turn its return or exception into an Outcome."""
     started = time.monotonic()
+    outcome = _call(func, job)
+    outcome.duration = time.monotonic() - started
+    return outcome
+
+
+def _call(func: JobFunction, job: Job) -> Outcome:
     try:
         value = func(job)
     except Exception as exc:  # any failure of the user's code fails the job
-        return Outcome(False, error=_error_text(exc), details={"traceback": traceback.format_exc()},
-                       duration=time.monotonic() - started)
+        return Outcome(False, error=_error_text(exc), details={"traceback": traceback.format_exc()})
     if value is False:
-        return Outcome(False, error=RETURNED_FALSE, duration=time.monotonic() - started)
-    return Outcome(True, result=value, duration=time.monotonic() - started)
+        return Outcome(False, error=RETURNED_FALSE)
+    return Outcome(True, result=value)
 
 
 @contextmanager
@@ -117,8 +124,15 @@ class InlinePythonWorker(Worker):
         return outcome
 
 
+#: The report of the commonest job, a success returning None, encoded once:
+#: json.dumps in the child touches (copy-on-write faults) ~70 shared pages.
+OK_NONE_REPORT = json.dumps({"ok": True, "error": None, "details": {}, "result": None}).encode()
+
+
 def _encode_outcome(outcome: Outcome) -> bytes:
     """The child's report; a result JSON cannot carry is sent as its repr."""
+    if outcome.ok and outcome.result is None and not outcome.details and outcome.error is None:
+        return OK_NONE_REPORT
     report = {"ok": outcome.ok, "error": outcome.error, "details": outcome.details}
     try:
         return json.dumps({**report, "result": outcome.result}).encode()
@@ -133,10 +147,10 @@ def _child_main(func: JobFunction, job: Job, write_fd: int) -> None:
     try:
         gc.disable()  # a collection would touch (and copy) every shared page
         os.setsid()  # its own process group: a timeout kills what it started
-        signal.set_wakeup_fd(-1)
+        _signal.set_wakeup_fd(-1)
         for sig in CHILD_DEFAULT_SIGNALS:
-            signal.signal(sig, signal.SIG_DFL)
-        outcome = call_worker(func, job)
+            _signal.signal(sig, _signal.SIG_DFL)
+        outcome = _call(func, job)  # no timing: the consumer times the child
         data = _encode_outcome(outcome)
         view = memoryview(data)
         while view:
@@ -162,10 +176,12 @@ class IsolatedPythonWorker(Worker):
         self.name = name
         self.kill_grace = kill_grace
 
-    def _fork(self, job: Job, timeout: float) -> Child:
+    def _fork(self, job: Job) -> tuple[int, int]:
+        """Fork the job's child: (pid, our read end of its report pipe).
+        Kept to ints: see jobprocs.run_batch."""
         read_fd, write_fd = os.pipe()
         try:
-            pid = os.fork()
+            pid = fork()
         except OSError:
             os.close(read_fd)
             os.close(write_fd)
@@ -174,7 +190,7 @@ class IsolatedPythonWorker(Worker):
             os.close(read_fd)
             _child_main(self.func, job, write_fd)
         os.close(write_fd)
-        return prepare(Child(pid=pid, timeout=timeout, outputs={read_fd: Capture()}))
+        return pid, read_fd
 
     def run(self, job: Job, timeout: float) -> Outcome:
         return self.run_many([job], timeout)[0]
@@ -184,8 +200,9 @@ class IsolatedPythonWorker(Worker):
         # Anything buffered now would be written twice if a child flushed it.
         sys.stdout.flush()
         sys.stderr.flush()
-        outcomes = run_batch(jobs, on_start, lambda job: self._fork(job, timeout), self._outcome, self.kill_grace,
-                             "cannot fork")
+        outcomes = run_batch(jobs, on_start, self._fork, self._outcome, self.kill_grace, "cannot fork",
+                             adopt=lambda forked: Child(pid=forked[0], timeout=timeout,
+                                                        outputs={forked[1]: Capture()}))
         for job, outcome in zip(jobs, outcomes):
             if not outcome.ok:
                 log_event(logger, "python_job_failed", logging.WARNING, job=job.id, queue=job.queue,

@@ -177,7 +177,8 @@ EXAMPLE = ("--config", str(REPO / "etc" / "disqontrol.yml"), "--bootstrap", str(
     ("resize-pic", '"p.png"', 0, ""),  # the command worker examples/resize_pic.py
     ("resize-pic", '{"fail": true}', 1, ""),
 ])
-def test_example_config_workers_run(queue, body, code, out):
+def test_example_config_workers_run_from_any_cwd(queue, body, code, out, tmp_path):
     pytest.importorskip("disqontrold.sync", reason="the synchronous runner has not landed yet")
-    done = run("processjob", queue, body, *EXAMPLE, cwd=REPO)
+    # from an unrelated cwd: the example's relative paths are relative to etc/
+    done = run("processjob", queue, body, *EXAMPLE, cwd=tmp_path)
     assert (done.returncode, done.stdout) == (code, out), done.stderr

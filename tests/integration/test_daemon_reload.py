@@ -7,6 +7,7 @@ import signal
 
 import pytest
 
+from tests.integration.ctl_support import ctl_json
 from tests.support.daemon import Daemon, command_worker, python_worker
 from tests.support.procs import wait_for
 
@@ -69,3 +70,34 @@ def test_broken_config_on_sighup_keeps_the_old_consumers(tmp_path):
         assert not daemon.events("reload_taken")
     finally:
         daemon.stop()
+
+
+def test_reload_keeps_the_process_count_of_unchanged_groups_within_their_new_bounds(tmp_path):
+    # Given three groups of 1..3 processes (no autoscaling), each raised to 2 by SIGTTIN
+    queues = {name: {"worker": python_worker()} for name in ("a", "b", "c", "d")}
+    groups = [{"queues": ["a"]}, {"queues": ["b"]}, {"queues": ["c"]}, {"queues": ["d"], "max_processes": 1}]
+    defaults = {"min_processes": 1, "max_processes": 3, "autoscale": False}
+    daemon = Daemon(tmp_path, sqlite(tmp_path), queues, consumers=groups, consumer_defaults=defaults).start(4)
+    try:
+        daemon.signal(signal.SIGTTIN)
+        wait_for(lambda: _live_groups(daemon) == {(1, "a"): 2, (1, "b"): 2, (1, "c"): 2, (1, "d"): 1},
+                 timeout=60, message="2 processes for a, b and c")
+
+        # When the config is reloaded with b allowed only 1 and c merged with d into a new group
+        daemon.write_config(queues, consumers=[{"queues": ["a"]}, {"queues": ["b"], "max_processes": 1},
+                                               {"queues": ["c", "d"]}], consumer_defaults=defaults)
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_event("reload_taken")
+
+        # Then a keeps its 2, b is clamped to 1, the new group starts at its minimum
+        wait_for(lambda: _live_groups(daemon) == {(2, "a"): 2, (2, "b"): 1, (2, "c+d"): 1}, timeout=60,
+                 message="the new generation's process counts, the old one gone")
+        assert not daemon.events("consumer_crashed")
+    finally:
+        daemon.stop()
+
+
+def _live_groups(daemon: Daemon) -> dict[tuple[int, str], int]:
+    """Consumers per (generation, group) as `disqontrolctl status` shows them."""
+    status = ctl_json(daemon, "status")
+    return collections.Counter((c["generation"], c["group"]) for c in status["consumers"])

@@ -103,6 +103,21 @@ def test_an_unreachable_broker_pauses_autoscaling_and_says_so_once(tmp_path, cap
     assert caplog.text.count("event=autoscale_paused") == 1
 
 
+def test_after_a_reload_the_autoscaler_starts_from_the_count_the_master_kept(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    # Given a group the master runs at 3 processes, idle, nothing waiting
+    master = StandInMaster(config_for(tmp_path, f"sqlite://{tmp_path}/jobs.db"))
+    plug = MasterAutoscaler(master)
+    plug.timer()
+    # When a reload (a new config object) keeps its count
+    master.config = config_for(tmp_path, f"sqlite://{tmp_path}/jobs.db")
+    master.targets["work"] = 3
+    plug.timer()
+    # Then the new decider takes 3 as its own target: no "outside change" hold, no change
+    assert plug.deciders["work"].target == 3
+    assert "event=autoscale_held" not in caplog.text and master.calls == []
+
+
 def test_the_timer_ends_when_the_master_stops(tmp_path):
     master = StandInMaster(config_for(tmp_path, f"sqlite://{tmp_path}/jobs.db"))
     plug = MasterAutoscaler(master)

@@ -287,6 +287,35 @@ def test_relative_paths_resolve_against_the_config_directory(tmp_path, monkeypat
     assert config.scheduler.crontab == conf_dir / "crontab"
 
 
+@pytest.mark.parametrize("command, expected", [
+    ("bin/worker.py --fast", "{conf}/bin/worker.py --fast"),
+    ("../examples/resize_pic.py", "{root}/examples/resize_pic.py"),
+    ("./w 'a b'  \"c d\"", "{conf}/w 'a b'  \"c d\""),  # arguments kept as written
+    ("'my dir/w' x", "'{conf}/my dir/w' x"),  # quoted again when it needs it
+    ("php console email:send", "php console email:send"),  # a bare name goes through PATH
+    ("/usr/bin/env php", "/usr/bin/env php"),  # absolute: as is
+    ("~/bin/w", "{home}/bin/w"),
+    ("bin/w 'unbalanced", "{conf}/bin/w 'unbalanced"),  # the worker check refuses it later
+])
+def test_relative_command_program_resolves_against_the_config_directory(tmp_path, monkeypatch, command, expected):
+    # Given a command worker whose program is a relative path, and another cwd
+    conf_dir = tmp_path / "conf"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    section = {"queues": {"q": {"worker": {"type": "command", "command": command}}}}
+    # When the config is parsed
+    config = parse_config({"disqontrol": section}, base_dir=conf_dir)
+    # Then the program (only it) is absolute, relative to the config's directory
+    assert config.queue("q").worker.command == expected.format(
+        conf=conf_dir, root=tmp_path, home=tmp_path / "home")
+
+
+def test_example_command_worker_is_found_from_any_cwd(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    command = load_config(REPO / "etc" / "disqontrol.yml").queue("resize-pic").worker.command
+    assert command == f"{REPO}/examples/resize_pic.py"
+
+
 # --- lookup order ------------------------------------------------------------------
 
 @pytest.fixture
