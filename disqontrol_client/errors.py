@@ -1,4 +1,7 @@
 """The project's exceptions: each carries a message a user can act on."""
+from __future__ import annotations
+
+from typing import Sequence
 
 
 class DisqontrolError(Exception):
@@ -33,6 +36,16 @@ class BrokerError(DisqontrolError):
     """The broker answered, but refused or failed the operation."""
 
     exit_code = 3
+
+
+class ClaimedNotAdded(BrokerError):
+    """Claims were taken but their jobs could not be added (a broker that
+    cannot do both in one transaction lost the store in between). ``keys``
+    names the claims whose runs are lost; the cause is chained."""
+
+    def __init__(self, message: str, keys: Sequence[str]) -> None:
+        super().__init__(message)
+        self.keys = list(keys)
 
 
 class WorkerLoadError(DisqontrolError):

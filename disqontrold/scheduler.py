@@ -1,12 +1,15 @@
 """The scheduler: adds each due crontab run to its queue exactly once per
-minute, however many schedulers run on one broker.
+minute, however many schedulers run on one broker and whenever one crashes.
 
-Exactly once comes from the broker, not from this process: before adding the
-job of run ``M`` of entry ``E`` a scheduler takes the claim
-``sched:E:M`` (``Broker.claim``: the first caller wins until the claim
-expires). Claim first, add second: a scheduler that dies (or loses the
-broker) between the two loses that run, so a run is added *at most once*;
-it is never added twice. The lost run is logged (``schedule_lost``).
+Exactly once comes from the broker, not from this process: a pass hands the
+broker every due run at once, ``Broker.add_claimed``: for run ``M`` of entry
+``E`` it takes the claim ``sched:E:M`` (the first caller wins until the
+claim expires) and adds the job only where it won. On sqlite and redis
+(``atomic_claims``) the claim and its job commit together, so a crash
+leaves both or neither. With a separate ``claim_store`` (or an engine without
+atomic claims) the claims come first and the add second: a scheduler dying
+in between loses those runs (at most once, never twice), logged as
+``schedule_lost`` when it sees the failure.
 
 The same class serves the master's built-in scheduler (``tick`` on every
 deadline) and the one-shot of the system cron (``run_due`` once). Neither
@@ -24,9 +27,9 @@ from datetime import datetime, timezone, tzinfo
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 from disqontrol_client.brokers import open_broker
-from disqontrol_client.brokers.broker import Broker, NewJob
+from disqontrol_client.brokers.broker import Broker, NewJob, claim_then_add
 from disqontrol_client.config import Config, SchedulerConfig
-from disqontrol_client.errors import BrokerError, BrokerUnavailable, ConfigError
+from disqontrol_client.errors import BrokerError, BrokerUnavailable, ClaimedNotAdded, ConfigError
 from disqontrol_client.job import Job
 from disqontrol_client.submit import new_job_for
 from disqontrol_client.logfmt import log_event
@@ -248,11 +251,9 @@ class Scheduler:
             return []
         with ExitStack() as connections:
             broker = _connect(self.broker, connections)
-            claims = broker if self.claims is None else _connect(self.claims, connections)
-            won = [(entry, run_time) for entry, run_time in due if self._claim(claims, entry, run_time)]
-            ids = self._add(broker, won)
-        job_ids = {(entry.key, run_time): job_id for (entry, run_time), job_id in zip(won, ids)}
-        runs = [Run(entry, run_time, job_ids.get((entry.key, run_time))) for entry, run_time in due]
+            claims = None if self.claims is None else _connect(self.claims, connections)
+            ids = self._add_claimed(broker, claims, due)
+        runs = [Run(entry, run_time, job_id) for (entry, run_time), job_id in zip(due, ids)]
         for run in runs:
             if run.job_id is not None:
                 self.last_added[run.entry.key] = run
@@ -266,30 +267,33 @@ class Scheduler:
         self.last_checked = now
         return runs
 
-    def _claim(self, broker: Broker, entry: CrontabEntry, run_time: float) -> bool:
+    def _add_claimed(
+        self, broker: Broker, claims: Optional[Broker], due: list[tuple[CrontabEntry, float]]
+    ) -> list[Optional[str]]:
+        """Claim each run and add the jobs of those won: one round trip, one
+        transaction where the broker has ``atomic_claims``. With a separate
+        claim store (or a broker without atomic claims) a failure between the
+        claims and the add loses the claimed runs: each is logged, then raised."""
         lookback = max(self.settings.missed_window, ON_TIME_GRACE)
         ttl = self.clock.real_duration(lookback + CLAIM_MARGIN)
+        pairs = [(claim_key(entry, run_time), self._new_job(entry, run_time)) for entry, run_time in due]
         try:
-            return broker.claim(claim_key(entry, run_time), ttl)
+            if claims is None:
+                return broker.add_claimed(pairs, ttl)
+            return claim_then_add(claims, broker, pairs, ttl)
         except NotImplementedError as error:
+            holder = claims if claims is not None else broker
             raise ConfigError(
                 f"disqontrol.broker: the scheduler needs Broker.claim() to add each run once, "
-                f"and {type(broker).__name__} refuses it ({error}); use a sqlite or redis broker, "
+                f"and {type(holder).__name__} refuses it ({error}); use a sqlite or redis broker, "
                 "or put the claims in one: disqontrol.scheduler.claim_store: redis://... or sqlite://..."
             ) from None
-
-    def _add(self, broker: Broker, won: list[tuple[CrontabEntry, float]]) -> list[str]:
-        """Add the jobs of claimed runs in one round trip. A failure here loses
-        those runs (they are claimed): log each, then raise."""
-        if not won:
-            return []
-        jobs = [self._new_job(entry, run_time) for entry, run_time in won]
-        try:
-            return broker.add_many(jobs)
-        except (BrokerUnavailable, BrokerError) as error:
-            for entry, run_time in won:
-                log_event(logger, "schedule_lost", logging.ERROR, queue=entry.queue,
-                          run=iso(run_time), entry=entry.source, error=error)
+        except ClaimedNotAdded as error:
+            lost = set(error.keys)
+            for (entry, run_time), (key, _) in zip(due, pairs):
+                if key in lost:
+                    log_event(logger, "schedule_lost", logging.ERROR, queue=entry.queue,
+                              run=iso(run_time), entry=entry.source, error=error.__cause__ or error)
             raise
 
     def _new_job(self, entry: CrontabEntry, run_time: float) -> NewJob:

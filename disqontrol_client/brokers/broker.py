@@ -12,6 +12,8 @@ import abc
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional, Sequence
 
+from disqontrol_client.errors import BrokerError, BrokerUnavailable, ClaimedNotAdded
+
 DEFAULT_RETRY = 600  # s: lease of a reserved job (Disque RETRY)
 DEFAULT_TTL = 2592000  # s: 30 days (Disque TTL)
 MAX_TTL = 3932100  # s: about 45 days, Disque's maximum
@@ -56,6 +58,9 @@ class Broker(abc.ABC):
 
     #: URL scheme(s) this engine serves, e.g. ("sqlite",)
     schemes: tuple[str, ...] = ()
+    #: True when ``add_claimed`` takes each claim and adds its job in one
+    #: transaction (a crash leaves both or neither); False: claim, then add.
+    atomic_claims: bool = False
 
     @classmethod
     @abc.abstractmethod
@@ -146,6 +151,18 @@ class Broker(abc.ABC):
         uses it so that a cron minute fires once across schedulers."""
         raise NotImplementedError(f"{type(self).__name__} has no claim()")
 
+    def add_claimed(self, pairs: Sequence[tuple[str, NewJob]], claim_ttl: float) -> list[Optional[str]]:
+        """For each ``(claim key, job)``: take the claim for ``claim_ttl``
+        seconds and add the job, in one round trip for all pairs where the
+        engine allows it. Returns the new job id where this caller won the
+        claim, None where it was already taken (nothing added then).
+
+        The scheduler's exactly once per cron minute rests on this. An engine
+        with ``atomic_claims`` commits each claim with its job, so a crash
+        leaves both or neither. This default claims, then adds (see
+        ``claim_then_add``): a crash in between loses those jobs."""
+        return claim_then_add(self, self, pairs, claim_ttl)
+
     @abc.abstractmethod
     def close(self) -> None:
         """Release the connection. Idempotent."""
@@ -155,3 +172,27 @@ class Broker(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def claim_then_add(
+    claims: Any, jobs: Any, pairs: Sequence[tuple[str, NewJob]], claim_ttl: float
+) -> list[Optional[str]]:
+    """``add_claimed`` over two calls, possibly two stores (the scheduler's
+    ``claim_store``): claims first, then one ``add_many`` of the won jobs.
+    At most once: if the add fails the claimed jobs are lost, and
+    ``ClaimedNotAdded`` names their claims. (``claims`` and ``jobs`` are
+    Brokers, or anything with their ``claim`` / ``add_many``.)"""
+    won: list[bool] = []
+    try:
+        for key, _ in pairs:
+            won.append(claims.claim(key, claim_ttl))
+        jobs_won = [job for (_, job), taken in zip(pairs, won) if taken]
+        ids = iter(jobs.add_many(jobs_won) if jobs_won else [])
+    except (BrokerUnavailable, BrokerError) as error:
+        keys = [key for (key, _), taken in zip(pairs, won) if taken]
+        if not keys:
+            raise
+        raise ClaimedNotAdded(
+            f"{len(keys)} claim(s) taken but their jobs not added, so lost: {error}", keys
+        ) from error
+    return [next(ids) if taken else None for taken in won]

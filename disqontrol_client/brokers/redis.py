@@ -94,6 +94,7 @@ class RedisBroker(Broker):
     """A connection to one Redis server (redis:// or rediss:// for TLS)."""
 
     schemes = ("redis", "rediss")
+    atomic_claims = True
 
     def __init__(self, client: redis.Redis, prefix: str = DEFAULT_PREFIX, where: str = "redis") -> None:
         self._client = client
@@ -105,7 +106,8 @@ class RedisBroker(Broker):
         self._registered: set[str] = set()
         self._scripts: dict[str, Script] = {
             name: client.register_script(_script_source(name))
-            for name in ("add", "reserve", "remove", "nack", "working", "replace", "peek", "counts", "show")
+            for name in ("add", "reserve", "remove", "nack", "working", "replace", "peek", "counts", "show",
+                         "add_claimed")
         }
 
     @classmethod
@@ -215,9 +217,40 @@ class RedisBroker(Broker):
                        extra=[("SADD", self._queues_key, new.queue)])
         return new_id
 
+    def _claim_key(self, key: str) -> str:
+        return f"{self._prefix}:claim:{key}"
+
     def claim(self, key: str, ttl: float) -> bool:
         return bool(self._call(lambda: self._client.set(
-            f"{self._prefix}:claim:{key}", b"1", nx=True, px=max(1, _ms(ttl)))))
+            self._claim_key(key), b"1", nx=True, px=max(1, _ms(ttl)))))
+
+    def add_claimed(self, pairs: Sequence[tuple[str, NewJob]], claim_ttl: float) -> list[Optional[str]]:
+        """One script per queue (lua/add_claimed.lua) takes that queue's claims
+        and adds the jobs of those won atomically; the scripts of several
+        queues go in one pipeline: one round trip. The claim keys lie outside
+        the queue's hash tag (single primary, like ``replace``)."""
+        ids = [self._new_id(_check_queue(job.queue)) for _, job in pairs]
+        positions: dict[str, list[int]] = {}
+        for n, (_, job) in enumerate(pairs):
+            positions.setdefault(job.queue, []).append(n)
+        chunks = [(queue, where[i:i + ADD_CHUNK]) for queue, where in positions.items()
+                  for i in range(0, len(where), ADD_CHUNK)]
+        ttl_ms = max(1, _ms(claim_ttl))
+        calls = [
+            ("add_claimed",
+             self._keys(queue) + [self._claim_key(pairs[n][0]) for n in chunk],
+             [ttl_ms, *(arg for n in chunk for arg in _job_args(ids[n], pairs[n][1]))])
+            for queue, chunk in chunks
+        ]
+        won = [False] * len(pairs)
+        if calls:
+            fresh = [queue for queue in positions if queue not in self._registered]
+            replies = self._pipeline(calls, extra=[("SADD", self._queues_key, *fresh)] if fresh else [])
+            self._registered.update(fresh)
+            for (_, chunk), reply in zip(chunks, replies):
+                for n, taken in zip(chunk, reply):
+                    won[n] = bool(taken)
+        return [job_id if taken else None for job_id, taken in zip(ids, won)]
 
     # --- consumer side ----------------------------------------------------
 

@@ -70,6 +70,8 @@ WITH RECURSIVE names(queue) AS (
 SELECT queue FROM names WHERE queue IS NOT NULL
 AND EXISTS (SELECT 1 FROM jobs WHERE jobs.queue = names.queue AND expires > ?)
 """
+DROP_EXPIRED_CLAIMS = "DELETE FROM claims WHERE expires <= ?"
+TAKE_CLAIM = "INSERT OR IGNORE INTO claims VALUES (?, ?)"
 WAITING = "expires > ?2 AND (leased = 0 OR due <= ?2)"  # ready or delayed, alive
 
 
@@ -107,6 +109,12 @@ def _check_job(queue: str, delay: float, retry: float, ttl: float) -> None:
         raise BrokerError(f"sqlite broker: ttl {ttl!r} must be in (0, {MAX_TTL}] seconds")
 
 
+def _row(job: NewJob, now: float) -> tuple:
+    """The INSERT parameters of a checked job added at ``now``."""
+    _check_job(job.queue, job.delay, job.retry, job.ttl)
+    return (job.queue, job.payload, now + job.delay, job.retry, now + job.ttl, now)
+
+
 def _guarded(method: Callable[..., T]) -> Callable[..., T]:
     """Turn sqlite errors into the project's broker errors."""
 
@@ -124,6 +132,7 @@ class SqliteBroker(Broker):
     """Jobs in one SQLite file shared by every process of the machine."""
 
     schemes = (SCHEME,)
+    atomic_claims = True
 
     def __init__(self, path: str, *, busy_timeout: float = BUSY_TIMEOUT) -> None:
         self.path = path
@@ -167,10 +176,7 @@ class SqliteBroker(Broker):
         if not items:
             return []
         now = time.time()
-        rows = []
-        for i in items:
-            _check_job(i.queue, i.delay, i.retry, i.ttl)
-            rows.append((i.queue, i.payload, now + i.delay, i.retry, now + i.ttl, now))
+        rows = [_row(i, now) for i in items]
 
         def insert(db: sqlite3.Connection) -> int:
             db.executemany(INSERT, rows)
@@ -183,9 +189,7 @@ class SqliteBroker(Broker):
 
     @_guarded
     def replace(self, old_id: str, new: NewJob) -> str:
-        _check_job(new.queue, new.delay, new.retry, new.ttl)
-        now = time.time()
-        row = (new.queue, new.payload, now + new.delay, new.retry, now + new.ttl, now)
+        row = _row(new, time.time())
         old = _rowids([old_id])
 
         def swap(db: sqlite3.Connection) -> int:
@@ -389,10 +393,32 @@ class SqliteBroker(Broker):
         now = time.time()
 
         def take(db: sqlite3.Connection) -> bool:
-            db.execute("DELETE FROM claims WHERE expires <= ?", (now,))
-            return db.execute("INSERT OR IGNORE INTO claims VALUES (?, ?)", (key, now + ttl)).rowcount == 1
+            db.execute(DROP_EXPIRED_CLAIMS, (now,))
+            return db.execute(TAKE_CLAIM, (key, now + ttl)).rowcount == 1
 
         return self._write(take)
+
+    @_guarded
+    def add_claimed(self, pairs: Sequence[tuple[str, NewJob]], claim_ttl: float) -> list[Optional[str]]:
+        """Every claim and the jobs of those won in one ``BEGIN IMMEDIATE``
+        transaction: a crash commits both or neither."""
+        if not pairs:
+            return []
+        now = time.time()
+        rows = [_row(job, now) for _, job in pairs]
+
+        def take_and_add(db: sqlite3.Connection) -> list[Optional[str]]:
+            db.execute(DROP_EXPIRED_CLAIMS, (now,))
+            return [
+                job_id(db.execute(INSERT, row).lastrowid)  # type: ignore[arg-type]
+                if db.execute(TAKE_CLAIM, (key, now + claim_ttl)).rowcount == 1 else None
+                for (key, _), row in zip(pairs, rows)
+            ]
+
+        ids = self._write(take_and_add)
+        if any(ids):
+            self._wake.notify()
+        return ids
 
     def close(self) -> None:
         self._waiter.disarm()

@@ -1,6 +1,7 @@
 """The Scheduler's pass logic with a hand-driven clock. The broker here is an
-in-memory fake of two methods (claim, add_many): the cross-process
-exactly-once guarantee is tested on real brokers in tests/integration."""
+in-memory fake of the claim methods (claim, add_many, add_claimed): the
+cross-process exactly-once guarantee is tested on real brokers in
+tests/integration."""
 from __future__ import annotations
 
 import json
@@ -12,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from disqontrol_client.config import SchedulerConfig
-from disqontrol_client.errors import BrokerUnavailable, ConfigError
+from disqontrol_client.errors import BrokerUnavailable, ClaimedNotAdded, ConfigError
 from disqontrold.crontab import parse_crontab
 from disqontrold.scheduler import SCHEDULED_TIME, Clock, Scheduler, claim_key
-from tests.unit.scheduler_fakes import MemoryBroker
+from tests.unit.scheduler_fakes import AtomicMemoryBroker, MemoryBroker
 
 UTC = timezone.utc
 
@@ -102,12 +103,31 @@ def test_broker_failure_after_claim_loses_the_run_and_tick_does_not_raise(caplog
     assert scheduled_times(broker) == [at(12, 1)]
 
 
+def test_broker_failure_with_atomic_claims_loses_nothing_and_the_next_pass_adds_the_run(caplog):
+    broker = AtomicMemoryBroker()
+    sched = scheduler("* * * * * q", broker, at(12, 0, 30), replace(SETTINGS, missed_runs="skip"))
+    broker.fail_add = True
+    # When the claim-and-add fails (neither the claim nor the job is kept)
+    assert sched.tick(at(12, 0, 31)) == []
+    # Then no run is lost: the next pass, with the broker back, adds it once
+    assert "schedule_lost" not in caplog.text and broker.claims == {}
+    broker.fail_add = False
+    sched.tick(at(12, 0, 40))
+    sched.tick(at(12, 0, 50))
+    assert scheduled_times(broker) == [at(12, 0)]
+
+
 def test_run_due_raises_broker_errors_for_the_one_shot():
     broker = MemoryBroker()
     broker.fail_add = True
     sched = scheduler("* * * * * q", broker, at(12, 0, 30))
-    with pytest.raises(BrokerUnavailable):
+    with pytest.raises(ClaimedNotAdded) as lost:  # claimed, not added: a BrokerError
         sched.run_due(at(12, 0, 31))
+    assert isinstance(lost.value.__cause__, BrokerUnavailable) and len(lost.value.keys) == 2
+    atomic = AtomicMemoryBroker()
+    atomic.fail_add = True
+    with pytest.raises(BrokerUnavailable):
+        scheduler("* * * * * q", atomic, at(12, 0, 30)).run_due(at(12, 0, 31))
 
 
 def test_broker_without_claim_is_refused_clearly():
