@@ -1,8 +1,14 @@
 """The consumer: a child of the master that takes jobs of its group's queues
 and runs their workers.
 
-reserve(batch) -> decode -> group by queue -> worker.run_many -> ack the
-successes -> failures.handle_failure for the others. It blocks in the
+reserve(batch) -> decode -> group by queue -> worker.run_many ->
+failures.handle_failure for the failed -> the successes are acked by the
+next reserve (``reserve(..., ack=...)``: one broker transaction / round trip
+per batch instead of two). That next reserve is made at once, and its acks
+are committed before it blocks; before exiting (stop, recycling) the
+consumer flushes them with a plain ``ack``. So a crash of the consumer
+between a job's success and that next call redelivers the job: the at least
+once window is the next reserve call, not a longer one. It blocks in the
 broker's reserve (never sleep-polls) and checks its stop flag and its
 recycling limits between batches and between the jobs of an inline batch;
 the unstarted jobs of a batch go back with ``nack``, which does not count
@@ -70,6 +76,7 @@ class Consumer:
         self.reopen_requested = False
         self.broker: Optional[Broker] = None
         self.workers: dict[str, Worker] = {}
+        self._unacked: list[str] = []  # succeeded, acked by the next reserve
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     # -- signals --------------------------------------------------------
@@ -134,6 +141,7 @@ class Consumer:
                         break
         finally:
             self.scoreboard.set_state(STOPPING)
+            self._flush_acks()
             self._close()
         log_event(logger, "consumer_stopped", group=self.group.name,
                   done=self.scoreboard.done, failed=self.scoreboard.failed)
@@ -194,7 +202,10 @@ class Consumer:
         delay = BROKER_BACKOFF_START
         while not self.stopping:
             try:
-                return self.broker.reserve(self.queues, count=self.group.job_batch, timeout=RESERVE_TIMEOUT)
+                got = self.broker.reserve(self.queues, count=self.group.job_batch, timeout=RESERVE_TIMEOUT,
+                                          ack=self._unacked)
+                self._unacked = []
+                return got
             except (BrokerUnavailable, BrokerError) as exc:
                 self._broker_trouble("reserve", exc, delay)
                 delay = min(delay * 2, BROKER_BACKOFF_CAP)
@@ -227,8 +238,7 @@ class Consumer:
                 started += len(run)
                 recycle = self._recycle_reason()
         self._nack([job.id for job in reserved[started:]])
-        if done:
-            self._ack(done)
+        self._unacked += done
         return recycle
 
     def _decode(self, delivery: Delivery) -> Optional[Job]:
@@ -284,7 +294,11 @@ class Consumer:
             log_event(logger, "failure_not_recorded", logging.ERROR, job=job.id, queue=job.queue,
                       error=str(exc))
 
-    def _ack(self, ids: list[str]) -> None:
+    def _flush_acks(self) -> None:
+        """Ack the successes no reserve took along (the process is leaving)."""
+        ids, self._unacked = self._unacked, []
+        if not ids or self.broker is None:
+            return
         try:
             self.broker.ack(ids)
         except (BrokerUnavailable, BrokerError) as exc:

@@ -89,14 +89,21 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     def reserve(
-        self, queues: Sequence[str], *, count: int = 1, timeout: float = 1.0
+        self, queues: Sequence[str], *, count: int = 1, timeout: float = 1.0, ack: Sequence[str] = ()
     ) -> list[Delivery]:
         """Lease up to ``count`` ready jobs, taking from the queues in the order
         given (all of the first queue's ready jobs before the second's).
 
         Blocks for at most ``timeout`` seconds when none is ready and returns
         ``[]`` then; ``timeout=0`` does not block. Must wake within milliseconds
-        of an add from any process, without busy-polling."""
+        of an add from any process, without busy-polling.
+
+        ``ack``: ids of finished jobs to ack first, as ``ack(ack)`` would: a
+        consumer folds the ack of its last batch into the next reserve, one
+        transaction / round trip per batch instead of two where the engine can
+        (an engine that cannot calls ``self.ack(ack)`` first). The acks are committed
+        before the call leases or blocks, so they hold even when it returns
+        ``[]`` or raises while waiting."""
 
     @abc.abstractmethod
     def ack(self, ids: Iterable[str]) -> None:

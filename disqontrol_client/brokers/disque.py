@@ -238,7 +238,12 @@ class DisqueBroker(Broker):
 
     # -- consuming ----------------------------------------------------------
 
-    def reserve(self, queues: Sequence[str], *, count: int = 1, timeout: float = 1.0) -> list[Delivery]:
+    def reserve(
+        self, queues: Sequence[str], *, count: int = 1, timeout: float = 1.0, ack: Sequence[str] = ()
+    ) -> list[Delivery]:
+        """GETJOB; ``ack`` is an ACKJOB sent first (its own round trip)."""
+        if ack:
+            self.ack(ack)
         deadline = time.monotonic() + max(0.0, timeout)
         while True:
             left = deadline - time.monotonic()

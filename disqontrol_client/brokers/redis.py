@@ -254,7 +254,12 @@ class RedisBroker(Broker):
 
     # --- consumer side ----------------------------------------------------
 
-    def reserve(self, queues: Sequence[str], *, count: int = 1, timeout: float = 1.0) -> list[Delivery]:
+    def reserve(
+        self, queues: Sequence[str], *, count: int = 1, timeout: float = 1.0, ack: Sequence[str] = ()
+    ) -> list[Delivery]:
+        """The acks of ids of ``queues`` run inside the reserve script: one
+        round trip, done before any BLPOP. A lost connection while they are
+        unconfirmed raises ``BrokerUnavailable`` (the caller keeps them)."""
         if not queues:
             raise UsageError("reserve needs at least one queue name")
         if not 1 <= count <= MAX_COUNT:
@@ -263,9 +268,11 @@ class RedisBroker(Broker):
         keys = [key for queue in queues for key in self._keys(queue)]
         notify_keys = keys[KEYS_PER_QUEUE - 1::KEYS_PER_QUEUE]
         deadline = time.monotonic() + max(timeout, 0)
+        acks = self._ack_args(queues, ack)
         while True:
             try:
-                reply = self._scripts["reserve"](keys=keys, args=[count])
+                reply = self._scripts["reserve"](keys=keys, args=[count, *acks])
+                acks = []
                 jobs = _deliveries(queues, reply)
                 if jobs or timeout <= 0:
                     self._backoff = CONSUMER_BACKOFF_FIRST
@@ -280,10 +287,30 @@ class RedisBroker(Broker):
                     self._client.blpop(notify_keys, timeout=wait)
                 self._backoff = CONSUMER_BACKOFF_FIRST
             except (redis.ConnectionError, redis.TimeoutError) as exc:
+                if acks:
+                    raise BrokerUnavailable(
+                        f"cannot reach redis at {self._where} to ack {len(acks) // 2} job(s): {exc}"
+                    ) from exc
                 self._pause_after(exc, deadline, queues)
                 return []
             except redis.RedisError as exc:
                 raise BrokerError(f"redis at {self._where} refused reserve: {exc}") from exc
+
+    def _ack_args(self, queues: list[str], ids: Sequence[str]) -> list[Any]:
+        """The reserve script's (key offset, id) pairs for the ids of
+        ``queues``; the ids of other queues are acked now, on their own."""
+        offsets = {queue: n * KEYS_PER_QUEUE for n, queue in enumerate(queues)}
+        args: list[Any] = []
+        others = []
+        for job_id in ids:
+            offset = offsets.get(queue_of(job_id) or "")
+            if offset is None:
+                others.append(job_id)
+            else:
+                args += [offset, job_id]
+        if others:
+            self.ack(others)
+        return args
 
     def _pause_after(self, exc: Exception, deadline: float, queues: list[str]) -> None:
         """A consumer outlives a Redis restart: log, wait (growing backoff,

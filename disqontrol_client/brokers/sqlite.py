@@ -34,7 +34,7 @@ from disqontrol_client.brokers.broker import (
     NewJob,
     QueueStats,
 )
-from disqontrol_client.brokers.sqlite_store import BUSY_TIMEOUT, CACHED_STATEMENTS, Store
+from disqontrol_client.brokers.sqlite_store import BUSY_TIMEOUT, CHUNK, Store, by_ids, with_ids
 from disqontrol_client.brokers.sqlite_wake import Waiter, WakeDir
 from disqontrol_client.errors import BrokerError, ConfigError
 
@@ -47,7 +47,6 @@ SWEEP_ROWS = 10000  # rowids looked at per step: bounds the time the write lock 
 MAX_SLEEP = 2.0  # s: a waiter re-checks at least this often (lost-wakeup safety net)
 POLL_INTERVAL = 0.05  # s: only when the wake directory is unusable
 ID_PREFIX = "S-"
-CHUNK = 500  # ids per IN (...) statement
 
 INSERT = "INSERT INTO jobs (queue, payload, due, retry, expires, ctime) VALUES (?, ?, ?, ?, ?, ?)"
 _LEASE_SET = (
@@ -73,6 +72,7 @@ AND EXISTS (SELECT 1 FROM jobs WHERE jobs.queue = names.queue AND expires > ?)
 DROP_EXPIRED_CLAIMS = "DELETE FROM claims WHERE expires <= ?"
 TAKE_CLAIM = "INSERT OR IGNORE INTO claims VALUES (?, ?)"
 WAITING = "expires > ?2 AND (leased = 0 OR due <= ?2)"  # ready or delayed, alive
+DELETE_IDS = "DELETE FROM jobs WHERE id IN ({})"
 
 
 def _path_from_url(url: str) -> str:
@@ -89,13 +89,6 @@ def _rowids(ids: Iterable[str]) -> list[int]:
     """Row ids of our job ids; ids that are not ours cannot exist here."""
     n = len(ID_PREFIX)
     return [int(i[n:]) for i in ids if i[:n] == ID_PREFIX and i[n:].isdigit()]
-
-
-@functools.lru_cache(maxsize=CACHED_STATEMENTS)
-def _with_ids(sql: str, count: int) -> str:
-    """``sql`` with its ``{}`` filled by ``count`` placeholders (cached: acks
-    of a batch size repeat the same text, which sqlite3 then finds prepared)."""
-    return sql.format(",".join("?" * count))
 
 
 def _check_job(queue: str, delay: float, retry: float, ttl: float) -> None:
@@ -206,15 +199,19 @@ class SqliteBroker(Broker):
 
     @_guarded
     def reserve(
-        self, queues: Sequence[str], *, count: int = 1, timeout: float = 1.0
+        self, queues: Sequence[str], *, count: int = 1, timeout: float = 1.0, ack: Sequence[str] = ()
     ) -> list[Delivery]:
+        """The acks and the first lease attempt are one transaction: the acks
+        are committed before any wait."""
         if count < 1:
             raise BrokerError(f"sqlite broker: reserve count {count!r} must be >= 1")
         deadline = time.monotonic() + timeout
         armed: Optional[bool] = None  # None: not bound for this call
+        acked = _rowids(ack)
         try:
             while True:
-                got = self._lease(queues, count)
+                got = self._lease(queues, count, acked)
+                acked = []
                 if got:
                     return got
                 remaining = deadline - time.monotonic()
@@ -229,19 +226,25 @@ class SqliteBroker(Broker):
             if armed is not None:
                 self._waiter.disarm()
 
-    def _lease(self, queues: Sequence[str], count: int) -> list[Delivery]:
-        """Lease up to ``count`` due jobs. One queue: a single autocommit
+    def _lease(self, queues: Sequence[str], count: int, acked: Sequence[int] = ()) -> list[Delivery]:
+        """Delete the ``acked`` rows and lease up to ``count`` due jobs, in
+        one transaction. One queue, nothing to ack: a single autocommit
         write statement: sqlite takes the write lock before its subquery
         reads, so the read and the write are one transaction."""
         db = self._conn()
         now = time.time()
         if now - self._last_sweep >= SWEEP_INTERVAL:
             self._write(lambda db: self._sweep(db, now))
-        if len(queues) == 1:
+        if len(queues) == 1 and not acked:
             sql = LEASE_ONE if count == 1 else LEASE_MANY
             rows = self._exclusive(lambda: db.execute(sql, (now, queues[0], count)).fetchall())
             return self._deliveries(queues[0], rows)
-        per_queue = self._write(lambda db: self._lease_queues(db, now, queues, count))
+
+        def ack_and_lease(db: sqlite3.Connection) -> list[tuple[str, list]]:
+            by_ids(db, DELETE_IDS, (), acked)
+            return self._lease_queues(db, now, queues, count)
+
+        per_queue = self._write(ack_and_lease)
         return [d for queue, rows in per_queue for d in self._deliveries(queue, rows)]
 
     @staticmethod
@@ -290,11 +293,11 @@ class SqliteBroker(Broker):
 
     @_guarded
     def ack(self, ids: Iterable[str]) -> None:
-        self._by_ids("DELETE FROM jobs WHERE id IN ({})", (), ids)
+        self._by_ids(DELETE_IDS, (), ids)
 
     @_guarded
     def delete(self, ids: Iterable[str]) -> None:
-        self._by_ids("DELETE FROM jobs WHERE id IN ({})", (), ids)
+        self._by_ids(DELETE_IDS, (), ids)
 
     @_guarded
     def nack(self, ids: Iterable[str]) -> None:
@@ -309,17 +312,9 @@ class SqliteBroker(Broker):
             return 0
         db = self._conn()
         if len(rowids) <= CHUNK:
-            statement = _with_ids(sql, len(rowids))
+            statement = with_ids(sql, len(rowids))
             return self._exclusive(lambda: db.execute(statement, (*head, *rowids)).rowcount)
-
-        def run(db: sqlite3.Connection) -> int:
-            changed = 0
-            for start in range(0, len(rowids), CHUNK):
-                part = tuple(rowids[start:start + CHUNK])
-                changed += db.execute(_with_ids(sql, len(part)), head + part).rowcount
-            return changed
-
-        return self._write(run)
+        return self._write(lambda db: by_ids(db, sql, head, rowids))
 
     @_guarded
     def working(self, id: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -147,6 +148,54 @@ def test_batch_reserve_and_batch_ack(broker: Broker) -> None:
     broker.ack(got)
     assert broker.length("q") == 0
     assert broker.stats(["q"])[0].in_flight == 0
+
+
+def test_reserve_acks_the_given_ids_then_leases_the_next(broker: Broker) -> None:
+    ids = broker.add_many([NewJob("q", f"j{i}".encode()) for i in range(6)])
+    first = broker.reserve(["q"], count=3, timeout=2)
+    assert [d.id for d in first] == ids[:3]
+
+    second = broker.reserve(["q"], count=3, timeout=2, ack=[d.id for d in first])
+
+    assert [d.id for d in second] == ids[3:]
+    assert all(broker.show(i) is None for i in ids[:3]), "the acked jobs are still there"
+    assert broker.stats(["q"])[0].in_flight == 3
+    assert broker.reserve(["q"], timeout=0, ack=[d.id for d in second]) == []
+    assert all(broker.show(i) is None for i in ids)
+    assert broker.stats(["q"])[0].in_flight == 0
+
+
+def test_reserve_acks_ids_of_other_queues_and_ignores_unknown_ones(broker: Broker) -> None:
+    elsewhere = broker.add("other", b"o")
+    here = broker.add("q", b"x")
+    leased = [reserve_one(broker, "other").id, reserve_one(broker, "q").id]
+    unknown = ["nope", "S-987654321", "R-00ff00ff00ff00ff-q", "R-00ff00ff00ff00ff-gone",
+               "D-dead0000-0000000000000000000000000-0001"]
+    nxt = broker.add("q", b"next")
+
+    got = broker.reserve(["q"], timeout=5, ack=[*unknown, *leased])
+
+    assert [d.id for d in got] == [nxt]
+    assert broker.show(elsewhere) is None and broker.show(here) is None
+
+
+def test_reserve_commits_its_acks_before_blocking(broker: Broker, broker_url: str) -> None:
+    job_id = broker.add("q", b"x")
+    done = reserve_one(broker, "q").id
+    block = 4.0  # s: long enough to look from another connection meanwhile
+    result: list = []
+    reserver = threading.Thread(
+        target=lambda: result.append(broker.reserve(["q"], timeout=block, ack=[done])), daemon=True
+    )
+    started = time.monotonic()
+    reserver.start()
+    with open_broker(broker_url) as other:
+        wait_for(lambda: other.show(job_id) is None, timeout=block / 2,
+                 message="the ack seen by another connection while reserve blocks")
+    assert reserver.is_alive(), "reserve returned before its timeout with nothing ready"
+    reserver.join(timeout=block + 10 * SLACK)
+    assert result == [[]]
+    assert time.monotonic() - started >= block - SLACK
 
 
 def test_batch_spans_queues_in_order(broker: Broker) -> None:

@@ -63,21 +63,22 @@ local function add_jobs(q, args, first, now)
   if ready > 0 then notify(q, ready) end
 end
 
--- Remove jobs whatever their state (ack and delete). Unknown ids cost no
--- scan: only a job whose hash existed is looked for in the ready list.
-local function remove_jobs(q, args, first)
-  for i = first, #args do
-    local id = args[i]
-    if redis.call('DEL', job_key(q, id)) == 1 then
-      if redis.call('ZREM', q.leased, id) == 0 and redis.call('ZREM', q.delayed, id) == 0 then
-        redis.call('LREM', q.ready, 1, id)
-      end
-    else
-      redis.call('ZREM', q.leased, id)
-      redis.call('ZREM', q.delayed, id)
+-- Remove one job whatever its state (ack and delete). An unknown id costs
+-- no scan: only a job whose hash existed is looked for in the ready list.
+local function remove_job(q, id)
+  if redis.call('DEL', job_key(q, id)) == 1 then
+    if redis.call('ZREM', q.leased, id) == 0 and redis.call('ZREM', q.delayed, id) == 0 then
+      redis.call('LREM', q.ready, 1, id)
     end
-    redis.call('ZREM', q.expiry, id)
+  else
+    redis.call('ZREM', q.leased, id)
+    redis.call('ZREM', q.delayed, id)
   end
+  redis.call('ZREM', q.expiry, id)
+end
+
+local function remove_jobs(q, args, first)
+  for i = first, #args do remove_job(q, args[i]) end
 end
 
 -- Make due delayed jobs ready and redeliver jobs whose lease lapsed

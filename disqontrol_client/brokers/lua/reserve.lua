@@ -1,8 +1,12 @@
--- KEYS: five keys per queue, queues in priority order. ARGV[1]: count.
+-- KEYS: five keys per queue, queues in priority order. ARGV[1]: count, then
+-- jobs to ack first as (key offset of their queue, id) pairs.
 -- Returns {ms until the next due job or -1, then per job: queue index, id,
 -- payload, nacks, deliveries}.
 local now = now_ms()
 local count = tonumber(ARGV[1])
+for i = 2, #ARGV, 2 do
+  remove_job(queue_keys(tonumber(ARGV[i])), ARGV[i + 1])
+end
 local out = {-1}
 local got = 0
 local soonest = nil
