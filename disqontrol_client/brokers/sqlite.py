@@ -34,7 +34,10 @@ from disqontrol_client.brokers.broker import (
     NewJob,
     QueueStats,
 )
-from disqontrol_client.brokers.sqlite_store import BUSY_TIMEOUT, CHUNK, Store, by_ids, with_ids
+from disqontrol_client.brokers.sqlite_store import (  # the SQL lives beside the schema
+    BUSY_TIMEOUT, CHUNK, DELETE_IDS, DROP_EXPIRED_CLAIMS, INSERT, LEASE_MANY, LEASE_ONE, NEXT_DUE,
+    QUEUES, TAKE_CLAIM, WAITING, Store, by_ids, with_ids,
+)
 from disqontrol_client.brokers.sqlite_wake import Waiter, WakeDir
 from disqontrol_client.errors import BrokerError, ConfigError
 
@@ -48,31 +51,6 @@ MAX_SLEEP = 2.0  # s: a waiter re-checks at least this often (lost-wakeup safety
 POLL_INTERVAL = 0.05  # s: only when the wake directory is unusable
 ID_PREFIX = "S-"
 
-INSERT = "INSERT INTO jobs (queue, payload, due, retry, expires, ctime) VALUES (?, ?, ?, ?, ?, ?)"
-_LEASE_SET = (
-    "UPDATE jobs SET leased = 1, deliveries = deliveries + leased, due = ?1 + retry WHERE id {} "
-    "(SELECT id FROM jobs WHERE queue = ?2 AND due <= ?1 AND expires > ?1 ORDER BY due, id LIMIT ?3)"
-    " RETURNING id, payload, nacks, deliveries"
-)
-LEASE_ONE = _LEASE_SET.format("=")  # "=" skips the IN-list temp table: much cheaper
-LEASE_MANY = _LEASE_SET.format("IN")
-NEXT_DUE = "SELECT due FROM jobs WHERE queue = ? AND expires > ? ORDER BY due LIMIT 1"
-# Queue names by hopping through the (queue, due) index, one lookup per queue
-# rather than a scan of every job (DISTINCT would read them all).
-QUEUES = """
-WITH RECURSIVE names(queue) AS (
-    SELECT min(queue) FROM jobs
-    UNION ALL
-    SELECT (SELECT min(queue) FROM jobs WHERE queue > names.queue) FROM names
-    WHERE names.queue IS NOT NULL
-)
-SELECT queue FROM names WHERE queue IS NOT NULL
-AND EXISTS (SELECT 1 FROM jobs WHERE jobs.queue = names.queue AND expires > ?)
-"""
-DROP_EXPIRED_CLAIMS = "DELETE FROM claims WHERE expires <= ?"
-TAKE_CLAIM = "INSERT OR IGNORE INTO claims VALUES (?, ?)"
-WAITING = "expires > ?2 AND (leased = 0 OR due <= ?2)"  # ready or delayed, alive
-DELETE_IDS = "DELETE FROM jobs WHERE id IN ({})"
 
 
 def _path_from_url(url: str) -> str:

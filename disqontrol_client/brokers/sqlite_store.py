@@ -1,5 +1,6 @@
 """One process's connection to the sqlite broker's file: opening it (WAL,
-pragmas, schema), reopening after a fork, and retrying a busy database.
+pragmas, schema), reopening after a fork, and retrying a busy database;
+the schema's SQL statements, and running one over a list of ids.
 
 Every write is either one autocommit statement or a ``BEGIN IMMEDIATE``
 transaction, so it takes sqlite's write lock before it reads: two writers
@@ -49,6 +50,33 @@ SCHEMA = (
     "CREATE INDEX IF NOT EXISTS jobs_queue_due ON jobs (queue, due)",
     "CREATE TABLE IF NOT EXISTS claims (key TEXT PRIMARY KEY, expires REAL NOT NULL)",
 )
+
+# The statements of the broker over that schema.
+INSERT = "INSERT INTO jobs (queue, payload, due, retry, expires, ctime) VALUES (?, ?, ?, ?, ?, ?)"
+_LEASE_SET = (
+    "UPDATE jobs SET leased = 1, deliveries = deliveries + leased, due = ?1 + retry WHERE id {} "
+    "(SELECT id FROM jobs WHERE queue = ?2 AND due <= ?1 AND expires > ?1 ORDER BY due, id LIMIT ?3)"
+    " RETURNING id, payload, nacks, deliveries"
+)
+LEASE_ONE = _LEASE_SET.format("=")  # "=" skips the IN-list temp table: much cheaper
+LEASE_MANY = _LEASE_SET.format("IN")
+NEXT_DUE = "SELECT due FROM jobs WHERE queue = ? AND expires > ? ORDER BY due LIMIT 1"
+# Queue names by hopping through the (queue, due) index, one lookup per queue
+# rather than a scan of every job (DISTINCT would read them all).
+QUEUES = """
+WITH RECURSIVE names(queue) AS (
+    SELECT min(queue) FROM jobs
+    UNION ALL
+    SELECT (SELECT min(queue) FROM jobs WHERE queue > names.queue) FROM names
+    WHERE names.queue IS NOT NULL
+)
+SELECT queue FROM names WHERE queue IS NOT NULL
+AND EXISTS (SELECT 1 FROM jobs WHERE jobs.queue = names.queue AND expires > ?)
+"""
+DROP_EXPIRED_CLAIMS = "DELETE FROM claims WHERE expires <= ?"
+TAKE_CLAIM = "INSERT OR IGNORE INTO claims VALUES (?, ?)"
+WAITING = "expires > ?2 AND (leased = 0 OR due <= ?2)"  # ready or delayed, alive
+DELETE_IDS = "DELETE FROM jobs WHERE id IN ({})"
 
 
 def check_sqlite_version() -> None:
