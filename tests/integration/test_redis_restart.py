@@ -41,6 +41,16 @@ def test_a_producer_that_cannot_reach_redis_gets_broker_unavailable():
     assert error.value.exit_code == 3
 
 
+def test_a_reserve_with_acks_it_could_not_send_raises_and_one_without_returns_empty():
+    port = free_port()  # nothing listens there
+    with RedisBroker.from_url(f"redis://127.0.0.1:{port}/0") as broker:
+        # A consumer must keep acks that never reached the server (to send them again) ...
+        with pytest.raises(BrokerUnavailable, match="to ack 1 job"):
+            broker.reserve(["q"], timeout=0, ack=["R-00ff00ff00ff00ff-q"])
+        # ... while an empty-handed reserve just waits the outage out.
+        assert broker.reserve(["q"], timeout=0) == []
+
+
 def test_a_blocked_consumer_survives_a_restart(own_server):
     # Given a consumer blocked in reserve
     broker = RedisBroker.from_url(own_server.url)
