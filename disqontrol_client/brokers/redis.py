@@ -39,7 +39,7 @@ from disqontrol_client.brokers.broker import (
     QueueStats,
 )
 from disqontrol_client.errors import BrokerError, BrokerUnavailable, ConfigError, UsageError
-from disqontrol_client.logfmt import log_event
+from disqontrol_client.logfmt import log_event, redact_url
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -132,8 +132,8 @@ class RedisBroker(Broker):
         try:
             client = redis.Redis.from_url(urlunsplit(parts._replace(query=rest)), **options)
         except ValueError as exc:
-            raise ConfigError(f"disqontrol.broker: {_redact(url)!r} is not a valid redis URL: {exc}") from exc
-        return cls(client, prefix, where=_redact(url))
+            raise ConfigError(f"disqontrol.broker: {redact_url(url)!r} is not a valid redis URL: {exc}") from exc
+        return cls(client, prefix, where=redact_url(url))
 
     # --- keys and calls ---------------------------------------------------
 
@@ -397,16 +397,6 @@ class RedisBroker(Broker):
 
     def close(self) -> None:
         self._client.close()
-
-
-def _redact(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _job_args(job_id: str, job: NewJob) -> list[Any]:

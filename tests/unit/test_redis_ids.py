@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from disqontrol_client.brokers.redis import RedisBroker, _redact, queue_of
+from disqontrol_client.brokers.redis import RedisBroker, queue_of
+from disqontrol_client.logfmt import redact_url
 from disqontrol_client.errors import ConfigError
 
 
@@ -17,8 +18,8 @@ def test_a_foreign_id_names_no_queue(foreign):
 
 
 def test_the_password_never_reaches_a_message():
-    assert _redact("redis://:s3cret@db.example:6380/2") == "redis://:***@db.example:6380/2"
-    assert _redact("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+    assert redact_url("redis://:s3cret@db.example:6380/2") == "redis://:***@db.example:6380/2"
+    assert redact_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
 
 
 @pytest.mark.parametrize("url", ["redis://127.0.0.1/0?prefix=", "redis://127.0.0.1/0?prefix=a{b}"])
