@@ -17,8 +17,10 @@ Prints, each with its target and the ratio to it:
 - enqueue -> start latency p50 / p99 on an idle daemon;
 - master and consumer RSS.
 
-Usage: python bench/throughput.py [--engine sqlite|redis] [--jobs N]
-Every phase is bounded by --phase-timeout seconds.
+Usage: python bench/throughput.py [--engine sqlite|redis] [--jobs N] [--kinds command,...]
+Every phase is bounded by --phase-timeout seconds. ``--kinds`` runs only the
+named drains (inline, isolated, command), and the latency and RSS figures only
+when inline is among them.
 """
 from __future__ import annotations
 
@@ -63,6 +65,12 @@ TARGETS = {  # name: (target, higher is better)
     "latency p99 ms": (20.0, False),
     "master RSS MiB": (35.0, False),
     "consumer RSS MiB": (35.0, False),
+}
+
+KINDS = {  # the drains: kind -> its worker
+    "inline": {"type": "inline_python_worker", "name": "benchworkers:noop"},
+    "isolated": {"type": "isolated_python_worker", "name": "benchworkers:noop"},
+    "command": {"type": "command", "command": "/bin/true"},
 }
 
 BENCH_WORKERS = '''
@@ -193,7 +201,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--engine", choices=("sqlite", "redis"), default="sqlite")
     parser.add_argument("--jobs", type=int, default=JOBS)
     parser.add_argument("--phase-timeout", type=float, default=PHASE_TIMEOUT)
+    parser.add_argument("--kinds", default=",".join(KINDS),
+                        help=f"comma-separated drains to run, of {', '.join(KINDS)}")
     args = parser.parse_args(argv)
+    args.kinds = [kind.strip() for kind in args.kinds.split(",") if kind.strip()]
+    unknown = sorted(set(args.kinds) - set(KINDS))
+    if unknown:
+        parser.error(f"--kinds: {', '.join(unknown)} not among {', '.join(KINDS)}")
     print(f"engine={args.engine} jobs={args.jobs} consumers={CONSUMERS} job_batch={BATCH} "
           f"cpus={os.cpu_count()} load={os.getloadavg()[0]:.1f}", flush=True)
     with tempfile.TemporaryDirectory(prefix="dq-bench-") as tmp:
@@ -221,13 +235,10 @@ def broker_url(root: Path, name: str, redis: Optional[RedisServer]) -> str:
 
 
 def run_all(root: Path, args: argparse.Namespace, redis: Optional[RedisServer]) -> None:
-    kinds = {
-        "inline": {"type": "inline_python_worker", "name": "benchworkers:noop"},
-        "isolated": {"type": "isolated_python_worker", "name": "benchworkers:noop"},
-        "command": {"type": "command", "command": "/bin/true"},
-    }
     memories: dict[str, tuple[float, float]] = {}
-    for kind, worker in kinds.items():
+    for kind, worker in KINDS.items():
+        if kind not in args.kinds:
+            continue
         if kind == "command":
             spawn_rate, spawn_cpu = raw_spawn_rate()
             print(f"{'raw posix_spawn/s':<22} {spawn_rate:>10.1f}   (2 processes, /bin/true; "
@@ -258,6 +269,12 @@ def run_all(root: Path, args: argparse.Namespace, redis: Optional[RedisServer]) 
             report(name, rate, *TARGETS[f"{kind} jobs/s"])
         if kind == "isolated":
             report_fork_limits(rate, job_cpu, anon)
+    if "inline" in args.kinds:
+        report_latency_and_memory(root, redis, memories)
+
+
+def report_latency_and_memory(root: Path, redis: Optional[RedisServer],
+                              memories: dict[str, tuple[float, float]]) -> None:
     daemon = start_daemon(root / "latency", broker_url(root, "latency", redis), "latency",
                           {"type": "inline_python_worker", "name": "benchworkers:latency"})
     try:
