@@ -1,17 +1,18 @@
-"""Supervising the job processes of one batch: pipes, deadlines, exits.
+"""Supervising job processes: pipes, deadlines, exits.
 
 Shared by the command worker (exec'd children) and the isolated Python worker
-(forked children). One selector loop watches every child of the batch at
-once: a pidfd per child wakes the loop the moment it exits (no polling), the
-output pipes are drained as they fill (no deadlock on a chatty child), and
-each child has its own deadline after which its whole process group gets
-SIGTERM, then SIGKILL after a grace.
+(forked children), for one batch (``run_batch``) or for the consumer's sliding
+window of jobs (``Supervisor``, see disqontrold/jobwindow.py). One epoll loop
+watches every child at once: a pidfd per child wakes the loop the moment it
+exits (no polling), the output pipes are drained as they fill (no deadlock on
+a chatty child), and each child has its own deadline after which its whole
+process group gets SIGTERM, then SIGKILL after its grace.
 """
 from __future__ import annotations
 
 import errno
 import os
-import selectors
+import select
 import signal
 import time
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ Started = Any
 READ_CHUNK = 65536
 #: Bytes written to a child's stdin per wake-up (a pipe holds 64 KiB).
 WRITE_CHUNK = 65536
+#: A time that never comes (no deadline pending).
+NEVER = float("inf")
 
 
 @dataclass
@@ -64,6 +67,7 @@ class Child:
     stdin_data: bytes = b""
     started: float = field(default_factory=time.monotonic)
     pidfd: int = -1
+    grace: float = KILL_GRACE  # s between the timeout's SIGTERM and SIGKILL
     # Filled in by supervise():
     status: Optional[int] = None  # the raw wait status
     timed_out: bool = False
@@ -129,52 +133,24 @@ def _drain(fd: int, capture: Capture) -> bool:
         capture.add(chunk)
 
 
-def _finish(child: Child, sel: selectors.BaseSelector) -> None:
-    """The child has exited: collect the rest of its output, mop up its
-    group if it was killed, reap it, release every descriptor."""
-    for fd, capture in child.outputs.items():
-        _drain(fd, capture)
-    if child.timed_out:
-        # The leader is a zombie until reaped, so its pgid is still ours:
-        # kill any grandchild that outlived the SIGTERM.
-        _killpg(child.pid, signal.SIGKILL)
-    try:
-        _, child.status = os.waitpid(child.pid, 0)
-    except ChildProcessError:
-        child.status = None  # reaped by someone else: counted as a failure
-    child.ended = time.monotonic()
-    for fd in [child.pidfd, *child.outputs, *([child.stdin] if child.stdin is not None else [])]:
-        try:
-            sel.unregister(fd)
-        except KeyError:
-            pass
-        _close(fd)
-    child.stdin = None
-
-
-def _feed(child: Child, sel: selectors.BaseSelector) -> None:
-    """Write the next piece of the child's stdin; close it when all is sent
-    or the child stopped reading (EPIPE)."""
+def _feed(child: Child) -> bool:
+    """Write the next piece of the child's stdin; True when it is all sent
+    or the child stopped reading (EPIPE): then the pipe can be closed."""
     assert child.stdin is not None
-    done = False
     try:
         child._written += os.write(child.stdin, child.stdin_data[child._written : child._written + WRITE_CHUNK])
-        done = child._written >= len(child.stdin_data)
     except BlockingIOError:
-        return
+        return False
     except BrokenPipeError:
-        done = True
-    if done:
-        sel.unregister(child.stdin)
-        _close(child.stdin)
-        child.stdin = None
+        return True
+    return child._written >= len(child.stdin_data)
 
 
-def _enforce(child: Child, now: float, grace: float) -> None:
+def _enforce(child: Child, now: float) -> None:
     if not child.timed_out and now >= child.deadline:
         child.timed_out = True
         _killpg(child.pid, signal.SIGTERM)
-        child._kill_at = now + grace
+        child._kill_at = now + child.grace
     elif child._kill_at is not None and now >= child._kill_at:
         _killpg(child.pid, signal.SIGKILL)
         child._kill_at = None
@@ -183,42 +159,129 @@ def _enforce(child: Child, now: float, grace: float) -> None:
 def _next_wake(child: Child) -> float:
     if child._kill_at is not None:
         return child._kill_at
-    return child.deadline if not child.timed_out else float("inf")
+    return child.deadline if not child.timed_out else NEVER
+
+
+class Supervisor:
+    """The epoll loop over a changing set of children: one batch
+    (``supervise``) or a consumer's sliding job window. Children are added
+    while others run; ``wait`` returns those that ended, reaped.
+
+    Deadlines are checked only when the earliest one is due (not on every
+    wake-up): the window wakes once per ending child or more."""
+
+    def __init__(self) -> None:
+        self._poll = select.epoll()
+        self._fds: dict[int, Child] = {}  # every watched fd -> its child
+        self.running: dict[Child, None] = {}  # insertion-ordered set
+        self._check_at = NEVER  # the earliest deadline / SIGKILL time of a running child
+
+    def __len__(self) -> int:
+        return len(self.running)
+
+    def _watch(self, fd: int, child: Child, events: int) -> None:
+        self._poll.register(fd, events)
+        self._fds[fd] = child
+
+    def _unwatch(self, fd: int) -> None:
+        if self._fds.pop(fd, None) is not None:
+            self._poll.unregister(fd)
+
+    def add(self, child: Child) -> None:
+        """Watch a prepared child (see ``prepare``) until it ends."""
+        self._watch(child.pidfd, child, select.EPOLLIN)
+        for fd in child.outputs:
+            self._watch(fd, child, select.EPOLLIN)
+        if child.stdin is not None:
+            self._watch(child.stdin, child, select.EPOLLOUT)
+        self.running[child] = None
+        self._check_at = min(self._check_at, _next_wake(child))
+
+    def next_wake(self) -> float:
+        """The monotonic time of the next deadline or SIGKILL (NEVER: none)."""
+        return self._check_at
+
+    def _enforce_all(self, now: float) -> None:
+        if now < self._check_at:
+            return
+        for child in self.running:
+            _enforce(child, now)
+        self._check_at = min(map(_next_wake, self.running), default=NEVER)
+
+    def wait(self, timeout: Optional[float] = None) -> list[Child]:
+        """Wait until at least one child ends, or ``timeout`` seconds pass
+        (None: no limit; 0: only look), killing the overdue meanwhile.
+        Returns the children that ended, reaped, their descriptors closed."""
+        now = time.monotonic()
+        end = NEVER if timeout is None else now + timeout
+        ended: list[Child] = []
+        while self.running:
+            self._enforce_all(now)
+            wake = min(self._check_at, end)
+            events = self._poll.poll(-1 if wake == NEVER else max(0.0, wake - now))
+            for fd, _mask in events:
+                child = self._fds.get(fd)
+                if child is None:
+                    continue  # closed earlier in this batch of events
+                if fd == child.pidfd:
+                    self._finish(child)
+                    ended.append(child)
+                elif fd == child.stdin:
+                    if _feed(child):
+                        self._unwatch(fd)
+                        _close(fd)
+                        child.stdin = None
+                elif _drain(fd, child.outputs[fd]):
+                    self._unwatch(fd)  # EOF; closed when the child is reaped
+            now = time.monotonic()
+            if ended or now >= end:
+                break
+        return ended
+
+    def _finish(self, child: Child) -> None:
+        """The child has exited: collect the rest of its output, mop up its
+        group if it was killed, reap it, release every descriptor."""
+        for fd, capture in child.outputs.items():
+            if fd in self._fds:  # not at end of file yet
+                _drain(fd, capture)
+        if child.timed_out:
+            # The leader is a zombie until reaped, so its pgid is still ours:
+            # kill any grandchild that outlived the SIGTERM.
+            _killpg(child.pid, signal.SIGKILL)
+        try:
+            _, child.status = os.waitpid(child.pid, 0)
+        except ChildProcessError:
+            child.status = None  # reaped by someone else: counted as a failure
+        child.ended = time.monotonic()
+        for fd in [child.pidfd, *child.outputs, *([child.stdin] if child.stdin is not None else [])]:
+            self._unwatch(fd)
+            _close(fd)
+        child.stdin = None
+        del self.running[child]
+
+    def kill_all(self) -> None:
+        """SIGKILL every running child's group and reap it: nothing is left
+        behind when the loop is interrupted or the consumer gives up."""
+        for child in list(self.running):
+            _killpg(child.pid, signal.SIGKILL)
+            self._finish(child)
+
+    def close(self) -> None:
+        self.kill_all()
+        self._poll.close()
 
 
 def supervise(children: Sequence[Child], grace: float = KILL_GRACE) -> None:
     """Run until every child has exited and been reaped."""
-    sel = selectors.DefaultSelector()
-    pending = set(children)
+    supervisor = Supervisor()
     try:
         for child in children:
-            sel.register(child.pidfd, selectors.EVENT_READ, (child, None))
-            for fd in child.outputs:
-                sel.register(fd, selectors.EVENT_READ, (child, fd))
-            if child.stdin is not None:
-                sel.register(child.stdin, selectors.EVENT_WRITE, (child, child.stdin))
-        while pending:
-            now = time.monotonic()
-            for child in pending:
-                _enforce(child, now, grace)
-            wake = min(_next_wake(child) for child in pending)
-            events = sel.select(None if wake == float("inf") else max(0.0, wake - now))
-            for key, _mask in events:
-                child, fd = key.data
-                if child not in pending:
-                    continue  # finished earlier in this batch of events
-                if fd is None:
-                    _finish(child, sel)
-                    pending.discard(child)
-                elif fd == child.stdin:
-                    _feed(child, sel)
-                elif _drain(fd, child.outputs[fd]):
-                    sel.unregister(fd)  # EOF; closed when the child is reaped
+            child.grace = grace
+            supervisor.add(child)
+        while supervisor:
+            supervisor.wait()
     finally:
-        for child in pending:  # interrupted (e.g. KeyboardInterrupt): leave no orphan
-            _killpg(child.pid, signal.SIGKILL)
-            _finish(child, sel)
-        sel.close()
+        supervisor.close()  # interrupted (e.g. KeyboardInterrupt): leave no orphan
 
 
 def run_batch(
