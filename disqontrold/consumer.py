@@ -1,18 +1,22 @@
 """The consumer: a child of the master that takes jobs of its group's queues
 and runs their workers.
 
-reserve(batch) -> decode -> group by queue -> worker.run_many ->
-failures.handle_failure for the failed -> the successes are acked by the
-next reserve (``reserve(..., ack=...)``: one broker transaction / round trip
-per batch instead of two). That next reserve is made at once, and its acks
-are committed before it blocks; before exiting (stop, recycling) the
-consumer flushes them with a plain ``ack``. So a crash of the consumer
-between a job's success and that next call redelivers the job: the at least
-once window is the next reserve call, not a longer one. It blocks in the
-broker's reserve (never sleep-polls) and checks its stop flag and its
-recycling limits between batches and between the jobs of an inline batch;
-the unstarted jobs of a batch go back with ``nack``, which does not count
-as a failure.
+reserve(up to job_batch) -> decode -> windowed workers (command): each job
+starts in the job window (jobwindow.py) and is settled as it ends; the
+others: group by queue -> worker.run_many -> settled as a batch. Settling:
+failures.handle_failure for the failed; the successes are acked by the next
+reserve (``reserve(..., ack=...)``: one broker transaction / round trip per
+reserve instead of two). While window jobs run, that next reserve is made
+(without blocking) as soon as half the window is free, else within
+jobwindow.REFILL_INTERVAL; with nothing running it is made at once and
+blocks. Its acks are committed before it leases or blocks; before exiting
+(stop, recycling) the consumer flushes them with a plain ``ack``. So a crash
+of the consumer between a job's success and that next call redelivers the
+job (at least once). It blocks in the broker's reserve only when no job
+runs (never sleep-polls) and checks its stop flag and its recycling limits
+between starts and between the jobs of an inline batch; the unstarted jobs
+go back with ``nack``, which does not count as a failure; started ones
+finish.
 
 A delivery with ``additional_deliveries`` > 0 was leased before by a consumer
 or worker that died mid-job (or was killed as hung): SPEC §6 counts that as a
@@ -28,6 +32,7 @@ import logging
 import os
 import select
 import signal
+import time
 import traceback
 from pathlib import Path
 from typing import Optional, Sequence
@@ -40,10 +45,12 @@ from disqontrol_client.job import RETRIES, Job, decode_payload
 from disqontrol_client.logfmt import log_event
 from disqontrold import failures
 from disqontrold.children import EXIT_BOOT_FAILED, EXIT_FAST, EXIT_OK
+from disqontrold.jobwindow import REFILL_INTERVAL, JobWindow
 from disqontrold.log import reopen_logs
 from disqontrold.proctitle import consumer_title, set_title
 from disqontrold.scoreboard import BUSY, IDLE, STOPPING, Scoreboard
 from disqontrold.workers.base import Outcome, Worker
+from disqontrold.workers.jobprocs import NEVER
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +84,10 @@ class Consumer:
         self.broker: Optional[Broker] = None
         self.workers: dict[str, Worker] = {}
         self._unacked: list[str] = []  # succeeded, acked by the next reserve
+        self._timeouts = {q: config.queue(q).job_process_timeout for q in self.queues}
+        self.window = JobWindow(group.job_batch)
+        self._busy = False  # the scoreboard says busy
+        self._recycle = ""  # why this process is to be replaced, once it is
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     # -- signals --------------------------------------------------------
@@ -128,19 +139,10 @@ class Consumer:
         log_event(logger, "consumer_ready", group=self.group.name, queues=",".join(self.queues))
         self._idle()
         try:
-            while not self.stopping:
-                deliveries = self._reserve()
-                self.scoreboard.heartbeat()
-                if self.reopen_requested:  # after the wait: the batch's lines go to the new file
-                    self.reopen_requested = False
-                    reopen_logs()
-                if deliveries:
-                    recycle = self._process(deliveries)
-                    self._idle()
-                    if recycle:
-                        break
+            self._loop()
         finally:
             self.scoreboard.set_state(STOPPING)
+            self.window.close()  # empty unless an exception cut the loop short
             self._flush_acks()
             self._close()
         log_event(logger, "consumer_stopped", group=self.group.name,
@@ -190,56 +192,133 @@ class Consumer:
         return reason
 
     def _idle(self) -> None:
+        self._busy = False
         self.scoreboard.set_state(IDLE)
         set_title(consumer_title(self.group.name, "idle"))
 
     def _on_start(self, job: Job) -> None:
+        self._busy = True
         self.scoreboard.set_state(BUSY, job.id or "")
         set_title(consumer_title(self.group.name, "busy", job.id or ""))
 
     # -- the job path ---------------------------------------------------
-    def _reserve(self) -> list[Delivery]:
+    def _loop(self) -> None:
+        """Until stopped or recycled: block in the broker while no job runs;
+        while jobs run, tend the window (reserve more at half, settle each
+        job as it ends). A stop lets the running jobs finish."""
+        while True:
+            if self.window:
+                self._tend()
+            elif self.stopping or self._recycle or self._room() <= 0:
+                return
+            else:
+                self._take(self._reserve(RESERVE_TIMEOUT))
+            if self._busy and not self.window:
+                self._idle()
+
+    def _tend(self) -> None:
+        due = self._next_refill()
+        if time.monotonic() >= due:
+            self._take(self._reserve(0))
+            due = self._next_refill()
+        if self.window:
+            self._settle(self.window.wait(None if due == NEVER else max(0.0, due - time.monotonic())))
+
+    def _room(self) -> int:
+        """How many jobs to reserve: the window's free places, no more than
+        the recycling limit still allows."""
+        room = self.window.free
+        if self.group.max_jobs_per_process:
+            handled = self.scoreboard.done + self.scoreboard.failed + len(self.window)
+            room = min(room, self.group.max_jobs_per_process - handled)
+        return room
+
+    def _next_refill(self) -> float:
+        if self.stopping or self._recycle or self._room() <= 0:
+            return NEVER
+        return self.window.next_refill()
+
+    def _reserve(self, timeout: float) -> list[Delivery]:
+        """Lease up to ``_room()`` jobs, acking the ended successes with it.
+        With ``timeout`` 0 (jobs are running) one try: a broker failure is
+        logged and tried again at the window's pace; otherwise back off and
+        retry until stopped."""
+        count = self._room()
         delay = BROKER_BACKOFF_START
         while not self.stopping:
             try:
-                got = self.broker.reserve(self.queues, count=self.group.job_batch, timeout=RESERVE_TIMEOUT,
-                                          ack=self._unacked)
-                self._unacked = []
-                return got
+                got = self.broker.reserve(self.queues, count=count, timeout=timeout, ack=self._unacked)
             except (BrokerUnavailable, BrokerError) as exc:
-                self._broker_trouble("reserve", exc, delay)
-                delay = min(delay * 2, BROKER_BACKOFF_CAP)
+                if timeout:
+                    self._broker_trouble("reserve", exc, delay)
+                    delay = min(delay * 2, BROKER_BACKOFF_CAP)
+                    continue
+                log_event(logger, "broker_unreachable", logging.WARNING, group=self.group.name,
+                          operation="reserve", error=str(exc), retry_in=REFILL_INTERVAL)
+                got = []
+            else:
+                self._unacked = []
+            self.window.reserved(time.monotonic(), count, len(got))
+            self.scoreboard.heartbeat()
+            if self.reopen_requested:  # after the wait: the batch's lines go to the new file
+                self.reopen_requested = False
+                reopen_logs()
+            return got
         return []
 
-    def _process(self, deliveries: Sequence[Delivery]) -> str:
-        """Run a reserved batch; the reason to recycle this process ('' = none).
-
-        Recycling is checked after each inline job (after each concurrent
-        group): a bloated process stops after the job in hand and gives the
-        unstarted rest back, as a graceful stop does."""
+    def _take(self, deliveries: Sequence[Delivery]) -> None:
+        """Start reserved jobs: a windowed worker's join the window; the
+        others run by queue (``run_many``) once the window is empty, as an
+        inline run cannot watch the window's processes."""
+        if not deliveries:
+            return
         if self.stopping:
             self._nack([d.id for d in deliveries])
-            return ""
+            return
+        windowed: list[Job] = []
         by_queue: dict[str, list[Job]] = {}
         for delivery in deliveries:
             job = self._decode(delivery)
-            if job is not None:
+            if job is None:
+                continue
+            if self.workers[job.queue].windowed:
+                windowed.append(job)
+            else:
                 by_queue.setdefault(job.queue, []).append(job)
+        if by_queue:
+            while self.window:
+                self._settle(self.window.wait(None))
+            self._run_batches(by_queue)
+        self._start(windowed)
+
+    def _start(self, jobs: list[Job]) -> None:
+        """Start jobs in the window; once stopping or recycling, the rest go back."""
+        if not jobs:
+            return
+        self._on_start(jobs[-1])  # one title and scoreboard write per round, not per job
+        for index, job in enumerate(jobs):
+            if self.stopping or self._recycle:
+                self._nack([j.id for j in jobs[index:]])
+                return
+            failed = self.window.start(self.workers[job.queue], job, self._timeouts[job.queue])
+            if failed is not None:
+                self._settle([(job, failed)])
+
+    def _run_batches(self, by_queue: dict[str, list[Job]]) -> None:
+        """Run the jobs of non-windowed workers: a concurrent worker's as one
+        ``run_many``, an inline worker's one by one. The stop flag and the
+        recycling limits are checked between runs: a bloated process stops
+        after the job in hand and gives the unstarted rest back."""
         reserved = [job for jobs in by_queue.values() for job in jobs]
         started = 0
-        recycle = ""
-        done: list[str] = []
         for queue, jobs in by_queue.items():
             worker = self.workers[queue]
             for run in [jobs] if worker.concurrent else [[job] for job in jobs]:
-                if self.stopping or recycle:  # finish the job in hand, give the rest back
+                if self.stopping or self._recycle:  # finish the job in hand, give the rest back
                     break
-                self._settle(run, self._run(worker, run), done)
+                self._settle(list(zip(run, self._run(worker, run))))
                 started += len(run)
-                recycle = self._recycle_reason()
         self._nack([job.id for job in reserved[started:]])
-        self._unacked += done
-        return recycle
 
     def _decode(self, delivery: Delivery) -> Optional[Job]:
         """The Job of a delivery; None if it was redelivered too often (parked)."""
@@ -274,17 +353,23 @@ class Consumer:
             return [Outcome(ok=False, error=error, details={"traceback": traceback.format_exc()})
                     for _ in jobs]
 
-    def _settle(self, jobs: list[Job], outcomes: list[Outcome], done: list[str]) -> None:
+    def _settle(self, ended: list[tuple[Job, Outcome]]) -> None:
+        """Book ended jobs: a success waits for the next reserve to ack it, a
+        failure is retried or parked now; then the recycling limits."""
         failed = 0
-        for job, outcome in zip(jobs, outcomes):
+        for job, outcome in ended:
             if outcome.ok:
-                done.append(job.id)
+                self._unacked.append(job.id)
                 log_event(logger, "job_done", job=job.id, queue=job.queue,
                           duration_ms=round(outcome.duration * MS, 1))
             else:
                 failed += 1
                 self._fail(job, outcome)
-        self.scoreboard.count(done=len(jobs) - failed, failed=failed)
+        if not ended:
+            return
+        self.scoreboard.count(done=len(ended) - failed, failed=failed)
+        if not self._recycle:
+            self._recycle = self._recycle_reason()
 
     def _fail(self, job: Job, outcome: Outcome) -> None:
         try:

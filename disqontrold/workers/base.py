@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 from disqontrol_client.job import Job
+
+if TYPE_CHECKING:
+    from disqontrold.workers.jobprocs import Child
 
 #: Called with a job just before it starts, so the consumer can report
 #: "busy <job id>" in its title and status.
@@ -36,6 +39,13 @@ class Worker(abc.ABC):
     #: True when each job runs in a process (or connection) of its own, so a
     #: consumer may run a reserved batch concurrently (command, isolated, http).
     concurrent: bool = False
+    #: True when each job is one child process the consumer may start and
+    #: reap itself (``start`` / ``finish``): it keeps up to ``job_batch`` of
+    #: them running in one window and starts the next job as soon as one
+    #: ends, instead of waiting for a whole batch (docs/architecture.md).
+    windowed: bool = False
+    #: What a job that cannot start fails with: "<cannot_start>: <OSError>".
+    cannot_start: str = "cannot start"
 
     @abc.abstractmethod
     def run(self, job: Job, timeout: float) -> Outcome:
@@ -50,6 +60,15 @@ class Worker(abc.ABC):
                 on_start(job)
             outcomes.append(self.run(job, timeout))
         return outcomes
+
+    def start(self, job: Job, timeout: float) -> "Child":
+        """Start the job's process, ready for a jobprocs.Supervisor (windowed
+        workers only). Raises OSError when it cannot start."""
+        raise NotImplementedError(f"{type(self).__name__} is not windowed")
+
+    def finish(self, job: Job, child: "Child") -> Outcome:
+        """The outcome of a started job whose process ended and was reaped."""
+        raise NotImplementedError(f"{type(self).__name__} is not windowed")
 
     def close(self) -> None:
         """Release pooled resources (connections). Idempotent."""

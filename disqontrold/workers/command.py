@@ -26,7 +26,7 @@ from disqontrol_client.errors import WorkerLoadError
 from disqontrol_client.job import Job
 from disqontrol_client.logfmt import log_event
 from disqontrold.workers.base import OnStart, Outcome, Worker
-from disqontrold.workers.jobprocs import KILL_GRACE, Capture, Child, run_batch
+from disqontrold.workers.jobprocs import KILL_GRACE, Capture, Child, prepare, run_batch
 
 logger = logging.getLogger("disqontrold.workers.command")
 
@@ -96,12 +96,14 @@ class CommandWorker(Worker):
     """Runs each job as a program; a batch runs all at once."""
 
     concurrent = True
+    windowed = True
 
     def __init__(self, command: str, queue: str, key: str = "worker.command", kill_grace: float = KILL_GRACE) -> None:
         self.command = command
         self.kill_grace = kill_grace
         self.queue = queue
         self._argv, self._path = resolve_program(command, key)
+        self.cannot_start = f"cannot start {self._path}"
         # The consumer's environment as bytes, taken once: converting
         # os.environ on every spawn cost more than the rest of our Python work.
         self._env = dict(os.environb)
@@ -144,7 +146,13 @@ class CommandWorker(Worker):
                 if fd is not None:
                     os.close(fd)
         return Child(pid=pid, timeout=timeout, outputs={out_r: Capture(OUTPUT_TAIL), err_r: Capture(OUTPUT_TAIL)},
-                     stdin=in_w, stdin_data=stdin_data or b"")
+                     stdin=in_w, stdin_data=stdin_data or b"", grace=self.kill_grace)
+
+    def start(self, job: Job, timeout: float) -> Child:
+        return prepare(self._spawn(job, timeout))
+
+    def finish(self, job: Job, child: Child) -> Outcome:
+        return self._outcome(job, child)
 
     def run(self, job: Job, timeout: float) -> Outcome:
         return self.run_many([job], timeout)[0]
@@ -152,7 +160,7 @@ class CommandWorker(Worker):
     def run_many(self, jobs: Sequence[Job], timeout: float, on_start: OnStart = None) -> list[Outcome]:
         """Start every job of the batch, then wait for all of them."""
         return run_batch(jobs, on_start, lambda job: self._spawn(job, timeout), self._outcome, self.kill_grace,
-                         f"cannot start {self._path}")
+                         self.cannot_start)
 
     def _outcome(self, job: Job, child: Child) -> Outcome:
         out_fd, err_fd = list(child.outputs)

@@ -1,0 +1,100 @@
+"""The consumer's job window: the running processes of its windowed workers
+(command), up to ``job_batch`` at once, and when to reserve more.
+
+Why a window and not batches: running a reserved batch as a whole (start
+all, wait for all, then reserve the next) leaves the cores idle at each
+batch's end, and one long job holds back every job reserved after it. The
+window reports each job as it ends; the consumer reserves more as soon as
+half the window is free (folding the acks of the ended jobs into that
+reserve) and starts them while the others still run.
+
+Pacing the reserves: a reserve that filled the window may be followed by
+the next one as soon as half the window is free again. One that came back
+short (the queues are drained) or failed is not repeated for
+``REFILL_INTERVAL``: while jobs run, the consumer cannot block in the
+broker, so it looks again at that pace for new jobs (and sends its acks)
+instead of on every ending job.
+"""
+from __future__ import annotations
+
+import logging
+import traceback
+from typing import Optional
+
+from disqontrol_client.job import Job
+from disqontrol_client.logfmt import log_event
+from disqontrold.workers.base import Outcome, Worker
+from disqontrold.workers.jobprocs import NEVER, Child, Supervisor
+
+logger = logging.getLogger(__name__)
+
+#: s between two reserves while jobs run and the last reserve came back short:
+#: how late a consumer busy with long jobs sees a new job (and acks the ended).
+REFILL_INTERVAL = 1.0
+
+
+class JobWindow:
+    """Up to ``size`` job processes running at once, each with its own
+    deadline; jobs are added while others run."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._supervisor = Supervisor()
+        self._jobs: dict[Child, tuple[Job, Worker]] = {}
+        self._last_reserve = 0.0  # monotonic time of the last reserve
+        self._retry_at = 0.0  # no refill at half window before this (the last came back short)
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    @property
+    def free(self) -> int:
+        return self.size - len(self._jobs)
+
+    def start(self, worker: Worker, job: Job, timeout: float) -> Optional[Outcome]:
+        """Start one job of a windowed worker. None once it runs; a failed
+        Outcome if it cannot start (EAGAIN, ENOMEM, a vanished binary): that
+        job fails alone."""
+        try:
+            child = worker.start(job, timeout)
+        except OSError as exc:
+            return Outcome(False, error=f"{worker.cannot_start}: {exc}")
+        self._supervisor.add(child)
+        self._jobs[child] = (job, worker)
+        return None
+
+    def wait(self, timeout: Optional[float]) -> list[tuple[Job, Outcome]]:
+        """The jobs that ended within ``timeout`` seconds (None: until one
+        does), with their outcomes; overdue jobs are killed meanwhile."""
+        return [self._outcome(child) for child in self._supervisor.wait(timeout)]
+
+    def _outcome(self, child: Child) -> tuple[Job, Outcome]:
+        job, worker = self._jobs.pop(child)
+        try:
+            return job, worker.finish(job, child)
+        except Exception as exc:  # noqa: BLE001 -- a worker bug must fail its job, not the consumer
+            error = f"worker raised {type(exc).__name__}: {exc}"
+            log_event(logger, "worker_raised", logging.ERROR, job=job.id, queue=job.queue, error=error)
+            return job, Outcome(False, error=error, details={"traceback": traceback.format_exc()})
+
+    # -- pacing the reserves ----------------------------------------------
+    def reserved(self, now: float, asked: int, got: int) -> None:
+        """Book a reserve (``got`` < ``asked``: the queues ran dry, or it failed)."""
+        self._last_reserve = now
+        self._retry_at = now if got >= asked else now + REFILL_INTERVAL
+
+    def next_refill(self) -> float:
+        """When to reserve more while jobs run (monotonic; NEVER: no room)."""
+        if self.free <= 0:
+            return NEVER
+        if self.free * 2 >= self.size:
+            return self._retry_at  # at most _last_reserve + REFILL_INTERVAL
+        return self._last_reserve + REFILL_INTERVAL
+
+    def close(self) -> None:
+        """Kill and reap whatever still runs (the consumer is going down
+        abnormally: a graceful stop waits for the window to empty first)."""
+        for job, _worker in self._jobs.values():
+            log_event(logger, "job_abandoned", logging.WARNING, job=job.id, queue=job.queue)
+        self._supervisor.close()
+        self._jobs.clear()
