@@ -236,7 +236,7 @@ class Consumer:
     def _next_refill(self) -> float:
         if self.stopping or self._recycle or self._room() <= 0:
             return NEVER
-        return self.window.next_refill()
+        return self.window.pace.next_refill(self.window.free)
 
     def _reserve(self, timeout: float) -> list[Delivery]:
         """Lease up to ``_room()`` jobs, acking the ended successes with it.
@@ -258,7 +258,7 @@ class Consumer:
                 got = []
             else:
                 self._unacked = []
-            self.window.reserved(time.monotonic(), count, len(got))
+            self.window.pace.reserved(time.monotonic(), count, len(got))
             self.scoreboard.heartbeat()
             if self.reopen_requested:  # after the wait: the batch's lines go to the new file
                 self.reopen_requested = False

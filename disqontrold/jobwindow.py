@@ -33,6 +33,29 @@ logger = logging.getLogger(__name__)
 REFILL_INTERVAL = 1.0
 
 
+class RefillPace:
+    """When to reserve more while jobs run: the window's room and what the
+    last reserve got decide (times are time.monotonic())."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._last = 0.0  # the last reserve
+        self._retry_at = 0.0  # no refill at half window before this (the last came back short)
+
+    def reserved(self, now: float, asked: int, got: int) -> None:
+        """Book a reserve (``got`` < ``asked``: the queues ran dry, or it failed)."""
+        self._last = now
+        self._retry_at = now if got >= asked else now + REFILL_INTERVAL
+
+    def next_refill(self, free: int) -> float:
+        """When to reserve again with ``free`` places in the window (NEVER: no room)."""
+        if free <= 0:
+            return NEVER
+        if free * 2 >= self.size:
+            return self._retry_at  # at most _last + REFILL_INTERVAL
+        return self._last + REFILL_INTERVAL
+
+
 class JobWindow:
     """Up to ``size`` job processes running at once, each with its own
     deadline; jobs are added while others run."""
@@ -41,8 +64,7 @@ class JobWindow:
         self.size = size
         self._supervisor = Supervisor()
         self._jobs: dict[Child, tuple[Job, Worker]] = {}
-        self._last_reserve = 0.0  # monotonic time of the last reserve
-        self._retry_at = 0.0  # no refill at half window before this (the last came back short)
+        self.pace = RefillPace(size)
 
     def __len__(self) -> int:
         return len(self._jobs)
@@ -76,20 +98,6 @@ class JobWindow:
             error = f"worker raised {type(exc).__name__}: {exc}"
             log_event(logger, "worker_raised", logging.ERROR, job=job.id, queue=job.queue, error=error)
             return job, Outcome(False, error=error, details={"traceback": traceback.format_exc()})
-
-    # -- pacing the reserves ----------------------------------------------
-    def reserved(self, now: float, asked: int, got: int) -> None:
-        """Book a reserve (``got`` < ``asked``: the queues ran dry, or it failed)."""
-        self._last_reserve = now
-        self._retry_at = now if got >= asked else now + REFILL_INTERVAL
-
-    def next_refill(self) -> float:
-        """When to reserve more while jobs run (monotonic; NEVER: no room)."""
-        if self.free <= 0:
-            return NEVER
-        if self.free * 2 >= self.size:
-            return self._retry_at  # at most _last_reserve + REFILL_INTERVAL
-        return self._last_reserve + REFILL_INTERVAL
 
     def close(self) -> None:
         """Kill and reap whatever still runs (the consumer is going down

@@ -45,6 +45,8 @@ BODY_ON_STDIN = "-"
 RESTORED_SIGNALS = tuple(
     sig for sig in (getattr(signal, "SIGPIPE", None), getattr(signal, "SIGXFSZ", None)) if sig is not None
 )
+#: The file action of a job without stdin data (one tuple for every spawn).
+STDIN_DEVNULL = (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)
 
 
 def resolve_program(command: Optional[str], key: str) -> tuple[list[str], str]:
@@ -123,12 +125,12 @@ class CommandWorker(Worker):
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         in_r = in_w = None
-        actions: list[tuple] = [(os.POSIX_SPAWN_DUP2, out_w, 1), (os.POSIX_SPAWN_DUP2, err_w, 2)]
         if stdin_data is None:
-            actions.insert(0, (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0))
+            stdin_action: tuple = STDIN_DEVNULL
         else:
             in_r, in_w = os.pipe()
-            actions.insert(0, (os.POSIX_SPAWN_DUP2, in_r, 0))
+            stdin_action = (os.POSIX_SPAWN_DUP2, in_r, 0)
+        actions = [stdin_action, (os.POSIX_SPAWN_DUP2, out_w, 1), (os.POSIX_SPAWN_DUP2, err_w, 2)]
         try:
             # Our pipe ends are close-on-exec (PEP 446): the program only
             # inherits the three descriptors set up above.
@@ -163,15 +165,18 @@ class CommandWorker(Worker):
                          self.cannot_start)
 
     def _outcome(self, job: Job, child: Child) -> Outcome:
-        out_fd, err_fd = list(child.outputs)
-        stdout, stderr = child.outputs[out_fd].tail(), child.outputs[err_fd].tail()
+        stdout, stderr = (capture.tail() for capture in child.outputs.values())
+        duration = child.ended - child.started
+        if child.status == 0 and not child.timed_out and not stdout and not stderr:
+            # The common case, first: nothing to decode, nothing to log.
+            return Outcome(True, details={"exit_code": 0, "signal": None, "stdout_tail": "", "stderr_tail": ""},
+                           duration=duration)
         details = {
             "exit_code": child.exit_code,
             "signal": signal.Signals(child.signal).name if child.signal else None,
             "stdout_tail": stdout.decode("utf-8", errors="replace"),
             "stderr_tail": stderr.decode("utf-8", errors="replace"),
         }
-        duration = child.ended - child.started
         ok = child.exit_code == 0 and not child.timed_out
         error = None
         if child.timed_out:

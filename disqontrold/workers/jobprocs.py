@@ -11,6 +11,7 @@ process group gets SIGTERM, then SIGKILL after its grace.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import select
 import signal
@@ -115,10 +116,17 @@ def prepare(child: Child) -> Child:
     reap it, so the pidfd names the right process."""
     child.pidfd = os.pidfd_open(child.pid)
     for fd in child.outputs:
-        os.set_blocking(fd, False)
+        _nonblocking(fd)
     if child.stdin is not None:
-        os.set_blocking(child.stdin, False)
+        _nonblocking(child.stdin)
     return child
+
+
+def _nonblocking(fd: int) -> None:
+    """O_NONBLOCK on our end of a fresh pipe: one F_SETFL, where
+    ``os.set_blocking`` reads the flags first (the only other flag of a
+    fresh pipe end is its access mode, which F_SETFL leaves alone)."""
+    fcntl.fcntl(fd, fcntl.F_SETFL, os.O_NONBLOCK)
 
 
 def _drain(fd: int, capture: Capture) -> bool:

@@ -1,0 +1,102 @@
+"""The consumer's job window against a real daemon: a long command job does
+not hold back the rest of its queue, a graceful stop waits for it, and the
+recycling limit bounds what a consumer reserves."""
+from __future__ import annotations
+
+import re
+import signal
+from pathlib import Path
+
+from tests.support.daemon import Daemon
+from tests.support.procs import wait_for
+
+BATCH = 4
+QUICK_JOBS = 3 * BATCH  # more than a whole batch behind the long job
+# A body with "hold" runs until the file ./release exists (the daemon's cwd
+# is the test's tmp_path); every job records "<body> <time>" in $DQ_OUT.
+HOLD_SH = """
+body="${2#--body=}"
+case "$body" in
+  *hold*) while [ ! -e release ]; do sleep 0.05; done ;;
+esac
+printf '%s %s\\n' "$body" "$(date +%s.%N)" >> "$DQ_OUT"
+"""
+
+
+def hold_daemon(tmp_path: Path, **consumer: object) -> Daemon:
+    (tmp_path / "hold.sh").write_text(HOLD_SH)
+    worker = {"type": "command", "command": f"/bin/sh {tmp_path / 'hold.sh'}"}
+    return Daemon(tmp_path, f"sqlite://{tmp_path}/jobs.db", {"work": {"worker": worker}},
+                  consumer_defaults={"min_processes": 1, "max_processes": 1, "job_batch": BATCH, **consumer})
+
+
+def test_a_long_job_does_not_hold_back_the_rest_of_its_queue(tmp_path):
+    # Given one consumer (job_batch 4) running a job that waits for a file
+    daemon = hold_daemon(tmp_path).start()
+    try:
+        daemon.add("work", ["hold"])
+        wait_for(lambda: any(" busy " in daemon.title(p) for p in daemon.consumer_pids()),
+                 timeout=30, message="a busy consumer")
+
+        # When three batches' worth of quick jobs arrive behind it
+        daemon.add("work", range(QUICK_JOBS))
+
+        # Then they all run while the long job still runs
+        runs = daemon.wait_runs(QUICK_JOBS, timeout=60)
+        assert sorted(int(body) for body, _ in runs) == list(range(QUICK_JOBS))
+        # and are acked meanwhile (by a reserve within REFILL_INTERVAL)
+        wait_for(lambda: daemon.broker.stats(["work"])[0].in_flight == 1, timeout=30,
+                 message="only the long job leased")
+        assert daemon.broker.stats(["work"])[0].ready == 0
+
+        # And the long job ends once released, acked like the others
+        (tmp_path / "release").touch()
+        assert daemon.wait_runs(QUICK_JOBS + 1, timeout=60)[-1][0] == '"hold"'
+        wait_for(lambda: daemon.broker.stats(["work"])[0].in_flight == 0, timeout=30,
+                 message="every job acked")
+    finally:
+        daemon.stop()
+
+
+def test_sigterm_waits_for_the_running_job_and_loses_nothing(tmp_path):
+    # Given a consumer whose window holds a long job, the quick ones done
+    daemon = hold_daemon(tmp_path).start()
+    try:
+        daemon.add("work", ["hold"] + list(range(BATCH)))
+        daemon.wait_runs(BATCH, timeout=60)
+        wait_for(lambda: daemon.broker.stats(["work"])[0].in_flight == 1, timeout=30,
+                 message="only the long job leased")
+
+        # When the master gets SIGTERM
+        daemon.signal(signal.SIGTERM)
+
+        # Then the stopping daemon waits for the long job, which stays leased
+        daemon.wait_event("master_stopping")
+        assert daemon.proc.poll() is None and daemon.broker.stats(["work"])[0].in_flight == 1
+        # and once it ends the daemon exits 0, that job run once and acked
+        (tmp_path / "release").touch()
+        assert daemon.wait_exit(60) == 0
+        assert [body for body, _ in daemon.runs()].count('"hold"') == 1 and len(daemon.runs()) == BATCH + 1
+        [stats] = daemon.broker.stats(["work"])
+        assert stats.ready + stats.in_flight == 0
+        assert not daemon.events("consumer_crashed")
+    finally:
+        daemon.stop()
+
+
+def test_a_consumer_reserves_no_more_than_its_recycling_limit_allows(tmp_path):
+    # Given consumers recycled after 3 jobs, with a batch of 50
+    jobs = 7
+    daemon = hold_daemon(tmp_path, max_jobs_per_process=3, job_batch=50).start()
+    try:
+        # When 7 quick jobs arrive
+        daemon.add("work", range(jobs))
+
+        # Then every job runs once, 3 per consumer: none reserves more than
+        # it may run (with the old whole batch the first one ran all 7)
+        runs = daemon.wait_runs(jobs, timeout=60)
+        assert sorted(int(body) for body, _ in runs) == list(range(jobs))
+        recycled = daemon.wait_event("consumer_recycled", 2)
+        assert [re.search(r" jobs=(\d+)", line).group(1) for line in recycled[:2]] == ["3", "3"]
+    finally:
+        daemon.stop()
