@@ -81,6 +81,8 @@ class JobWindow:
             child = worker.start(job, timeout)
         except OSError as exc:
             return Outcome(False, error=f"{worker.cannot_start}: {exc}")
+        except Exception as exc:  # noqa: BLE001 -- a worker bug must fail its job, not the consumer
+            return self._raised(job, exc)
         self._supervisor.add(child)
         self._jobs[child] = (job, worker)
         return None
@@ -95,9 +97,14 @@ class JobWindow:
         try:
             return job, worker.finish(job, child)
         except Exception as exc:  # noqa: BLE001 -- a worker bug must fail its job, not the consumer
-            error = f"worker raised {type(exc).__name__}: {exc}"
-            log_event(logger, "worker_raised", logging.ERROR, job=job.id, queue=job.queue, error=error)
-            return job, Outcome(False, error=error, details={"traceback": traceback.format_exc()})
+            return job, self._raised(job, exc)
+
+    @staticmethod
+    def _raised(job: Job, exc: Exception) -> Outcome:
+        """A worker bug (not a job failure): the job fails with its text."""
+        error = f"worker raised {type(exc).__name__}: {exc}"
+        log_event(logger, "worker_raised", logging.ERROR, job=job.id, queue=job.queue, error=error)
+        return Outcome(False, error=error, details={"traceback": traceback.format_exc()})
 
     def close(self) -> None:
         """Kill and reap whatever still runs (the consumer is going down

@@ -122,6 +122,20 @@ def prepare(child: Child) -> Child:
     return child
 
 
+def discard(child: Child) -> None:
+    """Kill and reap a started child that cannot be supervised (``prepare``
+    failed, e.g. out of descriptors): no orphan, no zombie, no descriptor left."""
+    _killpg(child.pid, signal.SIGKILL)
+    try:
+        os.waitpid(child.pid, 0)
+    except ChildProcessError:
+        pass
+    for fd in [child.pidfd, *child.outputs, -1 if child.stdin is None else child.stdin]:
+        if fd >= 0:
+            _close(fd)
+    child.stdin = None
+
+
 def _nonblocking(fd: int) -> None:
     """O_NONBLOCK on our end of a fresh pipe: one F_SETFL, where
     ``os.set_blocking`` reads the flags first (the only other flag of a

@@ -3,9 +3,12 @@ by one, each keeps its own timeout while others start, and closing the
 window leaves no process behind. Plus its reserve pacing (pure logic)."""
 from __future__ import annotations
 
+import errno
 import os
 import time
 from pathlib import Path
+
+import pytest
 
 from disqontrol_client.job import Job, fresh_metadata
 from disqontrold.jobwindow import REFILL_INTERVAL, JobWindow, RefillPace
@@ -142,3 +145,29 @@ def test_no_descriptor_leaks_over_many_jobs():
     assert len(ended) == jobs
     assert all(o.ok and o.details["stdout_tail"] == "out\n" and o.details["stderr_tail"] == "err\n"
                for o in ended.values())
+
+
+def test_a_job_whose_process_cannot_be_watched_fails_and_leaves_nothing(monkeypatch):
+    # Given a worker whose job process starts but cannot get a pidfd (EMFILE)
+    worker = shell_worker("sleep 60")
+    pids: list[int] = []
+
+    def no_pidfd(pid: int) -> int:
+        pids.append(pid)
+        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+    monkeypatch.setattr(os, "pidfd_open", no_pidfd)
+    before = len(os.listdir("/proc/self/fd"))
+    window = JobWindow(2)
+    try:
+        # When the job is started, Then it fails alone as unable to start
+        outcome = window.start(worker, job(1, "J"), LONG)
+        assert outcome is not None and outcome.error.startswith("cannot start /bin/sh")
+        assert len(window) == 0
+    finally:
+        window.close()
+    # and its process was killed and reaped, its pipes closed
+    [pid] = pids
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+    assert len(os.listdir("/proc/self/fd")) == before
