@@ -213,10 +213,14 @@ class SqliteBroker(Broker):
         now = time.time()
         if now - self._last_sweep >= SWEEP_INTERVAL:
             self._write(lambda db: self._sweep(db, now))
-        if len(queues) == 1 and not acked:
+        if len(queues) == 1:  # the common case, kept short: it runs once per batch
+            queue = queues[0]
             sql = LEASE_ONE if count == 1 else LEASE_MANY
-            rows = self._exclusive(lambda: db.execute(sql, (now, queues[0], count)).fetchall())
-            return self._deliveries(queues[0], rows)
+            if not acked:
+                rows = self._exclusive(lambda: db.execute(sql, (now, queue, count)).fetchall())
+            else:
+                rows = self._write(lambda db: self._ack_then(db, acked, sql, (now, queue, count)))
+            return self._deliveries(queue, rows)
 
         def ack_and_lease(db: sqlite3.Connection) -> list[tuple[str, list]]:
             by_ids(db, DELETE_IDS, (), acked)
@@ -224,6 +228,14 @@ class SqliteBroker(Broker):
 
         per_queue = self._write(ack_and_lease)
         return [d for queue, rows in per_queue for d in self._deliveries(queue, rows)]
+
+    @staticmethod
+    def _ack_then(db: sqlite3.Connection, acked: Sequence[int], sql: str, params: tuple) -> list:
+        if len(acked) <= CHUNK:
+            db.execute(with_ids(DELETE_IDS, len(acked)), acked)
+        else:
+            by_ids(db, DELETE_IDS, (), acked)
+        return db.execute(sql, params).fetchall()
 
     @staticmethod
     def _lease_queues(
