@@ -134,6 +134,13 @@ class Broker(abc.ABC):
     def stats(self, queues: Sequence[str]) -> list[QueueStats]:
         """Ready / delayed / in-flight counts per queue."""
 
+    def backlog(self, queues: Sequence[str], cap: int) -> dict[str, int]:
+        """Ready jobs per queue, each counted up to ``cap`` (``cap`` means "at
+        least cap"): what a once-a-second loop (the autoscaler, in the master)
+        may ask without its cost growing with the queue. Engines whose
+        ``stats`` costs O(jobs) override this."""
+        return {s.queue: min(s.ready, cap) for s in self.stats(queues)}
+
     @abc.abstractmethod
     def queues(self) -> list[str]:
         """Names of the queues that hold at least one job, sorted."""

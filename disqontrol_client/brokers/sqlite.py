@@ -36,7 +36,7 @@ from disqontrol_client.brokers.broker import (
 )
 from disqontrol_client.brokers.sqlite_store import (  # the SQL lives beside the schema
     BUSY_TIMEOUT, CHUNK, DELETE_IDS, DROP_EXPIRED_CLAIMS, INSERT, LEASE_MANY, LEASE_ONE, NEXT_DUE,
-    QUEUES, TAKE_CLAIM, WAITING, Store, by_ids, with_ids,
+    QUEUES, READY_UP_TO, TAKE_CLAIM, WAITING, Store, by_ids, with_ids,
 )
 from disqontrol_client.brokers.sqlite_wake import Waiter, WakeDir
 from disqontrol_client.errors import BrokerError, ConfigError
@@ -338,6 +338,13 @@ class SqliteBroker(Broker):
                 in_flight=counts.get((1, 0), 0),
             ))
         return out
+
+    @_guarded
+    def backlog(self, queues: Sequence[str], cap: int) -> dict[str, int]:
+        """Stops counting at ``cap``: a million-job backlog costs what ``cap`` does."""
+        db = self._conn()
+        now = time.time()
+        return {queue: db.execute(READY_UP_TO, (queue, now, cap)).fetchone()[0] for queue in queues}
 
     @_guarded
     def queues(self) -> list[str]:

@@ -82,6 +82,8 @@ DROP_EXPIRED_CLAIMS = "DELETE FROM claims WHERE expires <= ?"
 TAKE_CLAIM = "INSERT OR IGNORE INTO claims VALUES (?, ?)"
 WAITING = "expires > ?2 AND (leased = 0 OR due <= ?2)"  # ready or delayed, alive
 DELETE_IDS = "DELETE FROM jobs WHERE id IN ({})"
+READY_UP_TO = ("SELECT count(*) FROM (SELECT 1 FROM jobs WHERE queue = ?1 AND due <= ?2 AND expires > ?2"
+               " LIMIT ?3)")
 
 
 def check_sqlite_version() -> None:
