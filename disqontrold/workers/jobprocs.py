@@ -189,13 +189,18 @@ class Supervisor:
     (``supervise``) or a consumer's sliding job window. Children are added
     while others run; ``wait`` returns those that ended, reaped.
 
-    Deadlines are checked only when the earliest one is due (not on every
-    wake-up): the window wakes once per ending child or more."""
+    Two savings per job, for the many short ones: a child's pipes are only
+    watched from the first ``wait`` that finds it still running (pipes are
+    only read inside ``wait`` anyway, so nothing waits longer; a job that
+    is over by then costs no epoll registration), and deadlines are checked
+    only when the earliest one is due, not on every wake-up."""
 
     def __init__(self) -> None:
         self._poll = select.epoll()
         self._fds: dict[int, Child] = {}  # every watched fd -> its child
         self.running: dict[Child, None] = {}  # insertion-ordered set
+        self._new: list[Child] = []  # added since the last wait: pipes not watched yet
+        self._at_eof: set[int] = set()  # output pipes read to their end
         self._check_at = NEVER  # the earliest deadline / SIGKILL time of a running child
 
     def __len__(self) -> int:
@@ -212,12 +217,19 @@ class Supervisor:
     def add(self, child: Child) -> None:
         """Watch a prepared child (see ``prepare``) until it ends."""
         self._watch(child.pidfd, child, select.EPOLLIN)
-        for fd in child.outputs:
-            self._watch(fd, child, select.EPOLLIN)
-        if child.stdin is not None:
-            self._watch(child.stdin, child, select.EPOLLOUT)
         self.running[child] = None
+        self._new.append(child)
         self._check_at = min(self._check_at, _next_wake(child))
+
+    def _watch_pipes(self) -> None:
+        """Watch the pipes of the children added since the last look that still run."""
+        for child in self._new:
+            if child in self.running:
+                for fd in child.outputs:
+                    self._watch(fd, child, select.EPOLLIN)
+                if child.stdin is not None:
+                    self._watch(child.stdin, child, select.EPOLLOUT)
+        self._new = []
 
     def next_wake(self) -> float:
         """The monotonic time of the next deadline or SIGKILL (NEVER: none)."""
@@ -237,34 +249,40 @@ class Supervisor:
         now = time.monotonic()
         end = NEVER if timeout is None else now + timeout
         ended: list[Child] = []
-        while self.running:
+        if self._new:
+            self._dispatch(self._poll.poll(0), ended)  # reap the already gone first
+            self._watch_pipes()
+        while self.running and not ended:
             self._enforce_all(now)
             wake = min(self._check_at, end)
-            events = self._poll.poll(-1 if wake == NEVER else max(0.0, wake - now))
-            for fd, _mask in events:
-                child = self._fds.get(fd)
-                if child is None:
-                    continue  # closed earlier in this batch of events
-                if fd == child.pidfd:
-                    self._finish(child)
-                    ended.append(child)
-                elif fd == child.stdin:
-                    if _feed(child):
-                        self._unwatch(fd)
-                        _close(fd)
-                        child.stdin = None
-                elif _drain(fd, child.outputs[fd]):
-                    self._unwatch(fd)  # EOF; closed when the child is reaped
+            self._dispatch(self._poll.poll(-1 if wake == NEVER else max(0.0, wake - now)), ended)
             now = time.monotonic()
-            if ended or now >= end:
+            if now >= end:
                 break
         return ended
+
+    def _dispatch(self, events: list[tuple[int, int]], ended: list[Child]) -> None:
+        for fd, _mask in events:
+            child = self._fds.get(fd)
+            if child is None:
+                continue  # closed earlier in this batch of events
+            if fd == child.pidfd:
+                self._finish(child)
+                ended.append(child)
+            elif fd == child.stdin:
+                if _feed(child):
+                    self._unwatch(fd)
+                    _close(fd)
+                    child.stdin = None
+            elif _drain(fd, child.outputs[fd]):
+                self._unwatch(fd)  # closed when the child is reaped
+                self._at_eof.add(fd)
 
     def _finish(self, child: Child) -> None:
         """The child has exited: collect the rest of its output, mop up its
         group if it was killed, reap it, release every descriptor."""
         for fd, capture in child.outputs.items():
-            if fd in self._fds:  # not at end of file yet
+            if fd not in self._at_eof:
                 _drain(fd, capture)
         if child.timed_out:
             # The leader is a zombie until reaped, so its pgid is still ours:
@@ -277,6 +295,7 @@ class Supervisor:
         child.ended = time.monotonic()
         for fd in [child.pidfd, *child.outputs, *([child.stdin] if child.stdin is not None else [])]:
             self._unwatch(fd)
+            self._at_eof.discard(fd)
             _close(fd)
         child.stdin = None
         del self.running[child]
@@ -287,6 +306,7 @@ class Supervisor:
         for child in list(self.running):
             _killpg(child.pid, signal.SIGKILL)
             self._finish(child)
+        self._new = []
 
     def close(self) -> None:
         self.kill_all()
