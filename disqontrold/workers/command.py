@@ -19,7 +19,6 @@ import os
 import shlex
 import shutil
 import signal
-import time
 from typing import Optional, Sequence
 
 from disqontrol_client.errors import WorkerLoadError
@@ -95,7 +94,8 @@ def _last_line(data: bytes) -> str:
 
 
 class CommandWorker(Worker):
-    """Runs each job as a program; a batch runs all at once."""
+    """Runs each job as a program: in the consumer's job window (``start`` /
+    ``finish``), or a whole batch at once (``run_many``, synchronous mode)."""
 
     concurrent = True
     windowed = True
