@@ -168,6 +168,11 @@ def drain_rate(daemon: Daemon, queue: str, jobs: int, timeout: float) -> tuple[f
         daemon.add(queue, range(first, min(first + ADD_CHUNK, jobs)))
 
     def drained() -> bool:
+        # A cheap look first: sqlite's stats() counts every row (~4 CPU ms at
+        # 10,000 jobs), so polling it every POLL took a sixth of a core from
+        # the drain it measures; backlog() stops at the first ready job.
+        if daemon.broker.backlog([queue], 1)[queue]:
+            return False
         [stats] = daemon.broker.stats([queue])
         return stats.ready + stats.delayed + stats.in_flight == 0
 
