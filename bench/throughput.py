@@ -11,6 +11,8 @@ Prints, each with its target and the ratio to it:
   2 processes), for a bare interpreter and for one grown to the consumer's
   anonymous memory, measured in the same run: the isolated figure is a
   ratio against both;
+- the drain rate of command jobs of which one in 50 sleeps 0.5 s ("mixed"):
+  what a long job costs the others;
 - for isolated and command, the CPU one job costs (the consumers and their
   job processes, from /proc) beside what one raw fork / spawn costs: unlike
   rates, these hold on a machine other tests are loading.
@@ -19,7 +21,7 @@ Prints, each with its target and the ratio to it:
 
 Usage: python bench/throughput.py [--engine sqlite|redis] [--jobs N] [--kinds command,...]
 Every phase is bounded by --phase-timeout seconds. ``--kinds`` runs only the
-named drains (inline, isolated, command), and the latency and RSS figures only
+named drains (inline, isolated, command, mixed), and the latency and RSS figures only
 when inline is among them.
 """
 from __future__ import annotations
@@ -71,7 +73,16 @@ KINDS = {  # the drains: kind -> its worker
     "inline": {"type": "inline_python_worker", "name": "benchworkers:noop"},
     "isolated": {"type": "isolated_python_worker", "name": "benchworkers:noop"},
     "command": {"type": "command", "command": "/bin/true"},
+    # /bin/sh jobs, one in MIXED_EVERY sleeping MIXED_SLEEP s: what a long
+    # job costs the others (no target; whole batches waited for it).
+    "mixed": {"type": "command", "command": "/bin/sh mixed.sh"},
 }
+MIXED_EVERY = 50
+MIXED_SLEEP = 0.5  # s
+MIXED_SHARE = 5  # the mixed drain runs --jobs / MIXED_SHARE jobs
+MIXED_SH = f"""n="${{2#--body=}}"
+if [ $((n % {MIXED_EVERY})) -eq 0 ]; then sleep {MIXED_SLEEP}; fi
+"""
 
 BENCH_WORKERS = '''
 import os, time
@@ -155,6 +166,7 @@ def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
 def start_daemon(workdir: Path, url: str, queue: str, worker: dict) -> Daemon:
     workdir.mkdir()
     (workdir / "benchworkers.py").write_text(BENCH_WORKERS)
+    (workdir / "mixed.sh").write_text(MIXED_SH)  # the daemon's cwd is workdir
     daemon = Daemon(workdir, url, {queue: {"worker": worker}},
                     consumer_defaults={"min_processes": CONSUMERS, "max_processes": CONSUMERS,
                                        "job_batch": BATCH})
@@ -252,8 +264,9 @@ def run_all(root: Path, args: argparse.Namespace, redis: Optional[RedisServer]) 
         try:
             consumers = daemon.consumer_pids()
             cpu_before = cpu_seconds(consumers)
-            rate, finished = drain_rate(daemon, kind, args.jobs, args.phase_timeout)
-            job_cpu = (cpu_seconds(consumers) - cpu_before) / args.jobs * MS
+            jobs = args.jobs // MIXED_SHARE if kind == "mixed" else args.jobs
+            rate, finished = drain_rate(daemon, kind, jobs, args.phase_timeout)
+            job_cpu = (cpu_seconds(consumers) - cpu_before) / jobs * MS
             if kind in ("inline", "isolated"):
                 memories[kind] = rss(daemon)
                 anon = max(anon_mib(str(pid)) for pid in consumers)
@@ -270,6 +283,9 @@ def run_all(root: Path, args: argparse.Namespace, redis: Optional[RedisServer]) 
             report(name, rate, spawn_rate * RAW_SPAWN_SHARE, True)
             print(f"{'command CPU ms/job':<22} {job_cpu:>10.3f}   raw spawn {spawn_cpu:.3f}  "
                   f"raw/command {spawn_cpu / job_cpu:5.2f}", flush=True)
+        elif kind == "mixed":
+            print(f"{name:<22} {rate:>10.1f}   ({jobs} /bin/sh jobs, 1 in {MIXED_EVERY} sleeping {MIXED_SLEEP:g} s; "
+                  f"{job_cpu:.3f} CPU ms/job; no target)", flush=True)
         else:
             report(name, rate, *TARGETS[f"{kind} jobs/s"])
         if kind == "isolated":
