@@ -193,6 +193,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--engine", choices=("sqlite", "redis"), default="sqlite")
     parser.add_argument("--jobs", type=int, default=JOBS)
     parser.add_argument("--phase-timeout", type=float, default=PHASE_TIMEOUT)
+    parser.add_argument("--only", choices=("inline", "isolated", "command"), action="append",
+                        help="run only these drains (repeatable); skips latency and RSS")
     args = parser.parse_args(argv)
     print(f"engine={args.engine} jobs={args.jobs} consumers={CONSUMERS} job_batch={BATCH} "
           f"cpus={os.cpu_count()} load={os.getloadavg()[0]:.1f}", flush=True)
@@ -226,6 +228,8 @@ def run_all(root: Path, args: argparse.Namespace, redis: Optional[RedisServer]) 
         "isolated": {"type": "isolated_python_worker", "name": "benchworkers:noop"},
         "command": {"type": "command", "command": "/bin/true"},
     }
+    if args.only:
+        kinds = {kind: worker for kind, worker in kinds.items() if kind in args.only}
     memories: dict[str, tuple[float, float]] = {}
     for kind, worker in kinds.items():
         if kind == "command":
@@ -256,8 +260,11 @@ def run_all(root: Path, args: argparse.Namespace, redis: Optional[RedisServer]) 
                   f"raw/command {spawn_cpu / job_cpu:5.2f}", flush=True)
         else:
             report(name, rate, *TARGETS[f"{kind} jobs/s"])
+            print(f"{kind + ' CPU ms/job':<22} {job_cpu:>10.3f}", flush=True)
         if kind == "isolated":
             report_fork_limits(rate, job_cpu, anon)
+    if args.only:
+        return
     daemon = start_daemon(root / "latency", broker_url(root, "latency", redis), "latency",
                           {"type": "inline_python_worker", "name": "benchworkers:latency"})
     try:
