@@ -180,6 +180,7 @@ def _raw_connect(url: str) -> sqlite3.Connection:
     db.execute(f"PRAGMA page_size={sqlite_store.PAGE_SIZE}")
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
+    db.execute("PRAGMA secure_delete=OFF")
     db.execute(f"PRAGMA wal_autocheckpoint={sqlite_store.WAL_AUTOCHECKPOINT}")
     for statement in RAW_SCHEMA:
         db.execute(statement)

@@ -1,7 +1,8 @@
 """Autoscaling inside the master's loop: measure, decide, apply.
 
-A master timer, once every ``SAMPLE_INTERVAL``: one ``Broker.stats`` call for
-the queues of every group with ``autoscale: true`` (ready backlog), the
+A master timer, once every ``SAMPLE_INTERVAL``: one ``Broker.backlog`` call
+(ready jobs, counted up to ``BACKLOG_CAP``) for the queues of every group with
+``autoscale: true``, the
 consumers' scoreboards (busy processes, jobs finished, the longest running
 job), then ``disqontrold.autoscale.Autoscaler`` per group decides and
 ``Master.set_processes`` applies (new slots spawn, removed ones retire after
@@ -23,6 +24,11 @@ from disqontrold.autoscale import MANUAL, Autoscaler, Decision, DurationEstimate
 logger = logging.getLogger("disqontrold.autoscale")
 
 SAMPLE_INTERVAL = 1.0  # s between measures (one broker round trip each)
+# Ready jobs counted per queue at most: the count runs in the master's loop
+# every second, so it must not grow with the queue (sqlite counts index
+# entries). Past it the decision no longer changes: 50,000 jobs of 1 ms drain
+# in 5 s (DRAIN_SECONDS) only with 10 processes, so more means max_processes.
+BACKLOG_CAP = 50000
 BUSY = "busy"
 
 
@@ -99,7 +105,7 @@ class MasterAutoscaler:
         try:
             broker = open_broker(self.master.config.broker)
             try:
-                stats = broker.stats(queues)
+                backlog = broker.backlog(queues, BACKLOG_CAP)
             finally:
                 broker.close()
         except (BrokerUnavailable, BrokerError) as exc:
@@ -110,7 +116,7 @@ class MasterAutoscaler:
         if self.broker_failing:
             log_event(logger, "autoscale_resumed")
         self.broker_failing = False
-        return {s.queue: s.ready for s in stats}
+        return backlog
 
     def _step(self, group: ConsumerConfig, backlog: dict[str, int], now: float) -> None:
         decider = self.deciders[group.name]

@@ -327,6 +327,14 @@ class DisqueBroker(Broker):
             result.append(QueueStats(queue, states[view.READY], states[view.DELAYED], states[view.LEASED]))
         return result
 
+    def backlog(self, queues: Sequence[str], cap: int) -> dict[str, int]:
+        """QLEN summed over the healthy nodes: O(1) per queue and node, where
+        ``stats`` scans every job. A job is queued on one node at a time, so
+        the sum counts each ready job once."""
+        per_node = self.client.each_node(
+            "QLEN", lambda c: [int(c.execute_command("QLEN", queue)) for queue in queues])
+        return {queue: min(sum(lengths[i] for lengths in per_node), cap) for i, queue in enumerate(queues)}
+
     def queues(self) -> list[str]:
         """Job queues only: the scheduler's claims live in queues too."""
         names = {job.queue for job in self._jobs().values()}

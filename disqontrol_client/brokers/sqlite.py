@@ -36,7 +36,7 @@ from disqontrol_client.brokers.broker import (
 )
 from disqontrol_client.brokers.sqlite_store import (  # the SQL lives beside the schema
     BUSY_TIMEOUT, CHUNK, DELETE_IDS, DROP_EXPIRED_CLAIMS, INSERT, LEASE_MANY, LEASE_ONE, NEXT_DUE,
-    QUEUES, TAKE_CLAIM, WAITING, Store, by_ids, with_ids,
+    QUEUES, READY_UP_TO, TAKE_CLAIM, WAITING, Store, by_ids, with_ids,
 )
 from disqontrol_client.brokers.sqlite_wake import Waiter, WakeDir
 from disqontrol_client.errors import BrokerError, ConfigError
@@ -213,10 +213,14 @@ class SqliteBroker(Broker):
         now = time.time()
         if now - self._last_sweep >= SWEEP_INTERVAL:
             self._write(lambda db: self._sweep(db, now))
-        if len(queues) == 1 and not acked:
+        if len(queues) == 1:  # the common case, kept short: it runs once per batch
+            queue = queues[0]
             sql = LEASE_ONE if count == 1 else LEASE_MANY
-            rows = self._exclusive(lambda: db.execute(sql, (now, queues[0], count)).fetchall())
-            return self._deliveries(queues[0], rows)
+            if not acked:
+                rows = self._exclusive(lambda: db.execute(sql, (now, queue, count)).fetchall())
+            else:
+                rows = self._write(lambda db: self._ack_then(db, acked, sql, (now, queue, count)))
+            return self._deliveries(queue, rows)
 
         def ack_and_lease(db: sqlite3.Connection) -> list[tuple[str, list]]:
             by_ids(db, DELETE_IDS, (), acked)
@@ -224,6 +228,14 @@ class SqliteBroker(Broker):
 
         per_queue = self._write(ack_and_lease)
         return [d for queue, rows in per_queue for d in self._deliveries(queue, rows)]
+
+    @staticmethod
+    def _ack_then(db: sqlite3.Connection, acked: Sequence[int], sql: str, params: tuple) -> list:
+        if len(acked) <= CHUNK:
+            db.execute(with_ids(DELETE_IDS, len(acked)), acked)
+        else:
+            by_ids(db, DELETE_IDS, (), acked)
+        return db.execute(sql, params).fetchall()
 
     @staticmethod
     def _lease_queues(
@@ -326,6 +338,13 @@ class SqliteBroker(Broker):
                 in_flight=counts.get((1, 0), 0),
             ))
         return out
+
+    @_guarded
+    def backlog(self, queues: Sequence[str], cap: int) -> dict[str, int]:
+        """Stops counting at ``cap``: a million-job backlog costs what ``cap`` does."""
+        db = self._conn()
+        now = time.time()
+        return {queue: db.execute(READY_UP_TO, (queue, now, cap)).fetchone()[0] for queue in queues}
 
     @_guarded
     def queues(self) -> list[str]:

@@ -33,6 +33,11 @@ WAL_AUTOCHECKPOINT = 8000  # pages: fewer checkpoints (each one fsyncs twice)
 WAL_SIZE_LIMIT = 32 * 1024 * 1024  # bytes the WAL is truncated to after a checkpoint
 CACHED_STATEMENTS = 256
 CHUNK = 500  # ids per IN (...) statement
+# Debian's libsqlite3 is built with SECURE_DELETE on: every delete (each ack)
+# then zeroes the freed bytes, and a page freed that way is written to the WAL
+# once more: 8.4 WAL frames per acked-and-leased batch of 10 instead of 7.7.
+# Job payloads are not secrets kept from the file's owner; the OS's own
+# file permissions guard them, deleted or not.
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS jobs (
@@ -77,6 +82,8 @@ DROP_EXPIRED_CLAIMS = "DELETE FROM claims WHERE expires <= ?"
 TAKE_CLAIM = "INSERT OR IGNORE INTO claims VALUES (?, ?)"
 WAITING = "expires > ?2 AND (leased = 0 OR due <= ?2)"  # ready or delayed, alive
 DELETE_IDS = "DELETE FROM jobs WHERE id IN ({})"
+READY_UP_TO = ("SELECT count(*) FROM (SELECT 1 FROM jobs WHERE queue = ?1 AND due <= ?2 AND expires > ?2"
+               " LIMIT ?3)")
 
 
 def check_sqlite_version() -> None:
@@ -158,6 +165,7 @@ class Store:
             db.execute(f"PRAGMA page_size={PAGE_SIZE}")  # only takes on a new file
             self.exclusive(lambda: db.execute("PRAGMA journal_mode=WAL").fetchone())
             db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA secure_delete=OFF")  # see SECURE_DELETE above
             db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT}")
             db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
             self.exclusive(lambda: in_transaction(db, lambda: [db.execute(s) for s in SCHEMA]))

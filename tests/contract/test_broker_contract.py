@@ -316,6 +316,19 @@ def test_peek_show_delete_length_stats_queues(broker: Broker) -> None:
     assert "q" not in broker.queues()
 
 
+def test_backlog_counts_ready_jobs_only_and_stops_at_the_cap(broker: Broker) -> None:
+    # Given 5 ready jobs, one delayed, one leased, and another queue
+    ids = broker.add_many([NewJob("q", f"j{i}".encode()) for i in range(6)])
+    broker.add("q", b"later", delay=60)
+    broker.add("other", b"o")
+    leased = reserve_one(broker, "q")
+    assert leased.id == ids[0]
+
+    # Then the backlog counts the 5 ready ones, capped where asked
+    assert broker.backlog(["q", "other", "empty"], cap=100) == {"q": 5, "other": 1, "empty": 0}
+    assert broker.backlog(["q"], cap=3) == {"q": 3}
+
+
 def test_blocking_reserve_wakes_on_an_add_from_another_process(
     broker: Broker, broker_url: str, record_property
 ) -> None:
