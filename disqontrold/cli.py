@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
 from typing import Optional, Sequence
 
@@ -18,11 +19,40 @@ SCHEDULER_COMMAND = "scheduler"
 PLUGINS = ("disqontrold.systemd", "disqontrold.control", "disqontrold.scheduler_master",
            "disqontrold.autoscale_master")
 ATTACH = "attach_to_master"
+#: Help width when $COLUMNS is unset and stdout is no terminal (shutil's default).
+DEFAULT_COLUMNS = 80
+#: Columns argparse leaves free at the right edge (as it does by itself).
+RIGHT_MARGIN = 2
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, sized to the terminal without ``import shutil``.
+
+    argparse builds a formatter for every add_argument, and its own imports
+    shutil for the terminal width: shutil brings zlib, bz2 and lzma (six
+    shared objects, ~30 mappings) into the master, so into every consumer,
+    whose page tables each isolated job's fork copies (docs/workers.md)."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, width=_columns() - RIGHT_MARGIN)
+
+
+def _columns() -> int:
+    """What shutil.get_terminal_size() gives: $COLUMNS, the terminal's, or 80."""
+    try:
+        return int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        pass
+    try:
+        return os.get_terminal_size(sys.__stdout__.fileno()).columns or DEFAULT_COLUMNS
+    except (AttributeError, ValueError, OSError):  # no stdout, closed, or not a terminal
+        return DEFAULT_COLUMNS
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="disqontrold",
+        formatter_class=_HelpFormatter,
         description="Run the disqontrol master. `disqontrold scheduler --crontab P` runs one scheduler pass.",
     )
     parser.add_argument("--config", help="disqontrol.yml (default: $DISQONTROL_CONFIG, ./disqontrol.yml, "

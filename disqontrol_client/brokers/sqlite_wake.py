@@ -18,7 +18,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import secrets
 import select
 import socket
 import time
@@ -150,7 +149,7 @@ class Waiter:
         if self._sock is None:
             if not self._dir._ensure():
                 return False
-            self._name = f"{os.getpid()}-{secrets.token_hex(4)}{SOCKET_SUFFIX}"
+            self._name = f"{os.getpid()}-{os.urandom(4).hex()}{SOCKET_SUFFIX}"
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             try:
                 sock.bind(self._dir.address(self._name))

@@ -17,7 +17,6 @@ from disqontrol_client.errors import WorkerLoadError
 from disqontrold.forkcall import NoAnswer, call_in_child
 from disqontrold.workers.base import Outcome, Worker
 from disqontrold.workers.bootstrap import Bootstrap, load_bootstrap, read_bootstrap
-from disqontrold.workers.command import CommandWorker, resolve_program
 
 __all__ = ["Outcome", "Worker", "build_worker", "check_workers", "worker_key"]
 
@@ -42,6 +41,10 @@ def build_worker(queue_config: QueueConfig, bootstrap: BootstrapArg = None) -> W
     spec = queue_config.worker
     key = worker_key(queue_config.name)
     if spec.type == "command":
+        # Imported per type (http too): every module a consumer maps adds to
+        # what each fork of an isolated worker copies (docs/workers.md, Speed).
+        from disqontrold.workers.command import CommandWorker  # noqa: PLC0415
+
         return CommandWorker(spec.command or "", queue_config.name, key=f"{key}.command")
     if spec.type == "http":
         from disqontrold.workers.http import HttpWorker  # noqa: PLC0415 - only consumers of http queues need it
@@ -83,6 +86,8 @@ def _check_python_in_child(config: Config, bootstrap_path: Optional[str | os.Pat
 
 def check_workers(config: Config, bootstrap_path: Optional[str | os.PathLike[str]] = None) -> None:
     """Raise WorkerLoadError listing every worker that cannot be built."""
+    from disqontrold.workers.command import resolve_program  # noqa: PLC0415 - see build_worker
+
     errors = []
     for name, queue in sorted(config.queues.items()):
         if queue.worker.type == "command":

@@ -65,7 +65,16 @@ def _call(func: JobFunction, job: Job) -> Outcome:
     try:
         value = func(job)
     except Exception as exc:  # any failure of the user's code fails the job
-        return Outcome(False, error=_error_text(exc), details={"traceback": traceback.format_exc()})
+        return _raised(exc)
+    return _returned(value)
+
+
+def _raised(exc: Exception) -> Outcome:
+    """The outcome of user code that raised (call from the except block)."""
+    return Outcome(False, error=_error_text(exc), details={"traceback": traceback.format_exc()})
+
+
+def _returned(value: Any) -> Outcome:
     if value is False:
         return Outcome(False, error=RETURNED_FALSE)
     return Outcome(True, result=value)
@@ -129,10 +138,23 @@ class InlinePythonWorker(Worker):
 OK_NONE_REPORT = json.dumps({"ok": True, "error": None, "details": {}, "result": None}).encode()
 
 
+def _child_report(func: JobFunction, job: Job) -> tuple[bytes, int]:
+    """Run the job in the child: its report and exit code. No timing (the
+    consumer times the child), and no Outcome for the commonest end, a
+    success returning None: every object the child touches is a page fault."""
+    try:
+        value = func(job)
+    except Exception as exc:  # any failure of the user's code fails the job
+        outcome = _raised(exc)
+    else:
+        if value is None:
+            return OK_NONE_REPORT, CHILD_OK
+        outcome = _returned(value)
+    return _encode_outcome(outcome), CHILD_OK if outcome.ok else CHILD_FAILED
+
+
 def _encode_outcome(outcome: Outcome) -> bytes:
     """The child's report; a result JSON cannot carry is sent as its repr."""
-    if outcome.ok and outcome.result is None and not outcome.details and outcome.error is None:
-        return OK_NONE_REPORT
     report = {"ok": outcome.ok, "error": outcome.error, "details": outcome.details}
     try:
         return json.dumps({**report, "result": outcome.result}).encode()
@@ -150,12 +172,11 @@ def _child_main(func: JobFunction, job: Job, write_fd: int) -> None:
         _signal.set_wakeup_fd(-1)
         for sig in CHILD_DEFAULT_SIGNALS:
             _signal.signal(sig, _signal.SIG_DFL)
-        outcome = _call(func, job)  # no timing: the consumer times the child
-        data = _encode_outcome(outcome)
+        data, exit_code = _child_report(func, job)
         view = memoryview(data)
         while view:
             view = view[os.write(write_fd, view):]
-        code = CHILD_OK if outcome.ok else CHILD_FAILED
+        code = exit_code
     finally:
         try:
             sys.stdout.flush()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
+import sys
 import threading
 
 from disqontrol_client.job import Job, fresh_metadata
@@ -59,3 +61,29 @@ def test_single_threaded_fork_skips_os_fork(monkeypatch) -> None:
     assert threading.active_count() == 1
     results = run_batch()
     assert len({r["pid"] for r in results}) == JOBS
+
+
+SETTLE_CHILD = """
+import gc, weakref
+from disqontrold.workers import fastfork
+class Node:
+    pass
+gc.disable()  # no automatic collection may free the garbage before settle does
+node = Node()
+node.self = node  # a cycle: garbage only the collector frees
+garbage = weakref.ref(node)
+del node
+fastfork.settle()
+print(gc.get_freeze_count(), int(garbage() is None))
+"""
+
+
+def test_settle_collects_then_freezes_what_is_left() -> None:
+    # Given a fresh interpreter holding collectable garbage (gc is process-wide:
+    # not frozen here, in the test process)
+    done = subprocess.run([sys.executable, "-c", SETTLE_CHILD], capture_output=True, text=True,
+                          timeout=TIMEOUT, check=True)
+    frozen, collected = (int(v) for v in done.stdout.split())
+    # Then the garbage was collected (not frozen with the rest), the survivors frozen
+    assert collected == 1
+    assert frozen > 0

@@ -14,6 +14,7 @@ from disqontrol_client.errors import WorkerLoadError
 from disqontrol_client.job import Job, fresh_metadata
 from disqontrold.workers.bootstrap import read_bootstrap
 from disqontrold.workers.python import RETURNED_FALSE, InlinePythonWorker, IsolatedPythonWorker
+from tests.support.procs import wait_for
 
 BOOTSTRAP = '''
 import os, signal, time
@@ -64,10 +65,34 @@ def touch_state(environment, name):
 def unserializable(environment, name):
     return lambda job: {{1, 2}}
 
+def spawns_and_hangs(environment, name):
+    def work(job):
+        import subprocess
+        child = subprocess.Popen(["sleep", "60"])
+        with open(job.body, "w") as out:
+            out.write(str(child.pid))
+        time.sleep(60)
+    return work
+
+def segfaults(environment, name):
+    def work(job):
+        import ctypes
+        ctypes.string_at(0)  # reads address 0: SIGSEGV
+    return work
+
+LEAKED = []
+
+def leaks(environment, name):
+    def work(job):
+        LEAKED.append(bytearray(job.body))
+        return len(LEAKED)
+    return work
+
 WORKERS = {{
     "echo": echo, "resizer": lambda env, name: Resizer(env), "false": returns(False),
     "none": returns(None), "fails": fails, "sleeps": sleeps, "suicide": suicide,
     "pid": pid, "touch_state": touch_state, "unserializable": unserializable,
+    "spawns_and_hangs": spawns_and_hangs, "segfaults": segfaults, "leaks": leaks,
 }}
 '''
 
@@ -198,3 +223,42 @@ def test_unknown_names_are_refused_with_the_key(bootstrap, tmp_path, monkeypatch
     with pytest.raises(WorkerLoadError, match=r"^k: 'no_such_mod_xyz:f' cannot be loaded: ModuleNotFoundError"):
         bootstrap.resolve("no_such_mod_xyz:f", key="k")
     sys.modules.pop("myapp_workers_mod2", None)
+
+
+def test_isolated_timeout_kills_the_jobs_whole_process_group(bootstrap, tmp_path):
+    # Given an isolated job that starts a grandchild and hangs
+    pid_file = tmp_path / "grandchild.pid"
+    worker = IsolatedPythonWorker(bootstrap.resolve("spawns_and_hangs"), "spawns_and_hangs", kill_grace=0.5)
+    # When it runs past its timeout
+    outcome = worker.run(job(str(pid_file)), 1.0)
+    # Then the job fails as timed out, and the grandchild died with it
+    assert not outcome.ok and outcome.error == "killed after 1s timeout"
+    grandchild = int(pid_file.read_text())
+    wait_for(lambda: not _alive(grandchild), timeout=10, message=f"grandchild {grandchild} to be killed")
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie left to init counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_segfaulting_isolated_job_fails_alone_and_the_next_one_runs(bootstrap):
+    # Given a batch where one job crashes its process with SIGSEGV
+    crash = make("isolated", bootstrap, "segfaults")
+    outcome = crash.run(job(1), 30)
+    # Then that job fails with the signal, and the next job runs normally
+    assert not outcome.ok and outcome.details["signal"] == "SIGSEGV"
+    assert make("isolated", bootstrap, "echo").run(job(2), 30).ok
+
+
+def test_memory_an_isolated_job_takes_dies_with_it(bootstrap):
+    # Given a job that keeps 20 MiB in a module-level list
+    worker = make("isolated", bootstrap, "leaks")
+    # When it runs three times, Then each run starts from the consumer's state
+    results = [worker.run(job(20 * 1024 * 1024, f"j{i}"), 30).result for i in range(3)]
+    assert results == [1, 1, 1]
+    assert sys.modules["disqontrol_bootstrap"].LEAKED == []
