@@ -7,7 +7,7 @@ import re
 import signal
 from pathlib import Path
 
-from tests.support.daemon import Daemon
+from tests.support.daemon import Daemon, command_worker, python_worker
 from tests.support.procs import wait_for
 
 BATCH = 4
@@ -98,5 +98,28 @@ def test_a_consumer_reserves_no_more_than_its_recycling_limit_allows(tmp_path):
         assert sorted(int(body) for body, _ in runs) == list(range(jobs))
         recycled = daemon.wait_event("consumer_recycled", 2)
         assert [re.search(r" jobs=(\d+)", line).group(1) for line in recycled[:2]] == ["3", "3"]
+    finally:
+        daemon.stop()
+
+
+def test_a_group_mixing_command_and_inline_queues_runs_every_job_once(tmp_path):
+    # Given one consumer of a command queue and an inline queue (job_batch 4)
+    daemon = Daemon(tmp_path, f"sqlite://{tmp_path}/jobs.db", {
+        "cmd": {"worker": command_worker(tmp_path)},
+        "inline": {"worker": python_worker()},
+    }, consumers=[{"queues": ["cmd", "inline"], "min_processes": 1, "max_processes": 1, "job_batch": BATCH}])
+    daemon.start()
+    try:
+        # When jobs of both arrive, interleaved in the batches it reserves
+        jobs = 5 * BATCH
+        daemon.add("cmd", range(0, jobs, 2))
+        daemon.add("inline", range(1, jobs, 2))
+
+        # Then each runs exactly once, none fails, and none is left leased
+        runs = daemon.wait_runs(jobs, timeout=60)
+        assert sorted(int(body) for body, _ in runs) == list(range(jobs))
+        wait_for(lambda: sum(s.in_flight + s.ready for s in daemon.broker.stats(["cmd", "inline"])) == 0,
+                 timeout=30, message="both queues drained and acked")
+        assert not daemon.events("job_failed") and not daemon.events("consumer_crashed")
     finally:
         daemon.stop()
