@@ -24,7 +24,7 @@ from typing import Optional
 from disqontrol_client.job import Job
 from disqontrol_client.logfmt import log_event
 from disqontrold.workers.base import Outcome, Worker
-from disqontrold.workers.jobprocs import NEVER, Child, Supervisor
+from disqontrold.workers.jobprocs import NEVER, Child, Supervisor, discard, prepare
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ class JobWindow:
         self.size = size
         self._supervisor = Supervisor()
         self._jobs: dict[Child, tuple[Job, Worker]] = {}
+        self._started: list[Child] = []  # started since the last wait, not prepared yet
         self.pace = RefillPace(size)
 
     def __len__(self) -> int:
@@ -83,14 +84,33 @@ class JobWindow:
             return Outcome(False, error=f"{worker.cannot_start}: {exc}")
         except Exception as exc:  # noqa: BLE001 -- a worker bug must fail its job, not the consumer
             return self._raised(job, exc)
-        self._supervisor.add(child)
+        self._started.append(child)
         self._jobs[child] = (job, worker)
         return None
 
     def wait(self, timeout: Optional[float]) -> list[tuple[Job, Outcome]]:
         """The jobs that ended within ``timeout`` seconds (None: until one
         does), with their outcomes; overdue jobs are killed meanwhile."""
+        unwatchable = self._prepare_started()
+        if unwatchable:
+            return unwatchable
         return [self._outcome(child) for child in self._supervisor.wait(timeout)]
+
+    def _prepare_started(self) -> list[tuple[Job, Outcome]]:
+        """Open the pidfds of the jobs started since the last wait, after the
+        round of starts (as ``run_batch`` does): done between two spawns it
+        cost each job more CPU, its process's and ours (measured). A process
+        that cannot be watched (out of descriptors) is killed: its job fails."""
+        failed = []
+        for child in self._started:
+            try:
+                self._supervisor.add(prepare(child))
+            except OSError as exc:
+                discard(child)
+                job, worker = self._jobs.pop(child)
+                failed.append((job, Outcome(False, error=f"{worker.cannot_start}: {exc}")))
+        self._started = []
+        return failed
 
     def _outcome(self, child: Child) -> tuple[Job, Outcome]:
         job, worker = self._jobs.pop(child)
@@ -111,5 +131,8 @@ class JobWindow:
         abnormally: a graceful stop waits for the window to empty first)."""
         for job, _worker in self._jobs.values():
             log_event(logger, "job_abandoned", logging.WARNING, job=job.id, queue=job.queue)
+        for child in self._started:
+            discard(child)
+        self._started = []
         self._supervisor.close()
         self._jobs.clear()

@@ -62,8 +62,9 @@ class Worker(abc.ABC):
         return outcomes
 
     def start(self, job: Job, timeout: float) -> "Child":
-        """Start the job's process, ready for a jobprocs.Supervisor (windowed
-        workers only). Raises OSError when it cannot start."""
+        """Start the job's process (windowed workers only); the window
+        prepares it for its jobprocs.Supervisor once the round of starts is
+        done. Raises OSError when it cannot start."""
         raise NotImplementedError(f"{type(self).__name__} is not windowed")
 
     def finish(self, job: Job, child: "Child") -> Outcome:

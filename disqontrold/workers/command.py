@@ -25,7 +25,7 @@ from disqontrol_client.errors import WorkerLoadError
 from disqontrol_client.job import Job
 from disqontrol_client.logfmt import log_event
 from disqontrold.workers.base import OnStart, Outcome, Worker
-from disqontrold.workers.jobprocs import KILL_GRACE, Capture, Child, discard, prepare, run_batch
+from disqontrold.workers.jobprocs import KILL_GRACE, Capture, Child, run_batch
 
 logger = logging.getLogger("disqontrold.workers.command")
 
@@ -151,12 +151,7 @@ class CommandWorker(Worker):
                      stdin=in_w, stdin_data=stdin_data or b"", grace=self.kill_grace)
 
     def start(self, job: Job, timeout: float) -> Child:
-        child = self._spawn(job, timeout)
-        try:
-            return prepare(child)
-        except OSError:
-            discard(child)
-            raise
+        return self._spawn(job, timeout)
 
     def finish(self, job: Job, child: Child) -> Outcome:
         return self._outcome(job, child)

@@ -160,9 +160,12 @@ def test_a_job_whose_process_cannot_be_watched_fails_and_leaves_nothing(monkeypa
     before = len(os.listdir("/proc/self/fd"))
     window = JobWindow(2)
     try:
-        # When the job is started, Then it fails alone as unable to start
-        outcome = window.start(worker, job(1, "J"), LONG)
-        assert outcome is not None and outcome.error.startswith("cannot start /bin/sh")
+        # When a job is started and the window looks at it
+        assert window.start(worker, job(1, "J"), LONG) is None
+        [(failed, outcome)] = window.wait(30)
+
+        # Then it fails alone, as unable to start
+        assert failed.id == "J" and not outcome.ok and outcome.error.startswith("cannot start /bin/sh")
         assert len(window) == 0
     finally:
         window.close()
