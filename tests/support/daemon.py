@@ -179,14 +179,18 @@ class Daemon:
             self._broker = open_broker(self.broker_url)
         return self._broker
 
-    def add(self, queue: str, bodies: Iterable[Any], lease: Optional[float] = None) -> list[str]:
+    def add(self, queue: str, bodies: Iterable[Any], lease: Optional[float] = None,
+            delay: float = 0) -> list[str]:
         """Add jobs as a producer would; ``lease`` shortens the broker lease
-        (normally job_process_timeout + a minute) so a redelivery test is quick."""
+        (normally job_process_timeout + a minute) so a redelivery test is quick;
+        ``delay`` (s) delays them all."""
         assert self._config is not None, "start() the daemon first"
         queue_config = self._config.queue(queue)
         items: list[NewJob] = [new_job_for(Job(body, queue), queue_config) for body in bodies]
         if lease is not None:
             items = [dataclasses.replace(item, retry=lease) for item in items]
+        if delay > 0:
+            items = [dataclasses.replace(item, delay=delay) for item in items]
         return self.broker.add_many(items)
 
     def runs(self) -> list[tuple[str, float]]:
