@@ -30,7 +30,10 @@ logger = logging.getLogger(__name__)
 
 #: s between two reserves while jobs run and the last reserve came back short:
 #: how late a consumer busy with long jobs sees a new job (and acks the ended).
-REFILL_INTERVAL = 1.0
+#: An empty reserve is cheap (sqlite: an UPDATE that changes no row writes
+#: nothing; redis: one round trip), so 4 a second per busy consumer buys a
+#: new job's start within 0.25 s instead of 1 s.
+REFILL_INTERVAL = 0.25
 
 
 class RefillPace:
