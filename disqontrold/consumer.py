@@ -1,7 +1,7 @@
 """The consumer: a child of the master that takes jobs of its group's queues
 and runs their workers.
 
-reserve(up to job_batch) -> decode -> windowed workers (command): each job
+reserve(up to job_batch) -> decode -> windowed workers (command, isolated): each job
 starts in the job window (jobwindow.py) and is settled as it ends; the
 others: group by queue -> worker.run_many -> settled as a batch. Settling:
 failures.handle_failure for the failed; the successes are acked by the next

@@ -1,5 +1,5 @@
 """The consumer's job window: the running processes of its windowed workers
-(command), up to ``job_batch`` at once, and when to reserve more.
+(command, isolated Python), up to ``job_batch`` at once, and when to reserve more.
 
 Why a window and not batches: running a reserved batch as a whole (start
 all, wait for all, then reserve the next) leaves the cores idle at each

@@ -191,6 +191,8 @@ class IsolatedPythonWorker(Worker):
     its memory dies with it."""
 
     concurrent = True
+    windowed = True  # the consumer's job window: a long job holds back no other
+    cannot_start = "cannot fork"
 
     def __init__(self, func: JobFunction, name: str, kill_grace: float = KILL_GRACE) -> None:
         self.func = func
@@ -213,23 +215,38 @@ class IsolatedPythonWorker(Worker):
         os.close(write_fd)
         return pid, read_fd
 
+    def start(self, job: Job, timeout: float) -> Child:
+        """Fork the job's child in the consumer's job window."""
+        sys.stdout.flush()  # anything buffered now would be written twice if the child flushed it
+        sys.stderr.flush()
+        pid, read_fd = self._fork(job)
+        return Child(pid=pid, timeout=timeout, outputs={read_fd: Capture()}, grace=self.kill_grace)
+
+    def finish(self, job: Job, child: Child) -> Outcome:
+        outcome = self._outcome(job, child)
+        self._log_failure(job, outcome)
+        return outcome
+
     def run(self, job: Job, timeout: float) -> Outcome:
         return self.run_many([job], timeout)[0]
 
     def run_many(self, jobs: Sequence[Job], timeout: float, on_start: OnStart = None) -> list[Outcome]:
-        """Fork the whole batch, then wait for every child."""
+        """Fork the whole batch, then wait for every child (synchronous mode)."""
         # Anything buffered now would be written twice if a child flushed it.
         sys.stdout.flush()
         sys.stderr.flush()
-        outcomes = run_batch(jobs, on_start, self._fork, self._outcome, self.kill_grace, "cannot fork",
+        outcomes = run_batch(jobs, on_start, self._fork, self._outcome, self.kill_grace, self.cannot_start,
                              adopt=lambda forked: Child(pid=forked[0], timeout=timeout,
-                                                        outputs={forked[1]: Capture()}))
+                                                        outputs={forked[1]: Capture()}, grace=self.kill_grace))
         for job, outcome in zip(jobs, outcomes):
-            if not outcome.ok:
-                log_event(logger, "python_job_failed", logging.WARNING, job=job.id, queue=job.queue,
-                          worker=self.name, error=outcome.error, exit_code=outcome.details.get("exit_code"),
-                          signal=outcome.details.get("signal"))
+            self._log_failure(job, outcome)
         return outcomes
+
+    def _log_failure(self, job: Job, outcome: Outcome) -> None:
+        if not outcome.ok:
+            log_event(logger, "python_job_failed", logging.WARNING, job=job.id, queue=job.queue,
+                      worker=self.name, error=outcome.error, exit_code=outcome.details.get("exit_code"),
+                      signal=outcome.details.get("signal"))
 
     def _outcome(self, job: Job, child: Child) -> Outcome:
         duration = child.ended - child.started

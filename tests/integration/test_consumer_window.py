@@ -1,5 +1,5 @@
-"""The consumer's job window against a real daemon: a long command job does
-not hold back the rest of its queue, a graceful stop waits for it, and the
+"""The consumer's job window against a real daemon: a long command or
+isolated job does not hold back the rest of its queue, a graceful stop waits for it, and the
 recycling limit bounds what a consumer reserves."""
 from __future__ import annotations
 
@@ -7,11 +7,14 @@ import re
 import signal
 from pathlib import Path
 
+import pytest
+
 from tests.support.daemon import Daemon, command_worker, python_worker
 from tests.support.procs import wait_for
 
 BATCH = 4
 QUICK_JOBS = 3 * BATCH  # more than a whole batch behind the long job
+HOLD_TIMEOUT = 600  # s: the long job is never killed by its timeout while the test runs
 # A body with "hold" runs until the file ./release exists (the daemon's cwd
 # is the test's tmp_path); every job records "<body> <time>" in $DQ_OUT.
 HOLD_SH = """
@@ -23,16 +26,32 @@ printf '%s %s\\n' "$body" "$(date +%s.%N)" >> "$DQ_OUT"
 """
 
 
-def hold_daemon(tmp_path: Path, **consumer: object) -> Daemon:
+# The same for an isolated Python worker (the daemon's cwd is on its path).
+HOLD_PY = """
+import json, os, time
+
+def hold(job):
+    if job.body == "hold":
+        while not os.path.exists("release"):
+            time.sleep(0.05)
+    with open(os.environ["DQ_OUT"], "a") as out:
+        out.write(f"{json.dumps(job.body)} {time.time():.4f}\\n")
+"""
+
+
+def hold_daemon(tmp_path: Path, kind: str = "command", **consumer: object) -> Daemon:
     (tmp_path / "hold.sh").write_text(HOLD_SH)
-    worker = {"type": "command", "command": f"/bin/sh {tmp_path / 'hold.sh'}"}
-    return Daemon(tmp_path, f"sqlite://{tmp_path}/jobs.db", {"work": {"worker": worker}},
+    (tmp_path / "holdworkers.py").write_text(HOLD_PY)
+    worker = ({"type": "command", "command": f"/bin/sh {tmp_path / 'hold.sh'}"} if kind == "command"
+              else {"type": "isolated_python_worker", "name": "holdworkers:hold"})
+    return Daemon(tmp_path, f"sqlite://{tmp_path}/jobs.db", {"work": {"worker": worker, "job_process_timeout": HOLD_TIMEOUT}},
                   consumer_defaults={"min_processes": 1, "max_processes": 1, "job_batch": BATCH, **consumer})
 
 
-def test_a_long_job_does_not_hold_back_the_rest_of_its_queue(tmp_path):
+@pytest.mark.parametrize("kind", ["command", "isolated"])
+def test_a_long_job_does_not_hold_back_the_rest_of_its_queue(tmp_path, kind):
     # Given one consumer (job_batch 4) running a job that waits for a file
-    daemon = hold_daemon(tmp_path).start()
+    daemon = hold_daemon(tmp_path, kind).start()
     try:
         daemon.add("work", ["hold"])
         wait_for(lambda: any(" busy " in daemon.title(p) for p in daemon.consumer_pids()),
