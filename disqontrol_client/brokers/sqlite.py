@@ -36,7 +36,7 @@ from disqontrol_client.brokers.broker import (
 )
 from disqontrol_client.brokers.sqlite_store import (  # the SQL lives beside the schema
     BUSY_TIMEOUT, CHUNK, DELETE_IDS, DROP_EXPIRED_CLAIMS, INSERT, LEASE_MANY, LEASE_ONE, NEXT_DUE,
-    QUEUES, READY_UP_TO, TAKE_CLAIM, WAITING, Store, by_ids, with_ids,
+    QUEUES, READY_UP_TO, TAKE_CLAIM, WAITING, Store, by_ids, delete_then_lease, with_ids,
 )
 from disqontrol_client.brokers.sqlite_wake import Waiter, WakeDir
 from disqontrol_client.errors import BrokerError, ConfigError
@@ -213,43 +213,14 @@ class SqliteBroker(Broker):
         now = time.time()
         if now - self._last_sweep >= SWEEP_INTERVAL:
             self._write(lambda db: self._sweep(db, now))
-        if len(queues) == 1:  # the common case, kept short: it runs once per batch
-            queue = queues[0]
+        if len(queues) == 1 and not acked:
             sql = LEASE_ONE if count == 1 else LEASE_MANY
-            if not acked:
-                rows = self._exclusive(lambda: db.execute(sql, (now, queue, count)).fetchall())
-            else:
-                rows = self._write(lambda db: self._ack_then(db, acked, sql, (now, queue, count)))
-            return self._deliveries(queue, rows)
-
-        def ack_and_lease(db: sqlite3.Connection) -> list[tuple[str, list]]:
-            by_ids(db, DELETE_IDS, (), acked)
-            return self._lease_queues(db, now, queues, count)
-
-        per_queue = self._write(ack_and_lease)
+            rows = self._exclusive(lambda: db.execute(sql, (now, queues[0], count)).fetchall())
+            return self._deliveries(queues[0], rows)
+        per_queue = self._write(lambda db: delete_then_lease(db, acked, now, queues, count))
+        if len(per_queue) == 1:
+            return self._deliveries(*per_queue[0])
         return [d for queue, rows in per_queue for d in self._deliveries(queue, rows)]
-
-    @staticmethod
-    def _ack_then(db: sqlite3.Connection, acked: Sequence[int], sql: str, params: tuple) -> list:
-        if len(acked) <= CHUNK:
-            db.execute(with_ids(DELETE_IDS, len(acked)), acked)
-        else:
-            by_ids(db, DELETE_IDS, (), acked)
-        return db.execute(sql, params).fetchall()
-
-    @staticmethod
-    def _lease_queues(
-        db: sqlite3.Connection, now: float, queues: Sequence[str], count: int
-    ) -> list[tuple[str, list]]:
-        """Rows leased per queue, in queue order, until ``count`` are taken."""
-        out = []
-        for queue in queues:
-            want = count - sum(len(rows) for _, rows in out)
-            if want <= 0:
-                break
-            sql = LEASE_ONE if want == 1 else LEASE_MANY
-            out.append((queue, db.execute(sql, (now, queue, want)).fetchall()))
-        return out
 
     @staticmethod
     def _deliveries(queue: str, rows: list) -> list[Delivery]:

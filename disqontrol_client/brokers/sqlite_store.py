@@ -112,6 +112,23 @@ def by_ids(db: sqlite3.Connection, sql: str, head: tuple, rowids: Sequence[int])
     return changed
 
 
+def delete_then_lease(
+    db: sqlite3.Connection, acked: Sequence[int], now: float, queues: Sequence[str], count: int
+) -> list[tuple[str, list]]:
+    """Inside the caller's transaction: delete the ``acked`` rows, then lease
+    up to ``count`` due rows, queue by queue in order: (queue, rows) each."""
+    by_ids(db, DELETE_IDS, (), acked)
+    out: list[tuple[str, list]] = []
+    want = count
+    for queue in queues:
+        rows = db.execute(LEASE_ONE if want == 1 else LEASE_MANY, (now, queue, want)).fetchall()
+        out.append((queue, rows))
+        want -= len(rows)
+        if want <= 0:
+            break
+    return out
+
+
 def in_transaction(db: sqlite3.Connection, work: Callable[[], T]) -> T:
     """Run ``work`` inside ``BEGIN IMMEDIATE`` ... ``COMMIT``."""
     db.execute("BEGIN IMMEDIATE")
