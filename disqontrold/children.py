@@ -29,12 +29,17 @@ EXIT_CRASHED = 70  # an exception escaped the consumer loop (EX_SOFTWARE)
 EXIT_ORPHANED = 71  # the master died between fork and PR_SET_PDEATHSIG
 
 
+_libc: Optional[ctypes.CDLL] = None
+
+
 def set_parent_death_signal(signum: int = signal.SIGKILL) -> None:
     """Have the kernel send ``signum`` to this process when its parent dies."""
-    # The process's own symbols (libc's among them): ctypes.util.find_library
-    # would import subprocess and shutil into the master, and every consumer.
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, int(signum), 0, 0, 0) != 0:
+    global _libc
+    if _libc is None:
+        # The process's own symbols (libc's among them): ctypes.util.find_library
+        # would import subprocess and shutil into the master, and every consumer.
+        _libc = ctypes.CDLL(None, use_errno=True)
+    if _libc.prctl(PR_SET_PDEATHSIG, int(signum), 0, 0, 0) != 0:
         errno = ctypes.get_errno()
         raise OSError(errno, f"prctl(PR_SET_PDEATHSIG) failed: {os.strerror(errno)}")
 

@@ -21,6 +21,7 @@ from typing import Any, Iterator, Sequence
 
 from disqontrol_client.job import Job
 from disqontrol_client.logfmt import log_event
+from disqontrold.children import set_parent_death_signal
 from disqontrold.workers.base import OnStart, Outcome, Worker
 from disqontrold.workers.bootstrap import JobFunction
 from disqontrold.workers.fastfork import fork
@@ -33,6 +34,7 @@ RETURNED_FALSE = "the worker returned False"
 CHILD_OK = 0
 CHILD_FAILED = 1
 CHILD_CRASHED = 70  # EX_SOFTWARE: the child failed outside the worker code
+CHILD_ORPHANED = 71  # its consumer died before the child could tie itself to it: job not run
 #: Signals the consumer may handle that a forked child must take by default.
 CHILD_DEFAULT_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGCHLD,
                          signal.SIGTTIN, signal.SIGTTOU, signal.SIGALRM)
@@ -162,13 +164,21 @@ def _encode_outcome(outcome: Outcome) -> bytes:
         return json.dumps({**report, "result": repr(outcome.result), "result_repr": True}).encode()
 
 
-def _child_main(func: JobFunction, job: Job, write_fd: int) -> None:
+def _child_main(func: JobFunction, job: Job, write_fd: int, consumer_pid: int) -> None:
     """In the forked child: run the job, report, and leave without running
-    the consumer's cleanup (its broker connection belongs to the parent)."""
+    the consumer's cleanup (its broker connection belongs to the parent).
+
+    It dies with its consumer (SIGKILL on the parent's death): a consumer
+    killed mid-job loses the pipe the result would go to, and the job comes
+    back by lease expiry; an orphan left running would do it twice at once."""
     code = CHILD_CRASHED
     try:
         gc.disable()  # a collection would touch (and copy) every shared page
         os.setsid()  # its own process group: a timeout kills what it started
+        set_parent_death_signal()
+        if os.getppid() != consumer_pid:  # the consumer died before the line above
+            code = CHILD_ORPHANED
+            return
         _signal.set_wakeup_fd(-1)
         for sig in CHILD_DEFAULT_SIGNALS:
             _signal.signal(sig, _signal.SIG_DFL)
@@ -203,6 +213,7 @@ class IsolatedPythonWorker(Worker):
         """Fork the job's child: (pid, our read end of its report pipe).
         Kept to ints: see jobprocs.run_batch."""
         read_fd, write_fd = os.pipe()
+        consumer_pid = os.getpid()
         try:
             pid = fork()
         except OSError:
@@ -211,7 +222,7 @@ class IsolatedPythonWorker(Worker):
             raise
         if pid == 0:
             os.close(read_fd)
-            _child_main(self.func, job, write_fd)
+            _child_main(self.func, job, write_fd, consumer_pid)
         os.close(write_fd)
         return pid, read_fd
 

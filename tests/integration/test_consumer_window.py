@@ -1,12 +1,15 @@
 """The consumer's job window against a real daemon: a long command or
-isolated job does not hold back the rest of its queue, a graceful stop waits for it, and the
+isolated job does not hold back the rest of its queue, an isolated job dies
+with its killed consumer, a graceful stop waits for it, and the
 recycling limit bounds what a consumer reserves."""
 from __future__ import annotations
 
+import os
 import re
 import signal
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.support.daemon import Daemon, command_worker, python_worker
@@ -74,6 +77,7 @@ def test_a_long_job_does_not_hold_back_the_rest_of_its_queue(tmp_path, kind):
         wait_for(lambda: daemon.broker.stats(["work"])[0].in_flight == 0, timeout=30,
                  message="every job acked")
     finally:
+        (tmp_path / "release").touch()  # a held job, and any orphan of a failed test, ends
         daemon.stop()
 
 
@@ -100,6 +104,7 @@ def test_sigterm_waits_for_the_running_job_and_loses_nothing(tmp_path):
         assert stats.ready + stats.in_flight == 0
         assert not daemon.events("consumer_crashed")
     finally:
+        (tmp_path / "release").touch()  # a held job, and any orphan of a failed test, ends
         daemon.stop()
 
 
@@ -118,6 +123,7 @@ def test_a_consumer_reserves_no_more_than_its_recycling_limit_allows(tmp_path):
         recycled = daemon.wait_event("consumer_recycled", 2)
         assert [re.search(r" jobs=(\d+)", line).group(1) for line in recycled[:2]] == ["3", "3"]
     finally:
+        (tmp_path / "release").touch()  # a held job, and any orphan of a failed test, ends
         daemon.stop()
 
 
@@ -141,4 +147,38 @@ def test_a_group_mixing_command_and_inline_queues_runs_every_job_once(tmp_path):
                  timeout=30, message="both queues drained and acked")
         assert not daemon.events("job_failed") and not daemon.events("consumer_crashed")
     finally:
+        (tmp_path / "release").touch()  # a held job, and any orphan of a failed test, ends
+        daemon.stop()
+
+
+def test_an_isolated_job_dies_with_its_killed_consumer_and_runs_once_again(tmp_path):
+    # Given an isolated job holding (a short lease, so it comes back soon)
+    daemon = hold_daemon(tmp_path, "isolated").start()
+    try:
+        daemon.add("work", ["hold"], lease=2)
+        [consumer] = wait_for(lambda: [p for p in daemon.consumer_pids() if " busy " in daemon.title(p)],
+                              timeout=30, message="a busy consumer")
+        [job_process] = wait_for(lambda: psutil.Process(consumer).children(), timeout=30,
+                                 message="the job's process")
+
+        # When its consumer is killed
+        os.kill(consumer, signal.SIGKILL)
+
+        # Then the job's process dies with it (no orphan running the job on)
+        def gone() -> bool:
+            try:
+                return job_process.status() == psutil.STATUS_ZOMBIE
+            except psutil.NoSuchProcess:
+                return True
+        wait_for(gone, timeout=30, message="the job process gone")
+
+        # And the job comes back by lease expiry to a new consumer, and runs once
+        wait_for(lambda: [p for p in daemon.consumer_pids() if p != consumer and " busy " in daemon.title(p)],
+                 timeout=60, message="the job redelivered to the new consumer")
+        (tmp_path / "release").touch()
+        assert [body for body, _ in daemon.wait_runs(1, timeout=60)] == ['"hold"']
+        wait_for(lambda: daemon.broker.stats(["work"])[0].in_flight == 0, timeout=30, message="the job acked")
+        assert len(daemon.runs()) == 1
+    finally:
+        (tmp_path / "release").touch()  # a held job, and any orphan of a failed test, ends
         daemon.stop()
