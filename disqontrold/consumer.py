@@ -44,7 +44,7 @@ from disqontrol_client.job import RETRIES, Job, decode_payload
 from disqontrol_client.logfmt import log_event
 from disqontrold import failures
 from disqontrold.children import EXIT_BOOT_FAILED, EXIT_FAST, EXIT_OK
-from disqontrold.jobwindow import REFILL_INTERVAL, JobWindow
+from disqontrold.jobwindow import JobWindow
 from disqontrold.log import reopen_logs
 from disqontrold.proctitle import consumer_title, set_title
 from disqontrold.scoreboard import BUSY, IDLE, STOPPING, Scoreboard
@@ -88,6 +88,7 @@ class Consumer:
         self.window = JobWindow(group.job_batch)
         self._busy = False  # the scoreboard says busy
         self._recycle = ""  # why this process is to be replaced, once it is
+        self._window_backoff = BROKER_BACKOFF_START  # s before a refill after the broker failed one
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     # -- signals --------------------------------------------------------
@@ -237,9 +238,8 @@ class Consumer:
 
     def _reserve(self, timeout: float) -> list[Delivery]:
         """Lease up to ``_room()`` jobs, acking the ended successes with it.
-        With ``timeout`` 0 (jobs are running) one try: a broker failure is
-        logged and tried again at the window's pace; otherwise back off and
-        retry until stopped."""
+        With ``timeout`` 0 (jobs are running) one try: on a broker failure the
+        window's next refill backs off as a blocking reserve's retries do."""
         count = self._room()
         delay = BROKER_BACKOFF_START
         while not self.stopping:
@@ -250,12 +250,16 @@ class Consumer:
                     self._broker_trouble("reserve", exc, delay)
                     delay = min(delay * 2, BROKER_BACKOFF_CAP)
                     continue
+                # Jobs run: no waiting here; the window backs off as a blocking reserve would.
                 log_event(logger, "broker_unreachable", logging.WARNING, group=self.group.name,
-                          operation="reserve", error=str(exc), retry_in=REFILL_INTERVAL)
+                          operation="reserve", error=str(exc), retry_in=self._window_backoff)
+                self.window.pace.failed(time.monotonic(), self._window_backoff)
+                self._window_backoff = min(self._window_backoff * 2, BROKER_BACKOFF_CAP)
                 got = []
             else:
                 self._unacked = []
-            self.window.pace.reserved(time.monotonic(), count, len(got))
+                self._window_backoff = BROKER_BACKOFF_START
+                self.window.pace.reserved(time.monotonic(), count, len(got))
             self.scoreboard.heartbeat()
             if self.reopen_requested:  # after the wait: the batch's lines go to the new file
                 self.reopen_requested = False

@@ -43,20 +43,25 @@ class RefillPace:
     def __init__(self, size: int) -> None:
         self.size = size
         self._last = 0.0  # the last reserve
-        self._retry_at = 0.0  # no refill at half window before this (the last came back short)
+        self._retry_at = 0.0  # no refill before this (the last came back short, or failed)
 
     def reserved(self, now: float, asked: int, got: int) -> None:
-        """Book a reserve (``got`` < ``asked``: the queues ran dry, or it failed)."""
+        """Book a reserve (``got`` < ``asked``: the queues ran dry)."""
         self._last = now
         self._retry_at = now if got >= asked else now + REFILL_INTERVAL
+
+    def failed(self, now: float, backoff: float) -> None:
+        """Book a reserve the broker refused: none again for ``backoff`` s."""
+        self._last = now
+        self._retry_at = now + backoff
 
     def next_refill(self, free: int) -> float:
         """When to reserve again with ``free`` places in the window (NEVER: no room)."""
         if free <= 0:
             return NEVER
         if free * 2 >= self.size:
-            return self._retry_at  # at most _last + REFILL_INTERVAL
-        return self._last + REFILL_INTERVAL
+            return self._retry_at
+        return max(self._last + REFILL_INTERVAL, self._retry_at)
 
 
 class JobWindow:

@@ -231,10 +231,6 @@ class Supervisor:
                     self._watch(child.stdin, child, select.EPOLLOUT)
         self._new = []
 
-    def next_wake(self) -> float:
-        """The monotonic time of the next deadline or SIGKILL (NEVER: none)."""
-        return self._check_at
-
     def _enforce_all(self, now: float) -> None:
         if now < self._check_at:
             return

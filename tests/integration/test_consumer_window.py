@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.support.daemon import Daemon, command_worker, python_worker
+from tests.support.daemon import Daemon, command_worker, python_worker, running
 from tests.support.procs import wait_for
 
 BATCH = 4
@@ -165,12 +165,7 @@ def test_an_isolated_job_dies_with_its_killed_consumer_and_runs_once_again(tmp_p
         os.kill(consumer, signal.SIGKILL)
 
         # Then the job's process dies with it (no orphan running the job on)
-        def gone() -> bool:
-            try:
-                return job_process.status() == psutil.STATUS_ZOMBIE
-            except psutil.NoSuchProcess:
-                return True
-        wait_for(gone, timeout=30, message="the job process gone")
+        wait_for(lambda: not running(job_process.pid), timeout=30, message="the job process gone")
 
         # And the job comes back by lease expiry to a new consumer, and runs once
         wait_for(lambda: [p for p in daemon.consumer_pids() if p != consumer and " busy " in daemon.title(p)],

@@ -123,6 +123,12 @@ def test_reserves_are_paced_by_the_room_and_by_what_the_last_one_got():
     # Less than half free: a REFILL_INTERVAL after the last reserve, whatever it got
     pace.reserved(200.0, asked=4, got=4)
     assert pace.next_refill(free=1) == 200.0 + REFILL_INTERVAL
+    # After one the broker refused: its backoff, whatever the room
+    pace.failed(300.0, backoff=4.0)
+    assert pace.next_refill(free=2) == 304.0 and pace.next_refill(free=1) == 304.0
+    # and a success ends the backoff
+    pace.reserved(305.0, asked=4, got=4)
+    assert pace.next_refill(free=2) == 305.0
 
 
 def test_no_descriptor_leaks_over_many_jobs():

@@ -2,6 +2,7 @@
 no job lost when the server is killed and restarted (AOF, fsync always)."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import threading
@@ -154,4 +155,44 @@ def test_the_daemon_loses_no_job_when_redis_is_killed_mid_flow(own_server, tmp_p
         assert daemon.proc.poll() is None and len(daemon.consumer_pids()) == 2
     finally:
         stop_process(producer)
+        daemon.stop()
+
+
+# A body with "hold" runs until ./release exists; every job records "<body> <time>".
+HOLD_SH = """
+body="${2#--body=}"
+case "$body" in
+  *hold*) while [ ! -e release ]; do sleep 0.05; done ;;
+esac
+printf '%s %s\\n' "$body" "$(date +%s.%N)" >> "$DQ_OUT"
+"""
+
+
+def test_a_consumer_with_jobs_running_backs_off_while_redis_is_down(own_server, tmp_path):
+    # Given a consumer running a long command job, a quick job's ack waiting for the next reserve
+    (tmp_path / "hold.sh").write_text(HOLD_SH)
+    daemon = Daemon(tmp_path, own_server.url,
+                    {"work": {"worker": {"type": "command", "command": f"/bin/sh {tmp_path / 'hold.sh'}"}}},
+                    consumer_defaults={"min_processes": 1, "max_processes": 1, "job_batch": 4}).start()
+    try:
+        daemon.add("work", ["hold", 1])
+        daemon.wait_runs(1, timeout=30)
+
+        # When redis-server goes away
+        own_server.kill()
+
+        # Then the window's reserves back off as a blocking one does (0.5 s, doubling), not every refill
+        lines = daemon.wait_event("broker_unreachable", count=3, timeout=30)
+        assert [float(re.search(r" retry_in=([0-9.]+)", line).group(1)) for line in lines[:3]] == [0.5, 1.0, 2.0]
+
+        # And once it is back, both jobs end acked, each run once
+        own_server.start()
+        (tmp_path / "release").touch()
+        def left() -> int:
+            [stats] = daemon.broker.stats(["work"])
+            return stats.ready + stats.delayed + stats.in_flight
+        wait_for(lambda: left() == 0, timeout=60, message="both jobs acked")
+        assert sorted(body for body, _ in daemon.runs()) == ['"hold"', "1"]
+    finally:
+        (tmp_path / "release").touch()
         daemon.stop()

@@ -15,6 +15,7 @@ import pytest
 from disqontrol_client.errors import WorkerLoadError
 from disqontrol_client.job import Job, fresh_metadata
 from disqontrold.workers.command import BODY_ON_STDIN, MAX_BODY_ARG, CommandWorker
+from tests.support.daemon import running
 from tests.support.procs import wait_for
 
 #: A worker that records its argv (and stdin when --body=-) as JSON.
@@ -124,16 +125,6 @@ def test_a_signal_is_a_failure():
     assert outcome.error == "killed by signal SIGSEGV"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie waiting for init to reap it is dead for our purpose.
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-
-
 def test_timeout_kills_the_whole_process_group(tmp_path):
     # Given a worker that starts a grandchild sleeping, then sleeps itself
     pids = tmp_path / "pids"
@@ -146,7 +137,7 @@ def test_timeout_kills_the_whole_process_group(tmp_path):
     assert outcome.error == "killed after 1s timeout"
     assert time.monotonic() - started < 10
     grandchild = int(pids.read_text())
-    wait_for(lambda: not _alive(grandchild), timeout=10, message="the grandchild to die")
+    wait_for(lambda: not running(grandchild), timeout=10, message="the grandchild to die")
 
 
 def test_timeout_escalates_to_sigkill_after_the_grace():
@@ -205,6 +196,6 @@ def test_an_interrupted_batch_leaves_no_process_behind(tmp_path):
         signal.signal(signal.SIGUSR1, previous)
     # Then every job process was killed and reaped
     for pid in map(int, pids.read_text().split()):
-        assert not _alive(pid)
+        assert not running(pid)
         with pytest.raises(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)

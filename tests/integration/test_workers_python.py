@@ -14,6 +14,7 @@ from disqontrol_client.errors import WorkerLoadError
 from disqontrol_client.job import Job, fresh_metadata
 from disqontrold.workers.bootstrap import read_bootstrap
 from disqontrold.workers.python import RETURNED_FALSE, InlinePythonWorker, IsolatedPythonWorker
+from tests.support.daemon import running
 from tests.support.procs import wait_for
 
 BOOTSTRAP = '''
@@ -234,16 +235,7 @@ def test_isolated_timeout_kills_the_jobs_whole_process_group(bootstrap, tmp_path
     # Then the job fails as timed out, and the grandchild died with it
     assert not outcome.ok and outcome.error == "killed after 1s timeout"
     grandchild = int(pid_file.read_text())
-    wait_for(lambda: not _alive(grandchild), timeout=10, message=f"grandchild {grandchild} to be killed")
-
-
-def _alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie left to init counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
+    wait_for(lambda: not running(grandchild), timeout=10, message=f"grandchild {grandchild} to be killed")
 
 
 def test_a_segfaulting_isolated_job_fails_alone_and_the_next_one_runs(bootstrap):
