@@ -54,27 +54,33 @@ def fork_loop(seconds: float) -> int:
     return count
 
 
-def main(argv: list) -> int:
-    seconds, processes = float(argv[0]), int(argv[1])
-    ballast = grow_to(float(argv[2])) if len(argv) > 2 else bytearray()
+def in_parallel(processes: int, loop: "Callable[[], int]") -> tuple[int, float]:  # noqa: F821 (no typing: -S stays bare)
+    """Run ``loop`` in ``processes`` forked processes at once: the sum of
+    the counts they return, and the CPU seconds they and their reaped
+    children used."""
     read_fd, write_fd = os.pipe()
-    cpu_before = os.times()
+    before = os.times()
     pids = []
     for _ in range(processes):
         pid = os.fork()
         if pid == 0:
-            os.write(write_fd, f"{fork_loop(seconds)}\n".encode())
+            os.write(write_fd, f"{loop()}\n".encode())
             os._exit(0)
         pids.append(pid)
     for pid in pids:
         os.waitpid(pid, 0)
+    after = os.times()
     os.close(write_fd)
-    cpu = os.times()
     with os.fdopen(read_fd) as results:
         total = sum(int(line) for line in results.read().split())
+    return total, after.children_user + after.children_system - before.children_user - before.children_system
+
+
+def main(argv: list) -> int:
+    seconds, processes = float(argv[0]), int(argv[1])
+    ballast = grow_to(float(argv[2])) if len(argv) > 2 else bytearray()
+    total, cpu_seconds = in_parallel(processes, lambda: fork_loop(seconds))
     del ballast
-    cpu_seconds = (cpu.children_user + cpu.children_system
-                   - cpu_before.children_user - cpu_before.children_system)
     sys.stdout.write(f"{total / seconds:.1f} {cpu_seconds / max(total, 1) * MS:.3f}\n")
     return 0
 

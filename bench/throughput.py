@@ -39,7 +39,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.forkrate import anon_mib  # noqa: E402
+from bench.forkrate import anon_mib, in_parallel  # noqa: E402
 from tests.support.daemon import Daemon  # noqa: E402
 from tests.support.redis_server import RedisServer  # noqa: E402
 
@@ -107,27 +107,14 @@ def report(name: str, value: float, target: float, higher_is_better: bool) -> No
 def raw_spawn_rate(seconds: float = SPAWN_SECONDS, processes: int = CONSUMERS) -> tuple[float, float]:
     """/bin/true spawned and reaped per second by ``processes`` forked
     Pythons, and the CPU ms one spawn costs (the Pythons and /bin/true)."""
-    read_fd, write_fd = os.pipe()
-    before = os.times()
-    pids = []
-    for _ in range(processes):
-        pid = os.fork()
-        if pid == 0:
-            count, deadline = 0, time.monotonic() + seconds
-            while time.monotonic() < deadline:
-                child = os.posix_spawn("/bin/true", ["/bin/true"], os.environ)
-                os.waitpid(child, 0)
-                count += 1
-            os.write(write_fd, f"{count}\n".encode())
-            os._exit(0)
-        pids.append(pid)
-    for pid in pids:
-        os.waitpid(pid, 0)
-    after = os.times()
-    os.close(write_fd)
-    with os.fdopen(read_fd) as results:
-        total = sum(int(line) for line in results.read().split())
-    cpu = after.children_user + after.children_system - before.children_user - before.children_system
+    def spawn_loop() -> int:
+        count, deadline = 0, time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            os.waitpid(os.posix_spawn("/bin/true", ["/bin/true"], os.environ), 0)
+            count += 1
+        return count
+
+    total, cpu = in_parallel(processes, spawn_loop)
     return total / seconds, cpu / max(total, 1) * MS
 
 
