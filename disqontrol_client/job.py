@@ -25,6 +25,8 @@ PROCESS_TIMEOUT = "process-timeout"
 LAST_ERROR = "last-error"
 # Set on a job moved to a failure queue: the queue it failed in (for replay).
 ORIGINAL_QUEUE = "original-queue"
+#: The keys every job's metadata has (``fresh_metadata``).
+METADATA_KEYS = frozenset((RETRIES, ORIGINAL_ID, CREATION_TIME, JOB_LIFETIME, PROCESS_TIMEOUT))
 
 
 def fresh_metadata(
@@ -98,7 +100,8 @@ def decode_payload(
     except ValueError:
         return text, fresh_metadata(job_lifetime=job_lifetime, process_timeout=process_timeout)
     if isinstance(data, dict) and data.keys() == ENVELOPE_KEYS and isinstance(data["metadata"], dict):
-        metadata = fresh_metadata(job_lifetime=job_lifetime, process_timeout=process_timeout)
-        metadata.update(data["metadata"])
+        metadata = data["metadata"]
+        if not METADATA_KEYS <= metadata.keys():  # e.g. a PHP job without them: defaults for the missing
+            metadata = {**fresh_metadata(job_lifetime=job_lifetime, process_timeout=process_timeout), **metadata}
         return data["body"], metadata
     return data, fresh_metadata(job_lifetime=job_lifetime, process_timeout=process_timeout)

@@ -19,18 +19,33 @@ LEVELS = ("debug", "info", "warning", "error")
 
 
 class EventFormatter(logging.Formatter):
-    """UTC timestamp with milliseconds, level and pid in front of the event."""
+    """UTC timestamp with milliseconds, level and pid in front of the event.
+
+    A line is formatted once per record, not once per handler (the file and
+    stderr both write it), and the date part once per second: a job's
+    ``job_done`` line is on every job's path."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._second = -1
+        self._stamp = ""
 
     def format(self, record: logging.LogRecord) -> str:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        millis = int(record.msecs)
+        line = record.__dict__.get("_event_line")
+        if line is not None:
+            return line
+        second = int(record.created)
+        if second != self._second:
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
         line = (
-            f"{stamp}.{millis:03d}Z level={record.levelname.lower()} "
+            f"{self._stamp}.{int(record.msecs):03d}Z level={record.levelname.lower()} "
             f"pid={record.process} {record.getMessage()}"
         )
         if record.exc_info:
             # One line per event, even with a traceback: newlines are escaped.
             line += " traceback=" + repr(self.formatException(record.exc_info))
+        record._event_line = line
         return line
 
 

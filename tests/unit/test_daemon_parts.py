@@ -1,13 +1,15 @@
 """Pure parts of the master: the scoreboard shared across fork, exit-status
-words, URL redaction, restart backoff."""
+words, URL redaction, restart backoff, the log line."""
 from __future__ import annotations
 
+import logging
 import os
 import signal
 
 from disqontrol_client import logfmt
 from disqontrol_client.config import Config, ConsumerConfig, QueueConfig, WorkerConfig
 from disqontrold.children import describe_exit
+from disqontrold.log import EventFormatter
 from disqontrold.scoreboard import BUSY, Scoreboard
 from disqontrold.slots import RESTART_BACKOFF_CAP, RESTART_BACKOFF_START, Slot
 
@@ -62,3 +64,25 @@ def test_crashes_back_off_exponentially_up_to_the_cap_and_recycling_does_not():
     assert max(delays) == RESTART_BACKOFF_CAP
     slot.ended(200.0, crashed=False, how="exit code 0")
     assert slot.next_start == 200.0 and slot.crashes == 0
+
+
+def _record(message: str, created: float) -> logging.LogRecord:
+    record = logging.LogRecord("disqontrold.test", logging.WARNING, __file__, 1, message, (), None)
+    record.created, record.msecs = created, (created % 1) * 1000
+    return record
+
+
+def test_log_line_is_utc_with_millis_level_pid_and_the_event():
+    formatter = EventFormatter()
+    line = formatter.format(_record("event=job_done job=D-1", 1795854714.25))
+    assert line == f"2026-11-28T08:31:54.250Z level=warning pid={os.getpid()} event=job_done job=D-1"
+    # The date part is cached per second: the next second must not reuse it.
+    assert formatter.format(_record("event=x", 1795854715.5)).startswith("2026-11-28T08:31:55.500Z ")
+
+
+def test_log_line_is_formatted_once_for_all_handlers():
+    formatter = EventFormatter()
+    record = _record("event=a", 1795854714.0)
+    first = formatter.format(record)
+    record.msg = "event=changed"  # a second format of the same record (the next handler) reuses the line
+    assert formatter.format(record) is first

@@ -77,6 +77,17 @@ def test_alarm_interrupts_and_gives_back_an_outer_alarm():
         assert 0 < signal.getitimer(signal.ITIMER_REAL)[0] <= outer_delay
 
 
+@pytest.mark.parametrize("value", [
+    None, True, 0, -3, 2**70, 1.5, 1e300, float("nan"), "", "é\U0001f600", 'q"\\', [], {},
+    {"b": [1, {"c": None}], "a": "x"}, [[], [{}]],
+])
+def test_argv_json_is_what_json_dumps_writes(value):
+    worker = CommandWorker("true", "q")
+    argv, _ = worker.argv(Job(value, "q", {"k": value}))
+    assert argv[2] == "--body=" + json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    assert argv[3] == "--metadata=" + json.dumps({"k": value}, ensure_ascii=False, separators=(",", ":"))
+
+
 def test_argv_escapes_what_an_argument_cannot_carry():
     worker = CommandWorker("true", "q")
     argv, _ = worker.argv(Job("a\x00b\ud800é", "q", {}))
