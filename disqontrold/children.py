@@ -22,6 +22,7 @@ from disqontrold.scoreboard import Scoreboard
 logger = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
 EXIT_OK = 0  # stopped as asked, or recycled: the master replaces it at once
 EXIT_BOOT_FAILED = 4  # could not build its workers: restarted with backoff
 EXIT_FAST = 5  # SIGQUIT: fast stop, jobs in hand come back by lease expiry
@@ -32,16 +33,26 @@ EXIT_ORPHANED = 71  # the master died between fork and PR_SET_PDEATHSIG
 _libc: Optional[ctypes.CDLL] = None
 
 
-def set_parent_death_signal(signum: int = signal.SIGKILL) -> None:
-    """Have the kernel send ``signum`` to this process when its parent dies."""
+def _prctl(option: int, value: int, name: str) -> None:
     global _libc
     if _libc is None:
         # The process's own symbols (libc's among them): ctypes.util.find_library
         # would import subprocess and shutil into the master, and every consumer.
         _libc = ctypes.CDLL(None, use_errno=True)
-    if _libc.prctl(PR_SET_PDEATHSIG, int(signum), 0, 0, 0) != 0:
+    if _libc.prctl(option, value, 0, 0, 0) != 0:
         errno = ctypes.get_errno()
-        raise OSError(errno, f"prctl(PR_SET_PDEATHSIG) failed: {os.strerror(errno)}")
+        raise OSError(errno, f"prctl({name}) failed: {os.strerror(errno)}")
+
+
+def set_parent_death_signal(signum: int = signal.SIGKILL) -> None:
+    """Have the kernel send ``signum`` to this process when its parent dies."""
+    _prctl(PR_SET_PDEATHSIG, int(signum), "PR_SET_PDEATHSIG")
+
+
+def become_subreaper() -> None:
+    """Adopt our descendants orphaned by their parent's death (a consumer's
+    job processes), instead of init: see disqontrold/orphans.py."""
+    _prctl(PR_SET_CHILD_SUBREAPER, 1, "PR_SET_CHILD_SUBREAPER")
 
 
 def fork_consumer(

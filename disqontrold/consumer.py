@@ -85,7 +85,7 @@ class Consumer:
         self.workers: dict[str, Worker] = {}
         self._unacked: list[str] = []  # succeeded, acked by the next reserve
         self._timeouts = {q: config.queue(q).job_process_timeout for q in self.queues}
-        self.window = JobWindow(group.job_batch)
+        self.window = JobWindow(group.job_batch, notes=scoreboard)
         self._busy = False  # the scoreboard says busy
         self._recycle = ""  # why this process is to be replaced, once it is
         self._window_backoff = BROKER_BACKOFF_START  # s before a refill after the broker failed one

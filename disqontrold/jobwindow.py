@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import traceback
-from typing import Optional
+from typing import Optional, Protocol
 
 from disqontrol_client.job import Job
 from disqontrol_client.logfmt import log_event
@@ -64,12 +64,22 @@ class RefillPace:
         return max(self._last + REFILL_INTERVAL, self._retry_at)
 
 
+class ProcessNotes(Protocol):
+    """Where the window notes its running job processes (the consumer's
+    scoreboard: the master ends them if the consumer dies first)."""
+
+    def job_started(self, pid: int) -> None: ...
+
+    def job_ended(self, pid: int) -> None: ...
+
+
 class JobWindow:
     """Up to ``size`` job processes running at once, each with its own
     deadline; jobs are added while others run."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, notes: Optional[ProcessNotes] = None) -> None:
         self.size = size
+        self._notes = notes
         self._supervisor = Supervisor()
         self._jobs: dict[Child, tuple[Job, Worker]] = {}
         self._started: list[Child] = []  # started since the last wait, not prepared yet
@@ -94,6 +104,8 @@ class JobWindow:
             return self._raised(job, exc)
         self._started.append(child)
         self._jobs[child] = (job, worker)
+        if self._notes is not None:
+            self._notes.job_started(child.pid)
         return None
 
     def wait(self, timeout: Optional[float]) -> list[tuple[Job, Outcome]]:
@@ -115,13 +127,19 @@ class JobWindow:
                 self._supervisor.add(prepare(child))
             except OSError as exc:
                 discard(child)
-                job, worker = self._jobs.pop(child)
+                job, worker = self._forget(child)
                 failed.append((job, Outcome(False, error=f"{worker.cannot_start}: {exc}")))
         self._started = []
         return failed
 
+    def _forget(self, child: Child) -> tuple[Job, Worker]:
+        """Drop an ended (reaped) child: its job and worker."""
+        if self._notes is not None:
+            self._notes.job_ended(child.pid)
+        return self._jobs.pop(child)
+
     def _outcome(self, child: Child) -> tuple[Job, Outcome]:
-        job, worker = self._jobs.pop(child)
+        job, worker = self._forget(child)
         try:
             return job, worker.finish(job, child)
         except Exception as exc:  # noqa: BLE001 -- a worker bug must fail its job, not the consumer
@@ -143,4 +161,5 @@ class JobWindow:
             discard(child)
         self._started = []
         self._supervisor.close()
-        self._jobs.clear()
+        for child in list(self._jobs):
+            self._forget(child)

@@ -21,9 +21,10 @@ from disqontrol_client.config import Config
 from disqontrol_client.errors import ConfigError, WorkerLoadError
 from disqontrol_client.logfmt import log_event, redact_url
 from disqontrold import reload as reloading
-from disqontrold.children import EXIT_OK, describe_exit, fork_consumer
+from disqontrold.children import EXIT_OK, become_subreaper, describe_exit, fork_consumer
 from disqontrold.log import reopen_logs
 from disqontrold.master_status import master_status
+from disqontrold.orphans import OrphanedJobs
 from disqontrold.proctitle import master_title, set_title
 from disqontrold.scoreboard import Scoreboard
 from disqontrold.signals import SignalQueue
@@ -64,6 +65,8 @@ class Master:
         self.status_hooks: dict[str, Callable[[], Any]] = {}
         self._timers: list[list[Any]] = []  # [callback, next deadline]
         self._plugged: list[Any] = []  # fileobjs registered by plug-ins: closed in children
+        self.orphans = OrphanedJobs(self.pid)  # job processes of dead consumers, being ended
+        self._orphan_timer = False
 
     # -- the plug-in surface --------------------------------------------
     def register(self, fileobj: Any, callback: Callback) -> None:
@@ -87,6 +90,10 @@ class Master:
     def run(self) -> int:
         """Serve until stopped; the exit code of the daemon."""
         set_title(master_title(self.config_path))
+        try:
+            become_subreaper()  # a dead consumer's job processes become ours to end
+        except OSError as exc:
+            log_event(logger, "subreaper_failed", logging.WARNING, error=str(exc))
         self.signals.install()
         self.selector.register(self.signals, selectors.EVENT_READ, None)
         self._start_generation(self.config)
@@ -235,16 +242,33 @@ class Master:
             slot.kill_at = time.monotonic() + slot.graceful_timeout
 
     def _reap(self) -> None:
+        reaped: list[int] = []
+        left_running: list[tuple[str, list[int]]] = []  # a dead consumer's job processes
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                return
+                break
             if pid == 0:
-                return
+                break
+            reaped.append(pid)
             slot = self.children.pop(pid, None)
-            if slot is not None:  # children that are not consumers are reaped quietly
-                self._child_ended(pid, slot, status)
+            if slot is None:  # not a consumer (an adopted job process, a plug-in's child): reaped quietly
+                self.orphans.reaped(pid)
+                continue
+            if slot.scoreboard is not None:
+                left_running.append((slot.group.name, slot.scoreboard.job_pids()))
+            self._child_ended(pid, slot, status)
+        for group, pids in left_running:
+            if self.orphans.end(pids, group, skip=[*reaped, *self.children]) and not self._orphan_timer:
+                self._orphan_timer = True
+                self.add_timer(self._kill_orphans)
+
+    def _kill_orphans(self) -> Optional[float]:
+        """The timer that SIGKILLs ended job processes past their grace."""
+        following = self.orphans.tick()
+        self._orphan_timer = following is not None
+        return following
 
     def _child_ended(self, pid: int, slot: Slot, status: int) -> None:
         code, _, how = describe_exit(status)

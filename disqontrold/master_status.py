@@ -48,6 +48,7 @@ def _consumer_status(pid: int, slot: Slot, now: float) -> dict[str, Any]:
         "state": "retiring" if slot.retiring else (snap.state if snap else "starting"),
         "job": snap.job if busy else None,
         "job_age": round(now - snap.since, AGE_DIGITS) if busy else None,
+        "job_pids": slot.scoreboard.job_pids() if slot.scoreboard is not None else [],  # command / isolated jobs
         "heartbeat_age": round(now - snap.heartbeat, AGE_DIGITS) if snap else None,
         "done": slot.done_before + (snap.done if snap else 0),
         "failed": slot.failed_before + (snap.failed if snap else 0),

@@ -4,13 +4,20 @@ process title and hung-consumer detection. One small anonymous shared mmap per
 consumer, created by the master before the fork. A sequence counter (a
 seqlock: odd while the fields are written) lets the reader retry a torn read:
 a torn read could show a busy state with a zero start time, which the master
-would take for a hung consumer and kill."""
+would take for a hung consumer and kill.
+
+After the fields, the pids of the job processes the consumer runs (one
+cell per place of its job window): if the consumer dies first, the master
+ends them (see disqontrold/orphans.py). These cells are read only once
+the consumer is gone, so they need no sequence."""
 from __future__ import annotations
 
 import mmap
 import struct
 import time
 from dataclasses import dataclass
+
+from disqontrol_client.config_schema import MAX_JOB_BATCH
 
 IDLE, BUSY, STOPPING, STARTING = 0, 1, 2, 3
 STATE_NAMES = {IDLE: "idle", BUSY: "busy", STOPPING: "stopping", STARTING: "starting"}
@@ -21,6 +28,9 @@ _SEQ_BYTES = 4  # a native unsigned int at offset 0, written with one store
 _SEQ_MODULUS = 2 ** (8 * _SEQ_BYTES)
 _FIELDS = struct.Struct(f"<BxxxddQQ{JOB_ID_BYTES}s")  # state since heartbeat done failed job
 _SIZE = _SEQ_BYTES + _FIELDS.size
+#: Job processes one consumer can run at once: job_batch's maximum.
+MAX_JOB_PIDS = MAX_JOB_BATCH
+_PID_BYTES = 4  # a native unsigned int per pid (Linux pids stay below 2**22)
 READ_ATTEMPTS = 100
 
 
@@ -36,11 +46,14 @@ class Snapshot:
 
 class Scoreboard:
     def __init__(self) -> None:
-        self._map = mmap.mmap(-1, _SIZE)  # anonymous + MAP_SHARED: survives fork
+        self._map = mmap.mmap(-1, _SIZE + MAX_JOB_PIDS * _PID_BYTES)  # anonymous + MAP_SHARED: survives fork
         # Not struct.pack_into: it zeroes its bytes before writing them, and a
         # reader catching that 0 before and after a write would take it as
         # an unchanged, even sequence.
         self._seq_cell = memoryview(self._map)[:_SEQ_BYTES].cast("I")
+        self._pid_cells = memoryview(self._map)[_SIZE:].cast("I")
+        self._cell_of: dict[int, int] = {}  # job pid -> its cell (writer side)
+        self._free_cells = list(range(MAX_JOB_PIDS - 1, -1, -1))
         self._seq = 0
         self._state = STARTING
         self._job = b""
@@ -77,6 +90,19 @@ class Scoreboard:
     def heartbeat(self) -> None:
         self._write(time.monotonic())
 
+    def job_started(self, pid: int) -> None:
+        """Note a running job process (the master ends it if we die first)."""
+        if self._free_cells:
+            cell = self._free_cells.pop()
+            self._pid_cells[cell] = pid
+            self._cell_of[pid] = cell
+
+    def job_ended(self, pid: int) -> None:
+        cell = self._cell_of.pop(pid, None)
+        if cell is not None:
+            self._pid_cells[cell] = 0
+            self._free_cells.append(cell)
+
     # -- reader side (the master) --
     def read(self) -> Snapshot:
         """The last complete write: the sequence must be even and unchanged
@@ -100,6 +126,11 @@ class Scoreboard:
             since=since, heartbeat=heartbeat, done=done, failed=failed,
         )
 
+    def job_pids(self) -> list[int]:
+        """The job processes the consumer had running (read once it is dead)."""
+        return [pid for pid in self._pid_cells if pid]
+
     def close(self) -> None:
         self._seq_cell.release()  # mmap refuses to close while a view exists
+        self._pid_cells.release()
         self._map.close()

@@ -1,7 +1,8 @@
 """The consumer's job window against a real daemon: a long command or
-isolated job does not hold back the rest of its queue, an isolated job dies
-with its killed consumer, a graceful stop waits for it, and the
-recycling limit bounds what a consumer reserves."""
+isolated job does not hold back the rest of its queue, a job's process dies
+with its killed consumer (a process a finished job leaves behind on purpose
+does not), a graceful stop waits for it, and the recycling limit bounds what
+a consumer reserves."""
 from __future__ import annotations
 
 import os
@@ -12,18 +13,20 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.integration.ctl_support import ctl_json
 from tests.support.daemon import Daemon, command_worker, python_worker, running
 from tests.support.procs import wait_for
 
 BATCH = 4
 QUICK_JOBS = 3 * BATCH  # more than a whole batch behind the long job
 HOLD_TIMEOUT = 600  # s: the long job is never killed by its timeout while the test runs
-# A body with "hold" runs until the file ./release exists (the daemon's cwd
-# is the test's tmp_path); every job records "<body> <time>" in $DQ_OUT.
+# A body with "hold" creates ./held, then runs until the file ./release
+# exists (the daemon's cwd is the test's tmp_path); every job records
+# "<body> <time>" in $DQ_OUT.
 HOLD_SH = """
 body="${2#--body=}"
 case "$body" in
-  *hold*) while [ ! -e release ]; do sleep 0.05; done ;;
+  *hold*) : > held; while [ ! -e release ]; do sleep 0.05; done ;;
 esac
 printf '%s %s\\n' "$body" "$(date +%s.%N)" >> "$DQ_OUT"
 """
@@ -35,6 +38,7 @@ import json, os, time
 
 def hold(job):
     if job.body == "hold":
+        open("held", "w").close()
         while not os.path.exists("release"):
             time.sleep(0.05)
     with open(os.environ["DQ_OUT"], "a") as out:
@@ -151,21 +155,30 @@ def test_a_group_mixing_command_and_inline_queues_runs_every_job_once(tmp_path):
         daemon.stop()
 
 
-def test_an_isolated_job_dies_with_its_killed_consumer_and_runs_once_again(tmp_path):
-    # Given an isolated job holding (a short lease, so it comes back soon)
-    daemon = hold_daemon(tmp_path, "isolated").start()
+@pytest.mark.parametrize("kind", ["command", "isolated"])
+def test_a_job_process_dies_with_its_killed_consumer_and_the_job_runs_once_again(tmp_path, kind):
+    # Given a job holding (a short lease, so it comes back soon)
+    daemon = hold_daemon(tmp_path, kind).start()
     try:
         daemon.add("work", ["hold"], lease=2)
         [consumer] = wait_for(lambda: [p for p in daemon.consumer_pids() if " busy " in daemon.title(p)],
                               timeout=30, message="a busy consumer")
-        [job_process] = wait_for(lambda: psutil.Process(consumer).children(), timeout=30,
-                                 message="the job's process")
+        wait_for(lambda: (tmp_path / "held").exists(), timeout=30, message="the job running")
+        [job_process] = psutil.Process(consumer).children()
+        # (noted in the consumer's scoreboard: a process seen while the consumer
+        # still spawns it is not, and would outlive a consumer killed at that instant)
+        wait_for(lambda: ctl_json(daemon, "status")["consumers"][0]["job_pids"] == [job_process.pid],
+                 timeout=30, message="the job's process in the status")
 
         # When its consumer is killed
         os.kill(consumer, signal.SIGKILL)
 
-        # Then the job's process dies with it (no orphan running the job on)
+        # Then the job's process dies with it (no orphan running the job on):
+        # an isolated one by its parent-death signal, a command one ended by the master
         wait_for(lambda: not running(job_process.pid), timeout=30, message="the job process gone")
+        if kind == "command":
+            [ended] = daemon.wait_event("orphaned_job_ended")
+            assert f" pid={job_process.pid} " in ended and "signal=SIGTERM" in ended
 
         # And the job comes back by lease expiry to a new consumer, and runs once
         wait_for(lambda: [p for p in daemon.consumer_pids() if p != consumer and " busy " in daemon.title(p)],
@@ -176,4 +189,44 @@ def test_an_isolated_job_dies_with_its_killed_consumer_and_runs_once_again(tmp_p
         assert len(daemon.runs()) == 1
     finally:
         (tmp_path / "release").touch()  # a held job, and any orphan of a failed test, ends
+        daemon.stop()
+
+
+# A job that leaves a process behind on purpose (a daemon it started) and
+# ends; that process runs until the file ./bg-stop exists.
+BACKGROUND_SH = """
+(while [ ! -e bg-stop ]; do sleep 0.05; done) > /dev/null 2>&1 &
+echo $! > bg.pid
+printf '%s %s\\n' "${2#--body=}" "$(date +%s.%N)" >> "$DQ_OUT"
+"""
+
+
+def test_a_process_a_finished_job_left_behind_runs_on_and_is_reaped_when_it_ends(tmp_path):
+    # Given a job that started a background process and ended
+    (tmp_path / "background.sh").write_text(BACKGROUND_SH)
+    daemon = Daemon(tmp_path, f"sqlite://{tmp_path}/jobs.db",
+                    {"work": {"worker": {"type": "command", "command": f"/bin/sh {tmp_path / 'background.sh'}"}}},
+                    consumer_defaults={"min_processes": 1, "max_processes": 1, "job_batch": BATCH}).start()
+    background = 0
+    try:
+        daemon.add("work", ["bg"])
+        daemon.wait_runs(1, timeout=30)
+        background = int(wait_for(lambda: (tmp_path / "bg.pid").exists() and (tmp_path / "bg.pid").read_text().strip(),
+                                  timeout=30, message="the background pid"))
+        # adopted by the master (not init), as the consumer's orphans are
+        wait_for(lambda: psutil.Process(background).ppid() == daemon.pid, timeout=30, message="adopted by the master")
+
+        # When its consumer is killed, and replaced
+        [consumer] = daemon.consumer_pids()
+        os.kill(consumer, signal.SIGKILL)
+        wait_for(lambda: [p for p in daemon.consumer_pids() if p != consumer], timeout=30, message="a new consumer")
+
+        # Then the background process still runs: it was no job in hand
+        assert running(background)
+        assert not daemon.events("orphaned_job_ended")
+        # and once it ends, the master reaps it (no zombie left)
+        (tmp_path / "bg-stop").touch()
+        wait_for(lambda: not psutil.pid_exists(background), timeout=30, message="the background process reaped")
+    finally:
+        (tmp_path / "bg-stop").touch()
         daemon.stop()

@@ -6,7 +6,7 @@ import os
 import signal
 import time
 
-from disqontrold.scoreboard import BUSY, IDLE, Scoreboard
+from disqontrold.scoreboard import BUSY, IDLE, MAX_JOB_PIDS, Scoreboard
 
 WRITES = 200_000
 READ_LIMIT_S = 30.0
@@ -53,3 +53,33 @@ def test_the_sequence_wraps_instead_of_overflowing():
     snap = board.read()
     assert (snap.state, snap.job) == ("busy", "S-1") and snap.heartbeat >= snap.since > 0
     board.close()
+
+
+def test_job_pids_are_noted_until_they_end_and_their_cells_reused():
+    board = Scoreboard()
+    try:
+        for pid in range(1000, 1000 + MAX_JOB_PIDS + 1):  # one more than a window can hold
+            board.job_started(pid)
+        assert len(board.job_pids()) == MAX_JOB_PIDS
+        board.job_ended(1000)
+        board.job_ended(4242)  # never noted: nothing happens
+        board.job_started(7)
+        assert 1000 not in board.job_pids() and 7 in board.job_pids()
+        assert len(board.job_pids()) == MAX_JOB_PIDS
+    finally:
+        board.close()
+
+
+def test_job_pids_written_by_a_child_are_read_by_the_parent_after_it_died():
+    board = Scoreboard()
+    try:
+        pid = os.fork()
+        if pid == 0:
+            board.job_started(4321)
+            board.job_started(4322)
+            board.job_ended(4321)
+            os._exit(0)
+        os.waitpid(pid, 0)
+        assert board.job_pids() == [4322]
+    finally:
+        board.close()
