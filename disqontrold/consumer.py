@@ -268,9 +268,12 @@ class Consumer:
         return []
 
     def _take(self, deliveries: Sequence[Delivery]) -> None:
-        """Start reserved jobs: a windowed worker's join the window; the
-        others run by queue (``run_many``) once the window is empty, as an
-        inline run cannot watch the window's processes."""
+        """Start reserved jobs: a windowed worker's join the window, then the
+        others run by queue (``run_many``) at once, while the window's
+        processes run on. (Waiting for the window to empty first held them,
+        leased, behind the longest running job: past their lease, another
+        consumer got them too.) The window's deadlines and exits are looked
+        at again once they are done."""
         if not deliveries:
             return
         if self.stopping:
@@ -286,11 +289,9 @@ class Consumer:
                 windowed.append(job)
             else:
                 by_queue.setdefault(job.queue, []).append(job)
-        if by_queue:
-            while self.window:
-                self._settle(self.window.wait(None))
-            self._run_batches(by_queue)
         self._start(windowed)
+        if by_queue:
+            self._run_batches(by_queue)
 
     def _start(self, jobs: list[Job]) -> None:
         """Start jobs in the window; once stopping or recycling, the rest go back."""

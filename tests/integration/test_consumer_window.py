@@ -155,6 +155,32 @@ def test_a_group_mixing_command_and_inline_queues_runs_every_job_once(tmp_path):
         daemon.stop()
 
 
+def test_an_inline_job_runs_while_a_long_command_job_of_its_group_holds(tmp_path):
+    # Given one consumer of a command queue and an inline queue, running a long command job
+    (tmp_path / "hold.sh").write_text(HOLD_SH)
+    daemon = Daemon(tmp_path, f"sqlite://{tmp_path}/jobs.db", {
+        "cmd": {"worker": {"type": "command", "command": f"/bin/sh {tmp_path / 'hold.sh'}"},
+                "job_process_timeout": HOLD_TIMEOUT},
+        "inline": {"worker": python_worker()},
+    }, consumers=[{"queues": ["cmd", "inline"], "min_processes": 1, "max_processes": 1, "job_batch": BATCH}])
+    daemon.start()
+    try:
+        daemon.add("cmd", ["hold"])
+        wait_for(lambda: (tmp_path / "held").exists(), timeout=30, message="the command job running")
+
+        # When an inline job arrives
+        daemon.add("inline", ["quick"])
+
+        # Then it runs while the command job still holds, not after it
+        assert [body for body, _ in daemon.wait_runs(1, timeout=30)] == ["quick"]  # (the inline worker records the body)
+        assert not (tmp_path / "release").exists()
+        (tmp_path / "release").touch()
+        assert sorted(body for body, _ in daemon.wait_runs(2, timeout=30)) == ['"hold"', "quick"]  # (the command one its JSON)
+    finally:
+        (tmp_path / "release").touch()
+        daemon.stop()
+
+
 @pytest.mark.parametrize("kind", ["command", "isolated"])
 def test_a_job_process_dies_with_its_killed_consumer_and_the_job_runs_once_again(tmp_path, kind):
     # Given a job holding (a short lease, so it comes back soon)
