@@ -4,7 +4,8 @@
 
 One line per figure: name, jobs/s, the raw baseline's jobs/s measured in the
 same run (the engine's limit on this machine), their ratio, the target and
-PASS/MISS. Figures: add one job at a time and in batches of 10 (one
+PASS/MISS (targets are the sqlite engine's; redis and disque figures are
+context against their own limits). Figures: add one job at a time and in batches of 10 (one
 producer process), reserve+ack one at a time and in batches of 10 (two
 consumer processes; each reserve acks the previous batch, as the daemon
 drains; sqlite also prints a raw baseline doing the same, the delete and the
@@ -75,6 +76,9 @@ Raw = Callable[[str, int, int, int], float]
 class Engine:
     store: Callable[[Path], ContextManager[str]]  # yields the URL of an empty store
     raw: dict[str, Raw]  # figure kind -> raw baseline
+    # The throughput targets are the sqlite engine's (issue #2); the network
+    # engines' figures are context, each against its own raw limit.
+    has_targets: bool = False
 
 
 # -- running work in processes ------------------------------------------------
@@ -263,7 +267,8 @@ def empty_sqlite_store(tmp: Path) -> Iterator[str]:
 
 ENGINES: dict[str, Engine] = {
     "sqlite": Engine(empty_sqlite_store, {"add": sqlite_raw_add, "reserve_ack": sqlite_raw_reserve_ack,
-                                          "reserve_ack" + FOLDED: sqlite_raw_reserve_ack_folded}),
+                                          "reserve_ack" + FOLDED: sqlite_raw_reserve_ack_folded},
+                     has_targets=True),
 }
 if redis_broker.server_binary():  # raw baselines: RPUSH / BLPOP per job, pipelines per batch
     ENGINES["redis"] = Engine(redis_broker.redis_store, redis_broker.RAW)
@@ -323,8 +328,9 @@ def bench_engine(name: str, engine: Engine, jobs: int, tmp: Path,
 
         mine, limit = best_of(repeat, ours), best_of(repeat, raw)
         verdict = "PASS" if mine >= figure.target else "MISS"
+        judged = f"target {figure.target:7.0f}  {verdict}" if engine.has_targets else "(context: no target)"
         lines.append(f"{name:7s} {figure.name:22s} {mine:9.0f} jobs/s  raw {limit:9.0f} jobs/s  "
-                     f"ratio {mine / limit:5.2f}  target {figure.target:7.0f}  {verdict}")
+                     f"ratio {mine / limit:5.2f}  {judged}")
         folded = engine.raw.get(figure.kind + FOLDED)
         if folded is not None:  # the same work with the ack folded into the lease
             def raw_folded() -> float:
