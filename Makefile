@@ -43,8 +43,9 @@ bench: $(STAMP) test-services
 clean:
 	rm -rf $(VENV) var build *.egg-info
 
-## install-systemd: install the unit and the disqontrol user (as root); then
-## `systemctl enable --now disqontrold`. PREFIX: where disqontrold is installed.
+## install-systemd: install the units and the disqontrol user (as root); then
+## `systemctl enable --now disqontrold` (and disqontrol-metrics.timer for
+## node_exporter's textfile collector). PREFIX: where disqontrold is installed.
 PREFIX ?= /usr/local
 UNIT_DIR ?= /etc/systemd/system
 install-systemd:
@@ -58,5 +59,8 @@ install-systemd:
 	test -e /etc/disqontrol/disqontrol.yml || echo "install-systemd: now write /etc/disqontrol/disqontrol.yml" \
 		"(start from /etc/disqontrol/disqontrol.yml.example; its paths match the unit)"
 	sed 's#/usr/local/bin/disqontrold#$(PREFIX)/bin/disqontrold#' systemd/disqontrold.service > $(UNIT_DIR)/disqontrold.service
-	chmod 0644 $(UNIT_DIR)/disqontrold.service
+	sed 's#/usr/local/bin/disqontrolctl#$(PREFIX)/bin/disqontrolctl#' systemd/disqontrol-metrics.service \
+		> $(UNIT_DIR)/disqontrol-metrics.service
+	cp systemd/disqontrol-metrics.timer $(UNIT_DIR)/disqontrol-metrics.timer
+	chmod 0644 $(UNIT_DIR)/disqontrold.service $(UNIT_DIR)/disqontrol-metrics.service $(UNIT_DIR)/disqontrol-metrics.timer
 	systemctl daemon-reload 2>/dev/null || echo "install-systemd: systemd is not running here; run 'systemctl daemon-reload' on the target"

@@ -1,7 +1,7 @@
 """`disqontrolctl`: inspect and steer a running master, and the failure queue.
 
 status / reload / stop talk to the master over its control socket; queues and
-failed work on the broker directly (opened from the config), so they also
+failed work on the broker directly; metrics does both (opened from the config), so they also
 work while the master is down. Exit codes: 0 ok, 1 refused or failed,
 2 usage or config error, 3 no master or no broker answers.
 """
@@ -24,7 +24,7 @@ from disqontrol_client.brokers import Broker, open_broker
 from disqontrol_client.config import DEFAULT_RUN_DIR, Config, find_config_path, load_config
 from disqontrol_client.errors import ConfigError, DisqontrolError, UsageError
 from disqontrol_client.logfmt import redact_url
-from disqontrold import ctl_failed
+from disqontrold import ctl_failed, metrics
 from disqontrold.control import default_socket_path
 from disqontrold.ctl_client import MasterUnreachable, request
 
@@ -89,7 +89,8 @@ class Ctl:
         print(json.dumps(data, indent=2, default=str) if getattr(self.args, "json", False) else text)
 
     # -- master commands ----------------------------------------------------
-    def status(self) -> int:
+    def _master_status(self) -> dict[str, Any]:
+        """The master's status reply, with each consumer's RSS."""
         reply = request(self.socket_path(), "status")
         reply.pop("ok", None)
         master = reply.setdefault("master", {})
@@ -97,6 +98,11 @@ class Ctl:
             consumer.setdefault("rss_mib", _rss_mib(consumer.get("pid")))
         if master.get("broker"):
             master["broker"] = redact_url(master["broker"])
+        return reply
+
+    def status(self) -> int:
+        reply = self._master_status()
+        master = reply["master"]
         code = exitcodes.OK
         try:
             reply["queues"] = self.queue_stats(master.get("config"))
@@ -129,6 +135,26 @@ class Ctl:
                 return exitcodes.FAILED
             time.sleep(STOP_POLL_INTERVAL)
         print(f"master {pid} stopped")
+        return exitcodes.OK
+
+    def metrics(self) -> int:
+        """The status in the Prometheus text format, to stdout or --output.
+        A master or broker that does not answer is a 0 in master_up or
+        broker_up (what an alert wants), not a failed run."""
+        try:
+            status: Optional[dict[str, Any]] = self._master_status()
+        except DisqontrolError:
+            status = None
+        try:
+            queues: Optional[list[dict[str, Any]]] = self.queue_stats(
+                status["master"].get("config") if status else None)
+        except DisqontrolError:
+            queues = None
+        text = metrics.exposition(metrics.samples_of(status, queues))
+        if self.args.output:
+            metrics.write_atomically(Path(self.args.output), text)
+        else:
+            sys.stdout.write(text)
         return exitcodes.OK
 
     # -- broker commands ----------------------------------------------------
@@ -285,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     stop = commands.add_parser("stop", help="stop the master and wait until it is gone")
     stop.add_argument("--fast", action="store_true", help="kill the consumers (their jobs come back)")
     stop.add_argument("--timeout", type=float, default=None, help="give up waiting after S seconds (exit 1)")
+    metrics_cmd = commands.add_parser("metrics", help="the status in the Prometheus text format")
+    metrics_cmd.add_argument("--output", metavar="PATH",
+                             help="write it to PATH atomically (node_exporter's textfile collector)")
     queues = commands.add_parser("queues", help="queue names with their lengths")
     queues.add_argument("--json", action="store_true")
     failed = commands.add_parser("failed", help="inspect and replay the failure queue")
@@ -303,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     ctl = Ctl(args)
-    handler = {"status": ctl.status, "reload": ctl.reload, "stop": ctl.stop,
+    handler = {"status": ctl.status, "reload": ctl.reload, "stop": ctl.stop, "metrics": ctl.metrics,
                "queues": ctl.queues, "failed": ctl.failed}[args.command]
     try:
         return guarded(PROG, handler)

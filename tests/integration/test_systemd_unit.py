@@ -1,5 +1,6 @@
-"""The shipped unit file: systemd's own verifier accepts it, and it keeps the
-settings the master relies on."""
+"""The shipped unit files: systemd's own verifier accepts them, the daemon's
+keeps the settings the master relies on, and the metrics timer's service
+writes its file where it may."""
 from __future__ import annotations
 
 import configparser
@@ -60,3 +61,42 @@ def test_start_timeout_outlasts_the_slowest_start_the_master_allows():
     # systemd must not kill a start that is still checking a slow config
     # (the loader child may take LOAD_TIMEOUT) or waiting for its consumers.
     assert int(_service_section()["TimeoutStartSec"]) > LOAD_TIMEOUT + READY_WAIT_LIMIT
+
+
+METRICS_UNIT = UNIT.with_name("disqontrol-metrics.service")
+METRICS_TIMER = UNIT.with_name("disqontrol-metrics.timer")
+
+
+def _unit(path: Path) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str
+    parser.read(path)
+    return parser
+
+
+def test_metrics_units_write_the_textfile_where_they_may_as_the_daemon_user():
+    service = _unit(METRICS_UNIT)["Service"]
+    assert service["Type"] == "oneshot"
+    assert service["User"] == service["Group"] == "disqontrol"  # the control socket is the daemon user's
+    command = service["ExecStart"].split()
+    assert command[:3] == ["/usr/local/bin/disqontrolctl", "metrics", "--output"]
+    writable = service["ReadWritePaths"].split()
+    assert str(Path(command[3]).parent) in writable
+    assert "/var/lib/disqontrol" in writable  # a sqlite reader in WAL mode writes the -shm file
+    timer = _unit(METRICS_TIMER)
+    assert 0 < int(timer["Timer"]["OnUnitActiveSec"]) <= 60
+    assert timer["Install"]["WantedBy"] == "timers.target"
+
+
+@pytest.mark.parametrize("unit", [METRICS_UNIT, METRICS_TIMER], ids=lambda p: p.name)
+def test_systemd_analyze_verify_accepts_the_metrics_units(tmp_path, unit):
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed (Debian package: systemd)")
+    for source in (METRICS_UNIT, METRICS_TIMER):  # a timer is verified beside its service
+        text = source.read_text().replace("/usr/local/bin/disqontrolctl", shutil.which("true") or "/bin/true")
+        (tmp_path / source.name).write_text(text)
+    result = subprocess.run([analyze, "verify", str(tmp_path / unit.name)], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert unit.name not in result.stderr, result.stderr

@@ -1,0 +1,124 @@
+"""`disqontrolctl metrics`: the status of the master and the queues in the
+Prometheus text format (version 0.0.4), for node_exporter's textfile
+collector or any scraper that reads a file.
+
+Why a file and not an HTTP port in the master: the master serves nothing
+on the network (its control socket is a unix socket), and a scrape must not
+cost the master a broker round trip in its loop. ``disqontrolctl metrics
+--output /var/lib/node_exporter/textfile_collector/disqontrol.prom``, run
+by a timer (systemd/disqontrol-metrics.timer), writes the file atomically.
+
+The job counters are the master's: they start at 0 with the master, and a
+reload starts new consumers at 0 too; Prometheus takes a counter that went
+down for a reset (``rate()`` and ``increase()`` handle it).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional
+
+PREFIX = "disqontrol_"
+MIB = 1024 * 1024
+FILE_MODE = 0o644  # node_exporter runs as another user
+
+Sample = tuple[Mapping[str, str], float]
+
+#: name -> (type, help); the order of the exposition.
+METRICS: dict[str, tuple[str, str]] = {
+    "master_up": ("gauge", "1 if the master answered on its control socket"),
+    "broker_up": ("gauge", "1 if the broker answered the queue statistics"),
+    "master_uptime_seconds": ("gauge", "Seconds since the master started"),
+    "master_generation": ("gauge", "Config generation (1 + reloads taken)"),
+    "consumer_processes": ("gauge", "Consumer processes running, per group"),
+    "consumer_busy_processes": ("gauge", "Consumer processes running a job, per group"),
+    "consumer_target_processes": ("gauge", "Consumer processes wanted, per group"),
+    "consumer_rss_bytes": ("gauge", "Resident memory of the group's consumer processes, summed"),
+    "consumer_restarts_total": ("counter", "Consumer processes restarted after a crash, per group"),
+    "jobs_done_total": ("counter", "Jobs that succeeded, per group"),
+    "jobs_failed_total": ("counter", "Jobs that failed (retried later or parked), per group"),
+    "job_processes": ("gauge", "Command and isolated job processes running, per group"),
+    "queue_ready_jobs": ("gauge", "Jobs ready to run, per queue"),
+    "queue_delayed_jobs": ("gauge", "Jobs waiting for their time (delay or retry backoff), per queue"),
+    "queue_in_flight_jobs": ("gauge", "Jobs leased by a consumer, per queue"),
+    "failure_queue_jobs": ("gauge", "Jobs parked in a failure queue, per failure queue"),
+}
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _line(name: str, labels: Mapping[str, str], value: float) -> str:
+    text = ",".join(f'{key}="{_escape(str(val))}"' for key, val in labels.items())
+    number = repr(float(value)) if isinstance(value, float) and not value.is_integer() else str(int(value))
+    return f"{PREFIX}{name}{{{text}}} {number}" if text else f"{PREFIX}{name} {number}"
+
+
+def exposition(samples: Mapping[str, Iterable[Sample]]) -> str:
+    """The text format: HELP and TYPE, then the samples, of each metric with any."""
+    lines = []
+    for name, (kind, help_text) in METRICS.items():
+        rows = list(samples.get(name, ()))
+        if not rows:
+            continue
+        lines += [f"# HELP {PREFIX}{name} {help_text}", f"# TYPE {PREFIX}{name} {kind}"]
+        lines += [_line(name, labels, value) for labels, value in rows]
+    return "\n".join(lines) + "\n"
+
+
+def samples_of(status: Optional[Mapping[str, Any]], queues: Optional[list[Mapping[str, Any]]]) -> dict[str, list[Sample]]:
+    """Samples from a status reply (None: no master answered) and the queue
+    rows of ``disqontrolctl queues`` (None: no broker answered)."""
+    out: dict[str, list[Sample]] = defaultdict(list)
+    out["master_up"].append(({}, 1 if status is not None else 0))
+    out["broker_up"].append(({}, 1 if queues is not None else 0))
+    if status is not None:
+        master = status.get("master", {})
+        out["master_uptime_seconds"].append(({}, float(master.get("uptime") or 0)))
+        out["master_generation"].append(({}, master.get("generation") or 0))
+        _group_samples(status, out)
+    for row in queues or ():
+        label = {"queue": row["queue"]}
+        out["queue_ready_jobs"].append((label, row["ready"]))
+        out["queue_delayed_jobs"].append((label, row["delayed"]))
+        out["queue_in_flight_jobs"].append((label, row["in_flight"]))
+    parked = {row["failure_queue"]: row["failed"] for row in queues or () if row.get("failure_queue")}
+    for failure_queue, length in sorted(parked.items()):
+        out["failure_queue_jobs"].append(({"queue": failure_queue}, length or 0))
+    return out
+
+
+def _group_samples(status: Mapping[str, Any], out: dict[str, list[Sample]]) -> None:
+    sums: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for consumer in status.get("consumers", []):
+        group = sums[consumer.get("group") or ""]
+        group["consumer_processes"] += 1
+        group["consumer_busy_processes"] += 1 if consumer.get("job") else 0
+        group["consumer_rss_bytes"] += (consumer.get("rss_mib") or 0) * MIB
+        group["consumer_restarts_total"] += consumer.get("restarts") or 0
+        group["jobs_done_total"] += consumer.get("done") or 0
+        group["jobs_failed_total"] += consumer.get("failed") or 0
+        group["job_processes"] += len(consumer.get("job_pids") or ())
+    for waiting in status.get("restarting", []):  # a slot between a crash and its restart
+        sums[waiting.get("group") or ""]["consumer_restarts_total"] += waiting.get("restarts") or 0
+    for group in status.get("groups", []):
+        sums[group["group"]]["consumer_target_processes"] = group.get("target") or 0
+    for name in sorted(sums):
+        for metric, value in sums[name].items():
+            out[metric].append(({"group": name}, round(value)))
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` in one rename: a scraper never reads half a file."""
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+        os.chmod(temporary, FILE_MODE)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,80 @@
+"""`disqontrolctl metrics` against a real daemon: the Prometheus text a
+textfile collector reads, with the master up, and with it stopped."""
+from __future__ import annotations
+
+import os
+import re
+import stat
+
+import pytest
+
+from tests.integration.ctl_support import ctl
+from tests.support.daemon import Daemon, python_worker
+from tests.support.procs import wait_for
+
+JOBS = 5
+SAMPLE = re.compile(r'^disqontrol_(\w+)(?:\{(.*)\})? (\S+)$')
+
+
+def parse(text: str) -> dict[tuple[str, str], float]:
+    """{(metric without prefix, labels text): value}; every line must be a
+    comment or a well-formed sample, and every metric must be typed first."""
+    samples, typed = {}, set()
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            typed.add(line.split()[2].removeprefix("disqontrol_"))
+            continue
+        if line.startswith("# HELP "):
+            continue
+        match = SAMPLE.match(line)
+        assert match, f"not a sample line: {line!r}"
+        name, labels, value = match.groups()
+        assert name in typed, f"{name} has no TYPE line before its samples"
+        samples[(name, labels or "")] = float(value)
+    return samples
+
+
+@pytest.mark.timeout(120)
+def test_metrics_count_the_jobs_and_queues_and_say_when_the_master_is_down(tmp_path):
+    # Given a daemon that ran some jobs, one of them failing for good
+    daemon = Daemon(tmp_path, f"sqlite://{tmp_path}/jobs.db",
+                    {"work": {"worker": python_worker(), "max_retries": 0}}).start()
+    try:
+        daemon.add("work", list(range(JOBS)) + [{"n": JOBS, "fail": True}])
+        wait_for(lambda: daemon.broker.length("failed-jobs") == 1 and len(daemon.runs()) >= JOBS + 1,
+                 timeout=60, message="the jobs done and the failure parked")
+        group = 'group="work"'
+
+        # When the metrics are asked for
+        def counted():
+            done = ctl(daemon, "metrics")
+            assert done.returncode == 0, done.stderr
+            metrics = parse(done.stdout)
+            return metrics if metrics[("jobs_done_total", group)] == JOBS else None
+        metrics = wait_for(counted, timeout=30, message=f"{JOBS} jobs done in the metrics")
+
+        # Then they tell the master and the broker answered, what the group did, and the queues
+        assert metrics[("master_up", "")] == 1 and metrics[("broker_up", "")] == 1
+        assert metrics[("jobs_failed_total", group)] == 1
+        assert metrics[("consumer_processes", group)] == 1
+        assert metrics[("consumer_rss_bytes", group)] > 1024 * 1024
+        assert metrics[("queue_ready_jobs", 'queue="work"')] == 0
+        assert metrics[("failure_queue_jobs", 'queue="failed-jobs"')] == 1
+
+        # and --output writes the same text to a file others can read
+        out = tmp_path / "textfile" / "disqontrol.prom"
+        out.parent.mkdir()
+        assert ctl(daemon, "metrics", "--output", str(out)).returncode == 0
+        assert parse(out.read_text())[("jobs_done_total", group)] == JOBS
+        assert stat.S_IMODE(os.stat(out).st_mode) == 0o644
+        assert [p.name for p in out.parent.iterdir()] == ["disqontrol.prom"]  # no temporary left
+    finally:
+        daemon.stop()
+
+    # When the master is gone, the metrics still come, and say so (what an alert needs)
+    done = ctl(daemon, "metrics")
+    assert done.returncode == 0, done.stderr
+    down = parse(done.stdout)
+    assert down[("master_up", "")] == 0 and down[("broker_up", "")] == 1
+    assert ("jobs_done_total", 'group="work"') not in down
+    assert down[("failure_queue_jobs", 'queue="failed-jobs"')] == 1

@@ -1,0 +1,42 @@
+"""The Prometheus text of `disqontrolctl metrics`, from status replies."""
+from __future__ import annotations
+
+from disqontrold.metrics import exposition, samples_of
+
+STATUS = {
+    "master": {"uptime": 12.5, "generation": 2},
+    "consumers": [
+        {"group": "mail", "job": "S-1", "done": 10, "failed": 1, "restarts": 2, "rss_mib": 20.0, "job_pids": [7, 8]},
+        {"group": "mail", "job": None, "done": 5, "failed": 0, "restarts": 0, "rss_mib": 10.0, "job_pids": []},
+    ],
+    "restarting": [{"group": "pics", "restarts": 3}],
+    "groups": [{"group": "mail", "target": 2}, {"group": "pics", "target": 1}],
+}
+QUEUES = [{"queue": 'we"ird\\q', "ready": 3, "delayed": 1, "in_flight": 2, "failure_queue": "failed-jobs", "failed": 4}]
+
+
+def test_consumers_are_summed_per_group():
+    text = exposition(samples_of(STATUS, QUEUES))
+    assert 'disqontrol_jobs_done_total{group="mail"} 15\n' in text
+    assert 'disqontrol_jobs_failed_total{group="mail"} 1\n' in text
+    assert 'disqontrol_consumer_busy_processes{group="mail"} 1\n' in text
+    assert 'disqontrol_consumer_rss_bytes{group="mail"} 31457280\n' in text
+    assert 'disqontrol_job_processes{group="mail"} 2\n' in text
+    assert 'disqontrol_consumer_restarts_total{group="pics"} 3\n' in text  # waiting for its restart
+    assert 'disqontrol_consumer_target_processes{group="pics"} 1\n' in text
+    assert "disqontrol_master_uptime_seconds 12.5\n" in text
+    assert "# TYPE disqontrol_jobs_done_total counter\n" in text
+
+
+def test_label_values_are_escaped():
+    text = exposition(samples_of(STATUS, QUEUES))
+    assert 'disqontrol_queue_ready_jobs{queue="we\\"ird\\\\q"} 3\n' in text
+    assert 'disqontrol_failure_queue_jobs{queue="failed-jobs"} 4\n' in text
+
+
+def test_without_master_or_broker_only_the_up_gauges_say_so():
+    text = exposition(samples_of(None, None))
+    assert text == ("# HELP disqontrol_master_up 1 if the master answered on its control socket\n"
+                    "# TYPE disqontrol_master_up gauge\ndisqontrol_master_up 0\n"
+                    "# HELP disqontrol_broker_up 1 if the broker answered the queue statistics\n"
+                    "# TYPE disqontrol_broker_up gauge\ndisqontrol_broker_up 0\n")
