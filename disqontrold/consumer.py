@@ -272,8 +272,7 @@ class Consumer:
         others run by queue (``run_many``) at once, while the window's
         processes run on. (Waiting for the window to empty first held them,
         leased, behind the longest running job: past their lease, another
-        consumer got them too.) The window's deadlines and exits are looked
-        at again once they are done."""
+        consumer got them too.) The window is tended between two runs."""
         if not deliveries:
             return
         if self.stopping:
@@ -318,9 +317,17 @@ class Consumer:
             for run in [jobs] if worker.concurrent else [[job] for job in jobs]:
                 if self.stopping or self._recycle:  # finish the job in hand, give the rest back
                     break
+                self._tend_window_now()
                 self._settle(list(zip(run, self._run(worker, run))))
                 started += len(run)
         self._nack([job.id for job in reserved[started:]])
+
+    def _tend_window_now(self) -> None:
+        """Between two inline runs, which cannot watch the window's
+        processes: feed their stdin, drain their output, enforce their
+        deadlines and settle those that ended, without waiting."""
+        if self.window:
+            self._settle(self.window.wait(0))
 
     def _decode(self, delivery: Delivery) -> Optional[Job]:
         """The Job of a delivery; None if it was redelivered too often (parked)."""

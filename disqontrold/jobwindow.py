@@ -80,7 +80,8 @@ class JobWindow:
     def __init__(self, size: int, notes: Optional[ProcessNotes] = None) -> None:
         self.size = size
         self._notes = notes
-        self._supervisor = Supervisor()
+        # A pid leaves the notes before it is reaped: once reaped it can be reused.
+        self._supervisor = Supervisor(before_reap=notes.job_ended if notes is not None else None)
         self._jobs: dict[Child, tuple[Job, Worker]] = {}
         self._started: list[Child] = []  # started since the last wait, not prepared yet
         self.pace = RefillPace(size)
@@ -126,14 +127,15 @@ class JobWindow:
             try:
                 self._supervisor.add(prepare(child))
             except OSError as exc:
-                discard(child)
                 job, worker = self._forget(child)
+                discard(child)
                 failed.append((job, Outcome(False, error=f"{worker.cannot_start}: {exc}")))
         self._started = []
         return failed
 
     def _forget(self, child: Child) -> tuple[Job, Worker]:
-        """Drop an ended (reaped) child: its job and worker."""
+        """Drop an ended child (not reaped yet, or reaped by the supervisor,
+        which already dropped it from the notes): its job and worker."""
         if self._notes is not None:
             self._notes.job_ended(child.pid)
         return self._jobs.pop(child)
@@ -158,8 +160,8 @@ class JobWindow:
         for job, _worker in self._jobs.values():
             log_event(logger, "job_abandoned", logging.WARNING, job=job.id, queue=job.queue)
         for child in self._started:
+            self._forget(child)
             discard(child)
         self._started = []
-        self._supervisor.close()
-        for child in list(self._jobs):
-            self._forget(child)
+        self._supervisor.close()  # the notes hear of the rest before each is reaped
+        self._jobs.clear()

@@ -27,19 +27,19 @@ class EventFormatter(logging.Formatter):
 
     def __init__(self) -> None:
         super().__init__()
-        self._second = -1
-        self._stamp = ""
+        self._date: tuple[int, str] = (-1, "")  # (second, its date text): one object, so threads see a pair
 
     def format(self, record: logging.LogRecord) -> str:
         line = record.__dict__.get("_event_line")
         if line is not None:
             return line
-        second = int(record.created)
-        if second != self._second:
-            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-            self._second = second
+        second, stamp = self._date
+        if int(record.created) != second:
+            second = int(record.created)
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._date = (second, stamp)
         line = (
-            f"{self._stamp}.{int(record.msecs):03d}Z level={record.levelname.lower()} "
+            f"{stamp}.{int(record.msecs):03d}Z level={record.levelname.lower()} "
             f"pid={record.process} {record.getMessage()}"
         )
         if record.exc_info:

@@ -66,6 +66,7 @@ class Master:
         self._timers: list[list[Any]] = []  # [callback, next deadline]
         self._plugged: list[Any] = []  # fileobjs registered by plug-ins: closed in children
         self.orphans = OrphanedJobs(self.pid)  # job processes of dead consumers, being ended
+        self.retired_totals: dict[str, list[int]] = {}  # group -> [done, failed, restarts] of retired slots
         self._orphan_timer = False
 
     # -- the plug-in surface --------------------------------------------
@@ -101,7 +102,9 @@ class Master:
                   consumers=len(self.slots))
         for hook in self.on_ready:
             hook()
-        while not (self.stopping and not self.children):
+        # Stopping, the loop also waits for a dead consumer's job processes it
+        # ended (SIGTERM, then SIGKILL after their grace: bounded).
+        while not (self.stopping and not self.children and not self.orphans):
             self._wait(self._next_wait())
             for signum in self.signals.pop_all():
                 self._dispatch(signum)
@@ -240,6 +243,8 @@ class Master:
         if slot.pid is not None:
             self._kill(slot.pid, signal.SIGTERM)
             slot.kill_at = time.monotonic() + slot.graceful_timeout
+        else:  # waiting for a restart: no process to reap later
+            self._keep_totals(slot)
 
     def _reap(self) -> None:
         reaped: list[int] = []
@@ -279,6 +284,15 @@ class Master:
         slot.ended(time.monotonic(), crashed=crashed, how=how)
         if not (slot.retiring or self.stopping):
             slot.restarts += 1
+        if slot.retiring:
+            self._keep_totals(slot)
+
+    def _keep_totals(self, slot: Slot) -> None:
+        """A retired slot goes; its counts stay in its group's totals (status, metrics)."""
+        totals = self.retired_totals.setdefault(slot.group.name, [0, 0, 0])
+        totals[0] += slot.done_before
+        totals[1] += slot.failed_before
+        totals[2] += slot.restarts
 
     # -- signal handlers (run from the loop, not in signal context) ------
     def handle_chld(self) -> None:

@@ -58,8 +58,18 @@ def _consumer_status(pid: int, slot: Slot, now: float) -> dict[str, Any]:
 
 
 def groups_status(master: Master) -> list[dict[str, Any]]:
-    """Each group's process count, bounds and last scaling decision."""
+    """Each group's process count, bounds, last scaling decision, and its
+    jobs done / failed and restarts since the master started (retired
+    slots included, so the totals never go down while the master runs)."""
     live = [slot.group.name for slot in master.children.values() if not slot.retiring]
+    totals: dict[str, list[int]] = {name: list(counts) for name, counts in master.retired_totals.items()}
+    waiting = [slot for slot in master.slots if slot.pid is None]
+    for slot in [*master.children.values(), *waiting]:
+        snap = slot.scoreboard.read() if slot.scoreboard is not None else None
+        counts = totals.setdefault(slot.group.name, [0, 0, 0])
+        counts[0] += slot.done_before + (snap.done if snap else 0)
+        counts[1] += slot.failed_before + (snap.failed if snap else 0)
+        counts[2] += slot.restarts
     return [{
         "group": group.name,
         "processes": live.count(group.name),
@@ -68,4 +78,5 @@ def groups_status(master: Master) -> list[dict[str, Any]]:
         "max": group.max_processes,
         "autoscale": group.autoscale,
         "last_scaling": master.scaled.get(group.name),
+        **dict(zip(("done", "failed", "restarts"), totals.get(group.name, [0, 0, 0]))),
     } for group in master.config.consumers]

@@ -8,9 +8,9 @@ cost the master a broker round trip in its loop. ``disqontrolctl metrics
 --output /var/lib/node_exporter/textfile_collector/disqontrol.prom``, run
 by a timer (systemd/disqontrol-metrics.timer), writes the file atomically.
 
-The job counters are the master's: they start at 0 with the master, and a
-reload starts new consumers at 0 too; Prometheus takes a counter that went
-down for a reset (``rate()`` and ``increase()`` handle it).
+The job counters are the master's per-group totals: they start at 0 with
+the master and do not go down while it runs (a retired consumer's jobs stay
+in them); Prometheus takes the drop at a master restart for a reset.
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ METRICS: dict[str, tuple[str, str]] = {
     "consumer_busy_processes": ("gauge", "Consumer processes running a job, per group"),
     "consumer_target_processes": ("gauge", "Consumer processes wanted, per group"),
     "consumer_rss_bytes": ("gauge", "Resident memory of the group's consumer processes, summed"),
-    "consumer_restarts_total": ("counter", "Consumer processes restarted after a crash, per group"),
+    "consumer_restarts_total": ("counter", "Consumer processes replaced (crashed, recycled, killed as hung), per group"),
     "jobs_done_total": ("counter", "Jobs that succeeded, per group"),
     "jobs_failed_total": ("counter", "Jobs that failed (retried later or parked), per group"),
     "job_processes": ("gauge", "Command and isolated job processes running, per group"),
@@ -92,20 +92,25 @@ def samples_of(status: Optional[Mapping[str, Any]], queues: Optional[list[Mappin
 
 
 def _group_samples(status: Mapping[str, Any], out: dict[str, list[Sample]]) -> None:
+    """Per group: the live processes summed from the consumers, the totals
+    from the master's groups (a retired slot's counts stay in them, so the
+    counters do not go down while the master runs). Every configured group
+    has every sample, 0 included (a group in a crash loop has no process)."""
     sums: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
-    for consumer in status.get("consumers", []):
-        group = sums[consumer.get("group") or ""]
-        group["consumer_processes"] += 1
-        group["consumer_busy_processes"] += 1 if consumer.get("job") else 0
-        group["consumer_rss_bytes"] += (consumer.get("rss_mib") or 0) * MIB
-        group["consumer_restarts_total"] += consumer.get("restarts") or 0
-        group["jobs_done_total"] += consumer.get("done") or 0
-        group["jobs_failed_total"] += consumer.get("failed") or 0
-        group["job_processes"] += len(consumer.get("job_pids") or ())
-    for waiting in status.get("restarting", []):  # a slot between a crash and its restart
-        sums[waiting.get("group") or ""]["consumer_restarts_total"] += waiting.get("restarts") or 0
     for group in status.get("groups", []):
-        sums[group["group"]]["consumer_target_processes"] = group.get("target") or 0
+        counts = sums[group["group"]]
+        counts["consumer_processes"] = counts["consumer_busy_processes"] = 0
+        counts["consumer_target_processes"] = group.get("target") or 0
+        counts["consumer_rss_bytes"] = counts["job_processes"] = 0
+        counts["consumer_restarts_total"] = group.get("restarts") or 0
+        counts["jobs_done_total"] = group.get("done") or 0
+        counts["jobs_failed_total"] = group.get("failed") or 0
+    for consumer in status.get("consumers", []):
+        counts = sums[consumer.get("group") or ""]
+        counts["consumer_processes"] += 1
+        counts["consumer_busy_processes"] += 1 if consumer.get("job") else 0
+        counts["consumer_rss_bytes"] += (consumer.get("rss_mib") or 0) * MIB
+        counts["job_processes"] += len(consumer.get("job_pids") or ())
     for name in sorted(sums):
         for metric, value in sums[name].items():
             out[metric].append(({"group": name}, round(value)))

@@ -8,8 +8,10 @@ would take for a hung consumer and kill.
 
 After the fields, the pids of the job processes the consumer runs (one
 cell per place of its job window): if the consumer dies first, the master
-ends them (see disqontrold/orphans.py). These cells are read only once
-the consumer is gone, so they need no sequence."""
+ends them (see disqontrold/orphans.py). Each cell is one aligned 4-byte
+store, never torn; status reads them live (a pid a moment stale at worst)
+and the master's ending reads them once the consumer is gone, so they need
+no sequence."""
 from __future__ import annotations
 
 import mmap

@@ -195,7 +195,8 @@ class Supervisor:
     is over by then costs no epoll registration), and deadlines are checked
     only when the earliest one is due, not on every wake-up."""
 
-    def __init__(self) -> None:
+    def __init__(self, before_reap: Optional[Callable[[int], None]] = None) -> None:
+        self._before_reap = before_reap  # called with a pid just before it is reaped
         self._poll = select.epoll()
         self._fds: dict[int, Child] = {}  # every watched fd -> its child
         self.running: dict[Child, None] = {}  # insertion-ordered set
@@ -284,6 +285,8 @@ class Supervisor:
             # The leader is a zombie until reaped, so its pgid is still ours:
             # kill any grandchild that outlived the SIGTERM.
             _killpg(child.pid, signal.SIGKILL)
+        if self._before_reap is not None:
+            self._before_reap(child.pid)  # while the zombie still holds the pid
         try:
             _, child.status = os.waitpid(child.pid, 0)
         except ChildProcessError:

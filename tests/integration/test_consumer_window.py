@@ -5,6 +5,7 @@ does not), a graceful stop waits for it, and the recycling limit bounds what
 a consumer reserves."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import signal
@@ -13,6 +14,9 @@ from pathlib import Path
 import psutil
 import pytest
 
+from disqontrol_client.config import load_config
+from disqontrol_client.job import Job
+from disqontrol_client.submit import new_job_for
 from tests.integration.ctl_support import ctl_json
 from tests.support.daemon import Daemon, command_worker, python_worker, running
 from tests.support.procs import wait_for
@@ -181,6 +185,44 @@ def test_an_inline_job_runs_while_a_long_command_job_of_its_group_holds(tmp_path
         daemon.stop()
 
 
+# A command job that reads its body on stdin (one over 64 KiB) and records its size.
+STDIN_SH = """
+body="${2#--body=}"
+if [ "$body" = "-" ]; then size=$(wc -c); else size=${#body}; fi
+printf 'cmd-%s %s\\n' "$size" "$(date +%s.%N)" >> "$DQ_OUT"
+"""
+INLINE_RUNS = 3
+INLINE_SLEEP = 1.0  # s each: the command job must not wait for all of them
+
+
+def test_a_window_job_is_tended_between_the_inline_jobs_of_its_group(tmp_path):
+    # Given one consumer of a command queue and an inline queue
+    (tmp_path / "stdin.sh").write_text(STDIN_SH)
+    daemon = Daemon(tmp_path, f"sqlite://{tmp_path}/jobs.db", {
+        "cmd": {"worker": {"type": "command", "command": f"/bin/sh {tmp_path / 'stdin.sh'}"}},
+        "inline": {"worker": python_worker()},
+    }, consumers=[{"queues": ["cmd", "inline"], "min_processes": 1, "max_processes": 1,
+                   "job_batch": 1 + INLINE_RUNS}])
+    daemon.start()
+    try:
+        # When one reserve brings a command job whose body goes on stdin (over
+        # a pipe's 64 KiB) and slow inline jobs (all due at the same instant)
+        body = "x" * (100 * 1024)
+        config = load_config(daemon.config_path)
+        jobs = [("cmd", body)] + [("inline", {"n": n, "sleep": INLINE_SLEEP}) for n in range(INLINE_RUNS)]
+        daemon.broker.add_many([dataclasses.replace(new_job_for(Job(b, q), config.queue(q)), delay=1.0)
+                                for q, b in jobs])  # one insert: all fall due at once
+
+        # Then the command job gets its whole body and ends between two inline
+        # jobs, not after the last one (its stdin is fed between them)
+        runs = daemon.wait_runs(1 + INLINE_RUNS, timeout=60)
+        [(_, command_done)] = [(b, t) for b, t in runs if b.startswith("cmd-")]
+        assert [b for b, _ in runs if b.startswith("cmd-")] == [f"cmd-{len(body) + 2}"]  # the JSON string
+        assert command_done < max(t for b, t in runs if not b.startswith("cmd-"))
+    finally:
+        daemon.stop()
+
+
 @pytest.mark.parametrize("kind", ["command", "isolated"])
 def test_a_job_process_dies_with_its_killed_consumer_and_the_job_runs_once_again(tmp_path, kind):
     # Given a job holding (a short lease, so it comes back soon)
@@ -215,6 +257,42 @@ def test_a_job_process_dies_with_its_killed_consumer_and_the_job_runs_once_again
         assert len(daemon.runs()) == 1
     finally:
         (tmp_path / "release").touch()  # a held job, and any orphan of a failed test, ends
+        daemon.stop()
+
+
+# A command job that ignores SIGTERM (its sleeps inherit that): only SIGKILL ends it.
+STUBBORN_SH = """
+trap '' TERM
+: > held
+while [ ! -e release ]; do sleep 0.05; done
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_fast_stop_ends_a_job_that_ignores_sigterm_before_the_master_exits(tmp_path):
+    # Given a command job that ignores SIGTERM, running
+    (tmp_path / "stubborn.sh").write_text(STUBBORN_SH)
+    daemon = Daemon(tmp_path, f"sqlite://{tmp_path}/jobs.db",
+                    {"work": {"worker": {"type": "command", "command": f"/bin/sh {tmp_path / 'stubborn.sh'}"},
+                              "job_process_timeout": HOLD_TIMEOUT}},
+                    consumer_defaults={"min_processes": 1, "max_processes": 1, "job_batch": BATCH}).start()
+    try:
+        daemon.add("work", ["stubborn"])
+        wait_for(lambda: (tmp_path / "held").exists(), timeout=30, message="the job running")
+        [job_pid] = wait_for(lambda: ctl_json(daemon, "status")["consumers"][0]["job_pids"], timeout=30,
+                             message="the job's process in the status")
+
+        # When the master is told to stop fast (its consumer leaves the job behind)
+        daemon.signal(signal.SIGQUIT)
+
+        # Then the master gets SIGKILL to the job after its grace, and only then exits
+        assert daemon.proc.wait(timeout=60) == 0
+        assert not running(job_pid)
+        [ended] = daemon.events("orphaned_job_ended")
+        [killed] = daemon.events("orphaned_job_killed")
+        assert f" pid={job_pid} " in ended and f" pid={job_pid} " in killed
+    finally:
+        (tmp_path / "release").touch()
         daemon.stop()
 
 

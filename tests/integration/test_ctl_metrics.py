@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import stat
 
 import pytest
@@ -78,3 +79,27 @@ def test_metrics_count_the_jobs_and_queues_and_say_when_the_master_is_down(tmp_p
     assert down[("master_up", "")] == 0 and down[("broker_up", "")] == 1
     assert ("jobs_done_total", 'group="work"') not in down
     assert down[("failure_queue_jobs", 'queue="failed-jobs"')] == 1
+
+
+@pytest.mark.timeout(120)
+def test_the_job_counters_keep_a_retired_consumers_jobs(tmp_path):
+    # Given a consumer that did some jobs
+    daemon = Daemon(tmp_path, f"sqlite://{tmp_path}/jobs.db", {"work": {"worker": python_worker()}}).start()
+    try:
+        daemon.add("work", range(JOBS))
+        daemon.wait_runs(JOBS, timeout=60)
+        [first] = daemon.consumer_pids()
+
+        # When a reload replaces it (a new generation; the old consumer retires)
+        daemon.signal(signal.SIGHUP)
+        wait_for(lambda: daemon.consumer_pids() and first not in daemon.consumer_pids(), timeout=60,
+                 message="the consumer of the new generation alone")
+
+        # Then the group's counter still has its jobs: a counter must not go down
+        done = ctl(daemon, "metrics")
+        assert done.returncode == 0, done.stderr
+        metrics = parse(done.stdout)
+        assert metrics[("master_generation", "")] == 2
+        assert metrics[("jobs_done_total", 'group="work"')] == JOBS
+    finally:
+        daemon.stop()

@@ -10,19 +10,22 @@ STATUS = {
         {"group": "mail", "job": None, "done": 5, "failed": 0, "restarts": 0, "rss_mib": 10.0, "job_pids": []},
     ],
     "restarting": [{"group": "pics", "restarts": 3}],
-    "groups": [{"group": "mail", "target": 2}, {"group": "pics", "target": 1}],
+    "groups": [{"group": "mail", "target": 2, "done": 115, "failed": 1, "restarts": 2},
+               {"group": "pics", "target": 1, "done": 0, "failed": 0, "restarts": 3}],
 }
 QUEUES = [{"queue": 'we"ird\\q', "ready": 3, "delayed": 1, "in_flight": 2, "failure_queue": "failed-jobs", "failed": 4}]
 
 
-def test_consumers_are_summed_per_group():
+def test_processes_are_summed_per_group_and_the_counters_are_the_groups_totals():
     text = exposition(samples_of(STATUS, QUEUES))
-    assert 'disqontrol_jobs_done_total{group="mail"} 15\n' in text
+    assert 'disqontrol_jobs_done_total{group="mail"} 115\n' in text  # retired slots' 100 included
     assert 'disqontrol_jobs_failed_total{group="mail"} 1\n' in text
     assert 'disqontrol_consumer_busy_processes{group="mail"} 1\n' in text
     assert 'disqontrol_consumer_rss_bytes{group="mail"} 31457280\n' in text
     assert 'disqontrol_job_processes{group="mail"} 2\n' in text
     assert 'disqontrol_consumer_restarts_total{group="pics"} 3\n' in text  # waiting for its restart
+    assert 'disqontrol_consumer_processes{group="pics"} 0\n' in text  # no process: 0, not no series
+    assert 'disqontrol_jobs_done_total{group="pics"} 0\n' in text
     assert 'disqontrol_consumer_target_processes{group="pics"} 1\n' in text
     assert "disqontrol_master_uptime_seconds 12.5\n" in text
     assert "# TYPE disqontrol_jobs_done_total counter\n" in text
