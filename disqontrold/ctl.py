@@ -1,9 +1,10 @@
 """`disqontrolctl`: inspect and steer a running master, and the failure queue.
 
 status / reload / stop talk to the master over its control socket; queues and
-failed work on the broker directly; metrics does both (opened from the config), so they also
-work while the master is down. Exit codes: 0 ok, 1 refused or failed,
-2 usage or config error, 3 no master or no broker answers.
+failed work on the broker directly (opened from the config), so they also
+work while the master is down; metrics asks both, and says which answered.
+Exit codes: 0 ok, 1 refused or failed, 2 usage or config error, 3 no master
+or no broker answers.
 """
 from __future__ import annotations
 

@@ -19,13 +19,12 @@ noted, so it runs on; the master reaps it when it ends.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import time
 from typing import Iterable, Optional
 
 from disqontrol_client.logfmt import log_event
-from disqontrold.workers.jobprocs import KILL_GRACE
+from disqontrold.workers.jobprocs import KILL_GRACE, signal_group
 
 logger = logging.getLogger(__name__)
 
@@ -40,14 +39,6 @@ def parent_of(pid: int) -> Optional[int]:
             return int(stat.read().rsplit(b")", 1)[1].split()[STAT_PPID])
     except (OSError, IndexError, ValueError):
         return None
-
-
-def _signal_group(pid: int, signum: int) -> None:
-    """Signal the job's process group (a job runs in its own session)."""
-    try:
-        os.killpg(pid, signum)
-    except ProcessLookupError:
-        pass
 
 
 class OrphanedJobs:
@@ -69,7 +60,7 @@ class OrphanedJobs:
         for pid in pids:
             if pid in skipped or pid in self._kill_at or parent_of(pid) != self.master_pid:
                 continue  # ended with its consumer, or already reaped and its pid taken by another
-            _signal_group(pid, signal.SIGTERM)
+            signal_group(pid, signal.SIGTERM)
             self._kill_at[pid] = time.monotonic() + self.grace
             ended += 1
             log_event(logger, "orphaned_job_ended", logging.WARNING, pid=pid, group=group,
@@ -88,6 +79,6 @@ class OrphanedJobs:
             if kill_at <= now:
                 del self._kill_at[pid]
                 if parent_of(pid) == self.master_pid:
-                    _signal_group(pid, signal.SIGKILL)
+                    signal_group(pid, signal.SIGKILL)
                     log_event(logger, "orphaned_job_killed", logging.WARNING, pid=pid, signal="SIGKILL")
         return min(self._kill_at.values(), default=None)

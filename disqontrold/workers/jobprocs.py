@@ -93,8 +93,9 @@ class Child:
         return os.WTERMSIG(self.status)
 
 
-def _killpg(pid: int, sig: int) -> None:
-    """Signal the child's process group; it may already be gone."""
+def signal_group(pid: int, sig: int) -> None:
+    """Signal a job's process group (it runs in its own session); it may
+    already be gone."""
     try:
         os.killpg(pid, sig)
     except ProcessLookupError:
@@ -125,7 +126,7 @@ def prepare(child: Child) -> Child:
 def discard(child: Child) -> None:
     """Kill and reap a started child that cannot be supervised (``prepare``
     failed, e.g. out of descriptors): no orphan, no zombie, no descriptor left."""
-    _killpg(child.pid, signal.SIGKILL)
+    signal_group(child.pid, signal.SIGKILL)
     try:
         os.waitpid(child.pid, 0)
     except ChildProcessError:
@@ -171,10 +172,10 @@ def _feed(child: Child) -> bool:
 def _enforce(child: Child, now: float) -> None:
     if not child.timed_out and now >= child.deadline:
         child.timed_out = True
-        _killpg(child.pid, signal.SIGTERM)
+        signal_group(child.pid, signal.SIGTERM)
         child._kill_at = now + child.grace
     elif child._kill_at is not None and now >= child._kill_at:
-        _killpg(child.pid, signal.SIGKILL)
+        signal_group(child.pid, signal.SIGKILL)
         child._kill_at = None
 
 
@@ -284,7 +285,7 @@ class Supervisor:
         if child.timed_out:
             # The leader is a zombie until reaped, so its pgid is still ours:
             # kill any grandchild that outlived the SIGTERM.
-            _killpg(child.pid, signal.SIGKILL)
+            signal_group(child.pid, signal.SIGKILL)
         if self._before_reap is not None:
             self._before_reap(child.pid)  # while the zombie still holds the pid
         try:
@@ -303,7 +304,7 @@ class Supervisor:
         """SIGKILL every running child's group and reap it: nothing is left
         behind when the loop is interrupted or the consumer gives up."""
         for child in list(self.running):
-            _killpg(child.pid, signal.SIGKILL)
+            signal_group(child.pid, signal.SIGKILL)
             self._finish(child)
         self._new = []
 
