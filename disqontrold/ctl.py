@@ -246,9 +246,11 @@ def _rss_mib(pid: Optional[int]) -> Optional[float]:
 
 
 def _consumer_state(consumer: dict[str, Any]) -> str:
+    processes = len(consumer.get("job_pids") or ())
+    running = f" ({processes} job process{'es' if processes != 1 else ''})" if processes else ""
     if consumer.get("job"):
-        return f"busy {consumer['job']} for {int(consumer.get('job_age') or 0)} s"
-    return str(consumer.get("state") or "idle")
+        return f"busy {consumer['job']} for {int(consumer.get('job_age') or 0)} s{running}"
+    return str(consumer.get("state") or "idle") + running
 
 
 def format_queues(rows: Sequence[dict[str, Any]]) -> str:

@@ -17,7 +17,7 @@ import pytest
 from disqontrol_client.config import load_config
 from disqontrol_client.job import Job
 from disqontrol_client.submit import new_job_for
-from tests.integration.ctl_support import ctl_json
+from tests.integration.ctl_support import ctl, ctl_json
 from tests.support.daemon import Daemon, command_worker, python_worker, running
 from tests.support.procs import wait_for
 
@@ -237,6 +237,7 @@ def test_a_job_process_dies_with_its_killed_consumer_and_the_job_runs_once_again
         # still spawns it is not, and would outlive a consumer killed at that instant)
         wait_for(lambda: ctl_json(daemon, "status")["consumers"][0]["job_pids"] == [job_process.pid],
                  timeout=30, message="the job's process in the status")
+        assert "(1 job process)" in ctl(daemon, "status").stdout  # the table says so too
 
         # When its consumer is killed
         os.kill(consumer, signal.SIGKILL)
