@@ -127,21 +127,21 @@ class JobWindow:
             try:
                 self._supervisor.add(prepare(child))
             except OSError as exc:
-                job, worker = self._forget(child)
+                job, worker = self._forget_unwatched(child)
                 discard(child)
                 failed.append((job, Outcome(False, error=f"{worker.cannot_start}: {exc}")))
         self._started = []
         return failed
 
-    def _forget(self, child: Child) -> tuple[Job, Worker]:
-        """Drop an ended child (not reaped yet, or reaped by the supervisor,
-        which already dropped it from the notes): its job and worker."""
+    def _forget_unwatched(self, child: Child) -> tuple[Job, Worker]:
+        """Drop a child the supervisor never watched, before it is reaped
+        (the supervisor drops its own from the notes as it reaps them)."""
         if self._notes is not None:
             self._notes.job_ended(child.pid)
         return self._jobs.pop(child)
 
     def _outcome(self, child: Child) -> tuple[Job, Outcome]:
-        job, worker = self._forget(child)
+        job, worker = self._jobs.pop(child)  # reaped by the supervisor, out of the notes already
         try:
             return job, worker.finish(job, child)
         except Exception as exc:  # noqa: BLE001 -- a worker bug must fail its job, not the consumer
@@ -160,7 +160,7 @@ class JobWindow:
         for job, _worker in self._jobs.values():
             log_event(logger, "job_abandoned", logging.WARNING, job=job.id, queue=job.queue)
         for child in self._started:
-            self._forget(child)
+            self._forget_unwatched(child)
             discard(child)
         self._started = []
         self._supervisor.close()  # the notes hear of the rest before each is reaped

@@ -320,6 +320,9 @@ def test_a_process_a_finished_job_left_behind_runs_on_and_is_reaped_when_it_ends
                                   timeout=30, message="the background pid"))
         # adopted by the master (not init), as the consumer's orphans are
         wait_for(lambda: psutil.Process(background).ppid() == daemon.pid, timeout=30, message="adopted by the master")
+        # and the ended job is out of its consumer's notes
+        wait_for(lambda: ctl_json(daemon, "status")["consumers"][0]["job_pids"] == [], timeout=30,
+                 message="no job process noted")
 
         # When its consumer is killed, and replaced
         [consumer] = daemon.consumer_pids()
