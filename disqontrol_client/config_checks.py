@@ -6,6 +6,7 @@ Each line starts with the key path, e.g.
 """
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, Iterable, Mapping, Sequence
 from urllib.parse import quote, urlsplit
@@ -45,7 +46,24 @@ def schema_errors(data: Any) -> list[str]:
     messages: set[str] = set()
     for error in _VALIDATOR.iter_errors(data):
         messages.update(_describe(error))
+    flagged = {line.partition(": ")[0] for line in messages}
+    messages.update(f"{where}: {value!r} is not a finite number" for where, value in _non_finite(data, [])
+                    if where not in flagged)
     return sorted(messages)
+
+
+def _non_finite(data: Any, where: list[Any]) -> Iterable[tuple[str, float]]:
+    """YAML's ``.nan`` / ``.inf`` wherever they are: the schema's bounds let
+    NaN through (every comparison with it is false), and an infinite timeout
+    or scale breaks the broker's arithmetic far from the config."""
+    if isinstance(data, float) and not math.isfinite(data):
+        yield key_path(where), data
+    elif isinstance(data, Mapping):
+        for key, value in data.items():
+            yield from _non_finite(value, where + [key])
+    elif isinstance(data, list):
+        for n, value in enumerate(data):
+            yield from _non_finite(value, where + [n])
 
 
 def _describe(error: ValidationError) -> list[str]:

@@ -363,3 +363,23 @@ def test_nothing_found_lists_where_it_looked(tmp_path, monkeypatch):
 def test_config_built_in_code_has_no_path(tmp_path):
     config = parse_config({"disqontrol": MINIMAL}, base_dir=tmp_path)
     assert isinstance(config, Config) and config.path is None
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_numbers_are_refused(tmp_path, value):
+    # YAML's .nan slipped past every bound of the schema and .inf past the
+    # lower ones: the job was refused later by the broker, far from the config.
+    assert refused(with_queue(job_process_timeout=value, backoff_scale=value), tmp_path) == "\n".join([
+        f"disqontrol.queues.q.backoff_scale: {value!r} is not a finite number",
+        f"disqontrol.queues.q.job_process_timeout: {value!r} is not a finite number",
+    ])
+
+
+def test_yaml_nan_in_a_file_is_refused(tmp_path):
+    path = write(tmp_path, """\
+        disqontrol:
+          queue_defaults: {job_process_timeout: .nan}
+          queues: {q: {worker: {type: command, command: "true"}}}
+        """)
+    with pytest.raises(ConfigError, match=r"^disqontrol.queue_defaults.job_process_timeout: nan is not a finite number$"):
+        load_config(path)
