@@ -383,3 +383,36 @@ def test_yaml_nan_in_a_file_is_refused(tmp_path):
         """)
     with pytest.raises(ConfigError, match=r"^disqontrol.queue_defaults.job_process_timeout: nan is not a finite number$"):
         load_config(path)
+
+
+def test_a_key_given_twice_is_refused_with_both_lines(tmp_path):
+    # PyYAML keeps the last of two equal keys: the first queue definition
+    # vanished without a word and addjob then said "unknown queue 'q'".
+    path = write(tmp_path, """\
+        disqontrol:
+          queues:
+            q: {worker: {type: command, command: "true"}}
+          queues: {}
+        """)
+    with pytest.raises(ConfigError, match=(
+            rf"^{path}: not valid YAML: line 4, column 3: duplicate key 'queues' \(first at line 2\)$")):
+        load_config(path)
+
+
+def test_merge_keys_may_still_be_overridden(tmp_path):
+    path = write(tmp_path, """\
+        disqontrol:
+          queue_defaults: &limits {max_retries: 3, job_lifetime: 60}
+          queues:
+            q: {<<: *limits, max_retries: 5, worker: {type: command, command: "true"}}
+        """)
+    queue = load_config(path).queue("q")
+    assert (queue.max_retries, queue.job_lifetime) == (5, 60)
+
+
+def test_yaml_error_is_one_line(tmp_path):
+    path = write(tmp_path, "disqontrol:\n\tbroker: x\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(caught.value) == (
+        f"{path}: not valid YAML: line 2, column 1: found character '\\t' that cannot start any token")
