@@ -75,10 +75,13 @@ class Job:
         return encode_envelope(self.body, self.metadata)
 
 
-def encode_envelope(body: Any, metadata: dict[str, Any]) -> bytes:
-    """Serialize body + metadata. Raises TypeError for a non-JSON body."""
+def encode_envelope(body: Any, metadata: dict[str, Any], *, allow_nan: bool = True) -> bytes:
+    """Serialize body + metadata. Raises TypeError for a non-JSON body, and
+    ValueError for NaN or an infinity unless ``allow_nan`` (Python writes
+    them as ``NaN``, which no other JSON reader accepts: producers refuse
+    them; a retry keeps what a job already holds)."""
     return json.dumps(
-        {"body": body, "metadata": metadata}, ensure_ascii=False, separators=(",", ":")
+        {"body": body, "metadata": metadata}, ensure_ascii=False, separators=(",", ":"), allow_nan=allow_nan
     ).encode("utf-8")
 
 

@@ -100,7 +100,7 @@ class Producer:
             raise UsageError(f"expected a disqontrol_client.Job, got {job!r}")
         if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not math.isfinite(delay) or delay < 0:
             raise UsageError(f"delay must be a number of seconds, 0 or more; got {delay!r}")
-        return new_job_for(job, self._queue_config(job.queue), delay)
+        return new_job_for(job, self._queue_config(job.queue), delay, allow_nan=False)
 
     def _queue_config(self, queue: Any) -> Optional[QueueConfig]:
         if not isinstance(queue, str) or not queue or any(c.isspace() for c in queue):

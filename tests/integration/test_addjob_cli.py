@@ -81,6 +81,10 @@ def test_config_found_through_the_environment(setup, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (("mail", "pic.png"), "disqontrol: BODY is not valid JSON (Expecting value: line 1 column 1 (char 0)): "
                           "'pic.png'; quote a string body as JSON, e.g. '\"pic.png\"'"),
+    (("mail", '{"ratio": NaN}'), "disqontrol: BODY is not valid JSON (NaN is not JSON): '{\"ratio\": NaN}'; "
+                                 "quote a string body as JSON, e.g. '\"pic.png\"'"),
+    (("mail", "[Infinity]"), "disqontrol: BODY is not valid JSON (Infinity is not JSON): '[Infinity]'; "
+                             "quote a string body as JSON, e.g. '\"pic.png\"'"),
     (("nope", '"x"'), "disqontrol: unknown queue 'nope'; configured queues: mail, resize-pic"),
     (("mail", '"x"', "--delay", "-5"), "disqontrol: delay must be a number of seconds, 0 or more; got -5.0"),
 ])

@@ -87,6 +87,10 @@ def test_add_many_returns_ids_in_order(config):
     (Job("x", "mail"), math.nan, UsageError, r"^delay must be a number of seconds, 0 or more; got nan$"),
     (Job("x", "mail"), "5", UsageError, r"^delay must be a number of seconds, 0 or more; got '5'$"),
     (Job({1, 2}, "mail"), 0, UsageError, r"^the body of a job for queue 'mail' is not JSON-serializable"),
+    # Python would store NaN / Infinity, which PHP and jq cannot read
+    (Job({"ratio": math.nan}, "mail"), 0, UsageError,
+     r"^the body of a job for queue 'mail' is not JSON-serializable: Out of range float values"),
+    (Job([math.inf], "mail"), 0, UsageError, r"^the body of a job for queue 'mail' is not JSON-serializable"),
     (Job("x", "two words"), 0, UsageError, r"^a queue name is one non-empty word; got 'two words'$"),
 ])
 def test_bad_job_is_refused_and_nothing_is_added(config, job, delay, error, message):
