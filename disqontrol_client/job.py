@@ -8,6 +8,7 @@ library: it is the job body itself and gets fresh metadata.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -85,6 +86,19 @@ def encode_envelope(body: Any, metadata: dict[str, Any], *, allow_nan: bool = Tr
     ).encode("utf-8")
 
 
+def _usable(key: str, value: Any) -> bool:
+    """Whether ``value`` is one the retry path can count with: a failure of a
+    job whose ``creation-time`` is a date string raised in the consumer, on
+    every delivery, so the job never reached its failure queue."""
+    if key == ORIGINAL_ID:
+        return value is None or isinstance(value, str)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if key == RETRIES:
+        return isinstance(value, int) and value >= 0
+    return math.isfinite(value) and value > 0
+
+
 def decode_payload(
     payload: bytes | str,
     *,
@@ -104,7 +118,10 @@ def decode_payload(
         return text, fresh_metadata(job_lifetime=job_lifetime, process_timeout=process_timeout)
     if isinstance(data, dict) and data.keys() == ENVELOPE_KEYS and isinstance(data["metadata"], dict):
         metadata = data["metadata"]
-        if not METADATA_KEYS <= metadata.keys():  # e.g. a PHP job without them: defaults for the missing
-            metadata = {**fresh_metadata(job_lifetime=job_lifetime, process_timeout=process_timeout), **metadata}
+        if not METADATA_KEYS <= metadata.keys() or not all(map(_usable, METADATA_KEYS, map(metadata.get, METADATA_KEYS))):
+            # e.g. a PHP job without them, or another library's "creation-time":
+            # "2026-11-28T10:00:00Z": fresh values for the missing and the unusable
+            fresh = fresh_metadata(job_lifetime=job_lifetime, process_timeout=process_timeout)
+            metadata = {**fresh, **{k: v for k, v in metadata.items() if k not in METADATA_KEYS or _usable(k, v)}}
         return data["body"], metadata
     return data, fresh_metadata(job_lifetime=job_lifetime, process_timeout=process_timeout)

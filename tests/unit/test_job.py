@@ -83,3 +83,22 @@ def test_original_id_of_a_first_copy_is_its_own_id():
 def test_non_json_body_is_refused_at_encoding():
     with pytest.raises(TypeError):
         Job(object(), "q").encode()
+
+
+@pytest.mark.parametrize("key, value", [
+    (CREATION_TIME, "2026-11-28T10:00:00Z"), (CREATION_TIME, None), (JOB_LIFETIME, "3600"),
+    (JOB_LIFETIME, -5), (PROCESS_TIMEOUT, True), (RETRIES, "2"), (RETRIES, -1), (RETRIES, 1.5),
+    (ORIGINAL_ID, 17),
+])
+def test_unusable_metadata_values_are_replaced_with_fresh_ones(key, value):
+    # another library's "creation-time" as a date string raised in the
+    # consumer when the job failed, at every delivery: it never got parked
+    metadata = {**fresh_metadata(now=NOW), "retries": 1, "last-error": {"message": "x"}, key: value}
+    body, decoded = decode_payload(json.dumps({"body": "b", "metadata": metadata}).encode(),
+                                   job_lifetime=50, process_timeout=9)
+    fresh = {RETRIES: 0, ORIGINAL_ID: None, JOB_LIFETIME: 50, PROCESS_TIMEOUT: 9}
+    assert body == "b"
+    assert decoded[key] == fresh.get(key, decoded[key]) and decoded[key] != value
+    assert {k: v for k, v in decoded.items() if k != key} == {k: v for k, v in metadata.items() if k != key}
+    assert Job("b", "q", decoded).retries >= 0
+    assert isinstance(decoded[CREATION_TIME], int) and decoded[JOB_LIFETIME] > 0
