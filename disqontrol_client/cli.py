@@ -47,8 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_body(text: str) -> Any:
     """The JSON body of the command line (or of stdin for ``-``)."""
     if text == STDIN_BODY:
-        try:
-            text = sys.stdin.read()
+        try:  # the bytes, decoded strictly: a C locale's text stdin turns bad bytes into surrogates
+            text = sys.stdin.buffer.read().decode("utf-8")
         except UnicodeDecodeError as exc:
             raise UsageError(f"BODY on stdin is not UTF-8 text ({exc}); JSON must be UTF-8") from None
     try:

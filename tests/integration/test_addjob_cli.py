@@ -3,6 +3,7 @@ prints, what lands in the broker, and the exit code of each error."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -36,6 +37,19 @@ def setup(tmp_path):
 def run(*args: str, stdin: str = "", cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([CLI, *args], input=stdin, capture_output=True, text=True,
                           timeout=RUN_TIMEOUT, cwd=cwd, env=env)
+
+
+@pytest.mark.parametrize("stdin", [b'"caf\xe9"', b'{"name": "\xff"}'])
+def test_addjob_refuses_a_body_on_stdin_that_is_not_utf8(setup, stdin):
+    # Python's stdin in a C locale (cron, systemd) turns bad bytes into
+    # surrogates: the user was told the body was "not JSON-serializable"
+    config, url = setup
+    done = subprocess.run([CLI, "addjob", "mail", "-", "--config", str(config)], input=stdin,
+                          capture_output=True, timeout=RUN_TIMEOUT, env={**os.environ, "LC_ALL": "C"})
+    assert done.returncode == 2
+    assert done.stderr.decode().startswith("disqontrol: BODY on stdin is not UTF-8 text ("), done.stderr
+    assert done.stderr.decode().endswith("); JSON must be UTF-8\n")
+    assert jobs_in(url, "mail") == []
 
 
 def jobs_in(url: str, queue: str) -> list:
