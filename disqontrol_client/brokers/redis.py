@@ -141,8 +141,15 @@ class RedisBroker(Broker):
         )
         try:
             client = redis.Redis.from_url(urlunsplit(parts._replace(query=rest)), **options)
-        except ValueError as exc:
-            raise ConfigError(f"disqontrol.broker: {redact_url(url)!r} is not a valid redis URL: {exc}") from exc
+            # redis-py keeps an unknown option (a typo: socket_timout=5) until
+            # its first connection, then raises TypeError: build one now, unconnected.
+            pool = client.connection_pool
+            pool.connection_class(**pool.connection_kwargs)
+        except (TypeError, ValueError, redis.RedisError) as exc:
+            raise ConfigError(
+                f"disqontrol.broker: {redact_url(url)!r} is not a valid redis URL: {exc}; allowed options: "
+                "prefix and redis-py's connection options (socket_timeout, ssl_ca_certs, ...)"
+            ) from exc
         return cls(client, prefix, where=redact_url(url))
 
     # --- keys and calls ---------------------------------------------------

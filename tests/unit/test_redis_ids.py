@@ -41,6 +41,22 @@ def test_an_option_that_makes_replies_text_is_refused(option):
         " is not allowed: job payloads are bytes and the broker decodes what it needs; remove it")
 
 
+@pytest.mark.parametrize("option, problem", [
+    ("socket_timout=5", "unexpected keyword argument 'socket_timout'"),
+    ("ssl_cert_reqs=sometimes", "sometimes"),
+])
+def test_an_unknown_or_bad_option_is_a_config_error_not_a_traceback(option, problem):
+    # redis-py kept it until the first command, then raised TypeError:
+    # addjob printed a traceback
+    scheme = "rediss" if option.startswith("ssl") else "redis"
+    with pytest.raises(ConfigError) as caught:
+        RedisBroker.from_url(f"{scheme}://:pw@127.0.0.1:1/0?{option}")
+    message = str(caught.value)
+    assert message.startswith(f"disqontrol.broker: '{scheme}://:***@127.0.0.1:1/0?{option}' is not a valid redis URL: ")
+    assert problem in message and message.endswith("allowed options: prefix and redis-py's connection "
+                                                   "options (socket_timeout, ssl_ca_certs, ...)")
+
+
 def test_decode_responses_false_is_harmless_and_taken():
     RedisBroker.from_url("redis://127.0.0.1:1/0?decode_responses=false").close()
 
