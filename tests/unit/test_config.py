@@ -201,6 +201,23 @@ def test_unknown_broker_scheme(tmp_path):
         "disqontrol.broker: 'amqp://x' has an unknown scheme 'amqp'; allowed: disque, redis, rediss, sqlite")
 
 
+@pytest.mark.parametrize("key, url, message", [
+    ("broker", "redis://127.0.0.1:6379/0?prefix={x}",
+     "prefix '{x}' is invalid: a non-empty name without braces is required"),
+    ("broker", "redis://:pw@127.0.0.1:6379/0?decode_responses=true",
+     "option decode_responses='true' in 'redis://:***@127.0.0.1:6379/0?decode_responses=true' is not allowed"),
+    ("broker", "disque://127.0.0.1:7711?replicate=0", "option replicate='0' in 'disque://127.0.0.1:7711?replicate=0'"),
+    ("scheduler.claim_store", "redis://127.0.0.1:6379/1?socket_timout=5",
+     "'redis://127.0.0.1:6379/1?socket_timout=5' is not a valid redis URL: "),
+])
+def test_a_broker_url_its_engine_refuses_is_refused_by_validation(tmp_path, key, url, message):
+    # --check said OK and the daemon started; each consumer then raised the
+    # engine's ConfigError at start, crash-looping (a reload did the same)
+    section = ({**MINIMAL, "broker": url} if key == "broker"
+               else {**MINIMAL, "scheduler": {"crontab": "crontab", "claim_store": url}})
+    assert refused(section, tmp_path).startswith(f"disqontrol.{key}: {message}")
+
+
 def test_failure_queue_that_is_the_queue_itself(tmp_path):
     assert refused(with_queue(failure_queue="q"), tmp_path) == (
         "disqontrol.queues.q.failure_queue: 'q' is the queue itself; name another queue")
