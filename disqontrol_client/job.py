@@ -116,6 +116,8 @@ def decode_payload(
         data = json.loads(text)
     except ValueError:
         return text, fresh_metadata(job_lifetime=job_lifetime, process_timeout=process_timeout)
+    if isinstance(data, dict) and data.keys() == ENVELOPE_KEYS and data["metadata"] == []:
+        data["metadata"] = {}  # PHP's json_encode writes an empty array as []
     if isinstance(data, dict) and data.keys() == ENVELOPE_KEYS and isinstance(data["metadata"], dict):
         metadata = data["metadata"]
         if not METADATA_KEYS <= metadata.keys() or not all(map(_usable, METADATA_KEYS, map(metadata.get, METADATA_KEYS))):

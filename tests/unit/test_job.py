@@ -62,6 +62,16 @@ def test_partial_php_metadata_is_completed_with_fresh_values():
     assert (metadata[RETRIES], metadata[JOB_LIFETIME], metadata[PROCESS_TIMEOUT]) == (1, 50, 9)
 
 
+def test_php_envelope_with_empty_metadata_is_still_an_envelope():
+    # a PHP Job whose metadata array is empty is encoded "metadata":[], and
+    # PHP reads it as an envelope: its worker got the body, ours got the
+    # whole envelope as the body
+    body, metadata = decode_payload(b'{"body":{"id":5},"metadata":[]}', job_lifetime=50, process_timeout=9)
+    assert body == {"id": 5}
+    assert (metadata[RETRIES], metadata[ORIGINAL_ID], metadata[JOB_LIFETIME], metadata[PROCESS_TIMEOUT]) == (
+        0, None, 50, 9)
+
+
 @pytest.mark.parametrize("payload, body", [
     (b'{"task": "send", "args": [1]}', {"task": "send", "args": [1]}),  # another library's JSON
     (b'{"body": "x", "metadata": {}, "extra": 1}', {"body": "x", "metadata": {}, "extra": 1}),  # not exactly 2 keys
