@@ -86,7 +86,7 @@ def encode_envelope(body: Any, metadata: dict[str, Any], *, allow_nan: bool = Tr
     ).encode("utf-8")
 
 
-def _usable(key: str, value: Any) -> bool:
+def usable_metadata(key: str, value: Any) -> bool:
     """Whether ``value`` is one the retry path can count with: a failure of a
     job whose ``creation-time`` is a date string raised in the consumer, on
     every delivery, so the job never reached its failure queue."""
@@ -120,10 +120,11 @@ def decode_payload(
         data["metadata"] = {}  # PHP's json_encode writes an empty array as []
     if isinstance(data, dict) and data.keys() == ENVELOPE_KEYS and isinstance(data["metadata"], dict):
         metadata = data["metadata"]
-        if not METADATA_KEYS <= metadata.keys() or not all(map(_usable, METADATA_KEYS, map(metadata.get, METADATA_KEYS))):
+        if not all(key in metadata and usable_metadata(key, metadata[key]) for key in METADATA_KEYS):
             # e.g. a PHP job without them, or another library's "creation-time":
             # "2026-11-28T10:00:00Z": fresh values for the missing and the unusable
             fresh = fresh_metadata(job_lifetime=job_lifetime, process_timeout=process_timeout)
-            metadata = {**fresh, **{k: v for k, v in metadata.items() if k not in METADATA_KEYS or _usable(k, v)}}
+            kept = {k: v for k, v in metadata.items() if k not in METADATA_KEYS or usable_metadata(k, v)}
+            metadata = {**fresh, **kept}
         return data["body"], metadata
     return data, fresh_metadata(job_lifetime=job_lifetime, process_timeout=process_timeout)
