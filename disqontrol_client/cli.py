@@ -47,17 +47,23 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_body(text: str) -> Any:
     """The JSON body of the command line (or of stdin for ``-``)."""
     if text == STDIN_BODY:
-        try:
-            text = sys.stdin.read()
+        try:  # the bytes, decoded strictly: a C locale's text stdin turns bad bytes into surrogates
+            text = sys.stdin.buffer.read().decode("utf-8")
         except UnicodeDecodeError as exc:
             raise UsageError(f"BODY on stdin is not UTF-8 text ({exc}); JSON must be UTF-8") from None
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_refuse_constant)
     except ValueError as exc:
         snippet = text if len(text) <= BODY_SNIPPET_CHARS else text[:BODY_SNIPPET_CHARS] + "..."
         raise UsageError(
             f"BODY is not valid JSON ({exc}): {snippet!r}; quote a string body as JSON, e.g. '\"pic.png\"'"
         ) from None
+
+
+def _refuse_constant(name: str) -> Any:
+    """Python's json reads NaN and Infinity; no other JSON reader does (a PHP
+    consumer, a command worker's jq), so a body holding one is refused."""
+    raise ValueError(f"{name} is not JSON")
 
 
 def addjob(args: argparse.Namespace) -> int:

@@ -28,6 +28,7 @@ from disqontrol_client.errors import ConfigError
 from disqontrol_client.frozen import FrozenDict, deep_freeze
 
 ENV_CONFIG = "DISQONTROL_CONFIG"
+YAML_MERGE_TAG = "tag:yaml.org,2002:merge"
 LOOKUP_PATHS = (Path("disqontrol.yml"), Path("/etc/disqontrol/disqontrol.yml"))
 FAILURE_QUEUE_TTL = 3932100
 # Beside the config file when not set: a checkout or a /opt install keeps its
@@ -160,12 +161,44 @@ def load_config(path: Optional[str | os.PathLike[str]] = None) -> Config:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{found}: cannot be read: {exc}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_unique_key_loader())  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{found}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{found}: not valid YAML: {_yaml_problem(exc)}") from None
     if data is None:
         raise ConfigError(f"{found}: is empty; expected a 'disqontrol:' mapping")
     return parse_config(data, base_dir=found.parent, path=found)
+
+
+def _unique_key_loader() -> type:
+    """A SafeLoader that refuses a key given twice in one mapping. PyYAML
+    keeps the last silently: a second ``queues:`` (or a queue pasted twice)
+    would replace the first without a word. Merge keys (``<<: *defaults``)
+    may still be overridden, as YAML intends."""
+    import yaml  # noqa: PLC0415
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            first_line: dict[str, int] = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == YAML_MERGE_TAG:
+                    continue
+                line = key_node.start_mark.line + 1
+                if key_node.value in first_line:
+                    raise yaml.constructor.ConstructorError(
+                        problem=f"duplicate key {key_node.value!r} (first at line {first_line[key_node.value]})",
+                        problem_mark=key_node.start_mark)
+                first_line[key_node.value] = line
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
+
+
+def _yaml_problem(exc: Exception) -> str:
+    """PyYAML's error on one line: "line 2, column 1: found character ..."."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + " ".join(str(problem).split())
 
 
 def parse_config(data: Any, *, base_dir: str | os.PathLike[str], path: Optional[Path] = None) -> Config:

@@ -6,6 +6,7 @@ Each line starts with the key path, e.g.
 """
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, Iterable, Mapping, Sequence
 from urllib.parse import quote, urlsplit
@@ -14,6 +15,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
 from disqontrol_client.brokers import ENGINES
+from disqontrol_client.errors import ConfigError
 from disqontrol_client.config_schema import (
     SCHEMA,
     WORKER,
@@ -21,6 +23,7 @@ from disqontrol_client.config_schema import (
 )
 
 ROOT = "disqontrol"
+ENGINE_ERROR_PREFIX = f"{ROOT}.broker: "  # how the engines' URL errors start
 DEFAULT_DISQUE_PORT = 7711
 SQLITE_PREFIXES = ("sqlite://", "sqlite:")  # longest first
 
@@ -45,7 +48,24 @@ def schema_errors(data: Any) -> list[str]:
     messages: set[str] = set()
     for error in _VALIDATOR.iter_errors(data):
         messages.update(_describe(error))
+    flagged = {line.partition(": ")[0] for line in messages}
+    messages.update(f"{where}: {value!r} is not a finite number" for where, value in _non_finite(data, [])
+                    if where not in flagged)
     return sorted(messages)
+
+
+def _non_finite(data: Any, where: list[Any]) -> Iterable[tuple[str, float]]:
+    """YAML's ``.nan`` / ``.inf`` wherever they are: the schema's bounds let
+    NaN through (every comparison with it is false), and an infinite timeout
+    or scale breaks the broker's arithmetic far from the config."""
+    if isinstance(data, float) and not math.isfinite(data):
+        yield key_path(where), data
+    elif isinstance(data, Mapping):
+        for key, value in data.items():
+            yield from _non_finite(value, where + [key])
+    elif isinstance(data, list):
+        for n, value in enumerate(data):
+            yield from _non_finite(value, where + [n])
 
 
 def _describe(error: ValidationError) -> list[str]:
@@ -107,7 +127,25 @@ def _broker_errors(url: str, key: str = "broker") -> list[str]:
         ]
     if scheme == "sqlite" and not sqlite_path(url):
         return [f"{ROOT}.{key}: {url!r} names no database file; e.g. sqlite:///var/lib/disqontrol/jobs.db"]
+    try:
+        _parse_engine_url(scheme, url)
+    except ConfigError as exc:
+        return [f"{ROOT}.{key}: {str(exc).removeprefix(ENGINE_ERROR_PREFIX)}"]
     return []
+
+
+def _parse_engine_url(scheme: str, url: str) -> None:
+    """The engine's own URL checks (redis prefix and options, disque
+    options), made without connecting: otherwise --check and a reload passed
+    a URL every consumer then refused at start, crash-looping."""
+    if scheme in ("redis", "rediss"):
+        from disqontrol_client.brokers.redis import RedisBroker  # noqa: PLC0415 (redis-py for redis users only)
+
+        RedisBroker.from_url(url).close()
+    elif scheme == "disque":
+        from disqontrol_client.brokers.disque import parse_url  # noqa: PLC0415
+
+        parse_url(url)
 
 
 def _disque_errors(nodes: Sequence[Mapping[str, Any]]) -> list[str]:

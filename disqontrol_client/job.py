@@ -8,6 +8,7 @@ library: it is the job body itself and gets fresh metadata.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -75,11 +76,27 @@ class Job:
         return encode_envelope(self.body, self.metadata)
 
 
-def encode_envelope(body: Any, metadata: dict[str, Any]) -> bytes:
-    """Serialize body + metadata. Raises TypeError for a non-JSON body."""
+def encode_envelope(body: Any, metadata: dict[str, Any], *, allow_nan: bool = True) -> bytes:
+    """Serialize body + metadata. Raises TypeError for a non-JSON body, and
+    ValueError for NaN or an infinity unless ``allow_nan`` (Python writes
+    them as ``NaN``, which no other JSON reader accepts: producers refuse
+    them; a retry keeps what a job already holds)."""
     return json.dumps(
-        {"body": body, "metadata": metadata}, ensure_ascii=False, separators=(",", ":")
+        {"body": body, "metadata": metadata}, ensure_ascii=False, separators=(",", ":"), allow_nan=allow_nan
     ).encode("utf-8")
+
+
+def usable_metadata(key: str, value: Any) -> bool:
+    """Whether ``value`` is one the retry path can count with: a failure of a
+    job whose ``creation-time`` is a date string raised in the consumer, on
+    every delivery, so the job never reached its failure queue."""
+    if key == ORIGINAL_ID:
+        return value is None or isinstance(value, str)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if key == RETRIES:
+        return isinstance(value, int) and value >= 0
+    return math.isfinite(value) and value > 0
 
 
 def decode_payload(
@@ -99,9 +116,15 @@ def decode_payload(
         data = json.loads(text)
     except ValueError:
         return text, fresh_metadata(job_lifetime=job_lifetime, process_timeout=process_timeout)
+    if isinstance(data, dict) and data.keys() == ENVELOPE_KEYS and data["metadata"] == []:
+        data["metadata"] = {}  # PHP's json_encode writes an empty array as []
     if isinstance(data, dict) and data.keys() == ENVELOPE_KEYS and isinstance(data["metadata"], dict):
         metadata = data["metadata"]
-        if not METADATA_KEYS <= metadata.keys():  # e.g. a PHP job without them: defaults for the missing
-            metadata = {**fresh_metadata(job_lifetime=job_lifetime, process_timeout=process_timeout), **metadata}
+        if not all(key in metadata and usable_metadata(key, metadata[key]) for key in METADATA_KEYS):
+            # e.g. a PHP job without them, or another library's "creation-time":
+            # "2026-11-28T10:00:00Z": fresh values for the missing and the unusable
+            fresh = fresh_metadata(job_lifetime=job_lifetime, process_timeout=process_timeout)
+            kept = {k: v for k, v in metadata.items() if k not in METADATA_KEYS or usable_metadata(k, v)}
+            metadata = {**fresh, **kept}
         return data["body"], metadata
     return data, fresh_metadata(job_lifetime=job_lifetime, process_timeout=process_timeout)

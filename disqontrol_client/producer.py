@@ -19,7 +19,7 @@ from disqontrol_client.brokers import open_broker
 from disqontrol_client.brokers.broker import Broker, NewJob
 from disqontrol_client.config import Config, QueueConfig, load_config
 from disqontrol_client.errors import JobFailed, UsageError
-from disqontrol_client.job import Job
+from disqontrol_client.job import METADATA_KEYS, Job, usable_metadata
 from disqontrol_client.logfmt import log_event
 from disqontrol_client.submit import new_job_for
 
@@ -100,7 +100,14 @@ class Producer:
             raise UsageError(f"expected a disqontrol_client.Job, got {job!r}")
         if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not math.isfinite(delay) or delay < 0:
             raise UsageError(f"delay must be a number of seconds, 0 or more; got {delay!r}")
-        return new_job_for(job, self._queue_config(job.queue), delay)
+        if not isinstance(job.metadata, dict):
+            raise UsageError(f"a job's metadata is a dict; got {job.metadata!r}")
+        for key in METADATA_KEYS & job.metadata.keys():
+            if not usable_metadata(key, job.metadata[key]):
+                raise UsageError(f"metadata {key!r} of a job for queue {job.queue!r} is {job.metadata[key]!r}; "
+                                 "allowed: a count >= 0 (retries), a string or null (original-id), "
+                                 "else a number > 0 (seconds)")
+        return new_job_for(job, self._queue_config(job.queue), delay, allow_nan=False)
 
     def _queue_config(self, queue: Any) -> Optional[QueueConfig]:
         if not isinstance(queue, str) or not queue or any(c.isspace() for c in queue):

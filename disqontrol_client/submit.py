@@ -37,6 +37,7 @@ def new_job_for(
     *,
     ttl: Optional[float] = None,
     now: Optional[float] = None,
+    allow_nan: bool = True,
 ) -> NewJob:
     """The broker's view of ``job`` for ``job.queue``.
 
@@ -45,6 +46,7 @@ def new_job_for(
     whole lifetime for a new job), never less than the delay plus one lease,
     so a delayed job can still run once; ``ttl`` overrides it (the failure
     queue's own lifetime). ``queue_config`` None means the default limits.
+    ``allow_nan`` False refuses a body holding NaN or an infinity (a new job).
     """
     process_timeout = queue_config.job_process_timeout if queue_config else DEFAULT_PROCESS_TIMEOUT
     lifetime = queue_config.job_lifetime if queue_config else DEFAULT_JOB_LIFETIME
@@ -52,7 +54,7 @@ def new_job_for(
     metadata = fresh_metadata(job_lifetime=lifetime, process_timeout=_whole(process_timeout), now=current)
     metadata.update(job.metadata)
     try:
-        payload = encode_envelope(job.body, metadata)
+        payload = encode_envelope(job.body, metadata, allow_nan=allow_nan)
     except (TypeError, ValueError) as exc:
         raise UsageError(f"the body of a job for queue {job.queue!r} is not JSON-serializable: {exc}") from None
     lease = process_timeout + LEASE_GRACE

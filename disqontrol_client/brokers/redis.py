@@ -27,6 +27,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.commands.core import Script
+from redis.connection import to_bool
 from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
@@ -65,6 +66,9 @@ RETRY_BACKOFF_BASE = 0.05  # s
 RETRY_BACKOFF_CAP = 0.5  # s
 CONSUMER_BACKOFF_FIRST = 0.1  # s: pause of a reserve after the connection broke
 CONSUMER_BACKOFF_CAP = 2.0  # s
+# The redis-py URL option that turns replies into str: payloads would no longer
+# be bytes and every reserve would fail ('str' object has no attribute 'decode').
+TEXT_REPLIES_OPTION = "decode_responses"
 
 
 def _script_source(name: str) -> str:
@@ -123,6 +127,12 @@ class RedisBroker(Broker):
             raise ConfigError(
                 f"disqontrol.broker: prefix {prefix!r} is invalid: a non-empty name without braces is required"
             )
+        for key, value in query:
+            if key == TEXT_REPLIES_OPTION and to_bool(value):
+                raise ConfigError(
+                    f"disqontrol.broker: option {key}={value!r} in {redact_url(url)!r} is not allowed: "
+                    "job payloads are bytes and the broker decodes what it needs; remove it"
+                )
         rest = urlencode([(k, v) for k, v in query if k != "prefix"])
         options.setdefault("socket_timeout", SOCKET_TIMEOUT)
         options.setdefault("socket_connect_timeout", CONNECT_TIMEOUT)
@@ -131,8 +141,15 @@ class RedisBroker(Broker):
         )
         try:
             client = redis.Redis.from_url(urlunsplit(parts._replace(query=rest)), **options)
-        except ValueError as exc:
-            raise ConfigError(f"disqontrol.broker: {redact_url(url)!r} is not a valid redis URL: {exc}") from exc
+            # redis-py keeps an unknown option (a typo: socket_timout=5) until
+            # its first connection, then raises TypeError: build one now, unconnected.
+            pool = client.connection_pool
+            pool.connection_class(**pool.connection_kwargs)
+        except (TypeError, ValueError, redis.RedisError) as exc:
+            raise ConfigError(
+                f"disqontrol.broker: {redact_url(url)!r} is not a valid redis URL: {exc}; allowed options: "
+                "prefix and redis-py's connection options (socket_timeout, ssl_ca_certs, ...)"
+            ) from exc
         return cls(client, prefix, where=redact_url(url))
 
     # --- keys and calls ---------------------------------------------------

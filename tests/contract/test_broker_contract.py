@@ -357,3 +357,62 @@ def test_blocking_reserve_wakes_on_an_add_from_another_process(
     median = statistics.median(latencies)
     record_property("wake_latency_ms", [round(x * 1000, 1) for x in latencies])
     assert median < WAKE_BOUND, f"median wake latency {median * 1000:.0f} ms, all: {latencies}"
+
+
+# Queue names the config allows (one word): a redis key's own separators and
+# hash-tag braces, the id separator, non-ASCII, and a long one.
+ODD_QUEUE_NAMES = ["a:b", "{x}", "x}y{", "a-b-c", "fronta-č", "日本", "q" * 300]
+
+
+@pytest.mark.parametrize("queue", ODD_QUEUE_NAMES)
+def test_odd_queue_names_round_trip(broker: Broker, queue: str) -> None:
+    job_id = broker.add(queue, b"x")
+    assert broker.stats([queue])[0].ready == 1 and queue in broker.queues()
+
+    got = reserve_one(broker, queue)
+
+    assert (got.id, got.queue) == (job_id, queue)
+    assert broker.show(job_id)["queue"] == queue
+    broker.ack([got.id])
+    assert broker.show(job_id) is None and broker.length(queue) == 0
+
+
+@pytest.mark.parametrize("payload", [b"", bytes(range(256)), b"\x00" * 10])
+def test_any_bytes_are_a_payload(broker: Broker, payload: bytes) -> None:
+    job_id = broker.add("q", payload)
+    assert reserve_one(broker, "q")[:3] == (job_id, "q", payload)
+
+
+def test_lapsed_lease_counts_as_ready_before_it_is_taken_again(broker: Broker) -> None:
+    job_id = broker.add("q", b"x", retry=1)
+    reserve_one(broker, "q")
+
+    wait_for(lambda: broker.stats(["q"])[0].ready == 1, timeout=10, message="the lapsed lease to count as ready")
+
+    assert broker.stats(["q"])[0].in_flight == 0 and broker.length("q") == 1
+    assert [d.id for d in broker.peek("q", 5)] == [job_id]
+    assert broker.show(job_id)["state"] == "ready"
+
+
+def test_batch_reserve_skips_an_empty_first_queue(broker: Broker) -> None:
+    ids = broker.add_many([NewJob("second", b"1"), NewJob("second", b"2")])
+
+    got = broker.reserve(["first", "second"], count=5, timeout=5)
+
+    assert [d.id for d in got] == ids
+
+
+def test_replace_of_a_foreign_id_still_adds_the_new_job(broker: Broker) -> None:
+    new_id = broker.replace("not-an-id-of-any-engine", NewJob("q", b"new"))
+    assert reserve_one(broker, "q")[:3] == (new_id, "q", b"new")
+
+
+def test_acked_job_is_not_brought_back_by_a_late_nack(broker: Broker) -> None:
+    job_id = broker.add("q", b"x")
+    reserve_one(broker, "q")
+    broker.ack([job_id])
+
+    broker.nack([job_id])
+
+    assert broker.show(job_id) is None
+    assert broker.reserve(["q"], timeout=0.5) == []

@@ -3,6 +3,7 @@ prints, what lands in the broker, and the exit code of each error."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -36,6 +37,19 @@ def setup(tmp_path):
 def run(*args: str, stdin: str = "", cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([CLI, *args], input=stdin, capture_output=True, text=True,
                           timeout=RUN_TIMEOUT, cwd=cwd, env=env)
+
+
+@pytest.mark.parametrize("stdin", [b'"caf\xe9"', b'{"name": "\xff"}'])
+def test_addjob_refuses_a_body_on_stdin_that_is_not_utf8(setup, stdin):
+    # Python's stdin in a C locale (cron, systemd) turns bad bytes into
+    # surrogates: the user was told the body was "not JSON-serializable"
+    config, url = setup
+    done = subprocess.run([CLI, "addjob", "mail", "-", "--config", str(config)], input=stdin,
+                          capture_output=True, timeout=RUN_TIMEOUT, env={**os.environ, "LC_ALL": "C"})
+    assert done.returncode == 2
+    assert done.stderr.decode().startswith("disqontrol: BODY on stdin is not UTF-8 text ("), done.stderr
+    assert done.stderr.decode().endswith("); JSON must be UTF-8\n")
+    assert jobs_in(url, "mail") == []
 
 
 def jobs_in(url: str, queue: str) -> list:
@@ -81,6 +95,10 @@ def test_config_found_through_the_environment(setup, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (("mail", "pic.png"), "disqontrol: BODY is not valid JSON (Expecting value: line 1 column 1 (char 0)): "
                           "'pic.png'; quote a string body as JSON, e.g. '\"pic.png\"'"),
+    (("mail", '{"ratio": NaN}'), "disqontrol: BODY is not valid JSON (NaN is not JSON): '{\"ratio\": NaN}'; "
+                                 "quote a string body as JSON, e.g. '\"pic.png\"'"),
+    (("mail", "[Infinity]"), "disqontrol: BODY is not valid JSON (Infinity is not JSON): '[Infinity]'; "
+                             "quote a string body as JSON, e.g. '\"pic.png\"'"),
     (("nope", '"x"'), "disqontrol: unknown queue 'nope'; configured queues: mail, resize-pic"),
     (("mail", '"x"', "--delay", "-5"), "disqontrol: delay must be a number of seconds, 0 or more; got -5.0"),
 ])

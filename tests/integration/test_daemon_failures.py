@@ -2,6 +2,8 @@
 then parked in the failure queue with their last error."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from disqontrol_client.job import LAST_ERROR, ORIGINAL_ID, ORIGINAL_QUEUE, RETRIES
@@ -89,5 +91,26 @@ def test_job_past_its_timeout_is_killed_and_counted_as_failed(tmp_path, sqlite_u
         # and the consumer is still the same process, ready for more
         daemon.add("slow", [2])
         assert daemon.wait_runs(1)[0][0] == "2"
+    finally:
+        daemon.stop()
+
+
+def test_job_with_foreign_metadata_values_is_retried_then_parked(tmp_path, sqlite_url):
+    # Given a job another library wrote in our envelope, its creation time a date string
+    daemon = Daemon(tmp_path, sqlite_url, {
+        "flaky": {"worker": python_worker(), "max_retries": 1, "backoff_scale": SCALE},
+    }).start()
+    try:
+        payload = json.dumps({"body": {"n": 4, "fail": True},
+                              "metadata": {"creation-time": "2026-11-28T10:00:00Z", "retries": "0"}})
+        daemon.broker.add("flaky", payload.encode())
+
+        # Then it fails, is retried once and parked, as any job (it used to
+        # crash its consumer at the first failure, and again at each delivery)
+        [(body, stored)] = parked(daemon)
+        assert body == {"n": 4, "fail": True}
+        assert stored[RETRIES] == 2 and "asked to fail 4" in stored[LAST_ERROR]["message"]
+        assert len(daemon.runs()) == 2
+        assert daemon.events("consumer_crashed") == []
     finally:
         daemon.stop()

@@ -201,6 +201,23 @@ def test_unknown_broker_scheme(tmp_path):
         "disqontrol.broker: 'amqp://x' has an unknown scheme 'amqp'; allowed: disque, redis, rediss, sqlite")
 
 
+@pytest.mark.parametrize("key, url, message", [
+    ("broker", "redis://127.0.0.1:6379/0?prefix={x}",
+     "prefix '{x}' is invalid: a non-empty name without braces is required"),
+    ("broker", "redis://:pw@127.0.0.1:6379/0?decode_responses=true",
+     "option decode_responses='true' in 'redis://:***@127.0.0.1:6379/0?decode_responses=true' is not allowed"),
+    ("broker", "disque://127.0.0.1:7711?replicate=0", "option replicate='0' in 'disque://127.0.0.1:7711?replicate=0'"),
+    ("scheduler.claim_store", "redis://127.0.0.1:6379/1?socket_timout=5",
+     "'redis://127.0.0.1:6379/1?socket_timout=5' is not a valid redis URL: "),
+])
+def test_a_broker_url_its_engine_refuses_is_refused_by_validation(tmp_path, key, url, message):
+    # --check said OK and the daemon started; each consumer then raised the
+    # engine's ConfigError at start, crash-looping (a reload did the same)
+    section = ({**MINIMAL, "broker": url} if key == "broker"
+               else {**MINIMAL, "scheduler": {"crontab": "crontab", "claim_store": url}})
+    assert refused(section, tmp_path).startswith(f"disqontrol.{key}: {message}")
+
+
 def test_failure_queue_that_is_the_queue_itself(tmp_path):
     assert refused(with_queue(failure_queue="q"), tmp_path) == (
         "disqontrol.queues.q.failure_queue: 'q' is the queue itself; name another queue")
@@ -363,3 +380,56 @@ def test_nothing_found_lists_where_it_looked(tmp_path, monkeypatch):
 def test_config_built_in_code_has_no_path(tmp_path):
     config = parse_config({"disqontrol": MINIMAL}, base_dir=tmp_path)
     assert isinstance(config, Config) and config.path is None
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_numbers_are_refused(tmp_path, value):
+    # YAML's .nan slipped past every bound of the schema and .inf past the
+    # lower ones: the job was refused later by the broker, far from the config.
+    assert refused(with_queue(job_process_timeout=value, backoff_scale=value), tmp_path) == "\n".join([
+        f"disqontrol.queues.q.backoff_scale: {value!r} is not a finite number",
+        f"disqontrol.queues.q.job_process_timeout: {value!r} is not a finite number",
+    ])
+
+
+def test_yaml_nan_in_a_file_is_refused(tmp_path):
+    path = write(tmp_path, """\
+        disqontrol:
+          queue_defaults: {job_process_timeout: .nan}
+          queues: {q: {worker: {type: command, command: "true"}}}
+        """)
+    with pytest.raises(ConfigError, match=r"^disqontrol.queue_defaults.job_process_timeout: nan is not a finite number$"):
+        load_config(path)
+
+
+def test_a_key_given_twice_is_refused_with_both_lines(tmp_path):
+    # PyYAML keeps the last of two equal keys: the first queue definition
+    # vanished without a word and addjob then said "unknown queue 'q'".
+    path = write(tmp_path, """\
+        disqontrol:
+          queues:
+            q: {worker: {type: command, command: "true"}}
+          queues: {}
+        """)
+    with pytest.raises(ConfigError, match=(
+            rf"^{path}: not valid YAML: line 4, column 3: duplicate key 'queues' \(first at line 2\)$")):
+        load_config(path)
+
+
+def test_merge_keys_may_still_be_overridden(tmp_path):
+    path = write(tmp_path, """\
+        disqontrol:
+          queue_defaults: &limits {max_retries: 3, job_lifetime: 60}
+          queues:
+            q: {<<: *limits, max_retries: 5, worker: {type: command, command: "true"}}
+        """)
+    queue = load_config(path).queue("q")
+    assert (queue.max_retries, queue.job_lifetime) == (5, 60)
+
+
+def test_yaml_error_is_one_line(tmp_path):
+    path = write(tmp_path, "disqontrol:\n\tbroker: x\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(caught.value) == (
+        f"{path}: not valid YAML: line 2, column 1: found character '\\t' that cannot start any token")

@@ -62,6 +62,16 @@ def test_partial_php_metadata_is_completed_with_fresh_values():
     assert (metadata[RETRIES], metadata[JOB_LIFETIME], metadata[PROCESS_TIMEOUT]) == (1, 50, 9)
 
 
+def test_php_envelope_with_empty_metadata_is_still_an_envelope():
+    # a PHP Job whose metadata array is empty is encoded "metadata":[], and
+    # PHP reads it as an envelope: its worker got the body, ours got the
+    # whole envelope as the body
+    body, metadata = decode_payload(b'{"body":{"id":5},"metadata":[]}', job_lifetime=50, process_timeout=9)
+    assert body == {"id": 5}
+    assert (metadata[RETRIES], metadata[ORIGINAL_ID], metadata[JOB_LIFETIME], metadata[PROCESS_TIMEOUT]) == (
+        0, None, 50, 9)
+
+
 @pytest.mark.parametrize("payload, body", [
     (b'{"task": "send", "args": [1]}', {"task": "send", "args": [1]}),  # another library's JSON
     (b'{"body": "x", "metadata": {}, "extra": 1}', {"body": "x", "metadata": {}, "extra": 1}),  # not exactly 2 keys
@@ -83,3 +93,22 @@ def test_original_id_of_a_first_copy_is_its_own_id():
 def test_non_json_body_is_refused_at_encoding():
     with pytest.raises(TypeError):
         Job(object(), "q").encode()
+
+
+@pytest.mark.parametrize("key, value", [
+    (CREATION_TIME, "2026-11-28T10:00:00Z"), (CREATION_TIME, None), (JOB_LIFETIME, "3600"),
+    (JOB_LIFETIME, -5), (PROCESS_TIMEOUT, True), (RETRIES, "2"), (RETRIES, -1), (RETRIES, 1.5),
+    (ORIGINAL_ID, 17),
+])
+def test_unusable_metadata_values_are_replaced_with_fresh_ones(key, value):
+    # another library's "creation-time" as a date string raised in the
+    # consumer when the job failed, at every delivery: it never got parked
+    metadata = {**fresh_metadata(now=NOW), "retries": 1, "last-error": {"message": "x"}, key: value}
+    body, decoded = decode_payload(json.dumps({"body": "b", "metadata": metadata}).encode(),
+                                   job_lifetime=50, process_timeout=9)
+    fresh = {RETRIES: 0, ORIGINAL_ID: None, JOB_LIFETIME: 50, PROCESS_TIMEOUT: 9}
+    assert body == "b"
+    assert decoded[key] == fresh.get(key, decoded[key]) and decoded[key] != value
+    assert {k: v for k, v in decoded.items() if k != key} == {k: v for k, v in metadata.items() if k != key}
+    assert Job("b", "q", decoded).retries >= 0
+    assert isinstance(decoded[CREATION_TIME], int) and decoded[JOB_LIFETIME] > 0

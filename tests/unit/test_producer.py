@@ -87,6 +87,15 @@ def test_add_many_returns_ids_in_order(config):
     (Job("x", "mail"), math.nan, UsageError, r"^delay must be a number of seconds, 0 or more; got nan$"),
     (Job("x", "mail"), "5", UsageError, r"^delay must be a number of seconds, 0 or more; got '5'$"),
     (Job({1, 2}, "mail"), 0, UsageError, r"^the body of a job for queue 'mail' is not JSON-serializable"),
+    # Python would store NaN / Infinity, which PHP and jq cannot read
+    (Job({"ratio": math.nan}, "mail"), 0, UsageError,
+     r"^the body of a job for queue 'mail' is not JSON-serializable: Out of range float values"),
+    (Job([math.inf], "mail"), 0, UsageError, r"^the body of a job for queue 'mail' is not JSON-serializable"),
+    # a job carrying metadata the retry path cannot count with (it raised
+    # ValueError / TypeError from add)
+    (Job("x", "mail", {"creation-time": "2026-11-28"}), 0, UsageError,
+     r"^metadata 'creation-time' of a job for queue 'mail' is '2026-11-28'; allowed: a count >= 0 \(retries\)"),
+    (Job("x", "mail", {"job-lifetime": None}), 0, UsageError, r"^metadata 'job-lifetime' of a job for queue 'mail' is None"),
     (Job("x", "two words"), 0, UsageError, r"^a queue name is one non-empty word; got 'two words'$"),
 ])
 def test_bad_job_is_refused_and_nothing_is_added(config, job, delay, error, message):

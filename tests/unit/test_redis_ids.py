@@ -28,6 +28,39 @@ def test_a_bad_prefix_is_refused_with_its_value(url):
         RedisBroker.from_url(url)
 
 
+@pytest.mark.parametrize("option", ["decode_responses=true", "decode_responses=1"])
+def test_an_option_that_makes_replies_text_is_refused(option):
+    # with decode_responses=true (a habit of redis-py users) every add
+    # worked and every reserve raised AttributeError in the consumer,
+    # after leasing the jobs: they cycled unrun
+    url = f"redis://:pw@127.0.0.1:1/0?{option}"
+    with pytest.raises(ConfigError) as caught:
+        RedisBroker.from_url(url)
+    assert str(caught.value) == (
+        f"disqontrol.broker: option {option.replace('=', '=' + chr(39))}' in 'redis://:***@127.0.0.1:1/0?{option}'"
+        " is not allowed: job payloads are bytes and the broker decodes what it needs; remove it")
+
+
+@pytest.mark.parametrize("option, problem", [
+    ("socket_timout=5", "unexpected keyword argument 'socket_timout'"),
+    ("ssl_cert_reqs=sometimes", "sometimes"),
+])
+def test_an_unknown_or_bad_option_is_a_config_error_not_a_traceback(option, problem):
+    # redis-py kept it until the first command, then raised TypeError:
+    # addjob printed a traceback
+    scheme = "rediss" if option.startswith("ssl") else "redis"
+    with pytest.raises(ConfigError) as caught:
+        RedisBroker.from_url(f"{scheme}://:pw@127.0.0.1:1/0?{option}")
+    message = str(caught.value)
+    assert message.startswith(f"disqontrol.broker: '{scheme}://:***@127.0.0.1:1/0?{option}' is not a valid redis URL: ")
+    assert problem in message and message.endswith("allowed options: prefix and redis-py's connection "
+                                                   "options (socket_timeout, ssl_ca_certs, ...)")
+
+
+def test_decode_responses_false_is_harmless_and_taken():
+    RedisBroker.from_url("redis://127.0.0.1:1/0?decode_responses=false").close()
+
+
 def test_the_prefix_is_taken_out_of_the_url_before_redis_py_sees_it():
     # Given a URL with our option and one of redis-py's
     broker = RedisBroker.from_url("redis://127.0.0.1:1/3?prefix=app1&socket_keepalive=true")
