@@ -58,6 +58,12 @@ RESERVE_TIMEOUT = 1.0  # s: bounds how long a stop request waits for a blocked r
 BROKER_BACKOFF_START = 0.5  # s
 BROKER_BACKOFF_CAP = 30.0  # s
 MIB = 1024 * 1024
+# s into a batch whose jobs run one by one: past it, each job's end acks the
+# ended ones and renews the waiting ones' leases. Shorter batches are left
+# alone (the acks ride on the next reserve); longer ones could outlive the
+# lease taken at the reserve, and a second consumer would run them again.
+# One broker call per job is noise next to a job this slow.
+LEASE_RENEW_AFTER = 1.0
 MS = 1000
 
 
@@ -84,6 +90,7 @@ class Consumer:
         self.broker: Optional[Broker] = None
         self.workers: dict[str, Worker] = {}
         self._unacked: list[str] = []  # succeeded, acked by the next reserve
+        self._leased_at = 0.0  # monotonic time the jobs in hand were leased or renewed
         self._timeouts = {q: config.queue(q).job_process_timeout for q in self.queues}
         self.window = JobWindow(group.job_batch, notes=scoreboard)
         self._busy = False  # the scoreboard says busy
@@ -258,6 +265,7 @@ class Consumer:
                 got = []
             else:
                 self._unacked = []
+                self._leased_at = time.monotonic()
                 self._window_backoff = BROKER_BACKOFF_START
                 self.window.pace.reserved(time.monotonic(), count, len(got))
             self.scoreboard.heartbeat()
@@ -320,7 +328,24 @@ class Consumer:
                 self._tend_window_now()
                 self._settle(list(zip(run, self._run(worker, run))))
                 started += len(run)
+                self._keep_leases(reserved[started:])
         self._nack([job.id for job in reserved[started:]])
+
+    def _keep_leases(self, waiting: list[Job]) -> None:
+        """A batch run one job after another can outlive the lease of its
+        reserve: past LEASE_RENEW_AFTER, ack the ended jobs now and extend
+        the leases of those still waiting (``working``)."""
+        now = time.monotonic()
+        if not waiting or now - self._leased_at < LEASE_RENEW_AFTER:
+            return
+        self._leased_at = now
+        self._flush_acks()
+        try:
+            for job in waiting:
+                self.broker.working(job.id)
+        except (BrokerUnavailable, BrokerError) as exc:
+            log_event(logger, "lease_not_renewed", logging.WARNING, job=",".join(j.id or "" for j in waiting),
+                      queue=waiting[0].queue, error=str(exc))
 
     def _tend_window_now(self) -> None:
         """Between two inline runs, which cannot watch the window's
@@ -389,7 +414,8 @@ class Consumer:
                       error=str(exc))
 
     def _flush_acks(self) -> None:
-        """Ack the successes no reserve took along (the process is leaving)."""
+        """Ack the successes now, not with the next reserve (the process is
+        leaving, or a long batch keeps its leases)."""
         ids, self._unacked = self._unacked, []
         if not ids or self.broker is None:
             return

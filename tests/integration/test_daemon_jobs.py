@@ -6,6 +6,7 @@ import collections
 import pytest
 
 from tests.support.daemon import Daemon, command_worker, python_worker
+from tests.support.procs import wait_for
 
 JOBS_PER_QUEUE = {"cmd": 700, "inline": 700, "isolated": 600}  # 2,000 in all
 
@@ -39,5 +40,34 @@ def test_2000_jobs_across_worker_types_run_exactly_once(tmp_path, broker_url):
         # and the daemon is still up with its consumers
         assert daemon.proc.poll() is None
         assert len(daemon.consumer_pids()) == 3
+    finally:
+        daemon.stop()
+
+
+SLOW_JOB = 1.2  # s each, run one after another by an inline worker
+SHORT_LEASE = 2.0  # s: the batch outlives it after two of its jobs
+
+
+@pytest.mark.timeout(120)
+def test_an_inline_batch_longer_than_its_lease_runs_each_job_once(tmp_path, broker_url):
+    if broker_url.startswith("disque"):
+        pytest.skip("disque: a copy's node requeues a job RETRY s after it was queued, whoever took it "
+                    "since; so a 2 s lease cannot show the renewal (a WORKING, which Disque honours)")
+    # Given two consumers, one of which reserves a batch of 4 slow inline jobs
+    # whose lease is shorter than the batch takes to run one by one
+    daemon = Daemon(tmp_path, broker_url, {
+        "work": {"worker": python_worker()},
+    }, consumer_defaults={"min_processes": 2, "job_batch": 4}).start(consumers=2)
+    try:
+        daemon.add("work", [{"n": n, "sleep": SLOW_JOB} for n in range(4)], lease=SHORT_LEASE)
+
+        # Then each job runs once: the ended ones are acked and the waiting
+        # ones' leases renewed as the batch goes, so the idle consumer gets none
+        runs = daemon.wait_runs(4, timeout=60)
+        daemon.wait_event("job_done", 4)
+        assert sorted(int(body) for body, _ in runs) == [0, 1, 2, 3]
+        wait_for(lambda: daemon.broker.stats(["work"])[0].in_flight == 0, timeout=30, message="all acked")
+        assert len(daemon.runs()) == 4
+        assert not daemon.events("job_redelivered")
     finally:
         daemon.stop()
