@@ -340,12 +340,21 @@ class Consumer:
             return
         self._leased_at = now
         self._flush_acks()
-        try:
-            for job in waiting:
+        missed: list[str] = []
+        error = ""
+        for index, job in enumerate(waiting):
+            try:
                 self.broker.working(job.id)
-        except (BrokerUnavailable, BrokerError) as exc:
-            log_event(logger, "lease_not_renewed", logging.WARNING, job=",".join(j.id or "" for j in waiting),
-                      queue=waiting[0].queue, error=str(exc))
+            except BrokerUnavailable as exc:  # no use asking again for each job
+                missed.extend(j.id or "" for j in waiting[index:])
+                error = str(exc)
+                break
+            except BrokerError as exc:  # this job's lease (e.g. one that lapsed already)
+                missed.append(job.id or "")
+                error = str(exc)
+        if missed:
+            log_event(logger, "lease_not_renewed", logging.WARNING, job=",".join(missed),
+                      queue=waiting[0].queue, error=error)
 
     def _tend_window_now(self) -> None:
         """Between two inline runs, which cannot watch the window's
