@@ -76,11 +76,17 @@ class CrontabEntry:
 
 
 def parse_body(text: str) -> Any:
-    """SPEC §7: the body is JSON if it parses, else the rest of the line as a string."""
+    """SPEC §7: the body is JSON if it parses, else the rest of the line as a
+    string. NaN and Infinity, which Python's json reads but JSON has not (nor
+    PHP, jq or an http endpoint), make it a string too."""
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_not_json)
     except ValueError:
         return text
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _check_field(index: int, value: str, where: str) -> None:

@@ -32,6 +32,9 @@ GOOD = [
     ("15 5 * * * daily-cleanup 1", "15 5 * * *", "daily-cleanup", 1),
     ("34 2 * * 5 weekly-pruning all", "34 2 * * 5", "weekly-pruning", "all"),
     ("25 3 * * 6 pic-resize true", "25 3 * * 6", "pic-resize", True),
+    # Python's json reads these, JSON has none: they are text, as any non-JSON body
+    ("* * * * * q NaN", "* * * * *", "q", "NaN"),
+    ("* * * * * q {\"x\": -Infinity}", "* * * * *", "q", "{\"x\": -Infinity}"),
 ]
 
 BAD = [
