@@ -303,32 +303,42 @@ def format_status(status: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _global_options(parser: argparse.ArgumentParser, default: Any) -> None:
+    """--config and --socket, accepted before the command and after it
+    (`disqontrolctl status --config P`, as `disqontrol addjob` takes it)."""
+    parser.add_argument("--config", default=default,
+                        help="disqontrol.yml (default: $DISQONTROL_CONFIG, ./disqontrol.yml, /etc/...)")
+    parser.add_argument("--socket", default=default,
+                        help="control socket (default: run_dir/disqontrol.sock of the config)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="disqontrolctl", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", help="disqontrol.yml (default: $DISQONTROL_CONFIG, ./disqontrol.yml, /etc/...)")
-    parser.add_argument("--socket", help="control socket (default: run_dir/disqontrol.sock of the config)")
+    _global_options(parser, None)
+    after = argparse.ArgumentParser(add_help=False)
+    _global_options(after, argparse.SUPPRESS)  # unset after the command: the value before it stands
     commands = parser.add_subparsers(dest="command", required=True)
-    status = commands.add_parser("status", help="the master, its consumers and the queues")
+    status = commands.add_parser("status", parents=[after], help="the master, its consumers and the queues")
     status.add_argument("--json", action="store_true")
-    commands.add_parser("reload", help="reload the config like SIGHUP; exit 1 if refused")
-    stop = commands.add_parser("stop", help="stop the master and wait until it is gone")
+    commands.add_parser("reload", parents=[after], help="reload the config like SIGHUP; exit 1 if refused")
+    stop = commands.add_parser("stop", parents=[after], help="stop the master and wait until it is gone")
     stop.add_argument("--fast", action="store_true", help="kill the consumers (their jobs come back)")
     stop.add_argument("--timeout", type=float, default=None, help="give up waiting after S seconds (exit 1)")
-    metrics_cmd = commands.add_parser("metrics", help="the status in the Prometheus text format")
+    metrics_cmd = commands.add_parser("metrics", parents=[after], help="the status in the Prometheus text format")
     metrics_cmd.add_argument("--output", metavar="PATH",
                              help="write it to PATH atomically (node_exporter's textfile collector)")
-    queues = commands.add_parser("queues", help="queue names with their lengths")
+    queues = commands.add_parser("queues", parents=[after], help="queue names with their lengths")
     queues.add_argument("--json", action="store_true")
-    failed = commands.add_parser("failed", help="inspect and replay the failure queue")
+    failed = commands.add_parser("failed", parents=[after], help="inspect and replay the failure queue")
     actions = failed.add_subparsers(dest="action", required=True)
-    listing = actions.add_parser("list")
+    listing = actions.add_parser("list", parents=[after])
     listing.add_argument("queue", nargs="?")
     listing.add_argument("--json", action="store_true")
-    actions.add_parser("show").add_argument("id")
-    retry = actions.add_parser("retry")
+    actions.add_parser("show", parents=[after]).add_argument("id")
+    retry = actions.add_parser("retry", parents=[after])
     retry.add_argument("target", nargs="?", metavar="ID|QUEUE", help="a job id; with --all, an optional queue")
     retry.add_argument("--all", action="store_true", help="every failed job (of QUEUE if given)")
-    actions.add_parser("purge").add_argument("queue", nargs="?")
+    actions.add_parser("purge", parents=[after]).add_argument("queue", nargs="?")
     return parser
 
 
