@@ -24,6 +24,7 @@ from disqontrol_client.cli import guarded
 from disqontrol_client.brokers import Broker, open_broker
 from disqontrol_client.config import DEFAULT_RUN_DIR, Config, find_config_path, load_config
 from disqontrol_client.errors import ConfigError, DisqontrolError, UsageError
+from disqontrol_client.job import ORIGINAL_ID
 from disqontrol_client.logfmt import redact_url
 from disqontrold import ctl_failed, metrics
 from disqontrold.control import default_socket_path
@@ -191,8 +192,9 @@ class Ctl:
         if action == "list":
             jobs = ctl_failed.list_failed(broker, config, self.args.queue)
             self.emit([j.as_dict() for j in jobs], table(
-                ["ID", "QUEUE", "RETRIES", "LAST ERROR"],
-                [(j.id, j.original_queue, j.metadata.get("retries"), j.last_error[:LAST_ERROR_CHARS])
+                ["ID", "FIRST ID", "QUEUE", "RETRIES", "LAST ERROR"],
+                [(j.id, j.metadata.get(ORIGINAL_ID), j.original_queue, j.metadata.get("retries"),
+                  j.last_error[:LAST_ERROR_CHARS])
                  for j in jobs]) if jobs else "no failed jobs")
             return exitcodes.OK
         if action == "show":
