@@ -1,9 +1,8 @@
-"""A sqlite database that root touched first still serves the daemon's user.
+"""The daemon run as its own user, as under the systemd unit (User=disqontrol).
 
-Under the systemd unit the daemon runs as its own user in a directory it
-owns (/var/lib/disqontrol); an operator's `disqontrolctl` or `disqontrol
-addjob` run as root may be the first to open the database there. Here the
-daemon's user is nobody, run as a real process."""
+Here the daemon's user is nobody and the daemon a real process: a sqlite
+database that root touched first still serves it, and a control socket
+group it cannot use is one clear config error."""
 from __future__ import annotations
 
 import os
@@ -75,3 +74,22 @@ def test_the_daemon_runs_jobs_from_a_database_root_created(state_dir):
     # And every file beside the database is the daemon user's
     owners = {p.name: p.stat().st_uid for p in state_dir.iterdir() if p.name.startswith("jobs.db")}
     assert owners and set(owners.values()) == {NOBODY}, owners
+
+
+def test_a_control_socket_group_the_user_is_not_in_is_a_config_error(state_dir):
+    # Given a config giving the control socket to a group nobody is not a member of
+    config = state_dir / "disqontrol.yml"
+    config.write_text(yaml.safe_dump({"disqontrol": {
+        "broker": "sqlite:jobs.db", "log_dir": "log", "run_dir": "run", "control_socket_group": "root",
+        "queues": {"q": {"worker": {"type": "command", "command": "/bin/true"}}},
+    }}))
+    # When the daemon starts as nobody
+    result = subprocess.run(AS_NOBODY + DAEMON + ["--config", str(config), "--no-stderr-log"], cwd=state_dir,
+                            capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
+    # Then it exits 2 with one line naming the key and the group (it was a traceback, exit 1)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("disqontrold: disqontrol.control_socket_group:") and "'root'" in line, line
+    # And leaves no socket nor pidfile behind
+    assert list((state_dir / "run").iterdir()) == []
