@@ -183,8 +183,7 @@ class Ctl:
             {"queue": q, "length": self.broker().length(q)} for q in sorted(config.failure_queues)
         ]
         data = {"queues": rows, "failure_queues": failure_rows}
-        self.emit(data, format_queues(rows) + "\n\n" + table(
-            ["FAILURE QUEUE", "LENGTH"], [(r["queue"], r["length"]) for r in failure_rows]))
+        self.emit(data, format_queues(rows))
         return exitcodes.OK
 
     def failed(self) -> int:
@@ -256,10 +255,14 @@ def _consumer_state(consumer: dict[str, Any]) -> str:
 
 
 def format_queues(rows: Sequence[dict[str, Any]]) -> str:
+    """The queues, then their failure queues' lengths in a table of their own:
+    queues share a failure queue, and a count beside each of them read as
+    that queue's failures (`failed list QUEUE` has those)."""
+    lengths = {r["failure_queue"]: r["failed"] for r in rows if r.get("failure_queue")}
     return table(
-        ["QUEUE", "READY", "DELAYED", "IN FLIGHT", "FAILED", "FAILURE QUEUE"],
-        [(r["queue"], r["ready"], r["delayed"], r["in_flight"], r["failed"], r["failure_queue"]) for r in rows],
-    )
+        ["QUEUE", "READY", "DELAYED", "IN FLIGHT", "FAILURE QUEUE"],
+        [(r["queue"], r["ready"], r["delayed"], r["in_flight"], r["failure_queue"]) for r in rows],
+    ) + "\n\n" + table(["FAILURE QUEUE", "LENGTH"], sorted(lengths.items()))
 
 
 def format_groups(groups: Sequence[dict[str, Any]]) -> str:

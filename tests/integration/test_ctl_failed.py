@@ -99,6 +99,28 @@ def test_a_failed_job_is_found_by_the_id_it_was_added_with(broker_url, tmp_path)
     assert gone.returncode == 2 and added_id in gone.stderr and "Traceback" not in gone.stderr
 
 
+def test_a_shared_failure_queue_is_not_counted_against_every_queue(tmp_path):
+    # Given two queues sharing the failure queue, and one job parked from "a" only
+    daemon = Daemon(tmp_path, f"sqlite://{tmp_path}/jobs.db", {
+        "a": {"worker": python_worker(), "max_retries": 0},
+        "b": {"worker": python_worker(), "max_retries": 0},
+    }).start(consumers=2)
+    try:
+        daemon.add("a", [{"fail": True}])
+        wait_for(lambda: daemon.broker.length(FAILURE_QUEUE) == 1, timeout=60, message="the parked job")
+        # When the operator reads the status and the queues
+        outputs = [ctl(daemon, "status"), ctl(daemon, "queues")]
+    finally:
+        daemon.stop()
+    for result in outputs:
+        assert result.returncode == 0, result.stderr
+        rows = {line.split()[0]: line.split() for line in result.stdout.splitlines() if line.strip()}
+        # Then no queue's row carries the failure count ("b" showed 1 failed job: a's)
+        assert rows["a"][1:] == rows["b"][1:] == ["0", "0", "0", FAILURE_QUEUE], result.stdout
+        # and the failure queue's own line does
+        assert rows[FAILURE_QUEUE] == [FAILURE_QUEUE, "1"], result.stdout
+
+
 def test_no_broker_answering_exits_3(tmp_path):
     config = tmp_path / "disqontrol.yml"
     config.write_text(yaml.safe_dump({"disqontrol": {
