@@ -318,7 +318,8 @@ def _global_options(parser: argparse.ArgumentParser, default: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="disqontrolctl", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="disqontrolctl", description=__doc__.splitlines()[0],
+                                     epilog=exitcodes.HELP)
     _global_options(parser, None)
     after = argparse.ArgumentParser(add_help=False)
     _global_options(after, argparse.SUPPRESS)  # unset after the command: the value before it stands
