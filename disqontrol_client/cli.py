@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", metavar="P", help="config file (default: $DISQONTROL_CONFIG, ./disqontrol.yml, /etc/disqontrol/disqontrol.yml)")
     common.add_argument("-v", "--verbose", action="store_true", help="log at INFO level to stderr")
-    parser = argparse.ArgumentParser(prog=PROG, description="Add jobs to disqontrol queues, or run one now.")
+    parser = argparse.ArgumentParser(prog=PROG, description="Add jobs to disqontrol queues, or run one now.",
+                                     epilog=exitcodes.HELP)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     add = commands.add_parser("addjob", parents=[common], help="add a job; prints its id")

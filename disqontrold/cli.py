@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="disqontrold",
         formatter_class=_HelpFormatter,
         description="Run the disqontrol master. `disqontrold scheduler --crontab P` runs one scheduler pass.",
+        epilog=exitcodes.HELP,
     )
     parser.add_argument("--config", help="disqontrol.yml (default: $DISQONTROL_CONFIG, ./disqontrol.yml, "
                                          "/etc/disqontrol/disqontrol.yml)")

@@ -16,6 +16,7 @@ import grp
 import json
 import logging
 import os
+import pwd
 import selectors
 import socket
 import stat
@@ -51,6 +52,13 @@ def default_socket_path(run_dir: Path) -> Path:
 
 def error_reply(message: str) -> dict[str, Any]:
     return {"ok": False, "error": message}
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:  # a uid without a passwd entry (containers)
+        return str(uid)
 
 
 class _Client:
@@ -100,7 +108,7 @@ class ControlServer:
         finally:
             os.umask(old_umask)
         if gid is not None:
-            os.chown(self.path, -1, gid)
+            self._give_to_group(listener, gid)
         os.chmod(self.path, mode)
         listener.listen(LISTEN_BACKLOG)
         listener.setblocking(False)
@@ -118,6 +126,21 @@ class ControlServer:
         except KeyError:
             raise ConfigError(
                 f"disqontrol.control_socket_group: group {self.group!r} does not exist on this machine"
+            ) from None
+
+    def _give_to_group(self, listener: socket.socket, gid: int) -> None:
+        """chgrp the bound socket; a group the daemon's user is not in is a
+        config error (exit 2, one line), not a traceback and a restart loop."""
+        try:
+            os.chown(self.path, -1, gid)
+        except PermissionError:
+            listener.close()
+            self.path.unlink(missing_ok=True)
+            user = _user_name(os.geteuid())
+            raise ConfigError(
+                f"disqontrol.control_socket_group: cannot give the control socket to group {self.group!r}: "
+                f"the daemon's user {user!r} is not a member of it; add it (usermod -aG {self.group} {user}) "
+                "or name a group it is in"
             ) from None
 
     def _remove_stale(self) -> None:

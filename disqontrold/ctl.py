@@ -24,6 +24,7 @@ from disqontrol_client.cli import guarded
 from disqontrol_client.brokers import Broker, open_broker
 from disqontrol_client.config import DEFAULT_RUN_DIR, Config, find_config_path, load_config
 from disqontrol_client.errors import ConfigError, DisqontrolError, UsageError
+from disqontrol_client.job import ORIGINAL_ID
 from disqontrol_client.logfmt import redact_url
 from disqontrold import ctl_failed, metrics
 from disqontrold.control import default_socket_path
@@ -182,8 +183,7 @@ class Ctl:
             {"queue": q, "length": self.broker().length(q)} for q in sorted(config.failure_queues)
         ]
         data = {"queues": rows, "failure_queues": failure_rows}
-        self.emit(data, format_queues(rows) + "\n\n" + table(
-            ["FAILURE QUEUE", "LENGTH"], [(r["queue"], r["length"]) for r in failure_rows]))
+        self.emit(data, format_queues(rows))
         return exitcodes.OK
 
     def failed(self) -> int:
@@ -191,8 +191,9 @@ class Ctl:
         if action == "list":
             jobs = ctl_failed.list_failed(broker, config, self.args.queue)
             self.emit([j.as_dict() for j in jobs], table(
-                ["ID", "QUEUE", "RETRIES", "LAST ERROR"],
-                [(j.id, j.original_queue, j.metadata.get("retries"), j.last_error[:LAST_ERROR_CHARS])
+                ["ID", "FIRST ID", "QUEUE", "RETRIES", "LAST ERROR"],
+                [(j.id, j.metadata.get(ORIGINAL_ID), j.original_queue, j.metadata.get("retries"),
+                  j.last_error[:LAST_ERROR_CHARS])
                  for j in jobs]) if jobs else "no failed jobs")
             return exitcodes.OK
         if action == "show":
@@ -254,10 +255,14 @@ def _consumer_state(consumer: dict[str, Any]) -> str:
 
 
 def format_queues(rows: Sequence[dict[str, Any]]) -> str:
+    """The queues, then their failure queues' lengths in a table of their own:
+    queues share a failure queue, and a count beside each of them read as
+    that queue's failures (`failed list QUEUE` has those)."""
+    lengths = {r["failure_queue"]: r["failed"] for r in rows if r.get("failure_queue")}
     return table(
-        ["QUEUE", "READY", "DELAYED", "IN FLIGHT", "FAILED", "FAILURE QUEUE"],
-        [(r["queue"], r["ready"], r["delayed"], r["in_flight"], r["failed"], r["failure_queue"]) for r in rows],
-    )
+        ["QUEUE", "READY", "DELAYED", "IN FLIGHT", "FAILURE QUEUE"],
+        [(r["queue"], r["ready"], r["delayed"], r["in_flight"], r["failure_queue"]) for r in rows],
+    ) + "\n\n" + table(["FAILURE QUEUE", "LENGTH"], sorted(lengths.items()))
 
 
 def format_groups(groups: Sequence[dict[str, Any]]) -> str:
@@ -303,32 +308,43 @@ def format_status(status: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _global_options(parser: argparse.ArgumentParser, default: Any) -> None:
+    """--config and --socket, accepted before the command and after it
+    (`disqontrolctl status --config P`, as `disqontrol addjob` takes it)."""
+    parser.add_argument("--config", default=default,
+                        help="disqontrol.yml (default: $DISQONTROL_CONFIG, ./disqontrol.yml, /etc/...)")
+    parser.add_argument("--socket", default=default,
+                        help="control socket (default: run_dir/disqontrol.sock of the config)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="disqontrolctl", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", help="disqontrol.yml (default: $DISQONTROL_CONFIG, ./disqontrol.yml, /etc/...)")
-    parser.add_argument("--socket", help="control socket (default: run_dir/disqontrol.sock of the config)")
+    parser = argparse.ArgumentParser(prog="disqontrolctl", description=__doc__.splitlines()[0],
+                                     epilog=exitcodes.HELP)
+    _global_options(parser, None)
+    after = argparse.ArgumentParser(add_help=False)
+    _global_options(after, argparse.SUPPRESS)  # unset after the command: the value before it stands
     commands = parser.add_subparsers(dest="command", required=True)
-    status = commands.add_parser("status", help="the master, its consumers and the queues")
+    status = commands.add_parser("status", parents=[after], help="the master, its consumers and the queues")
     status.add_argument("--json", action="store_true")
-    commands.add_parser("reload", help="reload the config like SIGHUP; exit 1 if refused")
-    stop = commands.add_parser("stop", help="stop the master and wait until it is gone")
+    commands.add_parser("reload", parents=[after], help="reload the config like SIGHUP; exit 1 if refused")
+    stop = commands.add_parser("stop", parents=[after], help="stop the master and wait until it is gone")
     stop.add_argument("--fast", action="store_true", help="kill the consumers (their jobs come back)")
     stop.add_argument("--timeout", type=float, default=None, help="give up waiting after S seconds (exit 1)")
-    metrics_cmd = commands.add_parser("metrics", help="the status in the Prometheus text format")
+    metrics_cmd = commands.add_parser("metrics", parents=[after], help="the status in the Prometheus text format")
     metrics_cmd.add_argument("--output", metavar="PATH",
                              help="write it to PATH atomically (node_exporter's textfile collector)")
-    queues = commands.add_parser("queues", help="queue names with their lengths")
+    queues = commands.add_parser("queues", parents=[after], help="queue names with their lengths")
     queues.add_argument("--json", action="store_true")
-    failed = commands.add_parser("failed", help="inspect and replay the failure queue")
+    failed = commands.add_parser("failed", parents=[after], help="inspect and replay the failure queue")
     actions = failed.add_subparsers(dest="action", required=True)
-    listing = actions.add_parser("list")
+    listing = actions.add_parser("list", parents=[after])
     listing.add_argument("queue", nargs="?")
     listing.add_argument("--json", action="store_true")
-    actions.add_parser("show").add_argument("id")
-    retry = actions.add_parser("retry")
+    actions.add_parser("show", parents=[after]).add_argument("id")
+    retry = actions.add_parser("retry", parents=[after])
     retry.add_argument("target", nargs="?", metavar="ID|QUEUE", help="a job id; with --all, an optional queue")
     retry.add_argument("--all", action="store_true", help="every failed job (of QUEUE if given)")
-    actions.add_parser("purge").add_argument("queue", nargs="?")
+    actions.add_parser("purge", parents=[after]).add_argument("queue", nargs="?")
     return parser
 
 

@@ -55,7 +55,11 @@ def _exchange(path: Path, cmd: str, line: bytes, timeout: float) -> bytes:
                 data += chunk
             return bytes(data)
     except (FileNotFoundError, ConnectionRefusedError) as exc:
-        raise MasterUnreachable(f"no master is running: cannot connect to control socket {path} ({exc.strerror})") from None
+        raise MasterUnreachable(
+            f"no master is running: cannot connect to control socket {path} ({exc.strerror}); start it "
+            "(systemctl start disqontrold, or disqontrold --config P), or name the running one's config "
+            "with --config or its socket with --socket"
+        ) from None
     except socket.timeout:
         raise MasterUnreachable(f"the master on {path} did not answer {cmd!r} within {timeout:g} s") from None
     except PermissionError:

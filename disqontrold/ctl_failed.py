@@ -83,16 +83,31 @@ def list_failed(broker: Broker, config: Config, queue: Optional[str] = None) -> 
 
 
 def show_failed(broker: Broker, config: Config, job_id: str) -> FailedJob:
-    """One failed job by id; UsageError if the id is not in a failure queue."""
+    """One failed job by its id, or by the id its first copy had (the one
+    `addjob` printed and the application logged: each retry and the move to
+    the failure queue give the job a new id); UsageError if neither is in a
+    failure queue."""
     info = broker.show(job_id)
     if info is None:
-        raise UsageError(f"no job with id {job_id!r} (already retried or purged?)")
+        return _by_original_id(broker, config, job_id)
     if info.get("queue") not in config.failure_queues:
         raise UsageError(
             f"job {job_id!r} is in queue {info.get('queue')!r}, not in a failure queue "
             f"({', '.join(sorted(config.failure_queues))})"
         )
     return _decode(job_id, info["queue"], info["payload"])
+
+
+def _by_original_id(broker: Broker, config: Config, job_id: str) -> FailedJob:
+    """The failed job whose first copy was ``job_id`` (the id itself is gone)."""
+    matches = [f for f in list_failed(broker, config) if f.metadata.get(jobmod.ORIGINAL_ID) == job_id]
+    if not matches:
+        raise UsageError(f"no failed job with id or first id {job_id!r} (already retried or purged, "
+                         "or it has not failed for good yet?)")
+    if len(matches) > 1:
+        raise UsageError(f"{len(matches)} failed jobs were first added as {job_id!r}: "
+                         f"{', '.join(f.id for f in matches)}; name one of them")
+    return matches[0]
 
 
 def retry_failed(broker: Broker, config: Config, failed: FailedJob) -> str:

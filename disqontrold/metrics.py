@@ -40,6 +40,8 @@ METRICS: dict[str, tuple[str, str]] = {
     "jobs_done_total": ("counter", "Jobs that succeeded, per group"),
     "jobs_failed_total": ("counter", "Jobs that failed (retried later or parked), per group"),
     "job_processes": ("gauge", "Command and isolated job processes running, per group"),
+    "oldest_job_seconds": ("gauge", "Seconds the longest-running job of the group has run (0: none runs); "
+                                    "near job_process_timeout, a job is stuck: `disqontrolctl status` names it"),
     "queue_ready_jobs": ("gauge", "Jobs ready to run, per queue"),
     "queue_delayed_jobs": ("gauge", "Jobs waiting for their time (delay or retry backoff), per queue"),
     "queue_in_flight_jobs": ("gauge", "Jobs leased by a consumer, per queue"),
@@ -101,7 +103,7 @@ def _group_samples(status: Mapping[str, Any], out: dict[str, list[Sample]]) -> N
         counts = sums[group["group"]]
         counts["consumer_processes"] = counts["consumer_busy_processes"] = 0
         counts["consumer_target_processes"] = group.get("target") or 0
-        counts["consumer_rss_bytes"] = counts["job_processes"] = 0
+        counts["consumer_rss_bytes"] = counts["job_processes"] = counts["oldest_job_seconds"] = 0
         counts["consumer_restarts_total"] = group.get("restarts") or 0
         counts["jobs_done_total"] = group.get("done") or 0
         counts["jobs_failed_total"] = group.get("failed") or 0
@@ -111,6 +113,7 @@ def _group_samples(status: Mapping[str, Any], out: dict[str, list[Sample]]) -> N
         counts["consumer_busy_processes"] += 1 if consumer.get("job") else 0
         counts["consumer_rss_bytes"] += (consumer.get("rss_mib") or 0) * MIB
         counts["job_processes"] += len(consumer.get("job_pids") or ())
+        counts["oldest_job_seconds"] = max(counts["oldest_job_seconds"], consumer.get("job_age") or 0)
     for name in sorted(sums):
         for metric, value in sums[name].items():
             out[metric].append(({"group": name}, round(value)))

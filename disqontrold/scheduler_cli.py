@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="disqontrold scheduler",
         description="Add the crontab jobs due now (and missed ones, per "
         "disqontrol.scheduler.missed_runs), each run once across all schedulers.",
+        epilog=exitcodes.HELP,
     )
     parser.add_argument("--crontab", help="the crontab file (default: disqontrol.scheduler.crontab)")
     parser.add_argument("--config", help="disqontrol.yml (default: $DISQONTROL_CONFIG, ./disqontrol.yml, "

@@ -142,6 +142,32 @@ def in_transaction(db: sqlite3.Connection, work: Callable[[], T]) -> T:
     return result
 
 
+DB_FILE_SUFFIXES = ("", "-wal", "-shm")  # the database and the WAL files sqlite keeps beside it
+ROOT_UID = 0
+
+
+def give_to_dir_owner(paths: Sequence[str]) -> None:
+    """Files root creates beside the database belong to the directory's owner.
+
+    An operator's `disqontrolctl queues` or `disqontrol addjob` run as root
+    before the daemon (user disqontrol, /var/lib/disqontrol) first opened the
+    database would otherwise create it, its WAL files or its wake directory
+    owned by root: the daemon then starts, yet every reserve fails with
+    "attempt to write a readonly database". Other users cannot chown, and
+    for them the files are theirs already."""
+    if os.geteuid() != ROOT_UID:
+        return
+    for path in paths:
+        try:
+            directory = os.stat(os.path.dirname(os.path.abspath(path)))
+            if directory.st_uid == ROOT_UID:
+                return
+            if os.lstat(path).st_uid == ROOT_UID:
+                os.chown(path, directory.st_uid, directory.st_gid, follow_symlinks=False)
+        except FileNotFoundError:  # no WAL file (yet), or just checkpointed away
+            continue
+
+
 class Store:
     """The connection of this process (opened lazily, again after a fork)."""
 
@@ -186,6 +212,7 @@ class Store:
             db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT}")
             db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
             self.exclusive(lambda: in_transaction(db, lambda: [db.execute(s) for s in SCHEMA]))
+            give_to_dir_owner([self.path + suffix for suffix in DB_FILE_SUFFIXES])
         except sqlite3.Error as exc:
             raise BrokerUnavailable(
                 f"sqlite broker: cannot open {self.path!r}: {exc}; the file and its directory "

@@ -23,6 +23,7 @@ import socket
 import time
 from typing import Optional
 
+from disqontrol_client.brokers.sqlite_store import give_to_dir_owner
 from disqontrol_client.logfmt import log_event
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ class WakeDir:
             return False
         try:
             os.makedirs(self.path, exist_ok=True)
+            give_to_dir_owner([self.path])
             self._dir_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
             # one line per RETRY_UNUSABLE, not one per add

@@ -64,10 +64,15 @@ class Bootstrap:
         if name in workers:
             return "factory", workers[name]
         if PATH_SEPARATOR not in name:
-            where = str(self.path) if self.path else f"no bootstrap file (./{DEFAULT_BOOTSTRAP} does not exist)"
+            if self.path is None:  # `disqontrold --config etc/disqontrol.yml` run beside, not in, etc/
+                raise WorkerLoadError(
+                    f"{key}: {name!r} cannot be loaded: there is no bootstrap file to define it "
+                    f"(./{DEFAULT_BOOTSTRAP} does not exist in {os.getcwd()}; name yours with --bootstrap PATH) "
+                    "and it is not a 'module:callable' path"
+                )
             known = ", ".join(sorted(workers)) or "(none)"
             raise WorkerLoadError(
-                f"{key}: {name!r} cannot be loaded: it is not in WORKERS of {where} (known: {known}) "
+                f"{key}: {name!r} cannot be loaded: it is not in WORKERS of {self.path} (known: {known}) "
                 f"and is not a 'module:callable' path"
             )
         module_name, _, attr = name.partition(PATH_SEPARATOR)

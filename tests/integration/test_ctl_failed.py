@@ -69,6 +69,58 @@ def test_failed_jobs_are_listed_shown_retried_and_purged(broker_url, tmp_path):
     assert ctl(daemon, "failed", "retry").returncode == 2
 
 
+def test_a_failed_job_is_found_by_the_id_it_was_added_with(broker_url, tmp_path):
+    # Given a job that was retried twice and then parked: its id changed with each copy
+    daemon = Daemon(tmp_path, broker_url, {
+        "a": {"worker": python_worker(), "max_retries": 2, "failure_strategy": "retry_immediately"},
+    }).start()
+    try:
+        [added_id] = daemon.add("a", [{"fail": True}])
+        wait_for(lambda: daemon.broker.length(FAILURE_QUEUE) == 1, timeout=60, message="the parked job")
+    finally:
+        daemon.stop()
+    [parked] = ctl_json(daemon, "failed", "list")
+    assert parked["id"] != added_id
+
+    # When the operator looks it up by the id the producer printed
+    shown = ctl(daemon, "failed", "show", added_id)
+    listed = ctl(daemon, "failed", "list")
+    # Then show finds the parked copy, and the list names the first id beside it
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["id"] == parked["id"]
+    assert "FIRST ID" in listed.stdout and added_id in listed.stdout
+
+    # When it is retried by that id, the parked copy goes back to its queue
+    retried = ctl(daemon, "failed", "retry", added_id)
+    assert retried.returncode == 0, retried.stderr
+    assert parked["id"] in retried.stdout and daemon.broker.length(FAILURE_QUEUE) == 0
+    # And once it is gone, the id is one clear usage error
+    gone = ctl(daemon, "failed", "show", added_id)
+    assert gone.returncode == 2 and added_id in gone.stderr and "Traceback" not in gone.stderr
+
+
+def test_a_shared_failure_queue_is_not_counted_against_every_queue(tmp_path):
+    # Given two queues sharing the failure queue, and one job parked from "a" only
+    daemon = Daemon(tmp_path, f"sqlite://{tmp_path}/jobs.db", {
+        "a": {"worker": python_worker(), "max_retries": 0},
+        "b": {"worker": python_worker(), "max_retries": 0},
+    }).start(consumers=2)
+    try:
+        daemon.add("a", [{"fail": True}])
+        wait_for(lambda: daemon.broker.length(FAILURE_QUEUE) == 1, timeout=60, message="the parked job")
+        # When the operator reads the status and the queues
+        outputs = [ctl(daemon, "status"), ctl(daemon, "queues")]
+    finally:
+        daemon.stop()
+    for result in outputs:
+        assert result.returncode == 0, result.stderr
+        rows = {line.split()[0]: line.split() for line in result.stdout.splitlines() if line.strip()}
+        # Then no queue's row carries the failure count ("b" showed 1 failed job: a's)
+        assert rows["a"][1:] == rows["b"][1:] == ["0", "0", "0", FAILURE_QUEUE], result.stdout
+        # and the failure queue's own line does
+        assert rows[FAILURE_QUEUE] == [FAILURE_QUEUE, "1"], result.stdout
+
+
 def test_no_broker_answering_exits_3(tmp_path):
     config = tmp_path / "disqontrol.yml"
     config.write_text(yaml.safe_dump({"disqontrol": {

@@ -103,3 +103,23 @@ def test_the_job_counters_keep_a_retired_consumers_jobs(tmp_path):
         assert metrics[("jobs_done_total", 'group="work"')] == JOBS
     finally:
         daemon.stop()
+
+
+@pytest.mark.timeout(120)
+def test_a_running_job_shows_its_age_for_a_stuck_job_alert(tmp_path):
+    # Given a consumer running a job that takes long
+    daemon = Daemon(tmp_path, f"sqlite://{tmp_path}/jobs.db", {"work": {"worker": python_worker()}}).start()
+    try:
+        daemon.add("work", [{"n": 1, "sleep": 60}])
+
+        # When the metrics are asked for while it runs
+        def aged():
+            done = ctl(daemon, "metrics")
+            assert done.returncode == 0, done.stderr
+            age = parse(done.stdout)[("oldest_job_seconds", 'group="work"')]
+            return age if age >= 2 else None
+        # Then the group's oldest job age grows (a job past its timeout shows here first)
+        assert wait_for(aged, timeout=60, interval=0.5, message="the running job's age in the metrics") >= 2
+    finally:
+        daemon.signal(signal.SIGQUIT)  # fast: the sleeping job need not finish
+        daemon.stop()

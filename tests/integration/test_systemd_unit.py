@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from disqontrol_client import exitcodes
 from disqontrold.reload import LOAD_TIMEOUT
 from disqontrold.systemd import READY_WAIT_LIMIT
 
@@ -45,6 +46,8 @@ def test_unit_keeps_the_contract_of_the_master():
     assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"
     assert service["KillMode"] == "mixed"
     assert service["Restart"] == "on-failure"
+    # A config error is not restarted every RestartSec for ever (too slow for StartLimitBurst).
+    assert str(exitcodes.USAGE) in service["RestartPreventExitStatus"].split()
     assert service["RuntimeDirectory"] == "disqontrol"
     assert service["User"] == service["Group"] == "disqontrol"
     # A graceful stop waits for the default job_process_timeout (600 s).

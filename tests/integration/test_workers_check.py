@@ -89,6 +89,20 @@ def test_a_missing_default_bootstrap_is_fine_for_path_names(tmp_path, app):
     assert check_workers(config, None) is None
 
 
+def test_a_worker_name_without_a_bootstrap_file_says_where_and_how(tmp_path, monkeypatch):
+    # Given a WORKERS name, run from a directory without ./disqontrol_bootstrap.py
+    # (`disqontrold --config etc/disqontrol.yml` from the checkout, where it is etc/'s)
+    config = make_config(tmp_path, greet=WorkerConfig(type="inline_python_worker", name="greet"))
+    monkeypatch.chdir(tmp_path)
+    # When the workers are checked
+    with pytest.raises(WorkerLoadError) as caught:
+        check_workers(config, None)
+    # Then the one line says the file is missing where it was looked for, and how to name it
+    message = str(caught.value)
+    assert message.startswith("disqontrol.queues.greet.worker.name: 'greet' cannot be loaded: there is no bootstrap file")
+    assert f"does not exist in {tmp_path}" in message and "--bootstrap PATH" in message
+
+
 def test_a_bootstrap_that_fails_to_import_is_reported(tmp_path):
     bad = tmp_path / "bad_boot.py"
     bad.write_text("raise RuntimeError('no database')\n")

@@ -80,6 +80,9 @@ def test_no_master_exits_3_naming_the_socket(tmp_path):
     result = _ctl("--socket", str(sock), "status")
     assert result.returncode == 3
     assert str(sock) in result.stderr and "no master is running" in result.stderr
+    # and says what to do about it, on the same one line
+    [line] = result.stderr.splitlines()
+    assert "start it (systemctl start disqontrold" in line and "--socket" in line
 
 
 def test_usage_error_exits_2():

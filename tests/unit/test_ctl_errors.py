@@ -172,3 +172,30 @@ def test_a_closed_stdout_ends_quietly():
     # Then it exits 1 without a word
     assert proc.returncode == exitcodes.FAILED
     assert stderr == ""
+
+
+def test_config_and_socket_work_after_the_command(tmp_path):
+    # Given a config of its own (sqlite beside it) and no master on a named socket
+    config = tmp_path / "disqontrol.yml"
+    config.write_text("disqontrol:\n  queues:\n    q:\n      worker: {type: command, command: /bin/true}\n")
+    socket_path = tmp_path / "none.sock"
+    # When the options follow the command, as `disqontrol addjob ... --config P` takes them
+    queues = _ctl("queues", "--json", "--config", str(config))
+    failed = _ctl("failed", "list", "--config", str(config))
+    status = _ctl("status", "--socket", str(socket_path), "--config", str(config))
+    # Then they are used, not refused as unrecognized arguments
+    assert queues.returncode == exitcodes.OK, queues.stderr
+    assert [row["queue"] for row in json.loads(queues.stdout)["queues"]] == ["q"]
+    assert failed.returncode == exitcodes.OK and failed.stdout.strip() == "no failed jobs", failed.stderr
+    assert status.returncode == exitcodes.UNREACHABLE
+    assert str(socket_path) in _one_clean_line(status)
+
+
+def test_an_option_before_the_command_stands_when_none_follows(tmp_path):
+    # Given --socket before the command only
+    socket_path = tmp_path / "before.sock"
+    # When the command has no --socket of its own
+    result = _ctl("--socket", str(socket_path), "reload")
+    # Then the one given before it is used (not reset by the command's parser)
+    assert result.returncode == exitcodes.UNREACHABLE
+    assert str(socket_path) in _one_clean_line(result)

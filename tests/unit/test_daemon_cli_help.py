@@ -37,3 +37,16 @@ def test_help_is_what_argparse_prints_for_the_same_columns(columns: int) -> None
     same, widest = run(BOTH_HELPS, COLUMNS=str(columns)).split()
     assert same == "True"
     assert (int(widest) > 100) == (columns > 100)  # the width did follow $COLUMNS
+
+
+BIN = os.path.dirname(sys.executable)
+
+
+@pytest.mark.parametrize("command", [["disqontrold"], ["disqontrold", "scheduler"], ["disqontrolctl"], ["disqontrol"]],
+                         ids=" ".join)
+def test_every_help_lists_the_exit_codes(command: list[str]) -> None:
+    # An operator writing a script or a unit reads the codes where they look first
+    done = subprocess.run([os.path.join(BIN, command[0]), *command[1:], "--help"], capture_output=True, text=True,
+                          timeout=TIMEOUT, env={**os.environ, "COLUMNS": "200"})
+    assert done.returncode == 0, done.stderr
+    assert "exit codes: 0 ok, 1 " in done.stdout and ", 3 the broker or the master cannot be reached" in done.stdout

@@ -6,7 +6,7 @@ from disqontrold.metrics import exposition, samples_of
 STATUS = {
     "master": {"uptime": 12.5, "generation": 2},
     "consumers": [
-        {"group": "mail", "job": "S-1", "done": 10, "failed": 1, "restarts": 2, "rss_mib": 20.0, "job_pids": [7, 8]},
+        {"group": "mail", "job": "S-1", "job_age": 42.4, "done": 10, "failed": 1, "restarts": 2, "rss_mib": 20.0, "job_pids": [7, 8]},
         {"group": "mail", "job": None, "done": 5, "failed": 0, "restarts": 0, "rss_mib": 10.0, "job_pids": []},
     ],
     "restarting": [{"group": "pics", "restarts": 3}],
@@ -23,6 +23,8 @@ def test_processes_are_summed_per_group_and_the_counters_are_the_groups_totals()
     assert 'disqontrol_consumer_busy_processes{group="mail"} 1\n' in text
     assert 'disqontrol_consumer_rss_bytes{group="mail"} 31457280\n' in text
     assert 'disqontrol_job_processes{group="mail"} 2\n' in text
+    assert 'disqontrol_oldest_job_seconds{group="mail"} 42\n' in text  # what a "stuck job" alert reads
+    assert 'disqontrol_oldest_job_seconds{group="pics"} 0\n' in text
     assert 'disqontrol_consumer_restarts_total{group="pics"} 3\n' in text  # waiting for its restart
     assert 'disqontrol_consumer_processes{group="pics"} 0\n' in text  # no process: 0, not no series
     assert 'disqontrol_jobs_done_total{group="pics"} 0\n' in text
