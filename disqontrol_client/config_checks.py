@@ -136,7 +136,7 @@ def _broker_errors(url: str, key: str = "broker") -> list[str]:
 
 def _parse_engine_url(scheme: str, url: str) -> None:
     """The engine's own URL checks (redis prefix and options, disque
-    options), made without connecting: otherwise --check and a reload passed
+    options, none for sqlite), made without connecting: otherwise --check and a reload passed
     a URL every consumer then refused at start, crash-looping."""
     if scheme in ("redis", "rediss"):
         from disqontrol_client.brokers.redis import RedisBroker  # noqa: PLC0415 (redis-py for redis users only)
@@ -146,6 +146,10 @@ def _parse_engine_url(scheme: str, url: str) -> None:
         from disqontrol_client.brokers.disque import parse_url  # noqa: PLC0415
 
         parse_url(url)
+    elif scheme == "sqlite":
+        from disqontrol_client.brokers.sqlite import path_from_url  # noqa: PLC0415
+
+        path_from_url(resolve_broker_url(url, os.sep))
 
 
 def _disque_errors(nodes: Sequence[Mapping[str, Any]]) -> list[str]:

@@ -53,10 +53,16 @@ ID_PREFIX = "S-"
 
 
 
-def _path_from_url(url: str) -> str:
+def path_from_url(url: str) -> str:
+    """The file of a ``sqlite:///path`` URL. A query is refused, not taken
+    into the file name (``jobs.db?x=1`` would be a new, empty database)."""
     if not url.startswith(URL_PREFIX) or len(url) == len(URL_PREFIX):
         raise ConfigError(f"disqontrol.broker: {url!r} is not sqlite:///path/to/file.db")
-    return url[len(URL_PREFIX):]
+    path, _, options = url[len(URL_PREFIX):].partition("?")
+    if options:
+        raise ConfigError(f"disqontrol.broker: {url!r} has options ('?{options}'); a sqlite URL takes none: "
+                          "remove them")
+    return path
 
 
 def job_id(rowid: int) -> str:
@@ -118,7 +124,7 @@ class SqliteBroker(Broker):
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> "SqliteBroker":
-        broker = cls(_path_from_url(url), **options)
+        broker = cls(path_from_url(url), **options)
         broker._conn()  # fail now, with a clear message, if the file is unusable
         return broker
 

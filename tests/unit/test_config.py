@@ -207,6 +207,7 @@ def test_unknown_broker_scheme(tmp_path):
     ("broker", "redis://:pw@127.0.0.1:6379/0?decode_responses=true",
      "option decode_responses='true' in 'redis://:***@127.0.0.1:6379/0?decode_responses=true' is not allowed"),
     ("broker", "disque://127.0.0.1:7711?replicate=0", "option replicate='0' in 'disque://127.0.0.1:7711?replicate=0'"),
+    ("broker", "sqlite:jobs.db?shards=2", "'sqlite:///jobs.db?shards=2' has options ('?shards=2'); a sqlite URL takes none"),
     ("scheduler.claim_store", "redis://127.0.0.1:6379/1?socket_timout=5",
      "'redis://127.0.0.1:6379/1?socket_timout=5' is not a valid redis URL: "),
 ])
@@ -261,7 +262,7 @@ def test_empty_file(tmp_path):
     ("sqlite:///abs/jobs.db", "sqlite:///abs/jobs.db"),
     ("sqlite:/abs/jobs.db", "sqlite:///abs/jobs.db"),
     ("sqlite://jobs.db", "sqlite://{base}/jobs.db"),
-    ("sqlite:../var/jobs.db?timeout=5", "sqlite://{parent}/var/jobs.db?timeout=5"),
+    ("sqlite:../var/jobs.db", "sqlite://{parent}/var/jobs.db"),
     ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
 ])
 def test_broker_url_resolution(tmp_path, url, expected):

@@ -65,6 +65,12 @@ def test_url_without_a_path_is_a_config_error() -> None:
         open_broker("sqlite://")
 
 
+def test_url_options_are_a_config_error_not_part_of_the_file_name(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"has options \('\?mode=ro'\); a sqlite URL takes none"):
+        open_broker(f"sqlite://{tmp_path}/jobs.db?mode=ro")
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("kwargs, allowed", [({"ttl": 0}, "ttl"), ({"delay": -1}, "delay")])
 def test_bad_job_values_name_the_value(tmp_path: Path, kwargs: dict, allowed: str) -> None:
     with open_broker(f"sqlite://{tmp_path}/jobs.db") as b:
