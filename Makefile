@@ -58,7 +58,8 @@ install-systemd:
 		etc/disqontrol.yml > /etc/disqontrol/disqontrol.yml.example
 	test -e /etc/disqontrol/disqontrol.yml || echo "install-systemd: now write /etc/disqontrol/disqontrol.yml" \
 		"(start from /etc/disqontrol/disqontrol.yml.example; its paths match the unit)"
-	sed 's#/usr/local/bin/disqontrold#$(PREFIX)/bin/disqontrold#' systemd/disqontrold.service > $(UNIT_DIR)/disqontrold.service
+	sed -e 's#/usr/local/bin/disqontrold #$(PREFIX)/bin/disqontrold #' -e 's#/usr/local/bin/disqontrolctl #$(PREFIX)/bin/disqontrolctl #' \
+		systemd/disqontrold.service > $(UNIT_DIR)/disqontrold.service
 	sed 's#/usr/local/bin/disqontrolctl#$(PREFIX)/bin/disqontrolctl#' systemd/disqontrol-metrics.service \
 		> $(UNIT_DIR)/disqontrol-metrics.service
 	cp systemd/disqontrol-metrics.timer $(UNIT_DIR)/disqontrol-metrics.timer

@@ -16,6 +16,7 @@ from disqontrold.systemd import READY_WAIT_LIMIT
 
 UNIT = Path(__file__).resolve().parents[2] / "systemd" / "disqontrold.service"
 INSTALLED_BINARY = "/usr/local/bin/disqontrold"
+INSTALLED_CTL = "/usr/local/bin/disqontrolctl"
 
 
 def _service_section() -> configparser.SectionProxy:
@@ -34,7 +35,9 @@ def test_systemd_analyze_verify_accepts_the_unit(tmp_path):
     text = UNIT.read_text()
     assert INSTALLED_BINARY in text
     copy = tmp_path / UNIT.name
-    copy.write_text(text.replace(INSTALLED_BINARY, shutil.which("true") or "/bin/true"))
+    for binary in (INSTALLED_BINARY, INSTALLED_CTL):
+        text = text.replace(binary + " ", (shutil.which("true") or "/bin/true") + " ")
+    copy.write_text(text)
     result = subprocess.run([analyze, "verify", str(copy)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "disqontrold.service" not in result.stderr, result.stderr  # no warning about our unit
@@ -43,7 +46,9 @@ def test_systemd_analyze_verify_accepts_the_unit(tmp_path):
 def test_unit_keeps_the_contract_of_the_master():
     service = _service_section()
     assert service["Type"] == "notify"
-    assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    # a reload through the control socket: a refused config fails `systemctl reload`
+    assert service["ExecReload"].split() == [INSTALLED_CTL, "--config", "/etc/disqontrol/disqontrol.yml", "reload"]
+    assert service["ExecStart"].split()[1:] == ["--config", "/etc/disqontrol/disqontrol.yml"]
     assert service["KillMode"] == "mixed"
     assert service["Restart"] == "on-failure"
     # A config error is not restarted every RestartSec for ever (too slow for StartLimitBurst).
