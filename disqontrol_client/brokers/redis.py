@@ -39,8 +39,9 @@ from disqontrol_client.brokers.broker import (
     NewJob,
     QueueStats,
 )
+from disqontrol_client.brokers.outage import Outage
 from disqontrol_client.errors import BrokerError, BrokerUnavailable, ConfigError, UsageError
-from disqontrol_client.logfmt import log_event, redact_url
+from disqontrol_client.logfmt import redact_url
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -105,6 +106,7 @@ class RedisBroker(Broker):
         self._prefix = prefix
         self._where = where
         self._backoff = CONSUMER_BACKOFF_FIRST
+        self._outage = Outage(logger, broker=where)
         # Queues this connection has put in the queue-name set: later adds skip
         # the SADD and, for one queue, the pipeline.
         self._registered: set[str] = set()
@@ -291,6 +293,8 @@ class RedisBroker(Broker):
                 reply = self._scripts["reserve"](keys=keys, args=[count, *acks])
                 acks = []
                 jobs = _deliveries(queues, reply)
+                if self._outage.down:
+                    self._outage.answered()
                 if jobs or timeout <= 0:
                     self._backoff = CONSUMER_BACKOFF_FIRST
                     return jobs
@@ -330,11 +334,11 @@ class RedisBroker(Broker):
         return args
 
     def _pause_after(self, exc: Exception, deadline: float, queues: list[str]) -> None:
-        """A consumer outlives a Redis restart: log, wait (growing backoff,
-        never past the caller's timeout by more than one step), return []."""
+        """A consumer outlives a Redis restart: log (see ``Outage``), wait
+        (growing backoff, never past the caller's timeout by more than one
+        step), return []."""
         pause = self._backoff
-        log_event(logger, "broker_unreachable", logging.WARNING, broker=self._where,
-                  queues=",".join(queues), retry_in=f"{pause:.2f}", error=str(exc))
+        self._outage.failed(str(exc), pause, queues=",".join(queues))
         time.sleep(max(0.0, min(pause, deadline - time.monotonic())) or MIN_BLOCK)
         self._backoff = min(self._backoff * 2, CONSUMER_BACKOFF_CAP)
 

@@ -2,6 +2,7 @@
 no job lost when the server is killed and restarted (AOF, fsync always)."""
 from __future__ import annotations
 
+import logging
 import re
 import subprocess
 import sys
@@ -22,6 +23,8 @@ JOBS = 2000
 CONSUMERS = 2
 REPO = Path(__file__).resolve().parents[2]
 FLOW = [sys.executable, "-m", "tests.support.redis_flow"]
+OUTAGE_SECONDS = 3.0  # s of asking a dead server
+OUTAGE_RESERVE_TIMEOUT = 0.2  # s: each reserve returns after about this
 
 
 @pytest.fixture
@@ -196,3 +199,35 @@ def test_a_consumer_with_jobs_running_backs_off_while_redis_is_down(own_server, 
     finally:
         (tmp_path / "release").touch()
         daemon.stop()
+
+
+def test_an_outage_is_logged_at_growing_intervals_and_its_end_once(own_server, caplog):
+    # Given a consumer's connection, and the server gone
+    broker = RedisBroker.from_url(own_server.url)
+    assert broker.reserve(["q"], timeout=0) == []
+    own_server.kill()
+    caplog.set_level(logging.INFO, logger="disqontrol_client.brokers.redis")
+
+    # When the consumer keeps asking for about three seconds, as it does (each reserve returns)
+    started = time.monotonic()
+    calls = 0
+    while time.monotonic() - started < OUTAGE_SECONDS:
+        assert broker.reserve(["q"], timeout=OUTAGE_RESERVE_TIMEOUT) == []
+        calls += 1
+
+    # Then the outage was logged at its start and then at growing intervals, not once a try
+    lines = [r.getMessage() for r in caplog.records if "event=broker_unreachable" in r.getMessage()]
+    assert calls >= 2 * len(lines), (calls, lines)
+    assert 1 <= len(lines) <= 3, lines
+    assert "tries=1 " in lines[0] and "queues=q " in lines[0]
+    # and once the server is back, the next reserve says so in one line
+    own_server.start()
+    assert wait_for(lambda: broker.reserve(["q"], timeout=0) == [] and _reachable(caplog), timeout=30,
+                    message="a reserve that reached the restarted server")
+    [back] = [r.getMessage() for r in caplog.records if "event=broker_reachable" in r.getMessage()]
+    assert " down_for=" in back and int(re.search(r" tries=(\d+)", back).group(1)) >= calls
+    broker.close()
+
+
+def _reachable(caplog) -> bool:
+    return any("event=broker_reachable" in r.getMessage() for r in caplog.records)
