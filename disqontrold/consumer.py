@@ -389,7 +389,9 @@ class Consumer:
         timeout = self.config.queue(jobs[0].queue).job_process_timeout
         try:
             return worker.run_many(jobs, timeout, on_start=self._on_start)
-        except Exception as exc:  # noqa: BLE001 -- a worker bug must fail its jobs, not the consumer
+        # A worker bug must fail its jobs, not the consumer. SIGINT only sets
+        # our stop flag, so a KeyboardInterrupt here was raised by user code.
+        except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001
             error = f"worker raised {type(exc).__name__}: {exc}"
             log_event(logger, "worker_raised", logging.ERROR, job=",".join(j.id or "" for j in jobs),
                       queue=jobs[0].queue, error=error)

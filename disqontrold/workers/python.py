@@ -42,6 +42,11 @@ CHILD_DEFAULT_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SI
 
 #: Seconds: an outer alarm that came due during a job fires right after it.
 MIN_ALARM = 0.001
+#: What user code may raise that fails its job: SystemExit too (``sys.exit()``
+#: in a worker, a click or argparse helper), which would otherwise take the
+#: consumer down and leave the job leased. Not KeyboardInterrupt: in the
+#: foreground (processjob) that is the user's Ctrl-C, which must stop us.
+JOB_ERRORS = (Exception, SystemExit)
 
 
 class JobTimeout(BaseException):
@@ -66,12 +71,12 @@ def call_worker(func: JobFunction, job: Job) -> Outcome:
 def _call(func: JobFunction, job: Job) -> Outcome:
     try:
         value = func(job)
-    except Exception as exc:  # any failure of the user's code fails the job
+    except JOB_ERRORS as exc:  # any failure of the user's code fails the job
         return _raised(exc)
     return _returned(value)
 
 
-def _raised(exc: Exception) -> Outcome:
+def _raised(exc: BaseException) -> Outcome:
     """The outcome of user code that raised (call from the except block)."""
     return Outcome(False, error=_error_text(exc), details={"traceback": traceback.format_exc()})
 
@@ -146,7 +151,7 @@ def _child_report(func: JobFunction, job: Job) -> tuple[bytes, int]:
     success returning None: every object the child touches is a page fault."""
     try:
         value = func(job)
-    except Exception as exc:  # any failure of the user's code fails the job
+    except (*JOB_ERRORS, KeyboardInterrupt) as exc:  # SIGINT kills the child (SIG_DFL): this one is the code's
         outcome = _raised(exc)
     else:
         if value is None:

@@ -114,3 +114,40 @@ def test_job_with_foreign_metadata_values_is_retried_then_parked(tmp_path, sqlit
         assert daemon.events("consumer_crashed") == []
     finally:
         daemon.stop()
+
+
+EXITS_MODULE = """
+import sys
+
+def exits(job):
+    sys.exit(3)  # user code calling sys.exit(): a failure of this job, not of the consumer
+
+def interrupts(job):
+    raise KeyboardInterrupt("from the worker")
+"""
+
+
+@pytest.mark.parametrize("name, error, line", [
+    ("exits", "SystemExit: 3", "sys.exit(3)"),
+    ("interrupts", "worker raised KeyboardInterrupt: from the worker", "raise KeyboardInterrupt"),
+])
+def test_an_inline_job_raising_a_base_exception_fails_alone_with_its_error(tmp_path, sqlite_url, name, error, line):
+    # Given an inline queue without retries whose worker raises a BaseException
+    (tmp_path / "dqexits.py").write_text(EXITS_MODULE)
+    daemon = Daemon(tmp_path, sqlite_url, {
+        "exits": {"worker": {"type": "inline_python_worker", "name": f"dqexits:{name}"}, "max_retries": 0},
+    }).start()
+    try:
+        # When a job is added
+        [job_id] = daemon.add("exits", [1])
+
+        # Then it is parked at once (not after its 80 s lease) with that error
+        [(_, stored)] = wait_for(daemon.failed_jobs, timeout=30, message="the job in the failure queue")
+        assert stored[LAST_ERROR]["message"] == error
+        assert line in stored[LAST_ERROR]["traceback"]
+        assert stored[ORIGINAL_ID] == job_id
+        # and the consumer survived it: no crash, no restart
+        assert not daemon.events("consumer_crashed")
+        assert not daemon.events("consumer_exited")
+    finally:
+        daemon.stop()

@@ -81,6 +81,17 @@ def segfaults(environment, name):
         ctypes.string_at(0)  # reads address 0: SIGSEGV
     return work
 
+def exits(environment, name):
+    def work(job):
+        import sys
+        sys.exit(job.body)
+    return work
+
+def interrupts(environment, name):
+    def work(job):
+        raise KeyboardInterrupt("from the worker")
+    return work
+
 LEAKED = []
 
 def leaks(environment, name):
@@ -94,6 +105,7 @@ WORKERS = {{
     "none": returns(None), "fails": fails, "sleeps": sleeps, "suicide": suicide,
     "pid": pid, "touch_state": touch_state, "unserializable": unserializable,
     "spawns_and_hangs": spawns_and_hangs, "segfaults": segfaults, "leaks": leaks,
+    "exits": exits, "interrupts": interrupts,
 }}
 '''
 
@@ -149,6 +161,21 @@ def test_raising_is_failure_with_type_message_and_traceback(kind, bootstrap):
     assert not outcome.ok
     assert outcome.error == "ValueError: bad size 7"
     assert "Traceback" in outcome.details["traceback"] and "bad size 7" in outcome.details["traceback"]
+
+
+def test_sys_exit_in_the_worker_is_a_failure_with_its_code(kind, bootstrap):
+    # SystemExit is no Exception: it used to crash an inline worker's consumer
+    # and end an isolated child without a result.
+    outcome = make(kind, bootstrap, "exits").run(job(3), 30)
+    assert not outcome.ok
+    assert outcome.error == "SystemExit: 3"
+    assert "sys.exit(job.body)" in outcome.details["traceback"]
+
+
+def test_keyboard_interrupt_raised_by_an_isolated_job_is_its_failure(bootstrap):
+    outcome = make("isolated", bootstrap, "interrupts").run(job(1), 30)
+    assert not outcome.ok
+    assert outcome.error == "KeyboardInterrupt: from the worker"
 
 
 def test_timeout_stops_the_job(kind, bootstrap):
