@@ -418,7 +418,9 @@ class Consumer:
 
     def _fail(self, job: Job, outcome: Outcome) -> None:
         try:
-            failures.handle_failure(self.broker, job, self.config.queue(job.queue), outcome)
+            queue = self.config.queue(job.queue)
+            failures.handle_failure(self.broker, job, queue, outcome,
+                                    failure_queue=self.config.queues.get(queue.failure_queue))
         except (BrokerUnavailable, BrokerError) as exc:
             # Still leased: it comes back after its lease and counts as failed then.
             log_event(logger, "failure_not_recorded", logging.ERROR, job=job.id, queue=job.queue,

@@ -3,6 +3,12 @@ queue's failure queue once it failed too often or would outlive its lifetime.
 
 Always "add the new copy first, ack the old one second" (Broker.replace): a
 crash in between can duplicate a job, never lose it.
+
+A failure queue that is itself a configured queue (with a worker) gets its
+jobs as new jobs of that queue: its lease (a job parked with the unconsumed
+failure queue's 600 s lease ran twice at once when its worker may run
+longer), its lifetime, and a retry count from 0 (the count of the queue it
+failed on made it fail for good at its first failure there).
 """
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ from disqontrol_client.brokers.broker import Broker, NewJob
 from disqontrol_client.config import FAILURE_QUEUE_TTL, QueueConfig
 from disqontrol_client.job import (
     CREATION_TIME, DEFAULT_JOB_LIFETIME, JOB_LIFETIME, LAST_ERROR, ORIGINAL_ID,
-    ORIGINAL_QUEUE, RETRIES, Job, encode_envelope,
+    ORIGINAL_QUEUE, PROCESS_TIMEOUT, RETRIES, Job, encode_envelope,
 )
 from disqontrol_client.logfmt import log_event
 from disqontrol_client.submit import new_job_for
@@ -59,13 +65,15 @@ def handle_failure(
     queue: QueueConfig,
     outcome: Outcome,
     *,
+    failure_queue: Optional[QueueConfig] = None,
     now: Optional[float] = None,
     jitter: Callable[[], float] = random.random,
 ) -> Decision:
     """Retry ``job`` later or move it to its failure queue; ack the old copy.
 
     ``job.retries`` is the number of failures before this one, so this failure
-    is attempt ``job.retries + 1``."""
+    is attempt ``job.retries + 1``. ``failure_queue``: the config of
+    ``queue.failure_queue`` when it is a configured queue (None: a plain one)."""
     now = time.time() if now is None else now
     attempt = job.retries + 1
     error = last_error(outcome, now)
@@ -75,7 +83,7 @@ def handle_failure(
     )
     if attempt > queue.max_retries or now + delay > expires:
         reason = "max_retries" if attempt > queue.max_retries else "job_lifetime"
-        return _to_failure_queue(broker, job, queue, error, attempt, reason)
+        return _to_failure_queue(broker, job, queue, error, attempt, reason, failure_queue, now)
     metadata = _failed_metadata(job, attempt, error)
     copy = Job(body=job.body, queue=job.queue, metadata=metadata)
     new_id = broker.replace(job.id, new_job_for(copy, queue, delay=delay))
@@ -97,16 +105,21 @@ def _failed_metadata(job: Job, attempt: int, error: dict[str, Any]) -> dict[str,
 
 
 def _to_failure_queue(
-    broker: Broker, job: Job, queue: QueueConfig, error: dict[str, Any], attempt: int, reason: str
+    broker: Broker, job: Job, queue: QueueConfig, error: dict[str, Any], attempt: int, reason: str,
+    consumed: Optional[QueueConfig], now: float,
 ) -> Decision:
     metadata = _failed_metadata(job, attempt, error)
     metadata[ORIGINAL_QUEUE] = job.queue
-    parked = NewJob(
-        queue=queue.failure_queue,
-        payload=encode_envelope(job.body, metadata),
-        retry=FAILURE_QUEUE_RETRY,
-        ttl=FAILURE_QUEUE_TTL,
-    )
+    if consumed is None:
+        parked = NewJob(
+            queue=queue.failure_queue,
+            payload=encode_envelope(job.body, metadata),
+            retry=FAILURE_QUEUE_RETRY,
+            ttl=FAILURE_QUEUE_TTL,
+        )
+    else:
+        fresh = Job(body=job.body, queue=consumed.name, metadata=_fresh_start(metadata))
+        parked = new_job_for(fresh, consumed, now=now)
     new_id = broker.replace(job.id, parked)
     log_event(
         logger, "job_failed_permanently", logging.ERROR, job=job.id, queue=job.queue,
@@ -114,3 +127,12 @@ def _to_failure_queue(
         failure_queue=queue.failure_queue, failed_job=new_id,
     )
     return Decision("failed", new_id, attempt)
+
+
+def _fresh_start(metadata: dict[str, Any]) -> dict[str, Any]:
+    """A parked job's metadata as a new job of a consumed failure queue: no
+    retries yet; its creation time, lifetime and timeout are filled in anew
+    (``new_job_for``). The error, the first id and the queue it failed on stay."""
+    fresh = {k: v for k, v in metadata.items() if k not in (CREATION_TIME, JOB_LIFETIME, PROCESS_TIMEOUT)}
+    fresh[RETRIES] = 0
+    return fresh

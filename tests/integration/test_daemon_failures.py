@@ -151,3 +151,42 @@ def test_an_inline_job_raising_a_base_exception_fails_alone_with_its_error(tmp_p
         assert not daemon.events("consumer_exited")
     finally:
         daemon.stop()
+
+
+FLAKY_HANDLER_MODULE = """
+import os
+
+def handle(job):
+    # fails the first time it sees a job, succeeds the second
+    mark = os.path.join(os.path.dirname(os.environ["DQ_OUT"]), "handled-once")
+    if not os.path.exists(mark):
+        open(mark, "w").close()
+        raise RuntimeError("transient trouble in the failure handler")
+    with open(os.environ["DQ_OUT"], "a") as out:
+        out.write(f"handled {job.metadata['original-queue']}\\n")
+"""
+
+
+def test_a_consumed_failure_queue_gives_its_jobs_their_own_retries(tmp_path, sqlite_url):
+    # Given a queue parking its jobs in "dead" after 2 retries, and "dead" itself
+    # configured as a queue whose handler allows 2 retries and fails once
+    (tmp_path / "dqhandler.py").write_text(FLAKY_HANDLER_MODULE)
+    daemon = Daemon(tmp_path, sqlite_url, {
+        "work": {"worker": command_worker(tmp_path), "max_retries": 2, "backoff_scale": SCALE,
+                 "failure_queue": "dead"},
+        "dead": {"worker": {"type": "inline_python_worker", "name": "dqhandler:handle"}, "max_retries": 2,
+                 "backoff_scale": SCALE, "failure_queue": "dead-dead"},
+    }).start(consumers=2)
+    try:
+        # When a job fails its 3 runs on "work"
+        daemon.add("work", [{"n": 1, "fail": True}])
+
+        # Then "dead" retries it after its handler's first failure (its count starts
+        # afresh: the 3 failures on "work" are not held against it) and handles it
+        wait_for(lambda: "handled work" in daemon.out_path.read_text(), timeout=30,
+                 message="the failure handler's second run")
+        assert daemon.failed_jobs("dead-dead") == []
+        [retried] = daemon.events("job_failed")[-1:]
+        assert "queue=dead " in retried and "attempt=1 " in retried
+    finally:
+        daemon.stop()

@@ -9,9 +9,10 @@ import pytest
 from disqontrol_client.brokers import open_broker
 from disqontrol_client.config import FAILURE_QUEUE_TTL, QueueConfig, WorkerConfig
 from disqontrol_client.job import (
-    CREATION_TIME, LAST_ERROR, ORIGINAL_ID, ORIGINAL_QUEUE, RETRIES, Job, decode_payload, fresh_metadata,
+    CREATION_TIME, JOB_LIFETIME, LAST_ERROR, ORIGINAL_ID, ORIGINAL_QUEUE, PROCESS_TIMEOUT, RETRIES, Job,
+    decode_payload, fresh_metadata,
 )
-from disqontrol_client.submit import new_job_for
+from disqontrol_client.submit import LEASE_GRACE, new_job_for
 from disqontrold.failures import handle_failure
 from disqontrold.workers.base import Outcome
 
@@ -90,3 +91,24 @@ def test_a_retry_that_would_outlive_the_job_goes_to_the_failure_queue(broker):
     _, metadata = stored(broker, decision.new_id)
     assert metadata[CREATION_TIME] == int(created)
     assert json.dumps(metadata)  # stays JSON for PHP consumers
+
+
+def test_a_consumed_failure_queue_gets_the_job_as_its_own_new_job(broker):
+    # "dead" is itself a configured queue whose worker may run 700 s
+    config = queue(max_retries=2, failure_queue="dead")
+    dead = QueueConfig(name="dead", worker=WorkerConfig(type="command", command="/bin/true"),
+                       job_process_timeout=700, job_lifetime=86400)
+    job = leased_job(broker, config, retries=2, created=NOW - 1000)
+    decision = handle_failure(broker, job, config, FAILED, failure_queue=dead, now=NOW)
+    assert decision.action == "failed"
+    shown, metadata = stored(broker, decision.new_id)
+    # its lease covers dead's timeout (the 600 s of a plain failure queue let a
+    # second consumer take it while the first still ran it), and its lifetime is dead's
+    assert shown["queue"] == "dead" and shown["retry"] == 700 + LEASE_GRACE
+    assert metadata[JOB_LIFETIME] == 86400 and metadata[PROCESS_TIMEOUT] == 700
+    assert metadata[CREATION_TIME] == int(NOW)
+    # it starts dead's retries from 0, and still says where and why it failed first
+    assert metadata[RETRIES] == 0
+    assert metadata[ORIGINAL_QUEUE] == "q" and metadata[ORIGINAL_ID] == job.id
+    assert metadata[LAST_ERROR]["message"] == "exit code 3"
+    assert broker.show(job.id) is None
