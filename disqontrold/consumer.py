@@ -44,6 +44,7 @@ from disqontrol_client.job import RETRIES, Job, decode_payload
 from disqontrol_client.logfmt import log_event
 from disqontrold import failures
 from disqontrold.children import EXIT_BOOT_FAILED, EXIT_FAST, EXIT_OK
+from disqontrold.fastquit import FastQuit
 from disqontrold.jobwindow import JobWindow
 from disqontrold.log import reopen_logs
 from disqontrold.proctitle import consumer_title, set_title
@@ -91,6 +92,8 @@ class Consumer:
         self.workers: dict[str, Worker] = {}
         self._unacked: list[str] = []  # succeeded, acked by the next reserve
         self._leased_at = 0.0  # monotonic time the jobs in hand were leased or renewed
+        self._unstarted: set[str] = set()  # reserved, not started: handed back on SIGQUIT
+        self._quit = FastQuit(self._hand_back, EXIT_FAST)
         self._timeouts = {q: config.queue(q).job_process_timeout for q in self.queues}
         self.window = JobWindow(group.job_batch, notes=scoreboard)
         self._busy = False  # the scoreboard says busy
@@ -112,7 +115,20 @@ class Consumer:
         self.stopping = True
 
     def _on_quit(self, signum: int, frame: object) -> None:
-        os._exit(EXIT_FAST)
+        self._quit.request()
+
+    def _hand_back(self) -> None:
+        """On SIGQUIT, the connection idle: ack the ended successes and nack
+        the jobs not started, so that neither waits for its lease."""
+        if self.broker is None:
+            return
+        try:
+            if self._unacked:
+                self.broker.ack(self._unacked)
+            if self._unstarted:
+                self.broker.nack(sorted(self._unstarted))
+        except (BrokerUnavailable, BrokerError):
+            pass  # no logging in a signal handler; they come back by lease expiry, as before
 
     def _on_reopen(self, signum: int, frame: object) -> None:
         self.reopen_requested = True
@@ -181,7 +197,8 @@ class Consumer:
         for worker in self.workers.values():
             worker.close()
         if self.broker is not None:
-            self.broker.close()
+            with self._quit.broker_call():
+                self.broker.close()
 
     def _recycle_reason(self) -> str:
         """Why this process should be replaced by a fresh one ('' = keep going)."""
@@ -202,6 +219,7 @@ class Consumer:
         set_title(consumer_title(self.group.name, "idle"))
 
     def _on_start(self, job: Job) -> None:
+        self._unstarted.discard(job.id or "")
         self._busy = True
         self.scoreboard.set_state(BUSY, job.id or "")
         set_title(consumer_title(self.group.name, "busy", job.id or ""))
@@ -251,7 +269,10 @@ class Consumer:
         delay = BROKER_BACKOFF_START
         while not self.stopping:
             try:
-                got = self.broker.reserve(self.queues, count=count, timeout=timeout, ack=self._unacked)
+                with self._quit.broker_call():
+                    got = self.broker.reserve(self.queues, count=count, timeout=timeout, ack=self._unacked)
+                    self._unacked = []
+                    self._unstarted.update(d.id for d in got)
             except (BrokerUnavailable, BrokerError) as exc:
                 if timeout:
                     self._broker_trouble("reserve", exc, delay)
@@ -264,7 +285,6 @@ class Consumer:
                 self._window_backoff = min(self._window_backoff * 2, BROKER_BACKOFF_CAP)
                 got = []
             else:
-                self._unacked = []
                 self._leased_at = time.monotonic()
                 self._window_backoff = BROKER_BACKOFF_START
                 self.window.pace.reserved(time.monotonic(), count, len(got))
@@ -309,6 +329,7 @@ class Consumer:
             if self.stopping or self._recycle:
                 self._nack([j.id for j in jobs[index:]])
                 return
+            self._unstarted.discard(job.id or "")
             failed = self.window.start(self.workers[job.queue], job, self._timeouts[job.queue])
             if failed is not None:
                 self._settle([(job, failed)])
@@ -342,16 +363,17 @@ class Consumer:
         self._flush_acks()
         missed: list[str] = []
         error = ""
-        for index, job in enumerate(waiting):
-            try:
-                self.broker.working(job.id)
-            except BrokerUnavailable as exc:  # no use asking again for each job
-                missed.extend(j.id or "" for j in waiting[index:])
-                error = str(exc)
-                break
-            except BrokerError as exc:  # this job's lease (e.g. one that lapsed already)
-                missed.append(job.id or "")
-                error = str(exc)
+        with self._quit.broker_call():
+            for index, job in enumerate(waiting):
+                try:
+                    self.broker.working(job.id)
+                except BrokerUnavailable as exc:  # no use asking again for each job
+                    missed.extend(j.id or "" for j in waiting[index:])
+                    error = str(exc)
+                    break
+                except BrokerError as exc:  # this job's lease (e.g. one that lapsed already)
+                    missed.append(job.id or "")
+                    error = str(exc)
         if missed:
             log_event(logger, "lease_not_renewed", logging.WARNING, job=",".join(missed),
                       queue=waiting[0].queue, error=error)
@@ -417,10 +439,12 @@ class Consumer:
             self._recycle = self._recycle_reason()
 
     def _fail(self, job: Job, outcome: Outcome) -> None:
+        self._unstarted.discard(job.id or "")  # a parked redelivery is never started
+        queue = self.config.queue(job.queue)
         try:
-            queue = self.config.queue(job.queue)
-            failures.handle_failure(self.broker, job, queue, outcome,
-                                    failure_queue=self.config.queues.get(queue.failure_queue))
+            with self._quit.broker_call():
+                failures.handle_failure(self.broker, job, queue, outcome,
+                                        failure_queue=self.config.queues.get(queue.failure_queue))
         except (BrokerUnavailable, BrokerError) as exc:
             # Still leased: it comes back after its lease and counts as failed then.
             log_event(logger, "failure_not_recorded", logging.ERROR, job=job.id, queue=job.queue,
@@ -433,14 +457,17 @@ class Consumer:
         if not ids or self.broker is None:
             return
         try:
-            self.broker.ack(ids)
+            with self._quit.broker_call():
+                self.broker.ack(ids)
         except (BrokerUnavailable, BrokerError) as exc:
             log_event(logger, "ack_failed", logging.ERROR, job=",".join(ids), error=str(exc))
 
     def _nack(self, ids: list[str]) -> None:
         if not ids:
             return
+        self._unstarted.difference_update(ids)
         try:
-            self.broker.nack(ids)
+            with self._quit.broker_call():
+                self.broker.nack(ids)
         except (BrokerUnavailable, BrokerError) as exc:
             log_event(logger, "nack_failed", logging.WARNING, job=",".join(ids), error=str(exc))

@@ -59,6 +59,33 @@ def test_sigquit_stops_fast_and_the_job_comes_back(tmp_path):
         daemon.stop()
 
 
+def test_sigquit_acks_the_batch_jobs_that_ended_and_hands_back_those_not_started(tmp_path):
+    # Given an inline consumer holding a batch of 5: two ended, the third running, two not started
+    daemon = Daemon(tmp_path, sqlite(tmp_path), {"work": {"worker": python_worker(), "max_retries": 0}},
+                    consumer_defaults={"job_batch": 5}).start()
+    try:
+        ids = daemon.add("work", [1, 2, {"n": 3, "sleep": 60}, 4, 5])
+        daemon.wait_runs(2)
+        wait_for(lambda: any(f" busy {ids[2]}" in daemon.title(p) for p in daemon.consumer_pids()),
+                 timeout=30, message="the consumer busy with the third job")
+
+        # When the master gets SIGQUIT
+        daemon.signal(signal.SIGQUIT)
+        assert daemon.wait_exit(15) == 0
+
+        # Then the two that succeeded are acked (not run again), the two not
+        # started are ready again with no delivery held against them (with
+        # max_retries 0, one would park them unrun), and only the job in hand
+        # waits for its lease
+        assert daemon.broker.show(ids[0]) is None and daemon.broker.show(ids[1]) is None
+        for job_id in ids[3:]:
+            shown = daemon.broker.show(job_id)
+            assert shown["state"] == "ready" and shown["nacks"] == 1, shown
+        assert daemon.broker.show(ids[2])["state"] == "leased"
+    finally:
+        daemon.stop()
+
+
 def test_sigttin_and_sigttou_change_the_process_count_within_bounds(tmp_path):
     # Given a group allowed 1..3 processes, running 1
     daemon = Daemon(tmp_path, sqlite(tmp_path), {"work": {"worker": python_worker()}},
