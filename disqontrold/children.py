@@ -3,6 +3,13 @@
 The child asks the kernel to SIGKILL it when the master dies
 (PR_SET_PDEATHSIG), then checks it was not orphaned before that call; it
 never returns into the master's code: it always leaves with os._exit.
+
+The master's signals are blocked across the fork and stay blocked in the
+child until the consumer has installed its own handlers (which unblock
+them): a SIGTERM the master sends a consumer it has just forked (a stop right
+after a reload or a SIGTTIN) used to land in the master's handler copied
+into the child and be lost there, and that consumer ran on, taking jobs,
+until the stop deadline SIGKILLed it.
 """
 from __future__ import annotations
 
@@ -18,6 +25,7 @@ from typing import Callable, Optional
 from disqontrol_client.config import Config, ConsumerConfig
 from disqontrol_client.logfmt import log_event
 from disqontrold.scoreboard import Scoreboard
+from disqontrold.signals import MASTER_SIGNALS
 
 logger = logging.getLogger(__name__)
 
@@ -64,8 +72,14 @@ def fork_consumer(
     forget_master_state: Callable[[], None],
 ) -> int:
     """Fork one consumer; returns its pid in the master, never returns in the child."""
-    pid = os.fork()
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, MASTER_SIGNALS)
+    try:
+        pid = os.fork()
+    except OSError:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        raise
     if pid:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         return pid
     code = EXIT_CRASHED
     try:

@@ -49,6 +49,7 @@ from disqontrold.jobwindow import JobWindow
 from disqontrold.log import reopen_logs
 from disqontrold.proctitle import consumer_title, set_title
 from disqontrold.scoreboard import BUSY, IDLE, STOPPING, Scoreboard
+from disqontrold.signals import MASTER_SIGNALS
 from disqontrold.workers.base import Outcome, Worker
 from disqontrold.workers.fastfork import settle
 from disqontrold.workers.jobprocs import NEVER
@@ -110,6 +111,9 @@ class Consumer:
         signal.signal(signal.SIGUSR1, self._on_reopen)
         for ignored in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
             signal.signal(ignored, self._on_ignored)  # a handler, not SIG_IGN: exec resets it
+        # Blocked since the fork (children.fork_consumer): what the master sent
+        # meanwhile is delivered now, to these handlers.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, MASTER_SIGNALS)
 
     def _on_stop(self, signum: int, frame: object) -> None:
         self.stopping = True
