@@ -175,9 +175,14 @@ class Consumer:
         return EXIT_OK
 
     def _build_workers(self) -> dict[str, Worker]:
-        from disqontrold.workers import build_worker  # noqa: PLC0415 (the master never loads workers)
+        from disqontrold.workers import UnbuiltWorker  # noqa: PLC0415 (the master never loads workers)
 
-        return {q: build_worker(self.config.queue(q), self.bootstrap) for q in self.queues}
+        workers = {q: UnbuiltWorker.build(self.config.queue(q), self.bootstrap) for q in self.queues}
+        for queue, worker in workers.items():
+            if isinstance(worker, UnbuiltWorker):
+                log_event(logger, "worker_setup_failed", logging.ERROR, group=self.group.name, queue=queue,
+                          error=worker.error, traceback=worker.traceback)
+        return workers
 
     def _connect(self) -> bool:
         """Open the broker, backing off while it is unreachable. False if stopped."""
@@ -423,6 +428,10 @@ class Consumer:
                       queue=jobs[0].queue, error=error)
             return [Outcome(ok=False, error=error, details={"traceback": traceback.format_exc()})
                     for _ in jobs]
+        finally:
+            built = getattr(worker, "built", None)  # an UnbuiltWorker whose setup worked at last
+            if built is not None:
+                self.workers[jobs[0].queue] = built
 
     def _settle(self, ended: list[tuple[Job, Outcome]]) -> None:
         """Book ended jobs: a success waits for the next reserve to ack it, a

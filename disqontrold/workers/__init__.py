@@ -9,22 +9,27 @@ after a reload must not inherit modules imported before it).
 from __future__ import annotations
 
 import os
+import time
+import traceback
 from pathlib import Path
 from typing import Optional, Union
 
 from disqontrol_client.config import Config, QueueConfig
 from disqontrol_client.errors import WorkerLoadError
 from disqontrold.forkcall import NoAnswer, call_in_child
+from disqontrol_client.job import Job
 from disqontrold.workers.base import Outcome, Worker
 from disqontrold.workers.bootstrap import Bootstrap, load_bootstrap, read_bootstrap
 
-__all__ = ["Outcome", "Worker", "build_worker", "check_workers", "worker_key"]
+__all__ = ["Outcome", "UnbuiltWorker", "Worker", "build_worker", "check_workers", "worker_key"]
 
 PYTHON_TYPES = ("inline_python_worker", "isolated_python_worker")
 #: Seconds the forked checker may spend importing the user's modules.
 CHECK_TIMEOUT = 60.0
 #: What the checker child does, as its failure message says.
 CHECKING = "checking the Python workers (importing the bootstrap and their modules)"
+#: Seconds between two tries to build a worker whose setup raised.
+REBUILD_INTERVAL = 5.0
 
 BootstrapArg = Union[Bootstrap, str, "os.PathLike[str]", None]
 
@@ -59,6 +64,52 @@ def build_worker(queue_config: QueueConfig, bootstrap: BootstrapArg = None) -> W
         return cls(func, spec.name or "")
     raise WorkerLoadError(f"{key}.type: {spec.type!r} is not one of command, inline_python_worker, "
                           f"isolated_python_worker, http")
+
+
+class UnbuiltWorker(Worker):
+    """Stands in a consumer for a worker whose building raised at run time
+    (``setup_environment()`` or a factory: a database down, a bug), which
+    the checks cannot see since they never call them. Each job of its queue
+    fails with that error, so it is retried and at last parked with it,
+    while the other queues of the group run on (the consumer used to crash
+    at start, again and again, and run nothing). The build is tried again
+    before a job, at most every ``REBUILD_INTERVAL`` s; once it works,
+    ``built`` holds the worker and the consumer swaps it in."""
+
+    def __init__(self, queue_config: QueueConfig, bootstrap: BootstrapArg, error: str, details: str) -> None:
+        self.queue_config = queue_config
+        self.bootstrap = bootstrap
+        self.error = error
+        self.traceback = details
+        self.built: Optional[Worker] = None
+        self._tried = time.monotonic()
+
+    @classmethod
+    def build(cls, queue_config: QueueConfig, bootstrap: BootstrapArg = None) -> Worker:
+        """``build_worker``, or a stand-in when user code raised while building.
+        A WorkerLoadError (the config names what cannot be loaded) still raises."""
+        try:
+            return build_worker(queue_config, bootstrap)
+        except WorkerLoadError:
+            raise
+        except Exception as exc:  # noqa: BLE001 -- the user's setup code: its error fails the queue's jobs
+            return cls(queue_config, bootstrap, f"{type(exc).__name__}: {exc}", traceback.format_exc())
+
+    def run(self, job: Job, timeout: float) -> Outcome:
+        if self.built is None and time.monotonic() - self._tried >= REBUILD_INTERVAL:
+            self._retry()
+        if self.built is not None:
+            return self.built.run(job, timeout)
+        return Outcome(False, error=f"the worker could not be set up: {self.error}",
+                       details={"traceback": self.traceback})
+
+    def _retry(self) -> None:
+        self._tried = time.monotonic()
+        rebuilt = self.build(self.queue_config, self.bootstrap)
+        if isinstance(rebuilt, UnbuiltWorker):
+            self.error, self.traceback = rebuilt.error, rebuilt.traceback
+        else:
+            self.built = rebuilt
 
 
 def _python_errors(config: Config, bootstrap_path: Optional[str | os.PathLike[str]]) -> list[str]:

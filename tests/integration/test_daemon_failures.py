@@ -190,3 +190,36 @@ def test_a_consumed_failure_queue_gives_its_jobs_their_own_retries(tmp_path, sql
         assert "queue=dead " in retried and "attempt=1 " in retried
     finally:
         daemon.stop()
+
+
+FAILING_SETUP_BOOTSTRAP = """
+def setup_environment():
+    raise RuntimeError("database is down")
+
+WORKERS = {"handler": lambda environment, name: (lambda job: None)}
+"""
+
+
+def test_a_raising_setup_environment_fails_its_queue_s_jobs_and_not_the_group(tmp_path, sqlite_url):
+    # Given a group of a Python queue and a command queue, and a bootstrap
+    # file whose setup_environment() raises
+    (tmp_path / "disqontrol_bootstrap.py").write_text(FAILING_SETUP_BOOTSTRAP)
+    daemon = Daemon(tmp_path, sqlite_url, {
+        "py": {"worker": {"type": "inline_python_worker", "name": "handler"}, "max_retries": 0},
+        "cmd": {"worker": command_worker(tmp_path)},
+    }, consumers=[{"queues": ["py", "cmd"]}]).start()
+    try:
+        # When a job of each queue is added
+        daemon.add("py", [1])
+        daemon.add("cmd", [2])
+
+        # Then the command job runs, the Python job is parked with the setup's error,
+        # and the consumer is not crash-looping
+        assert daemon.wait_runs(1, timeout=30)[0][0] == "2"
+        [(_, stored)] = wait_for(daemon.failed_jobs, timeout=30, message="the job in the failure queue")
+        assert "RuntimeError: database is down" in stored[LAST_ERROR]["message"]
+        assert "setup_environment" in stored[LAST_ERROR]["traceback"]
+        assert daemon.events("worker_setup_failed")
+        assert not daemon.events("consumer_crashed")
+    finally:
+        daemon.stop()

@@ -281,3 +281,41 @@ def test_memory_an_isolated_job_takes_dies_with_it(bootstrap):
     results = [worker.run(job(20 * 1024 * 1024, f"j{i}"), 30).result for i in range(3)]
     assert results == [1, 1, 1]
     assert sys.modules["disqontrol_bootstrap"].LEAKED == []
+
+
+FLAKY_SETUP = '''
+import os
+
+def setup_environment():
+    if not os.path.exists({flag!r}):
+        open({flag!r}, "w").close()
+        raise RuntimeError("database is down")
+    return {{"db": "up"}}
+
+WORKERS = {{"db": lambda environment, name: (lambda job: environment["db"])}}
+'''
+
+
+def test_a_worker_whose_setup_raised_fails_its_jobs_until_a_later_setup_works(tmp_path, monkeypatch):
+    from disqontrol_client.config import QueueConfig, WorkerConfig
+    from disqontrold import workers
+
+    # Given a bootstrap file whose setup_environment() raises the first time only
+    path = tmp_path / "disqontrol_bootstrap.py"
+    path.write_text(FLAKY_SETUP.format(flag=str(tmp_path / "tried")))
+    queue = QueueConfig(name="pics", worker=WorkerConfig(type="inline_python_worker", name="db"))
+    try:
+        # When its worker is built: a stand-in that fails the job with the setup's error
+        worker = workers.UnbuiltWorker.build(queue, read_bootstrap(path))
+        outcome = worker.run(job(1), 30)
+        assert not outcome.ok
+        assert outcome.error == "the worker could not be set up: RuntimeError: database is down"
+        assert "setup_environment" in outcome.details["traceback"]
+
+        # Then, once the retry interval has passed, setup runs again, works, and the job succeeds
+        monkeypatch.setattr(workers, "REBUILD_INTERVAL", 0.0)
+        outcome = worker.run(job(2), 30)
+        assert outcome.ok and outcome.result == "up"
+        assert isinstance(worker.built, InlinePythonWorker)
+    finally:
+        sys.modules.pop("disqontrol_bootstrap", None)
