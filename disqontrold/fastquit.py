@@ -26,6 +26,9 @@ class FastQuit:
         self._exit_code = exit_code
         self._calls = 0  # broker calls in progress (nesting allowed)
         self._pending = False
+        # A job process forked from the consumer has this handler until it
+        # resets its signals: it must never use the consumer's connection.
+        self._pid = os.getpid()
 
     @contextmanager
     def broker_call(self) -> Iterator[None]:
@@ -47,6 +50,7 @@ class FastQuit:
 
     def now(self) -> NoReturn:
         try:
-            self._hand_back()
+            if os.getpid() == self._pid:
+                self._hand_back()
         finally:
             os._exit(self._exit_code)
