@@ -250,12 +250,14 @@ class Master:
         reaped: list[int] = []
         left_running: list[tuple[str, list[int]]] = []  # a dead consumer's job processes
         while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+            try:  # look first (WNOWAIT), reap second: see OrphanedJobs.before_reap
+                waiting = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
             except ChildProcessError:
                 break
-            if pid == 0:
+            if waiting is None:
                 break
+            self.orphans.before_reap(waiting.si_pid)
+            pid, status = os.waitpid(waiting.si_pid, 0)
             reaped.append(pid)
             slot = self.children.pop(pid, None)
             if slot is None:  # not a consumer (an adopted job process, a plug-in's child): reaped quietly

@@ -67,6 +67,16 @@ class OrphanedJobs:
                       signal="SIGTERM", kill_in=self.grace)
         return ended
 
+    def before_reap(self, pid: int) -> None:
+        """``pid`` exited and is about to be reaped: if it is a job process we
+        ended, SIGKILL what is left of its group now, while its zombie still
+        names the group (as jobprocs does for a timed-out job). A helper of the
+        job that ignored the SIGTERM ran on, doing the job beside its
+        redelivery, once the job's own process was gone."""
+        if pid in self._kill_at:
+            signal_group(pid, signal.SIGKILL)
+            log_event(logger, "orphaned_job_group_killed", logging.WARNING, pid=pid, signal="SIGKILL")
+
     def reaped(self, pid: int) -> None:
         """The master reaped ``pid``: nothing left to kill."""
         self._kill_at.pop(pid, None)

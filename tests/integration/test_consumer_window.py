@@ -261,6 +261,15 @@ def test_a_job_process_dies_with_its_killed_consumer_and_the_job_runs_once_again
         daemon.stop()
 
 
+def script_daemon(tmp_path: Path, script: str) -> Daemon:
+    """One consumer running ``script`` (sh) as the command of queue "work"."""
+    (tmp_path / "job.sh").write_text(script)
+    return Daemon(tmp_path, f"sqlite://{tmp_path}/jobs.db",
+                  {"work": {"worker": {"type": "command", "command": f"/bin/sh {tmp_path / 'job.sh'}"},
+                            "job_process_timeout": HOLD_TIMEOUT}},
+                  consumer_defaults={"min_processes": 1, "max_processes": 1, "job_batch": BATCH})
+
+
 # A command job that ignores SIGTERM (its sleeps inherit that): only SIGKILL ends it.
 STUBBORN_SH = """
 trap '' TERM
@@ -272,11 +281,7 @@ while [ ! -e release ]; do sleep 0.05; done
 @pytest.mark.timeout(120)
 def test_a_fast_stop_ends_a_job_that_ignores_sigterm_before_the_master_exits(tmp_path):
     # Given a command job that ignores SIGTERM, running
-    (tmp_path / "stubborn.sh").write_text(STUBBORN_SH)
-    daemon = Daemon(tmp_path, f"sqlite://{tmp_path}/jobs.db",
-                    {"work": {"worker": {"type": "command", "command": f"/bin/sh {tmp_path / 'stubborn.sh'}"},
-                              "job_process_timeout": HOLD_TIMEOUT}},
-                    consumer_defaults={"min_processes": 1, "max_processes": 1, "job_batch": BATCH}).start()
+    daemon = script_daemon(tmp_path, STUBBORN_SH).start()
     try:
         daemon.add("work", ["stubborn"])
         wait_for(lambda: (tmp_path / "held").exists(), timeout=30, message="the job running")
@@ -292,6 +297,40 @@ def test_a_fast_stop_ends_a_job_that_ignores_sigterm_before_the_master_exits(tmp
         [ended] = daemon.events("orphaned_job_ended")
         [killed] = daemon.events("orphaned_job_killed")
         assert f" pid={job_pid} " in ended and f" pid={job_pid} " in killed
+    finally:
+        (tmp_path / "release").touch()
+        daemon.stop()
+
+
+# A command job whose helper (same process group) ignores SIGTERM while the
+# job's own process waits for it, and dies of the SIGTERM.
+STUBBORN_HELPER_SH = """
+(trap '' TERM; : > held; while [ ! -e release ]; do sleep 0.05; done) &
+echo $! > helper.pid
+wait
+"""
+
+
+@pytest.mark.timeout(120)
+def test_an_abandoned_job_s_helper_that_ignores_sigterm_dies_with_the_job(tmp_path):
+    # Given a running command job whose helper process ignores SIGTERM
+    daemon = script_daemon(tmp_path, STUBBORN_HELPER_SH).start()
+    try:
+        daemon.add("work", ["helped"])
+        wait_for(lambda: (tmp_path / "held").exists() and (tmp_path / "helper.pid").read_text().strip(),
+                 timeout=30, message="the job and its helper running")
+        helper = int((tmp_path / "helper.pid").read_text())
+        wait_for(lambda: ctl_json(daemon, "status")["consumers"][0]["job_pids"], timeout=30,
+                 message="the job's process in the status")
+
+        # When the master is told to stop fast: the job's process dies of the
+        # master's SIGTERM, its helper does not
+        daemon.signal(signal.SIGQUIT)
+        assert daemon.proc.wait(timeout=60) == 0
+
+        # Then the helper was killed with its job's group (as on a job timeout),
+        # not left running the job on after the master is gone
+        wait_for(lambda: not running(helper), timeout=10, message="the helper gone")
     finally:
         (tmp_path / "release").touch()
         daemon.stop()
