@@ -75,7 +75,7 @@ class OrphanedJobs:
         redelivery, once the job's own process was gone."""
         if pid in self._kill_at:
             signal_group(pid, signal.SIGKILL)
-            log_event(logger, "orphaned_job_group_killed", logging.WARNING, pid=pid, signal="SIGKILL")
+            log_event(logger, "orphaned_job_exited", pid=pid, group_signal="SIGKILL")
 
     def reaped(self, pid: int) -> None:
         """The master reaped ``pid``: nothing left to kill."""
