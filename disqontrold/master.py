@@ -372,10 +372,12 @@ class Master:
 
     def request_reload(self) -> tuple[bool, str]:
         """Re-read and check the config; (taken?, why). Refused: nothing changes."""
-        if self.stopping:
-            return False, "the master is stopping"
-        if self.config_path is None:
-            return False, "the config was not read from a file; nothing to reload"
+        if self.stopping or self.config_path is None:
+            # Said in the log too: a SIGHUP has no one to print the answer to.
+            reason = ("the master is stopping" if self.stopping
+                      else "the config was not read from a file; nothing to reload")
+            log_event(logger, "reload_refused", logging.WARNING, reason=reason)
+            return False, reason
         try:
             config = reloading.load_checked(self.config_path, self.bootstrap)
         except (ConfigError, WorkerLoadError) as exc:

@@ -40,6 +40,30 @@ def test_sigterm_lets_jobs_in_hand_finish_and_exits_0(tmp_path):
         daemon.stop()
 
 
+def test_sighup_during_a_graceful_stop_is_refused_out_loud_and_starts_nothing(tmp_path):
+    # Given a consumer busy with a slow job
+    daemon = Daemon(tmp_path, sqlite(tmp_path), {"work": {"worker": python_worker()}}).start()
+    try:
+        daemon.add("work", [{"n": 1, "sleep": SLOW_SECONDS}])
+        wait_for(lambda: any(" busy " in daemon.title(p) for p in daemon.consumer_pids()),
+                 timeout=30, message="a busy consumer")
+
+        # When SIGHUP follows SIGTERM while the job finishes
+        daemon.signal(signal.SIGTERM)
+        daemon.wait_event("master_stopping")
+        daemon.signal(signal.SIGHUP)
+
+        # Then the reload is refused with its reason in the log (an operator
+        # saw only "signal_received"), no consumer is started, the job ends
+        [refused] = daemon.wait_event("reload_refused")
+        assert "the master is stopping" in refused
+        assert daemon.wait_exit(60) == 0
+        assert len(daemon.events("consumer_started")) == 1
+        assert [body for body, _ in daemon.runs()] == ["1"]
+    finally:
+        daemon.stop()
+
+
 def test_sigquit_stops_fast_and_the_job_comes_back(tmp_path):
     # Given a consumer busy with a long job
     daemon = Daemon(tmp_path, sqlite(tmp_path), {"work": {"worker": python_worker()}}).start()
