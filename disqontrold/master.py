@@ -327,7 +327,10 @@ class Master:
         if self.stopping:
             return
         for group in self.config.consumers:
-            self.set_processes(group.name, self.targets[group.name] + step, f"SIG{'TTIN' if step > 0 else 'TTOU'}")
+            wanted = self.targets[group.name] + step
+            if not self.set_processes(group.name, wanted, f"SIG{'TTIN' if step > 0 else 'TTOU'}"):
+                log_event(logger, "consumers_scale_refused", group=group.name, processes=self.targets[group.name],
+                          wanted=wanted, bounds=f"{group.min_processes}..{group.max_processes}")
 
     def set_processes(self, group_name: str, wanted: int, reason: str) -> bool:
         """Run ``wanted`` processes for the group (within its min..max): new

@@ -127,10 +127,14 @@ def test_sigttin_and_sigttou_change_the_process_count_within_bounds(tmp_path):
         for expected in (2, 3, 3):
             send(signal.SIGTTIN, expected)
         assert len(daemon.events("consumers_scaled")) == 2  # the third one was past max
+        # (refused out loud: an operator saw only signal_received)
+        [refused] = daemon.events("consumers_scale_refused")
+        assert " processes=3 wanted=4 bounds=1..3" in refused
         for expected in (2, 1, 1):
             send(signal.SIGTTOU, expected)
         # Then the count stayed within 1..3 and the last consumer still works
         assert len(daemon.events("consumers_scaled")) == 4
+        assert " processes=1 wanted=0 bounds=1..3" in daemon.events("consumers_scale_refused")[-1]
         daemon.add("work", [5])
         assert daemon.wait_runs(1)[0][0] == "5"
     finally:
