@@ -16,14 +16,8 @@ job (at least once). It blocks in the broker's reserve only when no job
 runs (never sleep-polls) and checks its stop flag and its recycling limits
 between starts and between the jobs of an inline batch; the unstarted jobs
 go back with ``nack``, which does not count as a failure; started ones
-finish.
-
-A delivery with ``additional_deliveries`` > 0 was leased before by a consumer
-or worker that died mid-job (or was killed as hung): SPEC §6 counts that as a
-failure. Each extra delivery adds one to the job's ``retries`` before it runs
-again; past ``max_retries`` (or its lifetime) it goes to the failure queue
-without running. The added count is persisted only if the job fails again
-(its retry copy carries it); a success simply acks it.
+finish. A redelivered job counts as failed before it runs again
+(failures.count_redeliveries).
 """
 from __future__ import annotations
 
@@ -40,7 +34,7 @@ from disqontrol_client.brokers import open_broker
 from disqontrol_client.brokers.broker import Broker, Delivery
 from disqontrol_client.config import Config, ConsumerConfig
 from disqontrol_client.errors import BrokerError, BrokerUnavailable, WorkerLoadError
-from disqontrol_client.job import RETRIES, Job, decode_payload
+from disqontrol_client.job import Job, decode_payload
 from disqontrol_client.logfmt import log_event
 from disqontrold import failures
 from disqontrold.children import EXIT_BOOT_FAILED, EXIT_FAST, EXIT_OK
@@ -402,17 +396,9 @@ class Consumer:
         )
         job = Job(body=body, queue=delivery.queue, metadata=metadata, id=delivery.id,
                   nacks=delivery.nacks, additional_deliveries=delivery.additional_deliveries)
-        if delivery.additional_deliveries <= 0:
+        died = failures.count_redeliveries(job, queue)
+        if died is None:
             return job
-        failed_runs = job.retries + delivery.additional_deliveries
-        log_event(logger, "job_redelivered", logging.WARNING, job=job.id, queue=job.queue,
-                  additional_deliveries=delivery.additional_deliveries, retries=failed_runs)
-        if failed_runs <= queue.max_retries:
-            job.metadata[RETRIES] = failed_runs
-            return job
-        job.metadata[RETRIES] = failed_runs - 1  # handle_failure counts this failure
-        died = Outcome(ok=False, error=f"its consumer or worker died mid-job "
-                                       f"({delivery.additional_deliveries} redeliveries)")
         self._fail(job, died)
         return None
 

@@ -94,6 +94,29 @@ def handle_failure(
     return Decision("retry", new_id, attempt, delay)
 
 
+def count_redeliveries(job: Job, queue: QueueConfig) -> Optional[Outcome]:
+    """Book the extra deliveries of a job before it runs again.
+
+    A delivery with ``additional_deliveries`` > 0 was leased before by a
+    consumer or worker that died mid-job (or was killed as hung): SPEC §6
+    counts that as a failure. Each extra delivery adds one to the job's
+    ``retries``; past ``max_retries`` the job is not run: the failure to
+    book (``handle_failure``) is returned, else None. The added count is
+    persisted only if the job fails again (its retry copy carries it); a
+    success simply acks it."""
+    extra = job.additional_deliveries
+    if extra <= 0:
+        return None
+    failed_runs = job.retries + extra
+    log_event(logger, "job_redelivered", logging.WARNING, job=job.id, queue=job.queue,
+              additional_deliveries=extra, retries=failed_runs)
+    if failed_runs <= queue.max_retries:
+        job.metadata[RETRIES] = failed_runs
+        return None
+    job.metadata[RETRIES] = failed_runs - 1  # handle_failure counts this failure
+    return Outcome(ok=False, error=f"its consumer or worker died mid-job ({extra} redeliveries)")
+
+
 def _failed_metadata(job: Job, attempt: int, error: dict[str, Any]) -> dict[str, Any]:
     """The metadata a failed job's next copy carries, whether it is retried or
     parked: the count and the first id survive every copy, for the logs."""
