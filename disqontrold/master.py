@@ -257,7 +257,10 @@ class Master:
             if waiting is None:
                 break
             self.orphans.before_reap(waiting.si_pid)
-            pid, status = os.waitpid(waiting.si_pid, 0)
+            try:
+                pid, status = os.waitpid(waiting.si_pid, 0)
+            except ChildProcessError:  # reaped in between by a plug-in's own waitpid
+                continue
             reaped.append(pid)
             slot = self.children.pop(pid, None)
             if slot is None:  # not a consumer (an adopted job process, a plug-in's child): reaped quietly
