@@ -28,7 +28,7 @@ import signal
 import time
 import traceback
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from disqontrol_client.brokers import open_broker
 from disqontrol_client.brokers.broker import Broker, Delivery
@@ -47,6 +47,9 @@ from disqontrold.signals import MASTER_SIGNALS
 from disqontrold.workers.base import Outcome, Worker
 from disqontrold.workers.fastfork import settle
 from disqontrold.workers.jobprocs import NEVER
+
+if TYPE_CHECKING:  # the master never imports the workers' modules
+    from disqontrold.held_queues import HeldQueues
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +88,7 @@ class Consumer:
         self.reopen_requested = False
         self.broker: Optional[Broker] = None
         self.workers: dict[str, Worker] = {}
+        self._held: Optional["HeldQueues"] = None  # queues whose worker's setup raised (built in run)
         self._unacked: list[str] = []  # succeeded, acked by the next reserve
         self._leased_at = 0.0  # monotonic time the jobs in hand were leased or renewed
         self._unstarted: set[str] = set()  # reserved, not started: handed back on SIGQUIT
@@ -169,13 +173,12 @@ class Consumer:
         return EXIT_OK
 
     def _build_workers(self) -> dict[str, Worker]:
-        from disqontrold.workers import UnbuiltWorker  # noqa: PLC0415 (the master never loads workers)
+        """Every queue's worker; one whose setup raised holds its queue (HeldQueues)."""
+        from disqontrold.held_queues import HeldQueues  # noqa: PLC0415 (the master never loads workers)
+        from disqontrold.workers import UnbuiltWorker  # noqa: PLC0415
 
         workers = {q: UnbuiltWorker.build(self.config.queue(q), self.bootstrap) for q in self.queues}
-        for queue, worker in workers.items():
-            if isinstance(worker, UnbuiltWorker):
-                log_event(logger, "worker_setup_failed", logging.ERROR, group=self.group.name, queue=queue,
-                          error=worker.error, traceback=worker.traceback)
+        self._held = HeldQueues(self.group.name, self.queues, workers)
         return workers
 
     def _connect(self) -> bool:
@@ -270,10 +273,18 @@ class Consumer:
         window's next refill backs off as a blocking reserve's retries do."""
         count = self._room()
         delay = BROKER_BACKOFF_START
+        queues = self.queues
+        if self._held:
+            self._held.retry(self.workers)
+            queues = self._held.open
+            if not queues:  # every queue held: wait for the next setup try
+                self._wait(min(timeout, self._held.until_next_try()))
+                self.scoreboard.heartbeat()
+                return []
         while not self.stopping:
             try:
                 with self._quit.broker_call():
-                    got = self.broker.reserve(self.queues, count=count, timeout=timeout, ack=self._unacked)
+                    got = self.broker.reserve(queues, count=count, timeout=timeout, ack=self._unacked)
                     self._unacked = []
                     self._unstarted.update(d.id for d in got)
             except (BrokerUnavailable, BrokerError) as exc:
@@ -414,10 +425,6 @@ class Consumer:
                       queue=jobs[0].queue, error=error)
             return [Outcome(ok=False, error=error, details={"traceback": traceback.format_exc()})
                     for _ in jobs]
-        finally:
-            built = getattr(worker, "built", None)  # an UnbuiltWorker whose setup worked at last
-            if built is not None:
-                self.workers[jobs[0].queue] = built
 
     def _settle(self, ended: list[tuple[Job, Outcome]]) -> None:
         """Book ended jobs: a success waits for the next reserve to ack it, a

@@ -28,8 +28,10 @@ PYTHON_TYPES = ("inline_python_worker", "isolated_python_worker")
 CHECK_TIMEOUT = 60.0
 #: What the checker child does, as its failure message says.
 CHECKING = "checking the Python workers (importing the bootstrap and their modules)"
-#: Seconds between two tries to build a worker whose setup raised.
+#: Seconds before the second try to build a worker whose setup raised; the
+#: interval doubles up to REBUILD_MAX_INTERVAL (one log line per try).
 REBUILD_INTERVAL = 5.0
+REBUILD_MAX_INTERVAL = 60.0
 
 BootstrapArg = Union[Bootstrap, str, "os.PathLike[str]", None]
 
@@ -69,20 +71,21 @@ def build_worker(queue_config: QueueConfig, bootstrap: BootstrapArg = None) -> W
 class UnbuiltWorker(Worker):
     """Stands in a consumer for a worker whose building raised at run time
     (``setup_environment()`` or a factory: a database down, a bug), which
-    the checks cannot see since they never call them. Each job of its queue
-    fails with that error, so it is retried and at last parked with it,
-    while the other queues of the group run on (the consumer used to crash
-    at start, again and again, and run nothing). The build is tried again
-    before a job, at most every ``REBUILD_INTERVAL`` s; once it works,
-    ``built`` holds the worker and the consumer swaps it in."""
+    the checks cannot see since they never call them. The consumer does not
+    reserve that queue's jobs meanwhile: they wait in the broker, their
+    retries untouched (an environment that is down is not the jobs' fault),
+    while the group's other queues run on (the consumer used to crash at
+    start, again and again, and run nothing). ``ready()`` builds it again,
+    at growing intervals; once it works the consumer swaps the worker in."""
 
     def __init__(self, queue_config: QueueConfig, bootstrap: BootstrapArg, error: str, details: str) -> None:
         self.queue_config = queue_config
         self.bootstrap = bootstrap
         self.error = error
         self.traceback = details
-        self.built: Optional[Worker] = None
-        self._tried = time.monotonic()
+        self.tries = 1
+        self._interval = REBUILD_INTERVAL
+        self.next_try = time.monotonic() + self._interval
 
     @classmethod
     def build(cls, queue_config: QueueConfig, bootstrap: BootstrapArg = None) -> Worker:
@@ -92,24 +95,27 @@ class UnbuiltWorker(Worker):
             return build_worker(queue_config, bootstrap)
         except WorkerLoadError:
             raise
-        except Exception as exc:  # noqa: BLE001 -- the user's setup code: its error fails the queue's jobs
+        except Exception as exc:  # noqa: BLE001 -- the user's setup code: its error holds the queue
             return cls(queue_config, bootstrap, f"{type(exc).__name__}: {exc}", traceback.format_exc())
 
+    def ready(self) -> Optional[Worker]:
+        """The worker, if a build due now works; None while it still raises."""
+        if time.monotonic() < self.next_try:
+            return None
+        rebuilt = self.build(self.queue_config, self.bootstrap)
+        if not isinstance(rebuilt, UnbuiltWorker):
+            return rebuilt
+        self.error, self.traceback = rebuilt.error, rebuilt.traceback
+        self.tries += 1
+        self._interval = min(self._interval * 2, REBUILD_MAX_INTERVAL)
+        self.next_try = time.monotonic() + self._interval
+        return None
+
     def run(self, job: Job, timeout: float) -> Outcome:
-        if self.built is None and time.monotonic() - self._tried >= REBUILD_INTERVAL:
-            self._retry()
-        if self.built is not None:
-            return self.built.run(job, timeout)
+        """Not called by the consumer (it holds the queue); a caller that does
+        gets the setup's error as the job's failure."""
         return Outcome(False, error=f"the worker could not be set up: {self.error}",
                        details={"traceback": self.traceback})
-
-    def _retry(self) -> None:
-        self._tried = time.monotonic()
-        rebuilt = self.build(self.queue_config, self.bootstrap)
-        if isinstance(rebuilt, UnbuiltWorker):
-            self.error, self.traceback = rebuilt.error, rebuilt.traceback
-        else:
-            self.built = rebuilt
 
 
 def _python_errors(config: Config, bootstrap_path: Optional[str | os.PathLike[str]]) -> list[str]:

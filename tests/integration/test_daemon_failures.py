@@ -192,18 +192,24 @@ def test_a_consumed_failure_queue_gives_its_jobs_their_own_retries(tmp_path, sql
         daemon.stop()
 
 
-FAILING_SETUP_BOOTSTRAP = """
-def setup_environment():
-    raise RuntimeError("database is down")
+SETUP_FAILS_UNTIL_FLAG_BOOTSTRAP = """
+import os, time
 
-WORKERS = {"handler": lambda environment, name: (lambda job: None)}
+def setup_environment():
+    if not os.path.exists(os.environ["DQ_OUT"] + ".db-up"):
+        raise RuntimeError("database is down")
+    return {"db": "up"}
+
+WORKERS = {"handler": lambda environment, name: (lambda job: open(os.environ["DQ_OUT"], "a").write(
+    f"{job.body}-{environment['db']} {time.time()}\\n"))}
 """
 
 
-def test_a_raising_setup_environment_fails_its_queue_s_jobs_and_not_the_group(tmp_path, sqlite_url):
+@pytest.mark.timeout(90)
+def test_a_raising_setup_environment_holds_its_queue_s_jobs_and_not_the_group(tmp_path, sqlite_url):
     # Given a group of a Python queue and a command queue, and a bootstrap
-    # file whose setup_environment() raises
-    (tmp_path / "disqontrol_bootstrap.py").write_text(FAILING_SETUP_BOOTSTRAP)
+    # file whose setup_environment() raises while "the database is down"
+    (tmp_path / "disqontrol_bootstrap.py").write_text(SETUP_FAILS_UNTIL_FLAG_BOOTSTRAP)
     daemon = Daemon(tmp_path, sqlite_url, {
         "py": {"worker": {"type": "inline_python_worker", "name": "handler"}, "max_retries": 0},
         "cmd": {"worker": command_worker(tmp_path)},
@@ -213,13 +219,24 @@ def test_a_raising_setup_environment_fails_its_queue_s_jobs_and_not_the_group(tm
         daemon.add("py", [1])
         daemon.add("cmd", [2])
 
-        # Then the command job runs, the Python job is parked with the setup's error,
-        # and the consumer is not crash-looping
+        # Then the command job runs, while the Python job waits in its queue,
+        # its retries untouched (not failed, not parked), and nothing crash-loops
         assert daemon.wait_runs(1, timeout=30)[0][0] == "2"
-        [(_, stored)] = wait_for(daemon.failed_jobs, timeout=30, message="the job in the failure queue")
-        assert "RuntimeError: database is down" in stored[LAST_ERROR]["message"]
-        assert "setup_environment" in stored[LAST_ERROR]["traceback"]
-        assert daemon.events("worker_setup_failed")
+        [failed] = daemon.events("worker_setup_failed")
+        assert "queue=py " in failed and "RuntimeError: database is down" in failed
+        assert daemon.broker.stats(["py"])[0].ready == 1
+        assert daemon.failed_jobs() == [] and not daemon.events("job_failed")
         assert not daemon.events("consumer_crashed")
+
+        # When the database is back
+        (tmp_path / "out.txt.db-up").touch()
+
+        # Then a later setup try works and the held job runs, once
+        runs = daemon.wait_runs(2, timeout=60)
+        assert sorted(body for body, _ in runs) == ["1-up", "2"]
+        [recovered] = daemon.wait_event("worker_setup_recovered")
+        assert "queue=py " in recovered
+        wait_for(lambda: daemon.broker.stats(["py"])[0].in_flight == 0, timeout=30, message="the job acked")
+        assert daemon.failed_jobs() == []
     finally:
         daemon.stop()

@@ -296,7 +296,7 @@ WORKERS = {{"db": lambda environment, name: (lambda job: environment["db"])}}
 '''
 
 
-def test_a_worker_whose_setup_raised_fails_its_jobs_until_a_later_setup_works(tmp_path, monkeypatch):
+def test_a_worker_whose_setup_raised_is_built_again_at_growing_intervals_until_it_works(tmp_path):
     from disqontrol_client.config import QueueConfig, WorkerConfig
     from disqontrold import workers
 
@@ -305,17 +305,40 @@ def test_a_worker_whose_setup_raised_fails_its_jobs_until_a_later_setup_works(tm
     path.write_text(FLAKY_SETUP.format(flag=str(tmp_path / "tried")))
     queue = QueueConfig(name="pics", worker=WorkerConfig(type="inline_python_worker", name="db"))
     try:
-        # When its worker is built: a stand-in that fails the job with the setup's error
+        # When its worker is built: a stand-in carrying the setup's error, not due again at once
         worker = workers.UnbuiltWorker.build(queue, read_bootstrap(path))
-        outcome = worker.run(job(1), 30)
-        assert not outcome.ok
-        assert outcome.error == "the worker could not be set up: RuntimeError: database is down"
-        assert "setup_environment" in outcome.details["traceback"]
+        assert isinstance(worker, workers.UnbuiltWorker)
+        assert worker.error == "RuntimeError: database is down"
+        assert "setup_environment" in worker.traceback
+        assert worker.next_try - time.monotonic() > workers.REBUILD_INTERVAL / 2
+        assert worker.ready() is None and worker.tries == 1
+        # (run, which the consumer never calls for it, fails with that error)
+        assert worker.run(job(1), 30).error == "the worker could not be set up: RuntimeError: database is down"
 
-        # Then, once the retry interval has passed, setup runs again, works, and the job succeeds
-        monkeypatch.setattr(workers, "REBUILD_INTERVAL", 0.0)
-        outcome = worker.run(job(2), 30)
-        assert outcome.ok and outcome.result == "up"
-        assert isinstance(worker.built, InlinePythonWorker)
+        # Then, once due, setup runs again, works, and gives the real worker
+        worker.next_try = time.monotonic()
+        built = worker.ready()
+        assert isinstance(built, InlinePythonWorker)
+        assert built.run(job(2), 30).result == "up"
+    finally:
+        sys.modules.pop("disqontrol_bootstrap", None)
+
+
+def test_a_setup_that_keeps_raising_is_tried_at_doubling_intervals(tmp_path):
+    from disqontrol_client.config import QueueConfig, WorkerConfig
+    from disqontrold import workers
+
+    path = tmp_path / "disqontrol_bootstrap.py"
+    path.write_text("def setup_environment():\n    raise RuntimeError('down')\n"
+                    "WORKERS = {'db': lambda environment, name: (lambda job: None)}\n")
+    queue = QueueConfig(name="pics", worker=WorkerConfig(type="inline_python_worker", name="db"))
+    try:
+        worker = workers.UnbuiltWorker.build(queue, read_bootstrap(path))
+        intervals = []
+        for _ in range(6):
+            worker.next_try = time.monotonic()
+            assert worker.ready() is None
+            intervals.append(round(worker.next_try - time.monotonic()))
+        assert intervals == [10, 20, 40, 60, 60, 60] and worker.tries == 7
     finally:
         sys.modules.pop("disqontrol_bootstrap", None)
