@@ -17,7 +17,9 @@ runs (never sleep-polls) and checks its stop flag and its recycling limits
 between starts and between the jobs of an inline batch; the unstarted jobs
 go back with ``nack``, which does not count as a failure; started ones
 finish. A redelivered job counts as failed before it runs again
-(failures.count_redeliveries).
+(failures.count_redeliveries). What is owed to the broker for the jobs in
+hand (acks, unstarted jobs, the leases of a slow batch) is kept by
+jobs_in_hand.JobsInHand.
 """
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ from disqontrol_client.job import Job, decode_payload
 from disqontrol_client.logfmt import log_event
 from disqontrold import failures
 from disqontrold.children import EXIT_BOOT_FAILED, EXIT_FAST, EXIT_OK
-from disqontrold.fastquit import FastQuit
+from disqontrold.jobs_in_hand import JobsInHand
 from disqontrold.jobwindow import JobWindow
 from disqontrold.log import reopen_logs
 from disqontrold.proctitle import consumer_title, set_title
@@ -57,12 +59,6 @@ RESERVE_TIMEOUT = 1.0  # s: bounds how long a stop request waits for a blocked r
 BROKER_BACKOFF_START = 0.5  # s
 BROKER_BACKOFF_CAP = 30.0  # s
 MIB = 1024 * 1024
-# s into a batch whose jobs run one by one: past it, each job's end acks the
-# ended ones and renews the waiting ones' leases. Shorter batches are left
-# alone (the acks ride on the next reserve); longer ones could outlive the
-# lease taken at the reserve, and a second consumer would run them again.
-# One broker call per job is noise next to a job this slow.
-LEASE_RENEW_AFTER = 1.0
 MS = 1000
 
 
@@ -86,19 +82,20 @@ class Consumer:
         self.queues = list(group.queues)
         self.stopping = False
         self.reopen_requested = False
-        self.broker: Optional[Broker] = None
         self.workers: dict[str, Worker] = {}
         self._held: Optional["HeldQueues"] = None  # queues whose worker's setup raised (built in run)
-        self._unacked: list[str] = []  # succeeded, acked by the next reserve
-        self._leased_at = 0.0  # monotonic time the jobs in hand were leased or renewed
-        self._unstarted: set[str] = set()  # reserved, not started: handed back on SIGQUIT
-        self._quit = FastQuit(self._hand_back, EXIT_FAST)
+        self.jobs = JobsInHand(EXIT_FAST)  # acks owed, jobs not started, leases
         self._timeouts = {q: config.queue(q).job_process_timeout for q in self.queues}
         self.window = JobWindow(group.job_batch, notes=scoreboard)
         self._busy = False  # the scoreboard says busy
         self._recycle = ""  # why this process is to be replaced, once it is
         self._window_backoff = BROKER_BACKOFF_START  # s before a refill after the broker failed one
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    @property
+    def broker(self) -> Optional[Broker]:
+        """The connection, opened in run(); JobsInHand makes the calls about jobs."""
+        return self.jobs.broker
 
     # -- signals --------------------------------------------------------
     def install_signals(self) -> None:
@@ -117,20 +114,7 @@ class Consumer:
         self.stopping = True
 
     def _on_quit(self, signum: int, frame: object) -> None:
-        self._quit.request()
-
-    def _hand_back(self) -> None:
-        """On SIGQUIT, the connection idle: ack the ended successes and nack
-        the jobs not started, so that neither waits for its lease."""
-        if self.broker is None:
-            return
-        try:
-            if self._unacked:
-                self.broker.ack(self._unacked)
-            if self._unstarted:
-                self.broker.nack(sorted(self._unstarted))
-        except (BrokerUnavailable, BrokerError):
-            pass  # no logging in a signal handler; they come back by lease expiry, as before
+        self.jobs.quit.request()
 
     def _on_reopen(self, signum: int, frame: object) -> None:
         self.reopen_requested = True
@@ -166,7 +150,7 @@ class Consumer:
         finally:
             self.scoreboard.set_state(STOPPING)
             self.window.close()  # empty unless an exception cut the loop short
-            self._flush_acks()
+            self.jobs.flush_acks()
             self._close()
         log_event(logger, "consumer_stopped", group=self.group.name,
                   done=self.scoreboard.done, failed=self.scoreboard.failed)
@@ -186,7 +170,7 @@ class Consumer:
         delay = BROKER_BACKOFF_START
         while not self.stopping:
             try:
-                self.broker = open_broker(self.config.broker)
+                self.jobs.broker = open_broker(self.config.broker)
                 return True
             except (BrokerUnavailable, BrokerError) as exc:
                 self._broker_trouble("connect", exc, delay)
@@ -203,7 +187,7 @@ class Consumer:
         for worker in self.workers.values():
             worker.close()
         if self.broker is not None:
-            with self._quit.broker_call():
+            with self.jobs.quit.broker_call():
                 self.broker.close()
 
     def _recycle_reason(self) -> str:
@@ -225,7 +209,7 @@ class Consumer:
         set_title(consumer_title(self.group.name, "idle"))
 
     def _on_start(self, job: Job) -> None:
-        self._unstarted.discard(job.id or "")
+        self.jobs.started(job.id)
         self._busy = True
         self.scoreboard.set_state(BUSY, job.id or "")
         set_title(consumer_title(self.group.name, "busy", job.id or ""))
@@ -283,10 +267,7 @@ class Consumer:
                 return []
         while not self.stopping:
             try:
-                with self._quit.broker_call():
-                    got = self.broker.reserve(queues, count=count, timeout=timeout, ack=self._unacked)
-                    self._unacked = []
-                    self._unstarted.update(d.id for d in got)
+                got = self.jobs.reserve(queues, count, timeout)
             except (BrokerUnavailable, BrokerError) as exc:
                 if timeout:
                     self._broker_trouble("reserve", exc, delay)
@@ -299,7 +280,6 @@ class Consumer:
                 self._window_backoff = min(self._window_backoff * 2, BROKER_BACKOFF_CAP)
                 got = []
             else:
-                self._leased_at = time.monotonic()
                 self._window_backoff = BROKER_BACKOFF_START
                 self.window.pace.reserved(time.monotonic(), count, len(got))
             self.scoreboard.heartbeat()
@@ -318,7 +298,7 @@ class Consumer:
         if not deliveries:
             return
         if self.stopping:
-            self._nack([d.id for d in deliveries])
+            self.jobs.nack([d.id for d in deliveries])
             return
         windowed: list[Job] = []
         by_queue: dict[str, list[Job]] = {}
@@ -341,9 +321,9 @@ class Consumer:
         self._on_start(jobs[-1])  # one title and scoreboard write per round, not per job
         for index, job in enumerate(jobs):
             if self.stopping or self._recycle:
-                self._nack([j.id for j in jobs[index:]])
+                self.jobs.nack([j.id for j in jobs[index:]])
                 return
-            self._unstarted.discard(job.id or "")
+            self.jobs.started(job.id)
             failed = self.window.start(self.workers[job.queue], job, self._timeouts[job.queue])
             if failed is not None:
                 self._settle([(job, failed)])
@@ -363,34 +343,8 @@ class Consumer:
                 self._tend_window_now()
                 self._settle(list(zip(run, self._run(worker, run))))
                 started += len(run)
-                self._keep_leases(reserved[started:])
-        self._nack([job.id for job in reserved[started:]])
-
-    def _keep_leases(self, waiting: list[Job]) -> None:
-        """A batch run one job after another can outlive the lease of its
-        reserve: past LEASE_RENEW_AFTER, ack the ended jobs now and extend
-        the leases of those still waiting (``working``)."""
-        now = time.monotonic()
-        if not waiting or now - self._leased_at < LEASE_RENEW_AFTER:
-            return
-        self._leased_at = now
-        self._flush_acks()
-        missed: list[str] = []
-        error = ""
-        with self._quit.broker_call():
-            for index, job in enumerate(waiting):
-                try:
-                    self.broker.working(job.id)
-                except BrokerUnavailable as exc:  # no use asking again for each job
-                    missed.extend(j.id or "" for j in waiting[index:])
-                    error = str(exc)
-                    break
-                except BrokerError as exc:  # this job's lease (e.g. one that lapsed already)
-                    missed.append(job.id or "")
-                    error = str(exc)
-        if missed:
-            log_event(logger, "lease_not_renewed", logging.WARNING, job=",".join(missed),
-                      queue=waiting[0].queue, error=error)
+                self.jobs.keep_leases(reserved[started:])
+        self.jobs.nack([job.id for job in reserved[started:]])
 
     def _tend_window_now(self) -> None:
         """Between two inline runs, which cannot watch the window's
@@ -432,7 +386,7 @@ class Consumer:
         failed = 0
         for job, outcome in ended:
             if outcome.ok:
-                self._unacked.append(job.id)
+                self.jobs.succeeded(job.id)
                 log_event(logger, "job_done", job=job.id, queue=job.queue,
                           duration_ms=round(outcome.duration * MS, 1))
             else:
@@ -445,35 +399,5 @@ class Consumer:
             self._recycle = self._recycle_reason()
 
     def _fail(self, job: Job, outcome: Outcome) -> None:
-        self._unstarted.discard(job.id or "")  # a parked redelivery is never started
         queue = self.config.queue(job.queue)
-        try:
-            with self._quit.broker_call():
-                failures.handle_failure(self.broker, job, queue, outcome,
-                                        failure_queue=self.config.queues.get(queue.failure_queue))
-        except (BrokerUnavailable, BrokerError) as exc:
-            # Still leased: it comes back after its lease and counts as failed then.
-            log_event(logger, "failure_not_recorded", logging.ERROR, job=job.id, queue=job.queue,
-                      error=str(exc))
-
-    def _flush_acks(self) -> None:
-        """Ack the successes now, not with the next reserve (the process is
-        leaving, or a long batch keeps its leases)."""
-        ids, self._unacked = self._unacked, []
-        if not ids or self.broker is None:
-            return
-        try:
-            with self._quit.broker_call():
-                self.broker.ack(ids)
-        except (BrokerUnavailable, BrokerError) as exc:
-            log_event(logger, "ack_failed", logging.ERROR, job=",".join(ids), error=str(exc))
-
-    def _nack(self, ids: list[str]) -> None:
-        if not ids:
-            return
-        self._unstarted.difference_update(ids)
-        try:
-            with self._quit.broker_call():
-                self.broker.nack(ids)
-        except (BrokerUnavailable, BrokerError) as exc:
-            log_event(logger, "nack_failed", logging.WARNING, job=",".join(ids), error=str(exc))
+        self.jobs.fail(job, queue, outcome, self.config.queues.get(queue.failure_queue))

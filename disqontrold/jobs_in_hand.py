@@ -1,0 +1,137 @@
+"""What a consumer owes the broker for the jobs it holds.
+
+- The successes not acked yet: they ride on the next reserve (one broker
+  call per batch, not per job), or are acked at once when the process
+  leaves or a slow batch renews its leases.
+- The jobs reserved but not started: given back (nack) on a stop, a
+  recycle or a fast quit, so they do not wait for their lease.
+- The lease of a batch that runs one job after another: past
+  LEASE_RENEW_AFTER, each job's end acks the ended jobs and renews the
+  waiting ones (``working``), or a batch slower than its lease would be
+  handed to a second consumer too.
+
+Every broker call goes through ``FastQuit.broker_call`` so that a SIGQUIT
+never uses the connection in the middle of another call.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Optional, Sequence
+
+from disqontrol_client.brokers import Broker, Delivery
+from disqontrol_client.config import QueueConfig
+from disqontrol_client.errors import BrokerError, BrokerUnavailable
+from disqontrol_client.job import Job
+from disqontrol_client.logfmt import log_event
+from disqontrold import failures
+from disqontrold.fastquit import FastQuit
+from disqontrold.workers.base import Outcome
+
+logger = logging.getLogger("disqontrold.consumer")
+
+# s into a batch whose jobs run one by one: past it, each job's end acks the
+# ended ones and renews the waiting ones' leases. Shorter batches are left
+# alone (the acks ride on the next reserve); longer ones could outlive the
+# lease taken at the reserve, and a second consumer would run them again.
+# One broker call per job is noise next to a job this slow.
+LEASE_RENEW_AFTER = 1.0
+
+
+class JobsInHand:
+    """The consumer's jobs, as the broker sees them; ``broker`` is set once connected."""
+
+    def __init__(self, exit_code: int) -> None:
+        self.broker: Optional[Broker] = None
+        self.unacked: list[str] = []  # succeeded, acked by the next reserve
+        self._unstarted: set[str] = set()  # reserved, not started
+        self._leased_at = 0.0  # monotonic time the jobs in hand were leased or renewed
+        self.quit = FastQuit(self.hand_back, exit_code)
+
+    def reserve(self, queues: Sequence[str], count: int, timeout: float) -> list[Delivery]:
+        """Lease up to ``count`` jobs, acking the ended successes with them."""
+        with self.quit.broker_call():
+            got = self.broker.reserve(queues, count=count, timeout=timeout, ack=self.unacked)  # type: ignore[union-attr]
+            self.unacked = []
+            self._unstarted.update(d.id for d in got)
+        self._leased_at = time.monotonic()
+        return got
+
+    def started(self, job_id: Optional[str]) -> None:
+        self._unstarted.discard(job_id or "")
+
+    def succeeded(self, job_id: Optional[str]) -> None:
+        self.unacked.append(job_id or "")
+
+    def fail(self, job: Job, queue: QueueConfig, outcome: Outcome, failure_queue: Optional[QueueConfig]) -> None:
+        """Retry or park the job (SPEC §6); a broker that fails here leaves
+        it leased: it comes back after its lease and counts as failed then."""
+        self.started(job.id)  # a parked redelivery is never started
+        try:
+            with self.quit.broker_call():
+                failures.handle_failure(self.broker, job, queue, outcome, failure_queue=failure_queue)
+        except (BrokerUnavailable, BrokerError) as exc:
+            log_event(logger, "failure_not_recorded", logging.ERROR, job=job.id, queue=job.queue,
+                      error=str(exc))
+
+    def flush_acks(self) -> None:
+        """Ack the successes now, not with the next reserve (the process is
+        leaving, or a long batch keeps its leases)."""
+        ids, self.unacked = self.unacked, []
+        if not ids or self.broker is None:
+            return
+        try:
+            with self.quit.broker_call():
+                self.broker.ack(ids)
+        except (BrokerUnavailable, BrokerError) as exc:
+            log_event(logger, "ack_failed", logging.ERROR, job=",".join(ids), error=str(exc))
+
+    def nack(self, ids: list[str]) -> None:
+        """Give reserved jobs back now (not started: a stop, a recycle)."""
+        if not ids or self.broker is None:
+            return
+        self._unstarted.difference_update(ids)
+        try:
+            with self.quit.broker_call():
+                self.broker.nack(ids)
+        except (BrokerUnavailable, BrokerError) as exc:
+            log_event(logger, "nack_failed", logging.WARNING, job=",".join(ids), error=str(exc))
+
+    def keep_leases(self, waiting: list[Job]) -> None:
+        """A batch run one job after another can outlive the lease of its
+        reserve: past LEASE_RENEW_AFTER, ack the ended jobs now and extend
+        the leases of those still waiting (``working``)."""
+        now = time.monotonic()
+        if not waiting or now - self._leased_at < LEASE_RENEW_AFTER or self.broker is None:
+            return
+        self._leased_at = now
+        self.flush_acks()
+        missed: list[str] = []
+        error = ""
+        with self.quit.broker_call():
+            for index, job in enumerate(waiting):
+                try:
+                    self.broker.working(job.id or "")
+                except BrokerUnavailable as exc:  # no use asking again for each job
+                    missed.extend(j.id or "" for j in waiting[index:])
+                    error = str(exc)
+                    break
+                except BrokerError as exc:  # this job's lease (e.g. one that lapsed already)
+                    missed.append(job.id or "")
+                    error = str(exc)
+        if missed:
+            log_event(logger, "lease_not_renewed", logging.WARNING, job=",".join(missed),
+                      queue=waiting[0].queue, error=error)
+
+    def hand_back(self) -> None:
+        """On SIGQUIT, the connection idle: ack the ended successes and nack
+        the jobs not started, so that neither waits for its lease."""
+        if self.broker is None:
+            return
+        try:
+            if self.unacked:
+                self.broker.ack(self.unacked)
+            if self._unstarted:
+                self.broker.nack(sorted(self._unstarted))
+        except (BrokerUnavailable, BrokerError):
+            pass  # no logging in a signal handler; they come back by lease expiry, as before
