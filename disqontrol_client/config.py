@@ -213,7 +213,8 @@ def parse_config(data: Any, *, base_dir: str | os.PathLike[str], path: Optional[
     base = Path(os.path.abspath(base_dir))
     messages = config_checks.schema_errors(data)
     if not messages:
-        messages = config_checks.cross_key_errors(data["disqontrol"], _defaults(ConsumerConfig))
+        messages = config_checks.cross_key_errors(data["disqontrol"], _defaults(ConsumerConfig),
+                                                  _defaults(QueueConfig))
     if messages:
         raise ConfigError("\n".join(messages))
     return _build(data, base, path)

@@ -93,10 +93,12 @@ def _allowed_keys(schema: Mapping[str, Any], instance: Mapping[str, Any]) -> lis
 # --- rules spanning keys (run once the schema holds) --------------------------
 
 def cross_key_errors(
-    section: Mapping[str, Any], consumer_defaults: Mapping[str, Any]
+    section: Mapping[str, Any], consumer_defaults: Mapping[str, Any],
+    queue_defaults: Mapping[str, Any] = {},  # noqa: B006 (read only)
 ) -> list[str]:
     """Problems no schema can see. ``section`` is the ``disqontrol:`` mapping;
-    ``consumer_defaults`` the built-in ones (overridden by the file's)."""
+    ``consumer_defaults`` and ``queue_defaults`` the built-in ones
+    (overridden by the file's)."""
     errors: list[str] = []
     if "broker" in section and "disque" in section:
         errors.append(f"{ROOT}.disque: give either broker or disque, not both")
@@ -106,6 +108,7 @@ def cross_key_errors(
     queues = section.get("queues") or {}
     for name, queue in queues.items():
         errors.extend(_queue_errors(name, queue, section.get("queue_defaults", {})))
+    errors.extend(_failure_cycle_errors(queues, queue_defaults, section.get("queue_defaults", {})))
     merged_defaults = {**consumer_defaults, **section.get("consumer_defaults", {})}
     errors.extend(_process_errors(f"{ROOT}.consumer_defaults", merged_defaults))
     errors.extend(_consumer_errors(section.get("consumers", ()), queues, merged_defaults))
@@ -175,6 +178,38 @@ def _queue_errors(name: str, queue: Mapping[str, Any], defaults: Mapping[str, An
     failure_queue = queue.get("failure_queue", defaults.get("failure_queue"))
     if failure_queue == name:
         errors.append(f"{where}.failure_queue: {name!r} is the queue itself; name another queue")
+    return errors
+
+
+def _failure_cycle_errors(queues: Mapping[str, Mapping[str, Any]], built_in: Mapping[str, Any],
+                          file_defaults: Mapping[str, Any]) -> list[str]:
+    """A failure queue that is itself a configured queue passes its failed
+    jobs on to its own failure queue: a chain that comes back to where it
+    started (a -> b -> a) never parks a job that keeps failing. A queue
+    naming itself (there or in the file's queue_defaults) is _queue_errors'
+    message; one that does so by the built-in default only (a queue named
+    ``failed-jobs``) is this one's."""
+    defaults = {**built_in, **file_defaults}
+
+    def next_of(name: str) -> Any:
+        return queues[name].get("failure_queue", defaults.get("failure_queue"))
+
+    errors, reported = [], set()
+    for start in queues:
+        chain = [start]
+        while next_of(chain[-1]) in queues and next_of(chain[-1]) not in chain:
+            chain.append(next_of(chain[-1]))
+        if next_of(chain[-1]) != start or frozenset(chain) in reported:
+            continue
+        if chain == [start] and queues[start].get("failure_queue", file_defaults.get("failure_queue")) == start:
+            continue
+        reported.add(frozenset(chain))
+        path = " -> ".join(chain + [start])
+        errors.append(
+            f"{ROOT}.queues.{start}.failure_queue: failed jobs would go round in a circle ({path}) and a job "
+            "that keeps failing would never be parked; end the chain in a queue that is not configured "
+            f"as one, or give {chain[-1]!r} another failure_queue"
+        )
     return errors
 
 

@@ -434,3 +434,26 @@ def test_yaml_error_is_one_line(tmp_path):
         load_config(path)
     assert str(caught.value) == (
         f"{path}: not valid YAML: line 2, column 1: found character '\\t' that cannot start any token")
+
+
+@pytest.mark.parametrize("queues, message", [
+    ({"a": {"failure_queue": "b"}, "b": {"failure_queue": "a"}},
+     "disqontrol.queues.a.failure_queue: failed jobs would go round in a circle (a -> b -> a)"),
+    ({"a": {"failure_queue": "b"}, "b": {"failure_queue": "c"}, "c": {"failure_queue": "b"}},
+     "disqontrol.queues.b.failure_queue: failed jobs would go round in a circle (b -> c -> b)"),
+    # a consumed failure queue left on the built-in failure_queue: failed-jobs
+    ({"a": {}, "failed-jobs": {}},
+     "disqontrol.queues.failed-jobs.failure_queue: failed jobs would go round in a circle "
+     "(failed-jobs -> failed-jobs)"),
+])
+def test_a_circle_of_failure_queues_is_refused(tmp_path, queues, message):
+    worker = {"worker": {"type": "command", "command": "true"}}
+    section = {"queues": {name: {**worker, **extra} for name, extra in queues.items()}}
+    assert refused(section, tmp_path).startswith(message)
+    assert refused(section, tmp_path).count("round in a circle") == 1
+
+
+def test_a_chain_of_failure_queues_that_ends_is_taken(tmp_path):
+    worker = {"worker": {"type": "command", "command": "true"}}
+    section = {"queues": {"a": {**worker, "failure_queue": "b"}, "b": {**worker, "failure_queue": "parked"}}}
+    assert parse_config({"disqontrol": section}, base_dir=tmp_path).queue("a").failure_queue == "b"
