@@ -28,11 +28,16 @@ from disqontrol_client.job import ORIGINAL_ID
 from disqontrol_client.logfmt import redact_url
 from disqontrold import ctl_failed, metrics
 from disqontrold.control import default_socket_path
-from disqontrold.ctl_client import MasterUnreachable, request
+from disqontrold.ctl_client import REPLY_TIMEOUT, MasterUnreachable, request
+from disqontrold.reload import LOAD_TIMEOUT
 
 PROG = "disqontrolctl"
 STOP_POLL_INTERVAL = 0.1  # s between checks that the stopped master is gone
 BYTES_PER_MIB = 1024 * 1024
+# s: the master answers a reload once it has checked the new config, which
+# may take LOAD_TIMEOUT (importing the Python workers); `systemctl reload`
+# runs this command and would fail while the reload goes on.
+RELOAD_REPLY_TIMEOUT = LOAD_TIMEOUT + REPLY_TIMEOUT
 LAST_ERROR_CHARS = 60  # of the last error in `failed list`; `failed show` has it all
 
 
@@ -117,7 +122,7 @@ class Ctl:
         return code
 
     def reload(self) -> int:
-        reply = request(self.socket_path(), "reload")
+        reply = request(self.socket_path(), "reload", timeout=RELOAD_REPLY_TIMEOUT)
         verdict = "taken" if reply.get("taken") else "refused"
         reason = str(reply.get("reason", ""))
         reason = reason[len(verdict) + 1:].lstrip() if reason.startswith(f"{verdict}:") else reason
