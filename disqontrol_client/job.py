@@ -86,6 +86,17 @@ def encode_envelope(body: Any, metadata: dict[str, Any], *, allow_nan: bool = Tr
     ).encode("utf-8")
 
 
+def loads_json(text: str) -> Any:
+    """A body's JSON text, read as every other JSON reader does: Python's
+    json takes NaN and Infinity, which PHP, jq and an http endpoint refuse;
+    here they raise ValueError like any other text that is not JSON."""
+    return json.loads(text, parse_constant=_refuse_constant)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def usable_metadata(key: str, value: Any) -> bool:
     """Whether ``value`` is one the retry path can count with: a failure of a
     job whose ``creation-time`` is a date string raised in the consumer, on
