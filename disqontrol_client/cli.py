@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from disqontrol_client import exitcodes
 from disqontrol_client.errors import DisqontrolError, UsageError
-from disqontrol_client.job import Job
+from disqontrol_client.job import Job, loads_json
 
 PROG = "disqontrol"
 STDIN_BODY = "-"
@@ -53,18 +53,12 @@ def parse_body(text: str) -> Any:
         except UnicodeDecodeError as exc:
             raise UsageError(f"BODY on stdin is not UTF-8 text ({exc}); JSON must be UTF-8") from None
     try:
-        return json.loads(text, parse_constant=_refuse_constant)
+        return loads_json(text)
     except ValueError as exc:
         snippet = text if len(text) <= BODY_SNIPPET_CHARS else text[:BODY_SNIPPET_CHARS] + "..."
         raise UsageError(
             f"BODY is not valid JSON ({exc}): {snippet!r}; quote a string body as JSON, e.g. '\"pic.png\"'"
         ) from None
-
-
-def _refuse_constant(name: str) -> Any:
-    """Python's json reads NaN and Infinity; no other JSON reader does (a PHP
-    consumer, a command worker's jq), so a body holding one is refused."""
-    raise ValueError(f"{name} is not JSON")
 
 
 def addjob(args: argparse.Namespace) -> int:

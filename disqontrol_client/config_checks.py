@@ -140,7 +140,9 @@ def _broker_errors(url: str, key: str = "broker") -> list[str]:
 def _parse_engine_url(scheme: str, url: str) -> None:
     """The engine's own URL checks (redis prefix and options, disque
     options, none for sqlite), made without connecting: otherwise --check and a reload passed
-    a URL every consumer then refused at start, crash-looping."""
+    a URL every consumer then refused at start, crash-looping. A sqlite
+    path is checked as written (relative ones resolve against the config's
+    directory later), so the message names the file the user meant."""
     if scheme in ("redis", "rediss"):
         from disqontrol_client.brokers.redis import RedisBroker  # noqa: PLC0415 (redis-py for redis users only)
 
@@ -150,9 +152,9 @@ def _parse_engine_url(scheme: str, url: str) -> None:
 
         parse_url(url)
     elif scheme == "sqlite":
-        from disqontrol_client.brokers.sqlite import path_from_url  # noqa: PLC0415
+        from disqontrol_client.brokers.sqlite import URL_PREFIX, path_from_url  # noqa: PLC0415
 
-        path_from_url(resolve_broker_url(url, os.sep))
+        path_from_url(URL_PREFIX + url.partition(":")[2].removeprefix("//"))
 
 
 def _disque_errors(nodes: Sequence[Mapping[str, Any]]) -> list[str]:

@@ -86,6 +86,17 @@ def encode_envelope(body: Any, metadata: dict[str, Any], *, allow_nan: bool = Tr
     ).encode("utf-8")
 
 
+def loads_json(text: str) -> Any:
+    """A body's JSON text, read as every other JSON reader does: Python's
+    json takes NaN and Infinity, which PHP, jq and an http endpoint refuse;
+    here they raise ValueError like any other text that is not JSON."""
+    return json.loads(text, parse_constant=_refuse_constant)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def usable_metadata(key: str, value: Any) -> bool:
     """Whether ``value`` is one the retry path can count with: a failure of a
     job whose ``creation-time`` is a date string raised in the consumer, on
@@ -97,6 +108,26 @@ def usable_metadata(key: str, value: Any) -> bool:
     if key == RETRIES:
         return isinstance(value, int) and value >= 0
     return math.isfinite(value) and value > 0
+
+
+_PLAIN_NUMBERS = (int, float)  # exact types: json.loads makes no subclasses (nor bools here)
+
+
+def _plainly_usable(metadata: dict[str, Any]) -> bool:
+    """True when every key of ours is there and usable (see
+    ``usable_metadata``), checked without a call per key: this runs once per
+    job a consumer reserves, where that call cost more than the JSON
+    decoding of a small job. False sends the caller to ``usable_metadata``,
+    which decides."""
+    try:
+        retries, original_id = metadata[RETRIES], metadata[ORIGINAL_ID]
+        created, lifetime, timeout = metadata[CREATION_TIME], metadata[JOB_LIFETIME], metadata[PROCESS_TIMEOUT]
+    except KeyError:
+        return False
+    return (type(retries) is int and retries >= 0 and (original_id is None or type(original_id) is str)
+            and type(created) in _PLAIN_NUMBERS and type(lifetime) in _PLAIN_NUMBERS
+            and type(timeout) in _PLAIN_NUMBERS
+            and 0 < created < math.inf and 0 < lifetime < math.inf and 0 < timeout < math.inf)
 
 
 def decode_payload(
@@ -116,15 +147,16 @@ def decode_payload(
         data = json.loads(text)
     except ValueError:
         return text, fresh_metadata(job_lifetime=job_lifetime, process_timeout=process_timeout)
-    if isinstance(data, dict) and data.keys() == ENVELOPE_KEYS and data["metadata"] == []:
-        data["metadata"] = {}  # PHP's json_encode writes an empty array as []
-    if isinstance(data, dict) and data.keys() == ENVELOPE_KEYS and isinstance(data["metadata"], dict):
+    if isinstance(data, dict) and data.keys() == ENVELOPE_KEYS:
         metadata = data["metadata"]
-        if not all(key in metadata and usable_metadata(key, metadata[key]) for key in METADATA_KEYS):
-            # e.g. a PHP job without them, or another library's "creation-time":
-            # "2026-11-28T10:00:00Z": fresh values for the missing and the unusable
-            fresh = fresh_metadata(job_lifetime=job_lifetime, process_timeout=process_timeout)
-            kept = {k: v for k, v in metadata.items() if k not in METADATA_KEYS or usable_metadata(k, v)}
-            metadata = {**fresh, **kept}
-        return data["body"], metadata
+        if metadata == []:
+            metadata = {}  # PHP's json_encode writes an empty array as []
+        if isinstance(metadata, dict):
+            if not _plainly_usable(metadata):
+                # e.g. a PHP job without them, or another library's "creation-time":
+                # "2026-11-28T10:00:00Z": fresh values for the missing and the unusable
+                fresh = fresh_metadata(job_lifetime=job_lifetime, process_timeout=process_timeout)
+                kept = {k: v for k, v in metadata.items() if k not in METADATA_KEYS or usable_metadata(k, v)}
+                metadata = {**fresh, **kept}
+            return data["body"], metadata
     return data, fresh_metadata(job_lifetime=job_lifetime, process_timeout=process_timeout)

@@ -18,6 +18,7 @@ from typing import Any, Collection, Optional
 from croniter import CroniterBadCronError, CroniterBadDateError, CroniterError, croniter
 
 from disqontrol_client.errors import ConfigError
+from disqontrol_client.job import loads_json
 
 COMMENT = "#"
 CRON_FIELDS = 5
@@ -80,13 +81,9 @@ def parse_body(text: str) -> Any:
     string. NaN and Infinity, which Python's json reads but JSON has not (nor
     PHP, jq or an http endpoint), make it a string too."""
     try:
-        return json.loads(text, parse_constant=_not_json)
+        return loads_json(text)
     except ValueError:
         return text
-
-
-def _not_json(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
 
 
 def _check_field(index: int, value: str, where: str) -> None:

@@ -28,11 +28,17 @@ from disqontrol_client.job import ORIGINAL_ID
 from disqontrol_client.logfmt import redact_url
 from disqontrold import ctl_failed, metrics
 from disqontrold.control import default_socket_path
-from disqontrold.ctl_client import MasterUnreachable, request
+from disqontrold.ctl_client import REPLY_TIMEOUT, MasterUnreachable, request
+from disqontrold.master_status import AGE_DIGITS
+from disqontrold.reload import LOAD_TIMEOUT
 
 PROG = "disqontrolctl"
 STOP_POLL_INTERVAL = 0.1  # s between checks that the stopped master is gone
 BYTES_PER_MIB = 1024 * 1024
+# s: the master answers a reload once it has checked the new config, which
+# may take LOAD_TIMEOUT (importing the Python workers); `systemctl reload`
+# runs this command and would fail while the reload goes on.
+RELOAD_REPLY_TIMEOUT = LOAD_TIMEOUT + REPLY_TIMEOUT
 LAST_ERROR_CHARS = 60  # of the last error in `failed list`; `failed show` has it all
 
 
@@ -98,6 +104,7 @@ class Ctl:
         master = reply.setdefault("master", {})
         for consumer in reply.get("consumers", []):
             consumer.setdefault("rss_mib", _rss_mib(consumer.get("pid")))
+            consumer.setdefault("oldest_job_age", _oldest_job_age(consumer))
         if master.get("broker"):
             master["broker"] = redact_url(master["broker"])
         return reply
@@ -117,7 +124,7 @@ class Ctl:
         return code
 
     def reload(self) -> int:
-        reply = request(self.socket_path(), "reload")
+        reply = request(self.socket_path(), "reload", timeout=RELOAD_REPLY_TIMEOUT)
         verdict = "taken" if reply.get("taken") else "refused"
         reason = str(reply.get("reason", ""))
         reason = reason[len(verdict) + 1:].lstrip() if reason.startswith(f"{verdict}:") else reason
@@ -244,6 +251,21 @@ def _rss_mib(pid: Optional[int]) -> Optional[float]:
         return round(psutil.Process(pid).memory_info().rss / BYTES_PER_MIB, 1)
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return None
+
+
+def _oldest_job_age(consumer: dict[str, Any]) -> float:
+    """Seconds the consumer's oldest running job has run. ``job_age`` counts
+    from its latest start only: a job window starts jobs beside one that
+    runs on (and reads idle between rounds), so the job processes' own
+    start times count too."""
+    now = time.time()
+    ages = [consumer.get("job_age") or 0.0]
+    for pid in consumer.get("job_pids") or ():
+        try:
+            ages.append(now - psutil.Process(pid).create_time())
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue  # ended since the master answered
+    return round(max(ages), AGE_DIGITS)
 
 
 def _consumer_state(consumer: dict[str, Any]) -> str:

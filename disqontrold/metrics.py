@@ -113,7 +113,7 @@ def _group_samples(status: Mapping[str, Any], out: dict[str, list[Sample]]) -> N
         counts["consumer_busy_processes"] += 1 if consumer.get("job") else 0
         counts["consumer_rss_bytes"] += (consumer.get("rss_mib") or 0) * MIB
         counts["job_processes"] += len(consumer.get("job_pids") or ())
-        counts["oldest_job_seconds"] = max(counts["oldest_job_seconds"], consumer.get("job_age") or 0)
+        counts["oldest_job_seconds"] = max(counts["oldest_job_seconds"], consumer.get("oldest_job_age") or 0)
     for name in sorted(sums):
         for metric, value in sums[name].items():
             out[metric].append(({"group": name}, round(value)))

@@ -10,7 +10,7 @@ import stat
 import pytest
 
 from tests.integration.ctl_support import ctl
-from tests.support.daemon import Daemon, python_worker
+from tests.support.daemon import Daemon, command_worker, python_worker
 from tests.support.procs import wait_for
 
 JOBS = 5
@@ -120,6 +120,33 @@ def test_a_running_job_shows_its_age_for_a_stuck_job_alert(tmp_path):
             return age if age >= 2 else None
         # Then the group's oldest job age grows (a job past its timeout shows here first)
         assert wait_for(aged, timeout=60, interval=0.5, message="the running job's age in the metrics") >= 2
+    finally:
+        daemon.signal(signal.SIGQUIT)  # fast: the sleeping job need not finish
+        daemon.stop()
+
+
+LONG_JOB_AGE = 6.0  # s the long command job has run before a short one starts beside it
+
+
+@pytest.mark.timeout(120)
+def test_the_oldest_job_age_is_the_oldest_jobs_not_the_latest_started(tmp_path):
+    # Given a consumer whose job window runs a long command job
+    daemon = Daemon(tmp_path, f"sqlite://{tmp_path}/jobs.db", {"cmd": {"worker": command_worker(tmp_path)}},
+                    consumer_defaults={"job_batch": 4}).start()
+    try:
+        daemon.add("cmd", [{"sleep": True}])
+
+        def oldest() -> float:
+            done = ctl(daemon, "metrics")
+            assert done.returncode == 0, done.stderr
+            return parse(done.stdout)[("oldest_job_seconds", 'group="cmd"')]
+        wait_for(lambda: oldest() >= LONG_JOB_AGE, timeout=60, interval=0.5, message="the long job's age")
+        # When a short job starts and ends beside it
+        daemon.add("cmd", ["short"])
+        daemon.wait_runs(1)
+        # Then the metric still reads the long job's age (it read the short
+        # one's: a stuck job among others that come and go never showed)
+        assert oldest() >= LONG_JOB_AGE
     finally:
         daemon.signal(signal.SIGQUIT)  # fast: the sleeping job need not finish
         daemon.stop()

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from disqontrol_client import exitcodes
+from disqontrold.ctl import RELOAD_REPLY_TIMEOUT
 from disqontrold.reload import LOAD_TIMEOUT
 from disqontrold.systemd import READY_WAIT_LIMIT
 
@@ -69,6 +70,8 @@ def test_start_timeout_outlasts_the_slowest_start_the_master_allows():
     # systemd must not kill a start that is still checking a slow config
     # (the loader child may take LOAD_TIMEOUT) or waiting for its consumers.
     assert int(_service_section()["TimeoutStartSec"]) > LOAD_TIMEOUT + READY_WAIT_LIMIT
+    # nor the ExecReload (`disqontrolctl reload`, which waits for the master's check)
+    assert int(_service_section()["TimeoutStartSec"]) > RELOAD_REPLY_TIMEOUT
 
 
 METRICS_UNIT = UNIT.with_name("disqontrol-metrics.service")

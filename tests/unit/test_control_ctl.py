@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from disqontrold import ctl, ctl_client
+from disqontrold.reload import LOAD_TIMEOUT
 from tests.support.procs import stop_process, wait_for
 
 STAND_IN = textwrap.dedent(
@@ -63,6 +65,23 @@ def test_reload_taken_exits_0(stand_in):
 def test_reload_refused_exits_1_with_the_reason(stand_in):
     result = _ctl("--socket", str(stand_in[0]), "reload")
     assert result.returncode == 1 and result.stdout.strip() == "reload refused: queues.x.worker.type: bad"
+
+
+@pytest.mark.parametrize("stand_in", ["take"], indirect=True)
+def test_reload_waits_as_long_as_the_master_may_check_the_config(stand_in, monkeypatch, capsys):
+    # `systemctl reload` runs `disqontrolctl reload`: the master answers once
+    # it has checked the new config (importing the workers may take up to
+    # LOAD_TIMEOUT); a shorter wait failed the reload while it went on
+    asked: list[float] = []
+
+    def timed_request(path, cmd, timeout=ctl_client.REPLY_TIMEOUT, **fields):
+        asked.append(timeout)
+        return ctl_client.request(path, cmd, timeout, **fields)
+
+    monkeypatch.setattr(ctl, "request", timed_request)
+    assert ctl.main(["--socket", str(stand_in[0]), "reload"]) == 0
+    assert capsys.readouterr().out.strip() == "reload taken: config unchanged"
+    assert asked and asked[0] > LOAD_TIMEOUT, asked
 
 
 @pytest.mark.parametrize("stand_in", ["take"], indirect=True)

@@ -3,6 +3,7 @@ writes, and payloads of other libraries taken as the body itself."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -98,7 +99,7 @@ def test_non_json_body_is_refused_at_encoding():
 @pytest.mark.parametrize("key, value", [
     (CREATION_TIME, "2026-11-28T10:00:00Z"), (CREATION_TIME, None), (JOB_LIFETIME, "3600"),
     (JOB_LIFETIME, -5), (PROCESS_TIMEOUT, True), (RETRIES, "2"), (RETRIES, -1), (RETRIES, 1.5),
-    (ORIGINAL_ID, 17),
+    (ORIGINAL_ID, 17), (CREATION_TIME, math.nan), (JOB_LIFETIME, math.inf), (PROCESS_TIMEOUT, 0),
 ])
 def test_unusable_metadata_values_are_replaced_with_fresh_ones(key, value):
     # another library's "creation-time" as a date string raised in the
@@ -112,3 +113,13 @@ def test_unusable_metadata_values_are_replaced_with_fresh_ones(key, value):
     assert {k: v for k, v in decoded.items() if k != key} == {k: v for k, v in metadata.items() if k != key}
     assert Job("b", "q", decoded).retries >= 0
     assert isinstance(decoded[CREATION_TIME], int) and decoded[JOB_LIFETIME] > 0
+
+
+def test_usable_metadata_is_kept_as_stored():
+    # the common case, checked without a call per key: floats, a retry
+    # count and a first id pass through untouched, extra keys too
+    metadata = {RETRIES: 3, ORIGINAL_ID: "S-5", CREATION_TIME: NOW + 0.5, JOB_LIFETIME: 60.0,
+                PROCESS_TIMEOUT: 7, "last-error": {"message": "x"}}
+    _, decoded = decode_payload(json.dumps({"body": "b", "metadata": metadata}).encode(),
+                                job_lifetime=50, process_timeout=9)
+    assert decoded == metadata

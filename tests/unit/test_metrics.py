@@ -6,7 +6,7 @@ from disqontrold.metrics import exposition, samples_of
 STATUS = {
     "master": {"uptime": 12.5, "generation": 2},
     "consumers": [
-        {"group": "mail", "job": "S-1", "job_age": 42.4, "done": 10, "failed": 1, "restarts": 2, "rss_mib": 20.0, "job_pids": [7, 8]},
+        {"group": "mail", "job": "S-1", "job_age": 2.0, "oldest_job_age": 42.4, "done": 10, "failed": 1, "restarts": 2, "rss_mib": 20.0, "job_pids": [7, 8]},
         {"group": "mail", "job": None, "done": 5, "failed": 0, "restarts": 0, "rss_mib": 10.0, "job_pids": []},
     ],
     "restarting": [{"group": "pics", "restarts": 3}],
