@@ -332,19 +332,41 @@ class Consumer:
         """Run the jobs of non-windowed workers: a concurrent worker's as one
         ``run_many``, an inline worker's one by one. The stop flag and the
         recycling limits are checked between runs: a bloated process stops
-        after the job in hand and gives the unstarted rest back."""
+        after the job in hand and gives the unstarted rest back. A batch run
+        one job after another can outlive the lease of its reserve: past
+        LEASE_RENEW_AFTER each run's end acks the ended jobs and renews the
+        waiting ones (JobsInHand.keep_leases), and before a run, waiting
+        jobs it could outlast are given back (``_give_back_outlasted``)."""
         reserved = [job for jobs in by_queue.values() for job in jobs]
         started = 0
+        given_back: set[str] = set()
         for queue, jobs in by_queue.items():
             worker = self.workers[queue]
             for run in [jobs] if worker.concurrent else [[job] for job in jobs]:
                 if self.stopping or self._recycle:  # finish the job in hand, give the rest back
                     break
-                self._tend_window_now()
-                self._settle(list(zip(run, self._run(worker, run))))
+                if len(by_queue) > 1:
+                    given_back.update(self._give_back_outlasted(reserved[started + len(run):], given_back,
+                                                                self._timeouts[queue]))
+                todo = [job for job in run if job.id not in given_back] if given_back else run
                 started += len(run)
-                self.jobs.keep_leases(reserved[started:])
-        self.jobs.nack([job.id for job in reserved[started:]])
+                if todo:
+                    self._tend_window_now()
+                    self._settle(list(zip(todo, self._run(worker, todo))))
+                if started < len(reserved) and self.jobs.renewal_due():
+                    self.jobs.keep_leases([job for job in reserved[started:] if job.id not in given_back])
+        self.jobs.nack([job.id for job in reserved[started:] if job.id not in given_back])
+
+    def _give_back_outlasted(self, waiting: list[Job], given_back: set[str], run_timeout: float) -> list[str]:
+        """Before a run of one queue, give back (nack) the waiting jobs of
+        another whose shorter lease that run could outlast: renewing after
+        it would be too late, and a second consumer would run them too.
+        Given back, another consumer (or this one, next) takes them at once."""
+        ids = self.jobs.outlasted_by([job for job in waiting if job.id not in given_back], run_timeout,
+                                     self._timeouts)
+        if ids:
+            self.jobs.nack(ids)
+        return ids
 
     def _tend_window_now(self) -> None:
         """Between two inline runs, which cannot watch the window's

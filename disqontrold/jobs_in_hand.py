@@ -24,6 +24,7 @@ from disqontrol_client.config import QueueConfig
 from disqontrol_client.errors import BrokerError, BrokerUnavailable
 from disqontrol_client.job import Job
 from disqontrol_client.logfmt import log_event
+from disqontrol_client.submit import LEASE_GRACE
 from disqontrold import failures
 from disqontrold.fastquit import FastQuit
 from disqontrold.workers.base import Outcome
@@ -45,7 +46,7 @@ class JobsInHand:
         self.broker: Optional[Broker] = None
         self.unacked: list[str] = []  # succeeded, acked by the next reserve
         self._unstarted: set[str] = set()  # reserved, not started
-        self._leased_at = 0.0  # monotonic time the jobs in hand were leased or renewed
+        self.leased_at = 0.0  # monotonic time the jobs in hand were leased or renewed
         self.quit = FastQuit(self.hand_back, exit_code)
 
     def reserve(self, queues: Sequence[str], count: int, timeout: float) -> list[Delivery]:
@@ -54,7 +55,7 @@ class JobsInHand:
             got = self.broker.reserve(queues, count=count, timeout=timeout, ack=self.unacked)  # type: ignore[union-attr]
             self.unacked = []
             self._unstarted.update(d.id for d in got)
-        self._leased_at = time.monotonic()
+        self.leased_at = time.monotonic()
         return got
 
     def started(self, job_id: Optional[str]) -> None:
@@ -84,6 +85,7 @@ class JobsInHand:
             with self.quit.broker_call():
                 self.broker.ack(ids)
         except (BrokerUnavailable, BrokerError) as exc:
+            self.unacked[:0] = ids  # owed still: they ride on the next reserve, or the next flush
             log_event(logger, "ack_failed", logging.ERROR, job=",".join(ids), error=str(exc))
 
     def nack(self, ids: list[str]) -> None:
@@ -97,14 +99,17 @@ class JobsInHand:
         except (BrokerUnavailable, BrokerError) as exc:
             log_event(logger, "nack_failed", logging.WARNING, job=",".join(ids), error=str(exc))
 
+    def renewal_due(self) -> bool:
+        return time.monotonic() - self.leased_at >= LEASE_RENEW_AFTER
+
     def keep_leases(self, waiting: list[Job]) -> None:
         """A batch run one job after another can outlive the lease of its
         reserve: past LEASE_RENEW_AFTER, ack the ended jobs now and extend
         the leases of those still waiting (``working``)."""
         now = time.monotonic()
-        if not waiting or now - self._leased_at < LEASE_RENEW_AFTER or self.broker is None:
+        if not waiting or now - self.leased_at < LEASE_RENEW_AFTER or self.broker is None:
             return
-        self._leased_at = now
+        self.leased_at = now
         self.flush_acks()
         missed: list[str] = []
         error = ""
@@ -122,6 +127,13 @@ class JobsInHand:
         if missed:
             log_event(logger, "lease_not_renewed", logging.WARNING, job=",".join(missed),
                       queue=waiting[0].queue, error=error)
+
+    def outlasted_by(self, waiting: Sequence[Job], run_timeout: float, timeouts: dict[str, float]) -> list[str]:
+        """The waiting jobs whose lease (their queue's timeout + LEASE_GRACE
+        since the reserve or the last renewal) a run of up to ``run_timeout``
+        could outlast: renewing after the run would come too late."""
+        horizon = time.monotonic() + run_timeout - LEASE_GRACE - self.leased_at
+        return [job.id or "" for job in waiting if timeouts[job.queue] < horizon]
 
     def hand_back(self) -> None:
         """On SIGQUIT, the connection idle: ack the ended successes and nack

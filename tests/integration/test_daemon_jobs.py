@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 
 import pytest
 
+from disqontrol_client.job import Job
+from disqontrol_client.submit import new_job_for
 from tests.support.daemon import Daemon, command_worker, python_worker
 from tests.support.procs import wait_for
 
@@ -68,6 +71,31 @@ def test_an_inline_batch_longer_than_its_lease_runs_each_job_once(tmp_path, brok
         assert sorted(int(body) for body, _ in runs) == [0, 1, 2, 3]
         wait_for(lambda: daemon.broker.stats(["work"])[0].in_flight == 0, timeout=30, message="all acked")
         assert len(daemon.runs()) == 4
+        assert not daemon.events("job_redelivered")
+    finally:
+        daemon.stop()
+
+
+@pytest.mark.timeout(120)
+def test_jobs_waiting_behind_a_run_that_could_outlast_their_lease_are_given_back(tmp_path):
+    # Given a group of a slow queue (timeout 200 s) and a quick one (timeout
+    # 2 s: a lease of 62 s), two consumers, and one batch holding a slow job
+    # ahead of three quick ones (delayed, so that one reserve takes all four)
+    daemon = Daemon(tmp_path, f"sqlite://{tmp_path}/jobs.db", {
+        "slow": {"worker": python_worker(), "job_process_timeout": 200},
+        "quick": {"worker": python_worker(), "job_process_timeout": 2},
+    }, consumers=[{"queues": ["slow", "quick"], "min_processes": 2, "job_batch": 4}]).start(consumers=2)
+    try:
+        jobs = [("slow", {"n": "slow", "sleep": 2.0}), ("quick", "q1"), ("quick", "q2"), ("quick", "q3")]
+        daemon.broker.add_many([dataclasses.replace(new_job_for(Job(body, queue), daemon._config.queue(queue)),
+                                                    delay=1) for queue, body in jobs])  # due at one instant
+
+        # Then the quick jobs are not held behind the slow one, whose run could
+        # outlast their lease: given back, the other consumer runs them meanwhile
+        runs = daemon.wait_runs(4, timeout=60)
+        finished = {body: at for body, at in runs}
+        assert sorted(finished) == ["q1", "q2", "q3", "slow"]
+        assert all(finished[q] < finished["slow"] for q in ("q1", "q2", "q3")), runs
         assert not daemon.events("job_redelivered")
     finally:
         daemon.stop()

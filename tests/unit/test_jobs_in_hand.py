@@ -1,0 +1,40 @@
+"""The consumer's bookkeeping of what it owes the broker (pure logic: the
+broker here only refuses; the daemon tests use real ones)."""
+from __future__ import annotations
+
+import time
+
+from disqontrol_client.errors import BrokerUnavailable
+from disqontrol_client.job import Job
+from disqontrol_client.submit import LEASE_GRACE
+from disqontrold.jobs_in_hand import JobsInHand
+
+EXIT_CODE = 3
+
+
+class UnreachableBroker:
+    def ack(self, ids: list[str]) -> None:
+        raise BrokerUnavailable("cannot reach the broker")
+
+
+def test_acks_that_could_not_be_sent_are_kept_for_the_next_reserve():
+    jobs = JobsInHand(EXIT_CODE)
+    jobs.broker = UnreachableBroker()  # type: ignore[assignment]
+    jobs.succeeded("S-1")
+    jobs.succeeded("S-2")
+
+    jobs.flush_acks()
+
+    assert jobs.unacked == ["S-1", "S-2"]  # not dropped: they would run again after their lease
+
+
+def test_a_run_outlasts_the_waiting_jobs_whose_lease_is_shorter_than_it():
+    jobs = JobsInHand(EXIT_CODE)
+    jobs.leased_at = time.monotonic()
+    timeouts = {"quick": 2.0, "slow": 200.0}
+    waiting = [Job("a", "quick", id="S-1"), Job("b", "slow", id="S-2")]
+
+    # A run of up to 200 s outlasts a quick job's lease (2 s + the grace), not a slow one's
+    assert jobs.outlasted_by(waiting, 200.0, timeouts) == ["S-1"]
+    # and a run no longer than the grace outlasts none
+    assert jobs.outlasted_by(waiting, LEASE_GRACE / 2, timeouts) == []
