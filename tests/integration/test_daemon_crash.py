@@ -120,3 +120,40 @@ def test_a_hung_consumer_is_killed_and_its_job_counted_as_failed(tmp_path):
         assert not daemon.events("consumer_crashed")
     finally:
         daemon.stop()
+
+
+HANGING_SETUP_BOOTSTRAP = """
+import os, time
+
+def setup_environment():
+    if not os.path.exists(os.environ["DQ_OUT"] + ".go"):
+        time.sleep(600)  # a database connect that never returns
+    return {}
+
+WORKERS = {"handler": lambda environment, name: (lambda job: open(os.environ["DQ_OUT"], "a").write(
+    f"{job.body} {time.time()}\\n"))}
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_consumer_hung_while_starting_is_killed_and_replaced(tmp_path):
+    # Given a bootstrap file whose setup_environment() hangs, and a 1 s job timeout
+    (tmp_path / "disqontrol_bootstrap.py").write_text(HANGING_SETUP_BOOTSTRAP)
+    daemon = Daemon(tmp_path, f"sqlite://{tmp_path}/jobs.db", {
+        "work": {"worker": {"type": "inline_python_worker", "name": "handler"}, "job_process_timeout": 1},
+    }).start(consumers=0)
+    try:
+        [first] = wait_for(daemon.consumer_pids, timeout=30, message="a consumer starting")
+
+        # Then the master kills it once it has been starting past timeout + grace without a sign of life
+        [hung] = daemon.wait_event("consumer_hung", timeout=60)
+        assert f"pid={first} " in hung and "starting_s=" in hung
+
+        # and once the setup can complete, the replacement starts and runs jobs
+        (tmp_path / "out.txt.go").touch()
+        daemon.wait_event("consumer_ready", timeout=60)
+        daemon.add("work", [7])
+        assert daemon.wait_runs(1, timeout=30)[0][0] == "7"
+        assert first not in daemon.consumer_pids()
+    finally:
+        daemon.stop()
