@@ -72,6 +72,7 @@ class ConsumerConfig:
     job_batch: int = 10
     max_jobs_per_process: int = 0  # 0 = no limit
     max_memory_per_process: int = 0  # MiB of RSS, 0 = no limit
+    start_timeout: float = 600.0  # s a consumer may start (imports, setup_environment()) before it is hung
 
     @property
     def name(self) -> str:

@@ -59,6 +59,7 @@ CONSUMER_SETTINGS: dict[str, Any] = {
     "job_batch": {"type": "integer", "minimum": MIN_JOB_BATCH, "maximum": MAX_JOB_BATCH},
     "max_jobs_per_process": _COUNT,
     "max_memory_per_process": _COUNT,
+    "start_timeout": _POSITIVE_NUMBER,
 }
 
 WORKER: dict[str, Any] = {

@@ -172,16 +172,16 @@ class Master:
 
     def _check_hung(self, pid: int, slot: Slot, now: float) -> None:
         """Kill a consumer stuck on one job past its timeout + grace, still
-        starting as long without a sign of life (a setup_environment() or
-        an import that never returns), or idle without a heartbeat (a broker
+        starting past its group's start_timeout without a sign of life (a
+        setup_environment() or an import that never returns), or idle without a heartbeat (a broker
         call that never returns)."""
         snap = slot.scoreboard.read()
         if snap.state == "busy" and now - snap.since > slot.hung_after:
             log_event(logger, "consumer_hung", logging.ERROR, pid=pid, group=slot.group.name,
                       job=snap.job, busy_s=round(now - snap.since, 1), limit_s=slot.hung_after)
-        elif snap.state == "starting" and now - snap.heartbeat > slot.hung_after:
+        elif snap.state == "starting" and now - snap.heartbeat > slot.group.start_timeout:
             log_event(logger, "consumer_hung", logging.ERROR, pid=pid, group=slot.group.name,
-                      starting_s=round(now - snap.since, 1), limit_s=slot.hung_after)
+                      starting_s=round(now - snap.since, 1), limit_s=slot.group.start_timeout)
         elif snap.state == "idle" and now - snap.heartbeat > IDLE_STALL:
             log_event(logger, "consumer_hung", logging.ERROR, pid=pid, group=slot.group.name,
                       idle_without_heartbeat_s=round(now - snap.heartbeat, 1), limit_s=IDLE_STALL)

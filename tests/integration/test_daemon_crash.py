@@ -137,15 +137,15 @@ WORKERS = {"handler": lambda environment, name: (lambda job: open(os.environ["DQ
 
 @pytest.mark.timeout(120)
 def test_a_consumer_hung_while_starting_is_killed_and_replaced(tmp_path):
-    # Given a bootstrap file whose setup_environment() hangs, and a 1 s job timeout
+    # Given a bootstrap file whose setup_environment() hangs, and a start_timeout of 2 s
     (tmp_path / "disqontrol_bootstrap.py").write_text(HANGING_SETUP_BOOTSTRAP)
     daemon = Daemon(tmp_path, f"sqlite://{tmp_path}/jobs.db", {
-        "work": {"worker": {"type": "inline_python_worker", "name": "handler"}, "job_process_timeout": 1},
-    }).start(consumers=0)
+        "work": {"worker": {"type": "inline_python_worker", "name": "handler"}},
+    }, consumer_defaults={"start_timeout": 2}).start(consumers=0)
     try:
         [first] = wait_for(daemon.consumer_pids, timeout=30, message="a consumer starting")
 
-        # Then the master kills it once it has been starting past timeout + grace without a sign of life
+        # Then the master kills it once it has been starting past start_timeout without a sign of life
         [hung] = daemon.wait_event("consumer_hung", timeout=60)
         assert f"pid={first} " in hung and "starting_s=" in hung
 
