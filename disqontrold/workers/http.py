@@ -33,6 +33,8 @@ SNIPPET_CHARS = 500
 #: Bytes of a successful response body kept as the result (synchronous mode).
 MAX_RESULT_BYTES = 1024 * 1024
 USER_AGENT = "disqontrol"
+#: Bytes per read of a response body (each read is bounded by the time left).
+READ_CHUNK = 256 * 1024
 #: Errors that mean a kept-alive connection was closed by the server while
 #: idle: the request is sent again once on a fresh connection.
 STALE_CONNECTION_ERRORS = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
@@ -54,6 +56,25 @@ class _Connection(_NoDelay, http.client.HTTPConnection):
 
 class _TLSConnection(_NoDelay, http.client.HTTPSConnection):
     pass
+
+
+def _read_by(response: http.client.HTTPResponse, conn: http.client.HTTPConnection, deadline: float) -> bytes:
+    """The response body, read by ``deadline``: the socket timeout bounds
+    each read, so a server sending a byte now and then would otherwise keep
+    a job running long past its timeout (until the master killed the
+    consumer as hung)."""
+    chunks = []
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise socket.timeout("the response did not end within the job's timeout")
+        if conn.sock is not None:
+            conn.sock.settimeout(remaining)
+        chunk = response.read1(READ_CHUNK)  # one recv at most: read() loops until it has them all
+        if not chunk:
+            chunks.append(response.read())  # b"", and marks the response done: the connection is reused
+            return b"".join(chunks)
+        chunks.append(chunk)
 
 
 def _json(value: Any) -> str:
@@ -133,12 +154,13 @@ class HttpWorker(Worker):
 
     def _send(self, job: Job, timeout: float) -> tuple[int, bytes]:
         path, data, headers = self.request_parts(job)
+        deadline = time.monotonic() + timeout
         for attempt in (1, 2):
             conn, reused = self._connection(timeout)
             try:
                 conn.request(self.method, path, body=data, headers=headers)
                 response = conn.getresponse()
-                body = response.read()
+                body = _read_by(response, conn, deadline)
             except STALE_CONNECTION_ERRORS:
                 self._drop(conn)
                 if reused and attempt == 1:

@@ -18,6 +18,8 @@ from tests.support.procs import free_port
 
 #: How long the /hang endpoint holds a request: far past the test timeouts.
 HANG_SECONDS = 30
+DRIBBLE_BYTES = 100
+DRIBBLE_PAUSE = 0.3  # s between two bytes of /dribble
 
 
 class Recorder(BaseHTTPRequestHandler):
@@ -38,6 +40,16 @@ class Recorder(BaseHTTPRequestHandler):
             self.server.release.wait(HANG_SECONDS)  # type: ignore[attr-defined]
         if url.path == "/slow":
             time.sleep(1)
+        if url.path == "/dribble":  # each byte well within the timeout, the whole far past it
+            self.send_response(200)
+            self.send_header("Content-Length", str(DRIBBLE_BYTES))
+            self.end_headers()
+            for _ in range(DRIBBLE_BYTES):
+                self.wfile.write(b"x")
+                self.wfile.flush()
+                if self.server.release.wait(DRIBBLE_PAUSE):  # type: ignore[attr-defined]
+                    return
+            return
         status = 500 if url.path == "/fail" else 200
         reply = b"database is down" if status == 500 else b'{"done": true}'
         self.send_response(status)
@@ -101,6 +113,14 @@ def test_a_hang_past_the_timeout_is_failure(server):
     assert not outcome.ok and "no answer after 0.5s timeout" in outcome.error
     assert time.monotonic() - started < 10
     worker.close()
+
+
+def test_an_answer_dribbling_past_the_timeout_is_failure(server):
+    worker = HttpWorker(server.url + "/dribble")
+    started = time.monotonic()
+    outcome = worker.run(job(1), 1)
+    assert not outcome.ok and outcome.error.startswith("no answer after 1s timeout")
+    assert time.monotonic() - started < 1 + 2 * DRIBBLE_PAUSE  # not 100 x 0.3 s
 
 
 def test_connection_refused_is_failure():
