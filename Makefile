@@ -55,6 +55,9 @@ install-systemd:
 	install -d -m 0755 /etc/disqontrol
 	sed -e 's#^  broker: sqlite:.*#  broker: sqlite:///var/lib/disqontrol/disqontrol.db#' \
 		-e 's#^  log_dir: .*#  log_dir: /var/log/disqontrol#' -e 's#^  run_dir: .*#  run_dir: /run/disqontrol#' \
+		-e '1i # Installed by make install-systemd: broker, log_dir and run_dir match the unit. The queues\
+# below are the checkout'"'"'s examples (their workers, crontab and bootstrap file are not installed):\
+# replace them with yours; `disqontrold --check --config THIS` says what is missing.' \
 		etc/disqontrol.yml > /etc/disqontrol/disqontrol.yml.example
 	test -e /etc/disqontrol/disqontrol.yml || echo "install-systemd: now write /etc/disqontrol/disqontrol.yml" \
 		"(start from /etc/disqontrol/disqontrol.yml.example; its paths match the unit)"
