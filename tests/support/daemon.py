@@ -115,7 +115,11 @@ class Daemon:
             stdout=subprocess.DEVNULL, stderr=open(self.stderr_path, "ab"),
         )
         if consumers:  # 0: a test that watches the start itself
-            self.wait_event("consumer_ready", consumers, timeout=START_TIMEOUT)
+            try:
+                self.wait_event("consumer_ready", consumers, timeout=START_TIMEOUT)
+            except BaseException:  # the test's try/finally is not entered yet: do not leave a master behind
+                self.stop()
+                raise
         return self
 
     @property
