@@ -23,6 +23,7 @@ from disqontrol_client import exitcodes
 from disqontrol_client.cli import guarded
 from disqontrol_client.brokers import Broker, open_broker
 from disqontrol_client.config import DEFAULT_RUN_DIR, Config, find_config_path, load_config
+from disqontrol_client.config_checks import sqlite_path
 from disqontrol_client.errors import ConfigError, DisqontrolError, UsageError
 from disqontrol_client.job import ORIGINAL_ID
 from disqontrol_client.logfmt import redact_url
@@ -86,7 +87,14 @@ class Ctl:
 
     def broker(self) -> Broker:
         if self._broker is None:
-            self._broker = open_broker(self.config().broker)
+            url = self.config().broker
+            database = sqlite_path(url)
+            if database and not os.path.exists(database):
+                # A mistyped path would otherwise show empty queues as if they were the real ones.
+                print(f"disqontrolctl: note: no sqlite database at {database} yet, so no job was ever added "
+                      f"with this broker; if the daemon's jobs are elsewhere, disqontrol.broker in "
+                      f"{self.config().path} names another file than theirs", file=sys.stderr)
+            self._broker = open_broker(url)
         return self._broker
 
     def close(self) -> None:

@@ -199,3 +199,19 @@ def test_an_option_before_the_command_stands_when_none_follows(tmp_path):
     # Then the one given before it is used (not reset by the command's parser)
     assert result.returncode == exitcodes.UNREACHABLE
     assert str(socket_path) in _one_clean_line(result)
+
+
+def test_a_sqlite_database_that_does_not_exist_yet_is_noted(tmp_path):
+    # Given a config whose sqlite database was never created (a new install, or a mistyped path)
+    config = tmp_path / "disqontrol.yml"
+    config.write_text("disqontrol:\n  broker: sqlite:typo/jobs.db\n"
+                      "  queues:\n    q:\n      worker: {type: command, command: /bin/true}\n")
+    # When the queues are asked for twice
+    first = _ctl("queues", "--config", str(config))
+    second = _ctl("queues", "--config", str(config))
+    # Then the first answer (empty queues) says on stderr that there was no database, naming it and the config
+    assert first.returncode == exitcodes.OK, first.stderr
+    assert f"no sqlite database at {tmp_path / 'typo' / 'jobs.db'} yet" in first.stderr
+    assert str(config) in first.stderr and len(first.stderr.splitlines()) == 1
+    # and the next does not (the file exists now)
+    assert second.returncode == exitcodes.OK and second.stderr == ""
