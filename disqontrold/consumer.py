@@ -86,6 +86,7 @@ class Consumer:
         self._held: Optional["HeldQueues"] = None  # queues whose worker's setup raised (built in run)
         self.jobs = JobsInHand(EXIT_FAST)  # acks owed, jobs not started, leases
         self._timeouts = {q: config.queue(q).job_process_timeout for q in self.queues}
+        self._shortest_timeout = min(self._timeouts.values())  # whose lease a long run could outlast first
         self.window = JobWindow(group.job_batch, notes=scoreboard)
         self._busy = False  # the scoreboard says busy
         self._recycle = ""  # why this process is to be replaced, once it is
@@ -345,7 +346,7 @@ class Consumer:
             for run in [jobs] if worker.concurrent else [[job] for job in jobs]:
                 if self.stopping or self._recycle:  # finish the job in hand, give the rest back
                     break
-                if len(by_queue) > 1:
+                if len(by_queue) > 1 and self.jobs.may_outlast(self._timeouts[queue], self._shortest_timeout):
                     given_back.update(self._give_back_outlasted(reserved[started + len(run):], given_back,
                                                                 self._timeouts[queue]))
                 todo = [job for job in run if job.id not in given_back] if given_back else run
