@@ -124,13 +124,21 @@ class Consumer:
         pass
 
     def _wait(self, seconds: float) -> None:
-        """Sleep up to ``seconds``, woken early by any handled signal."""
+        """Sleep up to ``seconds``, woken early by any handled signal. The
+        waits that take no job (a broker down, every queue held) reopen the
+        log here: their lines must not go to a rotated file."""
         select.select([self._wake_r], [], [], seconds)
         try:
             while os.read(self._wake_r, 4096):
                 pass
         except BlockingIOError:
             pass
+        self._reopen_logs_if_asked()
+
+    def _reopen_logs_if_asked(self) -> None:
+        if self.reopen_requested:
+            self.reopen_requested = False
+            reopen_logs()
 
     # -- lifecycle ------------------------------------------------------
     def run(self) -> int:
@@ -284,9 +292,7 @@ class Consumer:
                 self._window_backoff = BROKER_BACKOFF_START
                 self.window.pace.reserved(time.monotonic(), count, len(got))
             self.scoreboard.heartbeat()
-            if self.reopen_requested:  # after the wait: the batch's lines go to the new file
-                self.reopen_requested = False
-                reopen_logs()
+            self._reopen_logs_if_asked()  # after the wait: the batch's lines go to the new file
             return got
         return []
 
