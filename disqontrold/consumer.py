@@ -86,6 +86,7 @@ class Consumer:
         self._held: Optional["HeldQueues"] = None  # queues whose worker's setup raised (built in run)
         self.jobs = JobsInHand(EXIT_FAST)  # acks owed, jobs not started, leases
         self._timeouts = {q: config.queue(q).job_process_timeout for q in self.queues}
+        self._shortest_timeout = min(self._timeouts.values())  # whose lease a long run could outlast first
         self.window = JobWindow(group.job_batch, notes=scoreboard)
         self._busy = False  # the scoreboard says busy
         self._recycle = ""  # why this process is to be replaced, once it is
@@ -123,13 +124,21 @@ class Consumer:
         pass
 
     def _wait(self, seconds: float) -> None:
-        """Sleep up to ``seconds``, woken early by any handled signal."""
+        """Sleep up to ``seconds``, woken early by any handled signal. The
+        waits that take no job (a broker down, every queue held) reopen the
+        log here: their lines must not go to a rotated file."""
         select.select([self._wake_r], [], [], seconds)
         try:
             while os.read(self._wake_r, 4096):
                 pass
         except BlockingIOError:
             pass
+        self._reopen_logs_if_asked()
+
+    def _reopen_logs_if_asked(self) -> None:
+        if self.reopen_requested:
+            self.reopen_requested = False
+            reopen_logs()
 
     # -- lifecycle ------------------------------------------------------
     def run(self) -> int:
@@ -283,9 +292,7 @@ class Consumer:
                 self._window_backoff = BROKER_BACKOFF_START
                 self.window.pace.reserved(time.monotonic(), count, len(got))
             self.scoreboard.heartbeat()
-            if self.reopen_requested:  # after the wait: the batch's lines go to the new file
-                self.reopen_requested = False
-                reopen_logs()
+            self._reopen_logs_if_asked()  # after the wait: the batch's lines go to the new file
             return got
         return []
 
@@ -345,7 +352,7 @@ class Consumer:
             for run in [jobs] if worker.concurrent else [[job] for job in jobs]:
                 if self.stopping or self._recycle:  # finish the job in hand, give the rest back
                     break
-                if len(by_queue) > 1:
+                if len(by_queue) > 1 and self.jobs.may_outlast(self._timeouts[queue], self._shortest_timeout):
                     given_back.update(self._give_back_outlasted(reserved[started + len(run):], given_back,
                                                                 self._timeouts[queue]))
                 todo = [job for job in run if job.id not in given_back] if given_back else run

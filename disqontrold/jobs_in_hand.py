@@ -128,12 +128,24 @@ class JobsInHand:
             log_event(logger, "lease_not_renewed", logging.WARNING, job=",".join(missed),
                       queue=waiting[0].queue, error=error)
 
+    def may_outlast(self, run_timeout: float, shortest_timeout: float) -> bool:
+        """Whether a run of up to ``run_timeout`` could outlast the lease of
+        a job whose queue's timeout is ``shortest_timeout``: one comparison
+        before each run, so that the common batch (timeouts within the
+        grace of each other) never walks its waiting jobs (``outlasted_by``)."""
+        return self._horizon(run_timeout) > shortest_timeout
+
     def outlasted_by(self, waiting: Sequence[Job], run_timeout: float, timeouts: dict[str, float]) -> list[str]:
         """The waiting jobs whose lease (their queue's timeout + LEASE_GRACE
         since the reserve or the last renewal) a run of up to ``run_timeout``
         could outlast: renewing after the run would come too late."""
-        horizon = time.monotonic() + run_timeout - LEASE_GRACE - self.leased_at
+        horizon = self._horizon(run_timeout)
         return [job.id or "" for job in waiting if timeouts[job.queue] < horizon]
+
+    def _horizon(self, run_timeout: float) -> float:
+        """A lease (timeout + LEASE_GRACE) ends before a run of up to
+        ``run_timeout`` starting now if its timeout is below this."""
+        return time.monotonic() + run_timeout - LEASE_GRACE - self.leased_at
 
     def hand_back(self) -> None:
         """On SIGQUIT, the connection idle: ack the ended successes and nack

@@ -3,6 +3,9 @@ then parked in the failure queue with their last error."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+from pathlib import Path
 
 import pytest
 
@@ -238,5 +241,36 @@ def test_a_raising_setup_environment_holds_its_queue_s_jobs_and_not_the_group(tm
         assert "queue=py " in recovered
         wait_for(lambda: daemon.broker.stats(["py"])[0].in_flight == 0, timeout=30, message="the job acked")
         assert daemon.failed_jobs() == []
+    finally:
+        daemon.stop()
+
+
+def _has_open(pid: int, path: Path) -> bool:
+    """Whether process ``pid`` holds the file now at ``path`` open."""
+    inode = path.stat().st_ino if path.exists() else None
+    fds = Path(f"/proc/{pid}/fd")
+    return any(os.stat(fd).st_ino == inode for fd in fds.iterdir() if fd.resolve().name == path.name)
+
+
+@pytest.mark.timeout(60)
+def test_a_consumer_whose_every_queue_is_held_reopens_its_log_after_rotation(tmp_path, sqlite_url):
+    # Given a consumer whose only queue is held (its setup_environment() raises)
+    (tmp_path / "disqontrol_bootstrap.py").write_text(SETUP_FAILS_UNTIL_FLAG_BOOTSTRAP)
+    daemon = Daemon(tmp_path, sqlite_url, {
+        "py": {"worker": {"type": "inline_python_worker", "name": "handler"}},
+    }).start()
+    try:
+        daemon.wait_event("worker_setup_failed")
+        [consumer] = daemon.consumer_pids()
+
+        # When logrotate moves the log away and sends SIGUSR1
+        daemon.log_path.rename(daemon.log_path.with_suffix(".log.1"))
+        daemon.signal(signal.SIGUSR1)
+        daemon.wait_event("logs_reopened")
+
+        # Then the consumer writes to the new file too: its worker_setup_failed
+        # lines, the ones that say why the group runs nothing, are not lost
+        wait_for(lambda: _has_open(consumer, daemon.log_path), timeout=15,
+                 message="the held consumer has the new log file open")
     finally:
         daemon.stop()

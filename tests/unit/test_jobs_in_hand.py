@@ -38,3 +38,18 @@ def test_a_run_outlasts_the_waiting_jobs_whose_lease_is_shorter_than_it():
     assert jobs.outlasted_by(waiting, 200.0, timeouts) == ["S-1"]
     # and a run no longer than the grace outlasts none
     assert jobs.outlasted_by(waiting, LEASE_GRACE / 2, timeouts) == []
+
+
+def test_a_run_is_checked_against_the_waiting_jobs_only_if_it_could_outlast_the_shortest_lease():
+    jobs = JobsInHand(EXIT_CODE)
+    jobs.leased_at = time.monotonic()
+
+    # Timeouts within the grace of each other: no run outlasts a fresh lease,
+    # so the consumer does not walk the batch's waiting jobs before each run
+    assert not jobs.may_outlast(30.0, 10.0)
+    assert not jobs.may_outlast(600.0, 600.0)
+    # a run longer than the shortest timeout + the grace could
+    assert jobs.may_outlast(200.0, 2.0)
+    # and so could a same-length run once the lease has aged past the grace
+    jobs.leased_at -= LEASE_GRACE + 1
+    assert jobs.may_outlast(600.0, 600.0)
