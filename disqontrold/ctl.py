@@ -192,11 +192,10 @@ class Ctl:
         return rows
 
     def queues(self) -> int:
-        config = self.config()
         rows = self.queue_stats()
-        failure_rows = [
-            {"queue": q, "length": self.broker().length(q)} for q in sorted(config.failure_queues)
-        ]
+        # Every failure queue of the config is some configured queue's, so the
+        # rows carry its length already (on disque a length scans every node).
+        failure_rows = [{"queue": q, "length": n} for q, n in _failure_lengths(rows)]
         data = {"queues": rows, "failure_queues": failure_rows}
         self.emit(data, format_queues(rows))
         return exitcodes.OK
@@ -288,11 +287,15 @@ def format_queues(rows: Sequence[dict[str, Any]]) -> str:
     """The queues, then their failure queues' lengths in a table of their own:
     queues share a failure queue, and a count beside each of them read as
     that queue's failures (`failed list QUEUE` has those)."""
-    lengths = {r["failure_queue"]: r["failed"] for r in rows if r.get("failure_queue")}
     return table(
         ["QUEUE", "READY", "DELAYED", "IN FLIGHT", "FAILURE QUEUE"],
         [(r["queue"], r["ready"], r["delayed"], r["in_flight"], r["failure_queue"]) for r in rows],
-    ) + "\n\n" + table(["FAILURE QUEUE", "LENGTH"], sorted(lengths.items()))
+    ) + "\n\n" + table(["FAILURE QUEUE", "LENGTH"], _failure_lengths(rows))
+
+
+def _failure_lengths(rows: Sequence[dict[str, Any]]) -> list[tuple[str, Any]]:
+    """(failure queue, length) from the queue rows, by name."""
+    return sorted({r["failure_queue"]: r["failed"] for r in rows if r.get("failure_queue")}.items())
 
 
 def format_groups(groups: Sequence[dict[str, Any]]) -> str:
