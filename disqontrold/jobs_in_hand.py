@@ -106,10 +106,9 @@ class JobsInHand:
         """A batch run one job after another can outlive the lease of its
         reserve: past LEASE_RENEW_AFTER, ack the ended jobs now and extend
         the leases of those still waiting (``working``)."""
-        now = time.monotonic()
-        if not waiting or now - self.leased_at < LEASE_RENEW_AFTER or self.broker is None:
+        if not waiting or not self.renewal_due() or self.broker is None:
             return
-        self.leased_at = now
+        self.leased_at = time.monotonic()
         self.flush_acks()
         missed: list[str] = []
         error = ""

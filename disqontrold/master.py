@@ -173,8 +173,8 @@ class Master:
     def _check_hung(self, pid: int, slot: Slot, now: float) -> None:
         """Kill a consumer stuck on one job past its timeout + grace, still
         starting past its group's start_timeout without a sign of life (a
-        setup_environment() or an import that never returns), or idle without a heartbeat (a broker
-        call that never returns)."""
+        setup_environment() or an import that never returns), or idle
+        without a heartbeat (a broker call that never returns)."""
         snap = slot.scoreboard.read()
         if snap.state == "busy" and now - snap.since > slot.hung_after:
             log_event(logger, "consumer_hung", logging.ERROR, pid=pid, group=slot.group.name,
