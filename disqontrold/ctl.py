@@ -225,8 +225,11 @@ class Ctl:
             if self.args.all:
                 print(f"{len(jobs)} job(s) retried")
             return exitcodes.OK
-        count = ctl_failed.purge_failed(broker, ctl_failed.list_failed(broker, config, self.args.queue))
-        print(f"{count} job(s) purged")
+        jobs = ctl_failed.list_failed(broker, config, self.args.queue)
+        if not ctl_failed.confirm_purge(jobs, self.args.yes):
+            print("disqontrolctl: purge cancelled, nothing deleted", file=sys.stderr)
+            return exitcodes.FAILED
+        print(f"{ctl_failed.purge_failed(broker, jobs)} job(s) purged")
         return exitcodes.OK
 
 
@@ -377,7 +380,11 @@ def build_parser() -> argparse.ArgumentParser:
     retry = actions.add_parser("retry", parents=[after])
     retry.add_argument("target", nargs="?", metavar="ID|QUEUE", help="a job id; with --all, an optional queue")
     retry.add_argument("--all", action="store_true", help="every failed job (of QUEUE if given)")
-    actions.add_parser("purge", parents=[after]).add_argument("queue", nargs="?")
+    purge = actions.add_parser("purge", parents=[after], epilog=ctl_failed.PURGE_EPILOG,
+                               help="delete failed jobs for good (asks first; --yes in scripts)")
+    purge.add_argument("queue", nargs="?", help="a failure queue, or a queue the jobs failed on")
+    purge.add_argument("--yes", "-y", action="store_true",
+                       help="delete without asking (required when stdin is not a terminal)")
     return parser
 
 

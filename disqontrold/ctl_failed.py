@@ -10,9 +10,10 @@ in between duplicates the job, never loses it (SPEC §6).
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Optional, TextIO
 
 from disqontrol_client import job as jobmod
 from disqontrol_client.brokers import Broker
@@ -25,6 +26,12 @@ log = logging.getLogger(__name__)
 
 ORIGINAL_QUEUE = jobmod.ORIGINAL_QUEUE
 LAST_ERROR = jobmod.LAST_ERROR
+#: The answers to the purge prompt that delete (anything else, or none, keeps the jobs).
+CONFIRMATIONS = ("y", "yes")
+#: The end of `disqontrolctl failed purge --help`.
+PURGE_EPILOG = ("On a terminal it asks 'Delete N job(s) from QUEUE? [y/N]'; elsewhere it needs --yes. "
+                "Exit codes: 0 deleted (or nothing to delete), 1 not confirmed, 2 usage error "
+                "(no --yes without a terminal), 3 the broker cannot be reached.")
 # Metadata the failure path adds that a replayed job must not carry.
 FAILURE_ONLY_KEYS = (LAST_ERROR, ORIGINAL_QUEUE)
 
@@ -125,6 +132,22 @@ def retry_failed(broker: Broker, config: Config, failed: FailedJob) -> str:
     new_id = broker.replace(failed.id, new)
     log_event(log, "failed_job_retried", job=new_id, failed_job=failed.id, queue=failed.original_queue)
     return new_id
+
+
+def confirm_purge(jobs: list[FailedJob], assume_yes: bool, stdin: TextIO = sys.stdin,
+                  prompt_to: TextIO = sys.stderr) -> bool:
+    """Whether to delete ``jobs`` for good: ``--yes``, or a "y" typed on a
+    terminal (as Sidekiq's "Delete All" asks). A purge cannot be undone, so
+    a script (stdin not a terminal) must say ``--yes``: UsageError if not."""
+    if assume_yes or not jobs:
+        return True
+    queues = ", ".join(sorted({failed.failure_queue for failed in jobs}))
+    if not stdin.isatty():
+        raise UsageError(f"failed purge: would delete {len(jobs)} job(s) from {queues} for good; "
+                         "stdin is not a terminal to confirm it: add --yes")
+    prompt_to.write(f"Delete {len(jobs)} job(s) from {queues}? [y/N] ")
+    prompt_to.flush()
+    return stdin.readline().strip().lower() in CONFIRMATIONS
 
 
 def purge_failed(broker: Broker, jobs: Iterable[FailedJob]) -> int:

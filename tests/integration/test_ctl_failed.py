@@ -54,7 +54,7 @@ def test_failed_jobs_are_listed_shown_retried_and_purged(broker_url, tmp_path):
     assert daemon.broker.show(by_n[1]["id"]) is None
 
     # When b's failed jobs are purged and the rest retried with --all
-    purged = ctl(daemon, "failed", "purge", "b")
+    purged = ctl(daemon, "failed", "purge", "b", "--yes")
     assert purged.returncode == 0 and purged.stdout.strip() == "1 job(s) purged"
     again = ctl(daemon, "failed", "retry", "--all")
     assert again.returncode == 0 and again.stdout.strip().endswith("1 job(s) retried")
