@@ -171,7 +171,7 @@ class Consumer:
         from disqontrold.workers import UnbuiltWorker  # noqa: PLC0415
 
         workers = {q: UnbuiltWorker.build(self.config.queue(q), self.bootstrap) for q in self.queues}
-        self._held = HeldQueues(self.group.name, self.queues, workers)
+        self._held = HeldQueues(self.group.name, self.queues, workers, self.scoreboard, self.group.start_timeout)
         return workers
 
     def _connect(self) -> bool:
@@ -193,6 +193,8 @@ class Consumer:
         self._wait(delay)
 
     def _close(self) -> None:
+        if self._held:
+            self._held.close()
         for worker in self.workers.values():
             worker.close()
         if self.broker is not None:
@@ -243,6 +245,10 @@ class Consumer:
         if time.monotonic() >= due:
             self._take(self._reserve(0))
             due = self._next_refill()
+        elif self._held:  # a full window reserves nothing: look at the held queues' tries anyway
+            self._held.retry(self.workers)
+        if self._held:
+            due = min(due, time.monotonic() + self._held.until_next_try())
         if self.window:
             self._settle(self.window.wait(None if due == NEVER else max(0.0, due - time.monotonic())))
 

@@ -283,7 +283,20 @@ def _consumer_state(consumer: dict[str, Any]) -> str:
     running = f" ({processes} job process{'es' if processes != 1 else ''})" if processes else ""
     if consumer.get("job"):
         return f"busy {consumer['job']} for {int(consumer.get('job_age') or 0)} s{running}"
+    if consumer.get("setting_up"):
+        return f"setting up {consumer['setting_up']} for {int(consumer.get('setting_up_for') or 0)} s{running}"
     return str(consumer.get("state") or "idle") + running
+
+
+def format_held(rows: Sequence[dict[str, Any]]) -> str:
+    """The held queues: their jobs wait while the worker's setup raises; why, and the next try."""
+    def next_try(row: dict[str, Any]) -> str:
+        if row.get("trying_for") is not None:
+            return f"trying for {int(row['trying_for'])} s"
+        return f"in {int(row.get('next_try_in') or 0)} s"
+    return table(["HELD QUEUE", "GROUP", "CONSUMERS", "TRIES", "NEXT TRY", "SETUP ERROR"],
+                 [(r["queue"], r.get("group"), ",".join(str(p) for p in r.get("consumers") or []),
+                   r.get("tries"), next_try(r), r.get("error")) for r in rows])
 
 
 def format_queues(rows: Sequence[dict[str, Any]]) -> str:
@@ -332,6 +345,8 @@ def format_status(status: dict[str, Any]) -> str:
                for r in status.get("restarting", [])],
         ),
     ]
+    if status.get("held"):
+        lines += ["", format_held(status["held"])]
     if status.get("groups"):
         lines += ["", format_groups(status["groups"])]
     if "queues" in status:

@@ -172,8 +172,9 @@ class Master:
 
     def _check_hung(self, pid: int, slot: Slot, now: float) -> None:
         """Kill a consumer stuck on one job past its timeout + grace, still
-        starting past its group's start_timeout without a sign of life (a
-        setup_environment() or an import that never returns), or idle
+        starting (or building a held queue's worker) past its group's
+        start_timeout without a sign of life (a setup_environment() or an
+        import that never returns), or idle
         without a heartbeat (a broker call that never returns)."""
         snap = slot.scoreboard.read()
         if snap.state == "busy" and now - snap.since > slot.hung_after:
@@ -182,6 +183,10 @@ class Master:
         elif snap.state == "starting" and now - snap.heartbeat > slot.group.start_timeout:
             log_event(logger, "consumer_hung", logging.ERROR, pid=pid, group=slot.group.name,
                       starting_s=round(now - snap.since, 1), limit_s=slot.group.start_timeout)
+        elif snap.state == "setting_up" and now - snap.heartbeat > slot.group.start_timeout:
+            # a held queue's worker being built in the consumer, after a try of it worked
+            log_event(logger, "consumer_hung", logging.ERROR, pid=pid, group=slot.group.name, queue=snap.job,
+                      setting_up_s=round(now - snap.heartbeat, 1), limit_s=slot.group.start_timeout)
         elif snap.state == "idle" and now - snap.heartbeat > IDLE_STALL:
             log_event(logger, "consumer_hung", logging.ERROR, pid=pid, group=slot.group.name,
                       idle_without_heartbeat_s=round(now - snap.heartbeat, 1), limit_s=IDLE_STALL)

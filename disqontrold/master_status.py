@@ -7,6 +7,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from disqontrol_client.logfmt import redact_url
+from disqontrold.held_status import consumer_held, held_queues
 
 if TYPE_CHECKING:
     from disqontrold.master import Master
@@ -19,6 +20,7 @@ AGE_DIGITS = 3
 def master_status(master: Master) -> dict[str, Any]:
     """The status reply of the master and its consumers (broker password hidden)."""
     now = time.monotonic()
+    consumers = [_consumer_status(pid, slot, now) for pid, slot in sorted(master.children.items())]
     return {
         "master": {
             "pid": master.pid,
@@ -28,7 +30,8 @@ def master_status(master: Master) -> dict[str, Any]:
             "broker": redact_url(master.config.broker),
             "stopping": master.stopping,
         },
-        "consumers": [_consumer_status(pid, slot, now) for pid, slot in sorted(master.children.items())],
+        "consumers": consumers,
+        "held": held_queues(consumers),
         "restarting": [{"group": s.group.name, "state": "restarting",
                         "in": round(max(0.0, s.next_start - now), AGE_DIGITS), "restarts": s.restarts}
                        for s in master.slots if s.pid is None],
@@ -40,6 +43,7 @@ def _consumer_status(pid: int, slot: Slot, now: float) -> dict[str, Any]:
     """One live consumer: its scoreboard plus the counts of its predecessors in the slot."""
     snap = slot.scoreboard.read() if slot.scoreboard is not None else None
     busy = snap is not None and snap.state == "busy"
+    setting_up = snap is not None and snap.state == "setting_up"
     return {
         "pid": pid,
         "group": slot.group.name,
@@ -50,6 +54,10 @@ def _consumer_status(pid: int, slot: Slot, now: float) -> dict[str, Any]:
         "job_age": round(now - snap.since, AGE_DIGITS) if busy else None,
         "job_pids": slot.scoreboard.job_pids() if slot.scoreboard is not None else [],  # command / isolated jobs
         "heartbeat_age": round(now - snap.heartbeat, AGE_DIGITS) if snap else None,
+        # queues whose worker's setup raised; while one is built in the process: which, for how long
+        "held": consumer_held(slot.scoreboard.held(), now) if slot.scoreboard is not None else [],
+        "setting_up": snap.job if setting_up else None,
+        "setting_up_for": round(now - snap.since, AGE_DIGITS) if setting_up else None,
         "done": slot.done_before + (snap.done if snap else 0),
         "failed": slot.failed_before + (snap.failed if snap else 0),
         "restarts": slot.restarts,

@@ -11,18 +11,26 @@ cell per place of its job window): if the consumer dies first, the master
 ends them (see disqontrold/orphans.py). Each cell is one aligned 4-byte
 store, never torn; status reads them live (a pid a moment stale at worst)
 and the master's ending reads them once the consumer is gone, so they need
-no sequence."""
+no sequence.
+
+Last, the queues the consumer holds because their worker's setup raised
+(disqontrold/held_queues.py): a short JSON list, rewritten at each setup
+try (rarely), under a sequence of its own. The master shows it in status
+and leaves those queues' backlog out of autoscaling."""
 from __future__ import annotations
 
+import json
 import mmap
 import struct
 import time
 from dataclasses import dataclass
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from disqontrol_client.config_schema import MAX_JOB_BATCH
 
-IDLE, BUSY, STOPPING, STARTING = 0, 1, 2, 3
-STATE_NAMES = {IDLE: "idle", BUSY: "busy", STOPPING: "stopping", STARTING: "starting"}
+IDLE, BUSY, STOPPING, STARTING, SETTING_UP = 0, 1, 2, 3, 4
+STATE_NAMES = {IDLE: "idle", BUSY: "busy", STOPPING: "stopping", STARTING: "starting", SETTING_UP: "setting_up"}
 JOB_ID_BYTES = 64
 _SEQ_BYTES = 4  # a native unsigned int at offset 0, written with one store
 # The sequence wraps (an even modulus keeps its parity) instead of overflowing
@@ -34,6 +42,9 @@ _SIZE = _SEQ_BYTES + _FIELDS.size
 MAX_JOB_PIDS = MAX_JOB_BATCH
 _PID_BYTES = 4  # a native unsigned int per pid (Linux pids stay below 2**22)
 READ_ATTEMPTS = 100
+#: Bytes of the held queues' JSON (a few hundred per queue, errors cut short).
+HELD_BYTES = 4096
+_HELD_HEADER = 8  # its sequence and its length, two native unsigned ints
 
 
 @dataclass(frozen=True)
@@ -48,12 +59,16 @@ class Snapshot:
 
 class Scoreboard:
     def __init__(self) -> None:
-        self._map = mmap.mmap(-1, _SIZE + MAX_JOB_PIDS * _PID_BYTES)  # anonymous + MAP_SHARED: survives fork
+        held_at = _SIZE + MAX_JOB_PIDS * _PID_BYTES
+        self._map = mmap.mmap(-1, held_at + _HELD_HEADER + HELD_BYTES)  # anonymous + MAP_SHARED: survives fork
         # Not struct.pack_into: it zeroes its bytes before writing them, and a
         # reader catching that 0 before and after a write would take it as
         # an unchanged, even sequence.
         self._seq_cell = memoryview(self._map)[:_SEQ_BYTES].cast("I")
-        self._pid_cells = memoryview(self._map)[_SIZE:].cast("I")
+        self._pid_cells = memoryview(self._map)[_SIZE:held_at].cast("I")
+        self._held_cells = memoryview(self._map)[held_at:held_at + _HELD_HEADER].cast("I")  # sequence, length
+        self._held_at = held_at + _HELD_HEADER
+        self._held: list[dict[str, Any]] = []
         self._cell_of: dict[int, int] = {}  # job pid -> its cell (writer side)
         self._free_cells = list(range(MAX_JOB_PIDS - 1, -1, -1))
         self._seq = 0
@@ -92,6 +107,29 @@ class Scoreboard:
     def heartbeat(self) -> None:
         self._write(time.monotonic())
 
+    @contextmanager
+    def setting_up(self, queue: str) -> Iterator[None]:
+        """While a held queue's worker is built in this process (blocking):
+        the master gives it start_timeout, as at start, then the state the
+        consumer was in comes back, its start time included."""
+        saved = (self._state, self._job, self._since)
+        self.set_state(SETTING_UP, queue)
+        try:
+            yield
+        finally:
+            self._state, self._job, self._since = saved
+            self._write(time.monotonic())
+
+    def set_held(self, entries: list[dict[str, Any]]) -> None:
+        """Publish the held queues (dicts of JSON values); what does not fit
+        in HELD_BYTES is cut: the errors first, then the last queues."""
+        data = _fit(entries)
+        seq = (self._held_cells[0] + 1) % _SEQ_MODULUS  # odd: being written
+        self._held_cells[0] = seq
+        self._map[self._held_at:self._held_at + len(data)] = data
+        self._held_cells[1] = len(data)
+        self._held_cells[0] = (seq + 1) % _SEQ_MODULUS
+
     def job_started(self, pid: int) -> None:
         """Note a running job process (the master ends it if we die first)."""
         if self._free_cells:
@@ -128,6 +166,17 @@ class Scoreboard:
             since=since, heartbeat=heartbeat, done=done, failed=failed,
         )
 
+    def held(self) -> list[dict[str, Any]]:
+        """The queues the consumer holds (the last whole write; [] if none)."""
+        for _ in range(READ_ATTEMPTS):
+            before = self._held_cells[0]
+            length = min(self._held_cells[1], HELD_BYTES)
+            data = bytes(self._map[self._held_at:self._held_at + length])
+            if before % 2 == 0 and self._held_cells[0] == before:
+                self._held = json.loads(data) if data else []
+                break
+        return self._held
+
     def job_pids(self) -> list[int]:
         """The job processes the consumer had running (read once it is dead)."""
         return [pid for pid in self._pid_cells if pid]
@@ -135,4 +184,16 @@ class Scoreboard:
     def close(self) -> None:
         self._seq_cell.release()  # mmap refuses to close while a view exists
         self._pid_cells.release()
+        self._held_cells.release()
         self._map.close()
+
+
+def _fit(entries: list[dict[str, Any]]) -> bytes:
+    """The JSON of ``entries`` within HELD_BYTES: without their errors if
+    need be, then without the queues past what fits."""
+    for kept in range(len(entries), -1, -1):
+        for shown in (entries[:kept], [{**e, "error": None} for e in entries[:kept]]):
+            data = json.dumps(shown, separators=(",", ":")).encode()
+            if len(data) <= HELD_BYTES:
+                return data
+    return b"[]"

@@ -12,7 +12,7 @@ import os
 import time
 import traceback
 from pathlib import Path
-from typing import Optional, Union
+from typing import Callable, ContextManager, Optional, Union
 
 from disqontrol_client.config import Config, QueueConfig
 from disqontrol_client.errors import WorkerLoadError
@@ -20,6 +20,7 @@ from disqontrold.forkcall import NoAnswer, call_in_child
 from disqontrol_client.job import Job
 from disqontrold.workers.base import Outcome, Worker
 from disqontrold.workers.bootstrap import Bootstrap, load_bootstrap, read_bootstrap
+from disqontrold.workers.setup_probe import ProbeResult, SetupProbe
 
 __all__ = ["Outcome", "UnbuiltWorker", "Worker", "build_worker", "check_workers", "worker_key"]
 
@@ -32,6 +33,8 @@ CHECKING = "checking the Python workers (importing the bootstrap and their modul
 #: interval doubles up to REBUILD_MAX_INTERVAL (one log line per try).
 REBUILD_INTERVAL = 5.0
 REBUILD_MAX_INTERVAL = 60.0
+#: Seconds between two looks at a try running in its child (it is not waited for).
+PROBE_POLL_INTERVAL = 0.5
 
 BootstrapArg = Union[Bootstrap, str, "os.PathLike[str]", None]
 
@@ -86,6 +89,7 @@ class UnbuiltWorker(Worker):
         self.tries = 1
         self._interval = REBUILD_INTERVAL
         self.next_try = time.monotonic() + self._interval
+        self.probe: Optional[SetupProbe] = None  # the try running now, in a child
 
     @classmethod
     def build(cls, queue_config: QueueConfig, bootstrap: BootstrapArg = None) -> Worker:
@@ -98,18 +102,42 @@ class UnbuiltWorker(Worker):
         except Exception as exc:  # noqa: BLE001 -- the user's setup code: its error holds the queue
             return cls(queue_config, bootstrap, f"{type(exc).__name__}: {exc}", traceback.format_exc())
 
-    def ready(self) -> Optional[Worker]:
-        """The worker, if a build due now works; None while it still raises."""
-        if time.monotonic() < self.next_try:
+    def ready(self, try_timeout: float, in_process: Callable[[], ContextManager[object]]) -> Optional[Worker]:
+        """The worker once a try works; None meanwhile. Never blocks on a
+        try: each runs in a forked child (SetupProbe, killed past
+        ``try_timeout``); only after one worked is the worker built here,
+        inside ``in_process()`` (the consumer says it is setting up)."""
+        now = time.monotonic()
+        if self.probe is None:
+            if now >= self.next_try:
+                self.probe = SetupProbe(lambda: build_worker(self.queue_config, self.bootstrap), try_timeout)
             return None
-        rebuilt = self.build(self.queue_config, self.bootstrap)
-        if not isinstance(rebuilt, UnbuiltWorker):
-            return rebuilt
-        self.error, self.traceback = rebuilt.error, rebuilt.traceback
+        result = self.probe.poll(now)
+        if result is None:
+            return None
+        self.probe = None
+        if result.ok:
+            with in_process():
+                rebuilt = self.build(self.queue_config, self.bootstrap)
+            if not isinstance(rebuilt, UnbuiltWorker):
+                return rebuilt
+            result = ProbeResult(False, rebuilt.error, rebuilt.traceback)
+        self.error, self.traceback = result.error, result.traceback
         self.tries += 1
         self._interval = min(self._interval * 2, REBUILD_MAX_INTERVAL)
         self.next_try = time.monotonic() + self._interval
         return None
+
+    def next_check(self) -> float:
+        """When ``ready`` has something to do: the next try, or a look at the running one."""
+        if self.probe is None:
+            return self.next_try
+        return min(self.probe.deadline, time.monotonic() + PROBE_POLL_INTERVAL)
+
+    def close(self) -> None:
+        if self.probe is not None:
+            self.probe.kill()
+            self.probe = None
 
     def run(self, job: Job, timeout: float) -> Outcome:
         """Not called by the consumer (it holds the queue); a caller that does

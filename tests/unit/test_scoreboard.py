@@ -6,7 +6,7 @@ import os
 import signal
 import time
 
-from disqontrold.scoreboard import BUSY, IDLE, MAX_JOB_PIDS, Scoreboard
+from disqontrold.scoreboard import BUSY, HELD_BYTES, IDLE, MAX_JOB_PIDS, Scoreboard
 
 WRITES = 200_000
 READ_LIMIT_S = 30.0
@@ -83,3 +83,46 @@ def test_job_pids_written_by_a_child_are_read_by_the_parent_after_it_died():
         assert board.job_pids() == [4322]
     finally:
         board.close()
+
+
+def test_held_queues_written_by_a_child_are_read_by_the_parent():
+    # Given a consumer (a forked child) publishing its held queues
+    board = Scoreboard()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            board.set_held([{"queue": "py", "tries": 2, "error": "RuntimeError: down", "next_try": 5.0}])
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    # Then the master reads them whole; an empty list clears them
+    assert board.held() == [{"queue": "py", "tries": 2, "error": "RuntimeError: down", "next_try": 5.0}]
+    board.set_held([])
+    assert board.held() == []
+    board.close()
+
+
+def test_held_queues_too_long_for_the_board_lose_their_errors_first():
+    board = Scoreboard()
+    entries = [{"queue": f"q{n}", "error": "x" * 1000} for n in range(HELD_BYTES // 100)]
+    board.set_held(entries)
+    shown = board.held()
+    # Then every queue is still named, without the errors that did not fit
+    assert [e["queue"] for e in shown] == [e["queue"] for e in entries]
+    assert all(e["error"] is None for e in shown)
+    board.close()
+
+
+def test_setting_up_restores_the_state_and_its_start_time():
+    # Given a busy consumer that builds a held queue's worker meanwhile
+    board = Scoreboard()
+    board.set_state(BUSY, "S-1")
+    before = board.read()
+    with board.setting_up("py"):
+        during = board.read()
+    after = board.read()
+    # Then the master sees it setting up that queue, then busy with the same job since the same time
+    assert (during.state, during.job) == ("setting_up", "py")
+    assert (after.state, after.job, after.since) == ("busy", "S-1", before.since)
+    assert after.heartbeat >= during.heartbeat
+    board.close()

@@ -1,0 +1,149 @@
+"""A queue held because its worker's setup raises (SPEC differences 26, 30),
+against a real daemon: a setup try that hangs holds up nothing else and is
+ended at start_timeout; status and metrics show the held queue, why and
+when the next try comes."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.integration.ctl_support import ctl, ctl_status
+from tests.support.daemon import Daemon
+from tests.support.procs import wait_for
+
+START_TIMEOUT = 3  # s: the group's start_timeout, which bounds one setup try
+
+# The first setup (the consumer's, at start) raises at once; each later try
+# marks ./trying and hangs, as a connect to a database that is down can,
+# unless ./db-up exists (the daemon's cwd is the test's tmp_path).
+HANGING_RETRY_BOOTSTRAP = """
+import os, time
+
+CALLS = [0]
+
+def setup_environment():
+    CALLS[0] += 1
+    if os.path.exists("db-up"):
+        return {}
+    if CALLS[0] > 1:
+        open("trying", "w").close()
+        time.sleep(600)
+    raise RuntimeError("database is down")
+
+WORKERS = {"handler": lambda environment, name: (lambda job: None)}
+"""
+# A command job creates ./held and runs until ./release exists; each job
+# records "<body> <time>" in $DQ_OUT.
+HOLD_SH = """
+body="${2#--body=}"
+case "$body" in
+  *hold*) : > held; while [ ! -e release ]; do sleep 0.05; done ;;
+esac
+printf '%s %s\\n' "$body" "$(date +%s.%N)" >> "$DQ_OUT"
+"""
+
+
+# A command job that waits for ./go before it reads its body from stdin.
+STDIN_SH = """
+: > started
+while [ ! -e go ]; do sleep 0.05; done
+wc -c > /dev/null
+printf 'read %s\\n' "$(date +%s.%N)" >> "$DQ_OUT"
+"""
+LARGE_BODY = "x" * (100 * 1024)  # past MAX_BODY_ARG (64 KiB) and what a pipe holds: sent on stdin
+
+
+def held_daemon(tmp_path: Path, **consumer: object) -> Daemon:
+    """A group of a Python queue whose setup fails (py) and a command queue (cmd)."""
+    (tmp_path / "disqontrol_bootstrap.py").write_text(HANGING_RETRY_BOOTSTRAP)
+    (tmp_path / "hold.sh").write_text(HOLD_SH)
+    (tmp_path / "stdin.sh").write_text(STDIN_SH)
+    return Daemon(tmp_path, f"sqlite://{tmp_path}/jobs.db", {
+        "py": {"worker": {"type": "inline_python_worker", "name": "handler"}},
+        "cmd": {"worker": {"type": "command", "command": f"/bin/sh {tmp_path / 'hold.sh'}"},
+                "job_process_timeout": 600},
+        "stdin": {"worker": {"type": "command", "command": f"/bin/sh {tmp_path / 'stdin.sh'}"},
+                  "job_process_timeout": 600},
+    }, consumers=[{"queues": ["py", "cmd", "stdin"]}],
+        consumer_defaults={"start_timeout": START_TIMEOUT, **consumer})
+
+
+@pytest.mark.timeout(90)
+def test_a_hanging_setup_try_holds_up_nothing_and_ends_at_start_timeout(tmp_path):
+    # Given a group whose Python queue is held (its setup raised at start)
+    daemon = held_daemon(tmp_path).start()
+    try:
+        daemon.wait_event("worker_setup_failed")
+        # When the next setup try hangs
+        wait_for(lambda: (tmp_path / "trying").exists(), timeout=30, message="a setup try hanging")
+        [consumer] = daemon.consumer_pids()
+
+        # Then the group's command jobs still run meanwhile
+        daemon.add("cmd", ["quick"])
+        assert daemon.wait_runs(1, timeout=15)[0][0] == '"quick"'
+        # and status shows the consumer alive, and the try running
+        status = ctl_status(daemon)
+        [shown] = status["consumers"]
+        assert shown["pid"] == consumer and shown["heartbeat_age"] < START_TIMEOUT
+        [held] = status["held"]
+        assert held["queue"] == "py" and held["trying_for"] is not None
+
+        # Then the try is ended at start_timeout and counted as a failed one,
+        # the consumer is not killed as hung, and the queue is tried again later
+        tried = daemon.wait_event("worker_setup_failed", 2, timeout=30)[-1]
+        assert "tries=2 " in tried and f"within {START_TIMEOUT} s" in tried and "start_timeout" in tried
+        assert daemon.consumer_pids() == [consumer] and not daemon.events("consumer_hung")
+        [held] = ctl_status(daemon)["held"]
+        assert held["tries"] == 2 and held["trying_for"] is None and 0 < held["next_try_in"] <= 10
+    finally:
+        daemon.stop()
+
+
+@pytest.mark.timeout(90)
+def test_a_setup_try_does_not_keep_a_running_job_s_stdin_open(tmp_path):
+    # Given a held queue whose setup tries hang (ended only at a start_timeout of 60 s),
+    # and a job of the group with a large body, sent on its stdin, not read yet
+    daemon = held_daemon(tmp_path, start_timeout=60).start()
+    try:
+        daemon.wait_event("worker_setup_failed")
+        daemon.add("stdin", [LARGE_BODY])
+        wait_for(lambda: (tmp_path / "started").exists(), timeout=30, message="the stdin job running")
+        # When a setup try is forked while the consumer still holds that stdin pipe
+        wait_for(lambda: (tmp_path / "trying").exists(), timeout=30, message="a setup try hanging")
+        (tmp_path / "go").touch()
+
+        # Then the job reads its whole body and ends: the hanging try holds no copy of the pipe
+        assert daemon.wait_runs(1, timeout=20)[0][0] == "read"
+        assert not daemon.events("job_failed")
+    finally:
+        daemon.stop()
+
+
+@pytest.mark.timeout(60)
+def test_status_and_metrics_show_a_held_queue_with_its_error_and_next_try(tmp_path):
+    # Given a group whose Python queue is held (its setup raised at start)
+    daemon = held_daemon(tmp_path).start()
+    try:
+        daemon.wait_event("worker_setup_failed")
+        [consumer] = daemon.consumer_pids()
+
+        # When the operator asks for the status, as JSON and as text, and the metrics
+        status = ctl_status(daemon)
+        text, metrics = ctl(daemon, "status"), ctl(daemon, "metrics")
+
+        # Then the held queue is there with the setup's error and its next try
+        [held] = status["held"]
+        assert (held["queue"], held["group"], held["consumers"], held["tries"]) == ("py", "py+cmd+stdin", [consumer], 1)
+        assert held["error"] == "RuntimeError: database is down"
+        assert 0 <= held["next_try_in"] <= 5 and held["trying_for"] is None
+        assert [h["queue"] for h in status["consumers"][0]["held"]] == ["py"]
+        assert text.returncode == 0, text.stderr
+        [row] = [line for line in text.stdout.splitlines() if line.startswith("py ") and "RuntimeError" in line]
+        assert "RuntimeError: database is down" in row and re.search(r"\bin \d+ s\b", row), text.stdout
+        assert "HELD QUEUE" in text.stdout
+        assert 'disqontrol_queue_held{queue="py"} 1' in metrics.stdout
+        assert 'disqontrol_queue_held{queue="cmd"} 0' in metrics.stdout
+    finally:
+        daemon.stop()
