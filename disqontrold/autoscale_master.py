@@ -20,6 +20,7 @@ from disqontrol_client.config import Config, ConsumerConfig
 from disqontrol_client.errors import BrokerError, BrokerUnavailable
 from disqontrol_client.logfmt import log_event
 from disqontrold.autoscale import MANUAL, Autoscaler, Decision, DurationEstimate, Sample
+from disqontrold.held_status import held_by_group
 
 logger = logging.getLogger("disqontrold.autoscale")
 
@@ -122,7 +123,9 @@ class MasterAutoscaler:
         decider = self.deciders[group.name]
         slots = [slot for slot in self.master.slots if slot.group.name == group.name]
         busy, job_seconds = self.meters[group.name].measure(slots, now)
-        sample = Sample(backlog=sum(backlog.get(q, 0) for q in group.queues),
+        # A held queue's jobs wait for its setup, not for processes: each new one would fail it too.
+        held = held_by_group(slot.scoreboard for slot in slots if slot.pid is not None and slot.scoreboard)
+        sample = Sample(backlog=sum(backlog.get(q, 0) for q in group.queues if q not in held),
                         processes=self.master.targets[group.name], busy=busy, job_seconds=job_seconds)
         before = decider.last
         target = decider.decide(sample, now)

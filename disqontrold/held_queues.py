@@ -8,8 +8,8 @@ growing intervals, in a forked child (``UnbuiltWorker.ready``,
 workers/setup_probe.py), so a try that hangs holds up nothing else; once a
 try works, the worker is built in the consumer, swapped in, and its queue is
 reserved from again. What is held, why and when the next try comes is
-published in the consumer's scoreboard for ``disqontrolctl status`` and the
-metrics (held_status.py)."""
+published in the consumer's scoreboard for ``disqontrolctl status``, the
+metrics and the autoscaler (held_status.py)."""
 from __future__ import annotations
 
 import logging

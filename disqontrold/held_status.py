@@ -1,7 +1,8 @@
 """Held queues (their worker's setup raises: held_queues.py) as the master
 sees them in its consumers' scoreboards: for ``disqontrolctl status`` and
 metrics (an operator whose queue is held otherwise saw only a growing
-backlog)."""
+backlog) and for the autoscaler (a held queue's backlog is work no process
+of the group can do: more processes would only fail the same setup)."""
 from __future__ import annotations
 
 from typing import Any, Iterable, Optional
@@ -9,6 +10,8 @@ from typing import Any, Iterable, Optional
 #: Characters of a setup error shown in status (the log has all of it).
 ERROR_CHARS = 200
 AGE_DIGITS = 3
+#: Consumer states whose scoreboard says nothing of held queues yet.
+NOT_BUILT = ("starting",)
 
 
 def one_line(error: str, limit: int = ERROR_CHARS) -> str:
@@ -49,3 +52,15 @@ def held_queues(consumers: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
                 if entry.get(key) is not None:
                     row[key] = entry[key] if row[key] is None else pick(row[key], entry[key])
     return sorted(rows.values(), key=lambda row: row["queue"])
+
+
+def held_by_group(scoreboards: Iterable[Any]) -> set[str]:
+    """The queues every built consumer of a group holds: no process of the
+    group runs their jobs now (a consumer still starting says nothing)."""
+    held: Optional[set[str]] = None
+    for scoreboard in scoreboards:
+        if scoreboard.read().state in NOT_BUILT:
+            continue
+        queues = {entry.get("queue") for entry in scoreboard.held()}
+        held = queues if held is None else held & queues
+    return held or set()

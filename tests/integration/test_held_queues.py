@@ -1,7 +1,8 @@
 """A queue held because its worker's setup raises (SPEC differences 26, 30),
 against a real daemon: a setup try that hangs holds up nothing else and is
 ended at start_timeout; status and metrics show the held queue, why and
-when the next try comes."""
+when the next try comes; the autoscaler does not add processes for its
+backlog."""
 from __future__ import annotations
 
 import re
@@ -146,4 +147,27 @@ def test_status_and_metrics_show_a_held_queue_with_its_error_and_next_try(tmp_pa
         assert 'disqontrol_queue_held{queue="py"} 1' in metrics.stdout
         assert 'disqontrol_queue_held{queue="cmd"} 0' in metrics.stdout
     finally:
+        daemon.stop()
+
+
+@pytest.mark.timeout(90)
+def test_the_autoscaler_does_not_count_a_held_queue_s_backlog(tmp_path):
+    # Given an autoscaled group (1..3) whose Python queue is held, its only
+    # process busy with a command job
+    daemon = held_daemon(tmp_path, autoscale=True, max_processes=3, job_batch=1,
+                         autoscale_idle_seconds=600).start()
+    try:
+        daemon.wait_event("worker_setup_failed")
+        daemon.add("cmd", ["hold"])
+        wait_for(lambda: (tmp_path / "held").exists(), timeout=30, message="the command job running")
+
+        # When jobs pile up on the held queue, then on the command queue
+        daemon.add("py", list(range(30)))
+        daemon.add("cmd", list(range(10)))
+
+        # Then the scaling up that follows counts the command queue's backlog only
+        up = daemon.wait_event("autoscale", timeout=30)[0]
+        assert "backlog=10 " in up, up
+    finally:
+        (tmp_path / "release").touch()
         daemon.stop()

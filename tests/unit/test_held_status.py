@@ -2,7 +2,8 @@
 consumers' scoreboards (pure logic; the real daemon: test_held_queues.py)."""
 from __future__ import annotations
 
-from disqontrold.held_status import consumer_held, held_queues, one_line
+from disqontrold.held_status import consumer_held, held_by_group, held_queues, one_line
+from disqontrold.scoreboard import IDLE, STARTING, Scoreboard
 
 
 def test_an_error_is_shown_on_one_line_and_cut():
@@ -21,3 +22,21 @@ def test_times_are_made_relative_and_consumers_merged_per_queue():
                         {"pid": 3, "group": "g", "state": "retiring", "held": first}])
     assert rows == [{"queue": "py", "group": "g", "consumers": [1, 2], "tries": 3, "error": "E",
                      "next_try_in": 30.0, "trying_for": 4.0}]
+
+
+def test_a_group_holds_a_queue_only_when_every_built_consumer_does():
+    boards = [Scoreboard() for _ in range(3)]
+    try:
+        boards[0].set_state(IDLE)
+        boards[0].set_held([{"queue": "py"}, {"queue": "other"}])
+        boards[1].set_state(IDLE)
+        boards[1].set_held([{"queue": "py"}])
+        assert boards[2].read().state == "starting"  # says nothing yet
+        assert held_by_group(boards) == {"py"}
+        boards[2].set_state(IDLE)  # built, and runs py
+        assert held_by_group(boards) == set()
+        boards[2].set_state(STARTING)
+        assert held_by_group(boards[2:]) == set()
+    finally:
+        for board in boards:
+            board.close()
