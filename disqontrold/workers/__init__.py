@@ -106,27 +106,44 @@ class UnbuiltWorker(Worker):
         """The worker once a try works; None meanwhile. Never blocks on a
         try: each runs in a forked child (SetupProbe, killed past
         ``try_timeout``); only after one worked is the worker built here,
-        inside ``in_process()`` (the consumer says it is setting up)."""
+        inside ``in_process()`` (the consumer says it is setting up). Once
+        this process has its environment (another queue's worker got it),
+        only the factory is left: it runs here, never in a child, which
+        would share the environment's connections with this process."""
         now = time.monotonic()
         if self.probe is None:
-            if now >= self.next_try:
-                self.probe = SetupProbe(lambda: build_worker(self.queue_config, self.bootstrap), try_timeout)
-            return None
-        result = self.probe.poll(now)
-        if result is None:
-            return None
-        self.probe = None
+            if now < self.next_try:
+                return None
+            if not self._has_environment():
+                try:
+                    self.probe = SetupProbe(lambda: build_worker(self.queue_config, self.bootstrap), try_timeout)
+                except OSError as exc:  # EAGAIN, ENOMEM: a failed try, tried again later
+                    return self._failed(ProbeResult(False, f"could not fork a setup try: {exc}"))
+                return None
+            result = ProbeResult(True)
+        else:
+            result = self.probe.poll(now)
+            if result is None:
+                return None
+            self.probe = None
         if result.ok:
             with in_process():
                 rebuilt = self.build(self.queue_config, self.bootstrap)
             if not isinstance(rebuilt, UnbuiltWorker):
                 return rebuilt
             result = ProbeResult(False, rebuilt.error, rebuilt.traceback)
+        return self._failed(result)
+
+    def _failed(self, result: ProbeResult) -> None:
+        """Book a failed try; the next one comes after a longer interval."""
         self.error, self.traceback = result.error, result.traceback
         self.tries += 1
         self._interval = min(self._interval * 2, REBUILD_MAX_INTERVAL)
         self.next_try = time.monotonic() + self._interval
-        return None
+
+    def _has_environment(self) -> bool:
+        loaded = self.bootstrap if isinstance(self.bootstrap, Bootstrap) else load_bootstrap(self.bootstrap)
+        return loaded.has_environment
 
     def next_check(self) -> float:
         """When ``ready`` has something to do: the next try, or a look at the running one."""

@@ -47,6 +47,11 @@ class Bootstrap:
         return dict(workers) if isinstance(workers, dict) else {}
 
     @property
+    def has_environment(self) -> bool:
+        """Whether ``setup_environment()`` has returned in this process."""
+        return self._environment is not _UNSET
+
+    @property
     def environment(self) -> Any:
         """``setup_environment()``'s value, computed on first use only."""
         if self._environment is _UNSET:

@@ -84,10 +84,11 @@ class SetupProbe:
         """End the child and whatever it started (its session), and reap it."""
         try:
             os.killpg(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        except PermissionError:  # not yet its own group leader: the child alone
-            os.kill(self.pid, signal.SIGKILL)
+        except OSError:  # not its own session yet (just forked): the child alone
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         os.waitpid(self.pid, 0)
         self._close()
 

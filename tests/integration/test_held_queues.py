@@ -171,3 +171,44 @@ def test_the_autoscaler_does_not_count_a_held_queue_s_backlog(tmp_path):
     finally:
         (tmp_path / "release").touch()
         daemon.stop()
+
+
+# setup_environment() works; the "flaky" factory raises until ./ok exists,
+# and notes the pid of each process it runs in.
+FACTORY_FAILS_BOOTSTRAP = """
+import os
+
+def setup_environment():
+    return {"connection": object()}
+
+def flaky(environment, name):
+    with open("factory-pids", "a") as out:
+        out.write(f"{os.getpid()}\\n")
+    if not os.path.exists("ok"):
+        raise RuntimeError("cache not warm")
+    return lambda job: None
+
+WORKERS = {"fine": lambda environment, name: (lambda job: None), "flaky": flaky}
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_held_factory_is_retried_in_the_consumer_once_it_has_its_environment(tmp_path):
+    # Given a group whose environment was set up, and one queue whose factory raised
+    (tmp_path / "disqontrol_bootstrap.py").write_text(FACTORY_FAILS_BOOTSTRAP)
+    daemon = Daemon(tmp_path, f"sqlite://{tmp_path}/jobs.db", {
+        "fine": {"worker": {"type": "inline_python_worker", "name": "fine"}},
+        "flaky": {"worker": {"type": "inline_python_worker", "name": "flaky"}},
+    }, consumers=[{"queues": ["fine", "flaky"]}]).start()
+    try:
+        daemon.wait_event("worker_setup_failed")
+        [consumer] = daemon.consumer_pids()
+        # When the factory is tried again, and works
+        (tmp_path / "ok").touch()
+        daemon.wait_event("worker_setup_recovered", timeout=30)
+        # Then every try ran in the consumer: a forked try would share the
+        # environment's connections with it
+        pids = (tmp_path / "factory-pids").read_text().split()
+        assert len(pids) == 2 and set(pids) == {str(consumer)}, pids
+    finally:
+        daemon.stop()
