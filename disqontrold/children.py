@@ -70,6 +70,7 @@ def fork_consumer(
     bootstrap: Optional[Path],
     scoreboard: Scoreboard,
     forget_master_state: Callable[[], None],
+    hold_python: str = "",
 ) -> int:
     """Fork one consumer; returns its pid in the master, never returns in the child."""
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, MASTER_SIGNALS)
@@ -90,7 +91,7 @@ def fork_consumer(
         random.seed()  # retry jitter must differ between consumers
         from disqontrold.consumer import Consumer  # noqa: PLC0415
 
-        code = Consumer(config, group, bootstrap, scoreboard).run()
+        code = Consumer(config, group, bootstrap, scoreboard, hold_python).run()
     except BaseException as exc:  # noqa: BLE001 -- the child must end here, whatever happened
         log_event(logger, "consumer_crashed", logging.ERROR, group=group.name,
                   error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())

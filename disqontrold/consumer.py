@@ -73,9 +73,11 @@ class Consumer:
     """One consumer process of a group (one slot of the master)."""
 
     def __init__(
-        self, config: Config, group: ConsumerConfig, bootstrap: Optional[Path], scoreboard: Scoreboard
+        self, config: Config, group: ConsumerConfig, bootstrap: Optional[Path], scoreboard: Scoreboard,
+        hold_python: str = "",
     ) -> None:
         self.config = config
+        self.hold_python = hold_python  # why Python workers are not built at start ('' = build them)
         self.group = group
         self.bootstrap = bootstrap
         self.scoreboard = scoreboard
@@ -166,11 +168,20 @@ class Consumer:
         return EXIT_OK
 
     def _build_workers(self) -> dict[str, Worker]:
-        """Every queue's worker; one whose setup raised holds its queue (HeldQueues)."""
+        """Every queue's worker; one whose setup raised holds its queue
+        (HeldQueues). After a start hung in a Python worker's setup, the
+        Python queues start held (``hold_python``: why) and their setup is
+        tried in a child, so the group's other queues run meanwhile."""
         from disqontrold.held_queues import HeldQueues  # noqa: PLC0415 (the master never loads workers)
-        from disqontrold.workers import UnbuiltWorker  # noqa: PLC0415
+        from disqontrold.workers import PYTHON_TYPES, UnbuiltWorker  # noqa: PLC0415
 
-        workers = {q: UnbuiltWorker.build(self.config.queue(q), self.bootstrap) for q in self.queues}
+        workers: dict[str, Worker] = {}
+        for queue in self.queues:
+            queue_config = self.config.queue(queue)
+            if self.hold_python and queue_config.worker.type in PYTHON_TYPES:
+                workers[queue] = UnbuiltWorker(queue_config, self.bootstrap, self.hold_python, "")
+            else:
+                workers[queue] = UnbuiltWorker.build(queue_config, self.bootstrap)
         self._held = HeldQueues(self.group.name, self.queues, workers, self.scoreboard, self.group.start_timeout)
         return workers
 

@@ -183,6 +183,10 @@ class Master:
         elif snap.state == "starting" and now - snap.heartbeat > slot.group.start_timeout:
             log_event(logger, "consumer_hung", logging.ERROR, pid=pid, group=slot.group.name,
                       starting_s=round(now - snap.since, 1), limit_s=slot.group.start_timeout)
+            # Its replacement starts with the Python queues held, their setup
+            # tried in a child: the group's other queues must not wait for it.
+            slot.setup_hung = (f"the setup did not return within {slot.group.start_timeout:g} s "
+                               f"(the group's start_timeout) at the consumer's start; killed")
         elif snap.state == "setting_up" and now - snap.heartbeat > slot.group.start_timeout:
             # a held queue's worker being built in the consumer, after a try of it worked
             log_event(logger, "consumer_hung", logging.ERROR, pid=pid, group=slot.group.name, queue=snap.job,
@@ -191,6 +195,8 @@ class Master:
             log_event(logger, "consumer_hung", logging.ERROR, pid=pid, group=slot.group.name,
                       idle_without_heartbeat_s=round(now - snap.heartbeat, 1), limit_s=IDLE_STALL)
         else:
+            if slot.setup_hung and snap.state in ("idle", "busy") and not slot.scoreboard.held():
+                slot.setup_hung = ""  # every worker built: the next start builds them at once again
             return
         slot.kill_reason = "hung"
         self._kill(pid, signal.SIGKILL)
@@ -220,7 +226,7 @@ class Master:
         slot.kill_reason = ""
         try:
             pid = fork_consumer(self.pid, slot.config, slot.group, self.bootstrap, slot.scoreboard,
-                                self._forget_in_child)
+                                self._forget_in_child, slot.setup_hung)
         except OSError as exc:  # EAGAIN / ENOMEM: try again later, like a crash
             log_event(logger, "fork_failed", logging.ERROR, group=slot.group.name, error=str(exc))
             slot.started_at = time.monotonic()

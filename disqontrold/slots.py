@@ -39,6 +39,7 @@ class Slot:
     retiring: bool = False
     kill_at: Optional[float] = None  # SIGKILL deadline of a stop in progress
     kill_reason: str = ""  # why the master killed it (then no crash backoff)
+    setup_hung: str = ""  # its last start hung in a worker's setup: why (the next starts hold Python queues)
     done_before: int = 0  # jobs of the slot's earlier processes
     failed_before: int = 0
 

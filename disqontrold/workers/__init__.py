@@ -19,7 +19,7 @@ from disqontrol_client.errors import WorkerLoadError
 from disqontrold.forkcall import NoAnswer, call_in_child
 from disqontrol_client.job import Job
 from disqontrold.workers.base import Outcome, Worker
-from disqontrold.workers.bootstrap import Bootstrap, load_bootstrap, read_bootstrap
+from disqontrold.workers.bootstrap import Bootstrap, load_bootstrap, loaded_bootstrap, read_bootstrap
 from disqontrold.workers.setup_probe import ProbeResult, SetupProbe
 
 __all__ = ["Outcome", "UnbuiltWorker", "Worker", "build_worker", "check_workers", "worker_key"]
@@ -142,8 +142,8 @@ class UnbuiltWorker(Worker):
         self.next_try = time.monotonic() + self._interval
 
     def _has_environment(self) -> bool:
-        loaded = self.bootstrap if isinstance(self.bootstrap, Bootstrap) else load_bootstrap(self.bootstrap)
-        return loaded.has_environment
+        loaded = self.bootstrap if isinstance(self.bootstrap, Bootstrap) else loaded_bootstrap(self.bootstrap)
+        return loaded is not None and loaded.has_environment
 
     def next_check(self) -> float:
         """When ``ready`` has something to do: the next try, or a look at the running one."""

@@ -157,3 +157,9 @@ def load_bootstrap(path: Optional[str | os.PathLike[str]] = None) -> Bootstrap:
     if key not in _loaded:
         _loaded[key] = read_bootstrap(path)
     return _loaded[key]
+
+
+def loaded_bootstrap(path: Optional[str | os.PathLike[str]] = None) -> Optional[Bootstrap]:
+    """The process's bootstrap if it was loaded already; never imports it
+    (an import of the user's file may hang as its setup can)."""
+    return _loaded.get(Path(path).resolve() if path is not None else None)

@@ -212,3 +212,48 @@ def test_a_held_factory_is_retried_in_the_consumer_once_it_has_its_environment(t
         assert len(pids) == 2 and set(pids) == {str(consumer)}, pids
     finally:
         daemon.stop()
+
+
+# setup_environment() hangs, as a connect to a database that is down can,
+# until ./db-up exists; the handler records its job.
+ALWAYS_HANGING_BOOTSTRAP = """
+import os, time
+
+def setup_environment():
+    while not os.path.exists("db-up"):
+        time.sleep(0.05)
+    return {}
+
+def handler(environment, name):
+    return lambda job: open(os.environ["DQ_OUT"], "a").write(f"py-{job.body} {time.time()}\\n")
+
+WORKERS = {"handler": handler}
+"""
+
+
+@pytest.mark.timeout(90)
+def test_a_start_hung_in_setup_is_followed_by_one_that_runs_the_other_queues(tmp_path):
+    # Given a group of a Python queue and a command queue whose setup hangs at start
+    daemon = held_daemon(tmp_path)
+    (tmp_path / "disqontrol_bootstrap.py").write_text(ALWAYS_HANGING_BOOTSTRAP)
+    daemon.start(consumers=0)
+    try:
+        # When the master kills the consumer as hung past start_timeout
+        [hung] = daemon.wait_event("consumer_hung", timeout=30)
+        assert "starting_s=" in hung
+
+        # Then its replacement starts with the Python queue held, and runs the command queue
+        daemon.wait_event("consumer_ready", timeout=30)
+        [held] = daemon.wait_event("worker_setup_failed", timeout=30)
+        assert "queue=py " in held and "at the consumer's start" in held
+        daemon.add("cmd", ["quick"])
+        assert daemon.wait_runs(1, timeout=15)[0][0] == '"quick"'
+        assert len(daemon.events("consumer_hung")) == 1
+
+        # and once the database is up, a setup try works and the Python queue runs too
+        (tmp_path / "db-up").touch()
+        daemon.wait_event("worker_setup_recovered", timeout=30)
+        daemon.add("py", [7])
+        assert [body for body, _ in daemon.wait_runs(2, timeout=15)] == ['"quick"', "py-7"]
+    finally:
+        daemon.stop()
