@@ -15,6 +15,7 @@ from tests.support.daemon import Daemon
 from tests.support.procs import wait_for
 
 START_TIMEOUT = 3  # s: the group's start_timeout, which bounds one setup try
+HEARTBEAT_LIMIT = 5.0  # s: an idle consumer beats at least once a second; a loaded machine adds to it
 
 # The first setup (the consumer's, at start) raises at once; each later try
 # marks ./trying and hangs, as a connect to a database that is down can,
@@ -87,7 +88,7 @@ def test_a_hanging_setup_try_holds_up_nothing_and_ends_at_start_timeout(tmp_path
         # and status shows the consumer alive, and the try running
         status = ctl_status(daemon)
         [shown] = status["consumers"]
-        assert shown["pid"] == consumer and shown["heartbeat_age"] < START_TIMEOUT
+        assert shown["pid"] == consumer and shown["heartbeat_age"] < HEARTBEAT_LIMIT
         [held] = status["held"]
         assert held["queue"] == "py" and held["trying_for"] is not None
 
@@ -138,11 +139,12 @@ def test_status_and_metrics_show_a_held_queue_with_its_error_and_next_try(tmp_pa
         [held] = status["held"]
         assert (held["queue"], held["group"], held["consumers"], held["tries"]) == ("py", "py+cmd+stdin", [consumer], 1)
         assert held["error"] == "RuntimeError: database is down"
-        assert 0 <= held["next_try_in"] <= 5 and held["trying_for"] is None
+        # (the next try in at most 5 s; on a slow machine it may be running already)
+        assert 0 <= held["next_try_in"] <= 5 if held["trying_for"] is None else held["next_try_in"] is None
         assert [h["queue"] for h in status["consumers"][0]["held"]] == ["py"]
         assert text.returncode == 0, text.stderr
         [row] = [line for line in text.stdout.splitlines() if line.startswith("py ") and "RuntimeError" in line]
-        assert "RuntimeError: database is down" in row and re.search(r"\bin \d+ s\b", row), text.stdout
+        assert re.search(r"\b(in|trying for) \d+ s\b", row), text.stdout
         assert "HELD QUEUE" in text.stdout
         assert 'disqontrol_queue_held{queue="py"} 1' in metrics.stdout
         assert 'disqontrol_queue_held{queue="cmd"} 0' in metrics.stdout
