@@ -3,6 +3,7 @@ contract for both (return = success, False or raise = failure, timeout),
 plus what isolation adds (a fork per job, a signal-killed child)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -294,6 +295,21 @@ def setup_environment():
 
 WORKERS = {{"db": lambda environment, name: (lambda job: environment["db"])}}
 '''
+TRY_TIMEOUT = 30.0  # s a setup try may run in its child
+
+
+def try_now(worker):
+    """Make a held worker's next try due and wait for its answer: ``ready``
+    starts it in a child, and tells once it ended (the worker, or None)."""
+    worker.next_try = time.monotonic()
+    answers = [worker.ready(TRY_TIMEOUT, contextlib.nullcontext)]
+
+    def answered() -> bool:
+        if worker.probe is not None:
+            answers.append(worker.ready(TRY_TIMEOUT, contextlib.nullcontext))
+        return worker.probe is None
+    wait_for(answered, timeout=TRY_TIMEOUT, interval=0.01, message="the setup try's answer")
+    return answers[-1]
 
 
 def test_a_worker_whose_setup_raised_is_built_again_at_growing_intervals_until_it_works(tmp_path):
@@ -311,13 +327,13 @@ def test_a_worker_whose_setup_raised_is_built_again_at_growing_intervals_until_i
         assert worker.error == "RuntimeError: database is down"
         assert "setup_environment" in worker.traceback
         assert worker.next_try - time.monotonic() > workers.REBUILD_INTERVAL / 2
-        assert worker.ready() is None and worker.tries == 1
+        assert worker.ready(TRY_TIMEOUT, contextlib.nullcontext) is None and worker.tries == 1
+        assert worker.probe is None  # not due: no try started
         # (run, which the consumer never calls for it, fails with that error)
         assert worker.run(job(1), 30).error == "the worker could not be set up: RuntimeError: database is down"
 
-        # Then, once due, setup runs again, works, and gives the real worker
-        worker.next_try = time.monotonic()
-        built = worker.ready()
+        # Then, once due, setup runs again (in a child, then here), works, and gives the real worker
+        built = try_now(worker)
         assert isinstance(built, InlinePythonWorker)
         assert built.run(job(2), 30).result == "up"
     finally:
@@ -336,8 +352,7 @@ def test_a_setup_that_keeps_raising_is_tried_at_doubling_intervals(tmp_path):
         worker = workers.UnbuiltWorker.build(queue, read_bootstrap(path))
         intervals = []
         for _ in range(6):
-            worker.next_try = time.monotonic()
-            assert worker.ready() is None
+            assert try_now(worker) is None
             intervals.append(round(worker.next_try - time.monotonic()))
         assert intervals == [10, 20, 40, 60, 60, 60] and worker.tries == 7
     finally:
