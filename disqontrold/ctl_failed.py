@@ -134,15 +134,17 @@ def retry_failed(broker: Broker, config: Config, failed: FailedJob) -> str:
     return new_id
 
 
-def confirm_purge(jobs: list[FailedJob], assume_yes: bool, stdin: TextIO = sys.stdin,
-                  prompt_to: TextIO = sys.stderr) -> bool:
+def confirm_purge(jobs: list[FailedJob], assume_yes: bool, stdin: Optional[TextIO] = None,
+                  prompt_to: Optional[TextIO] = None) -> bool:
     """Whether to delete ``jobs`` for good: ``--yes``, or a "y" typed on a
     terminal (as Sidekiq's "Delete All" asks). A purge cannot be undone, so
     a script (stdin not a terminal) must say ``--yes``: UsageError if not."""
     if assume_yes or not jobs:
         return True
+    stdin = stdin or sys.stdin  # None when the shell closed it (<&-)
+    prompt_to = prompt_to or sys.stderr
     queues = ", ".join(sorted({failed.failure_queue for failed in jobs}))
-    if not stdin.isatty():
+    if stdin is None or not stdin.isatty():
         raise UsageError(f"failed purge: would delete {len(jobs)} job(s) from {queues} for good; "
                          "stdin is not a terminal to confirm it: add --yes")
     prompt_to.write(f"Delete {len(jobs)} job(s) from {queues}? [y/N] ")

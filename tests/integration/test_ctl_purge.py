@@ -120,3 +120,12 @@ def test_purge_help_says_it_asks_and_ends_with_the_exit_codes():
     text = " ".join(result.stdout.split())
     assert "--yes" in text and "[y/N]" in text
     assert text.rstrip(".").endswith("3 the broker cannot be reached")
+
+
+def test_a_purge_with_stdin_closed_needs_yes_too(config):
+    # When a script runs the purge with its stdin closed (`<&-`: Python's sys.stdin is None)
+    result = subprocess.run(["/bin/sh", "-c", 'exec "$@" <&-', "sh", *CTL, "--config", str(config), "failed", "purge"],
+                            capture_output=True, text=True, timeout=CTL_TIMEOUT)
+    # Then it is the same usage error, not a traceback, and nothing is deleted
+    assert result.returncode == 2 and "--yes" in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert parked(config) == 3
