@@ -11,6 +11,7 @@ of an isolated job copies fewer page tables.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -30,10 +31,13 @@ logger = logging.getLogger(__name__)
 
 def bootstrap_path(explicit: Optional[str]) -> Optional[Path]:
     """--bootstrap, else ./disqontrol_bootstrap.py if present; absolute so a
-    later chdir (daemonize) does not change its meaning."""
+    later chdir (daemonize) does not change its meaning, but with its symlinks
+    kept: a deploy that swaps ``current -> releases/N`` and reloads must load
+    the new release's file (resolved once at start, every reload read the
+    old one)."""
     if explicit:
-        return Path(explicit).resolve()
-    return DEFAULT_BOOTSTRAP.resolve() if DEFAULT_BOOTSTRAP.exists() else None
+        return Path(os.path.abspath(explicit))
+    return Path(os.path.abspath(DEFAULT_BOOTSTRAP)) if DEFAULT_BOOTSTRAP.exists() else None
 
 
 def load_checked(config_path: Optional[str | Path], bootstrap: Optional[Path]) -> Config:

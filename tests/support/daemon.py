@@ -104,13 +104,14 @@ class Daemon:
         self.config_path.write_text(yaml.safe_dump({"disqontrol": section}))
 
     # -- process --------------------------------------------------------
-    def start(self, consumers: int = 1) -> "Daemon":
-        """Start the master; return once ``consumers`` consumers are ready (0: at once)."""
+    def start(self, consumers: int = 1, args: Iterable[str] = ()) -> "Daemon":
+        """Start the master; return once ``consumers`` consumers are ready (0: at once).
+        ``args``: more disqontrold arguments (``--bootstrap P``)."""
         self._config = load_config(self.config_path)
         env = dict(os.environ, DQ_OUT=str(self.out_path),
                    PYTHONPATH=os.pathsep.join([str(self.dir), os.getcwd()]))
         self.proc = subprocess.Popen(
-            DAEMON + ["--config", str(self.config_path), "--no-stderr-log"],
+            DAEMON + ["--config", str(self.config_path), "--no-stderr-log", *args],
             cwd=self.dir, env=env, start_new_session=True,
             stdout=subprocess.DEVNULL, stderr=open(self.stderr_path, "ab"),
         )
