@@ -3,12 +3,20 @@ code, the way releases are usually laid out (``current -> releases/N``)."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import textwrap
+import time
 from pathlib import Path
 
-from tests.support.daemon import Daemon
+from tests.support.daemon import Daemon, python_worker
 from tests.support.procs import wait_for
+
+#: s an idle consumer waits through (its reserves end every 1 s, MAX_SLEEP 2 s).
+IDLE_WAITS = 3.0
+#: s within which a woken consumer starts a job (~1 ms when woken; a consumer
+#: that nobody wakes finds it at its next check, up to 2 s later).
+PROMPT_START = 1.0
 
 # A bootstrap whose worker records which release it came from.
 BOOTSTRAP = '''
@@ -60,5 +68,33 @@ def test_sighup_after_a_symlink_swapped_release_runs_the_new_bootstrap(tmp_path)
         # Then the new generation runs release 2's code
         daemon.add("work", ["b"])
         assert daemon.wait_runs(2)[1][0] == "b-2"
+    finally:
+        daemon.stop()
+
+
+def test_a_wake_directory_deleted_under_a_running_daemon_is_made_again(tmp_path):
+    # Given an idle daemon on sqlite and a long-lived producer that has added a job
+    daemon = Daemon(tmp_path, f"sqlite://{tmp_path}/jobs.db", {"work": {"worker": python_worker()}}).start()
+    wake_dir = tmp_path / "jobs.db.wake"
+    try:
+        daemon.add("work", [0])
+        daemon.wait_runs(1)
+
+        # When the wake directory is deleted (a tmp cleaner, an operator's rm -r)
+        gone = tmp_path / "deleted.wake"
+        wake_dir.rename(gone)  # at once: a consumer binding while rmtree() runs would make it fail
+        shutil.rmtree(gone)
+
+        # Then the consumer makes it again and waits in it, one socket at a time
+        wait_for(lambda: daemon.events("wake_dir_reopened"), timeout=30, message="the directory reopened")
+        time.sleep(IDLE_WAITS)  # several idle reserves of the consumer: each binds and removes a socket
+        assert len(list(wake_dir.glob("*.sock"))) <= 1
+        # without a line per idle wait in the log (it was 20 a second, polling the database as often)
+        assert not daemon.events("wake_dir_unusable") and not daemon.events("wake_bind_failed")
+        # and the long-lived producer, which held the deleted one, wakes it at once
+        for n in range(1, 4):
+            added = time.time()
+            daemon.add("work", [n])
+            assert daemon.wait_runs(n + 1)[-1][1] - added < PROMPT_START
     finally:
         daemon.stop()
