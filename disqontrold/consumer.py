@@ -58,6 +58,7 @@ logger = logging.getLogger(__name__)
 RESERVE_TIMEOUT = 1.0  # s: bounds how long a stop request waits for a blocked reserve
 BROKER_BACKOFF_START = 0.5  # s
 BROKER_BACKOFF_CAP = 30.0  # s
+MOVED_CHECK_INTERVAL = 1.0  # s between two looks for a broker file deleted or replaced
 MIB = 1024 * 1024
 MS = 1000
 
@@ -90,6 +91,7 @@ class Consumer:
         self.window = JobWindow(group.job_batch, notes=scoreboard)
         self._busy = False  # the scoreboard says busy
         self._recycle = ""  # why this process is to be replaced, once it is
+        self._moved_check = 0.0  # monotonic time of the next look at Broker.moved()
         self._window_backoff = BROKER_BACKOFF_START  # s before a refill after the broker failed one
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
@@ -206,11 +208,26 @@ class Consumer:
             reason = "max_jobs_per_process"
         elif self.group.max_memory_per_process and rss_mib() >= self.group.max_memory_per_process:
             reason = "max_memory_per_process"
+        elif self._broker_moved():
+            reason = "broker_moved"
         else:
             return ""
         log_event(logger, "consumer_recycled", group=self.group.name, reason=reason, jobs=handled,
                   rss_mib=round(rss_mib(), 1))
         return reason
+
+    def _broker_moved(self) -> bool:
+        """The sqlite file deleted or replaced under us (Broker.moved), looked
+        at once a second at most: a successor opens the one there now."""
+        now = time.monotonic()
+        if self.broker is None or now < self._moved_check:
+            return False
+        self._moved_check = now + MOVED_CHECK_INTERVAL
+        how = self.broker.moved()
+        if how:
+            log_event(logger, "broker_moved", logging.ERROR, group=self.group.name, how=how,
+                      lost="the jobs left in the old file")
+        return bool(how)
 
     def _idle(self) -> None:
         self._busy = False
@@ -235,6 +252,8 @@ class Consumer:
                 return
             else:
                 self._take(self._reserve(RESERVE_TIMEOUT))
+                if not self._recycle:  # an idle consumer too: after a reserve that found nothing
+                    self._recycle = self._recycle_reason()
             if self._busy and not self.window:
                 self._idle()
 

@@ -98,3 +98,27 @@ def test_a_wake_directory_deleted_under_a_running_daemon_is_made_again(tmp_path)
             assert daemon.wait_runs(n + 1)[-1][1] - added < PROMPT_START
     finally:
         daemon.stop()
+
+
+def test_a_database_file_deleted_under_a_running_daemon_is_followed(tmp_path):
+    # Given an idle daemon on sqlite that has run a job
+    db = tmp_path / "jobs.db"
+    daemon = Daemon(tmp_path, f"sqlite://{db}", {"work": {"worker": python_worker()}}).start()
+    try:
+        daemon.add("work", [0])
+        daemon.wait_runs(1)
+        daemon.stop_broker()
+
+        # When its database is deleted (an operator starting afresh) and a new producer adds a job
+        for path in tmp_path.glob("jobs.db*"):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        daemon.add("work", [1])
+
+        # Then the consumer leaves the deleted file for the new one, and the job runs
+        assert daemon.wait_runs(2, timeout=30)[1][0] == "1"
+        [moved] = daemon.events("broker_moved")
+        assert "how=deleted" in moved or "how=replaced" in moved  # the add may make the new file first
+        assert "reason=broker_moved" in daemon.events("consumer_recycled")[0]
+        assert not daemon.events("consumer_crashed")
+    finally:
+        daemon.stop()

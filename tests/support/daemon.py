@@ -155,10 +155,14 @@ class Daemon:
         assert self.proc is not None
         return self.proc.wait(timeout)
 
-    def stop(self) -> None:
+    def stop_broker(self) -> None:
+        """Close the test's producer connection (the next ``add`` opens a new one)."""
         if self._broker is not None:
             self._broker.close()
             self._broker = None
+
+    def stop(self) -> None:
+        self.stop_broker()
         if self.proc is not None:
             stop_process(self.proc, timeout=STOP_TIMEOUT)
 
