@@ -72,6 +72,38 @@ def test_sighup_after_a_symlink_swapped_release_runs_the_new_bootstrap(tmp_path)
         daemon.stop()
 
 
+def test_a_release_whose_bootstrap_does_not_compile_is_refused_and_the_old_one_runs_on(tmp_path):
+    # Given a daemon running release 1 through current -> releases/1
+    _point_current(tmp_path, _release(tmp_path, "1"))
+    queues = {"work": {"worker": {"type": "inline_python_worker", "name": "release"}}}
+    daemon = Daemon(tmp_path, f"sqlite://{tmp_path}/jobs.db", queues)
+    daemon.start(args=["--bootstrap", str(tmp_path / "current" / "disqontrol_bootstrap.py")])
+    try:
+        before = daemon.consumer_pids()
+
+        # When release 2, whose bootstrap has a syntax error, is deployed and the daemon reloaded
+        broken = _release(tmp_path, "2")
+        (broken / "disqontrol_bootstrap.py").write_text("WORKERS = {\n")
+        _point_current(tmp_path, broken)
+        daemon.signal(signal.SIGHUP)
+
+        # Then the reload is refused naming the error, and release 1 runs on
+        [refused] = daemon.wait_event("reload_refused")
+        assert "SyntaxError" in refused and "disqontrol_bootstrap.py" in refused
+        assert daemon.consumer_pids() == before
+        daemon.add("work", ["a"])
+        assert daemon.wait_runs(1)[0][0] == "a-1"
+        # and the fixed release 3 is taken
+        _point_current(tmp_path, _release(tmp_path, "3"))
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_event("reload_taken")
+        wait_for(lambda: not set(before) & set(daemon.consumer_pids()), timeout=60, message="release 1 retired")
+        daemon.add("work", ["b"])
+        assert daemon.wait_runs(2)[1][0] == "b-3"
+    finally:
+        daemon.stop()
+
+
 def test_a_wake_directory_deleted_under_a_running_daemon_is_made_again(tmp_path):
     # Given an idle daemon on sqlite and a long-lived producer that has added a job
     daemon = Daemon(tmp_path, f"sqlite://{tmp_path}/jobs.db", {"work": {"worker": python_worker()}}).start()
