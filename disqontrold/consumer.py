@@ -41,7 +41,7 @@ from disqontrol_client.logfmt import log_event
 from disqontrold import failures
 from disqontrold.children import EXIT_BOOT_FAILED, EXIT_FAST, EXIT_OK
 from disqontrold.jobs_in_hand import JobsInHand
-from disqontrold.jobwindow import JobWindow
+from disqontrold.jobwindow import JobWindow, StartDeferred
 from disqontrold.log import reopen_logs
 from disqontrold.proctitle import consumer_title, set_title
 from disqontrold.scoreboard import BUSY, IDLE, STOPPING, Scoreboard
@@ -93,6 +93,7 @@ class Consumer:
         self._recycle = ""  # why this process is to be replaced, once it is
         self._moved_check = 0.0  # monotonic time of the next look at Broker.moved()
         self._window_backoff = BROKER_BACKOFF_START  # s before a refill after the broker failed one
+        self._start_backoff = BROKER_BACKOFF_START  # s before a refill after a job could not start
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     @property
@@ -350,9 +351,26 @@ class Consumer:
                 self.jobs.nack([j.id for j in jobs[index:]])
                 return
             self.jobs.started(job.id)
-            failed = self.window.start(self.workers[job.queue], job, self._timeouts[job.queue])
+            try:
+                failed = self.window.start(self.workers[job.queue], job, self._timeouts[job.queue])
+            except StartDeferred as exc:
+                self._defer(jobs[index:], str(exc))
+                return
+            self._start_backoff = BROKER_BACKOFF_START
             if failed is not None:
                 self._settle([(job, failed)])
+
+    def _defer(self, jobs: list[Job], error: str) -> None:
+        """Give back jobs the machine cannot start now (StartDeferred), not
+        failed, and start none for a while, doubling while it lasts."""
+        self.jobs.nack([job.id for job in jobs])
+        delay = self._start_backoff
+        self._start_backoff = min(delay * 2, BROKER_BACKOFF_CAP)
+        log_event(logger, "job_start_deferred", logging.WARNING, job=jobs[0].id, queue=jobs[0].queue,
+                  given_back=len(jobs), error=error, retry_in=delay)
+        self.window.pace.failed(time.monotonic(), delay)
+        if not self.window:  # nothing to tend meanwhile: wait here, or the next reserve takes them again
+            self._wait(delay)
 
     def _run_batches(self, by_queue: dict[str, list[Job]]) -> None:
         """Run the jobs of non-windowed workers: a concurrent worker's as one

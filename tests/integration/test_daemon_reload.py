@@ -3,14 +3,13 @@ or repeating a job; a broken config is refused and the old one runs on."""
 from __future__ import annotations
 
 import collections
-import os
 import signal
-from pathlib import Path
 
 import pytest
 
 from tests.integration.ctl_support import ctl_json
 from tests.integration.test_daemon_check_crash import write_too_deep_config
+from tests.support.cgroups import UNLIMITED, needs_pids_cgroup, no_more_processes
 from tests.support.daemon import Daemon, command_worker, python_worker
 from tests.support.procs import wait_for
 
@@ -132,32 +131,20 @@ def _live_groups(daemon: Daemon) -> dict[tuple[int, str], int]:
     return collections.Counter((c["generation"], c["group"]) for c in status["consumers"])
 
 
-PIDS_CGROUPS = Path("/sys/fs/cgroup/pids")
 
-
-@pytest.mark.skipif(os.geteuid() != 0 or not (PIDS_CGROUPS / "cgroup.procs").exists(),
-                    reason="needs root and the cgroup v1 pids controller to limit the master's forks")
+@needs_pids_cgroup
 def test_sighup_while_no_process_can_be_forked_is_refused_and_the_daemon_runs_on(tmp_path):
     # Given a running daemon in a pids cgroup (systemd's TasksMax) that it has filled
     daemon = Daemon(tmp_path, sqlite(tmp_path), {"work": {"worker": python_worker()}}).start()
-    cgroup = PIDS_CGROUPS / f"dq-test-{os.getpid()}-{tmp_path.name}"
-    cgroup.mkdir()
     try:
-        for pid in [daemon.pid, *daemon.consumer_pids()]:
-            (cgroup / "cgroup.procs").write_text(str(pid))
-        (cgroup / "pids.max").write_text((cgroup / "pids.current").read_text())
+        with no_more_processes([daemon.pid, *daemon.consumer_pids()], tmp_path.name) as group:
+            # When it is asked to reload
+            daemon.signal(signal.SIGHUP)
 
-        # When it is asked to reload
-        daemon.signal(signal.SIGHUP)
-
-        # Then the reload is refused naming the fork that failed, and the daemon runs on
-        [refused] = daemon.wait_event("reload_refused")
-        assert "fork" in refused
-        (cgroup / "pids.max").write_text("max")
-        assert_old_consumers_run_on(daemon, daemon.consumer_pids())
+            # Then the reload is refused naming the fork that failed, and the daemon runs on
+            [refused] = daemon.wait_event("reload_refused")
+            assert "fork" in refused
+            (group / "pids.max").write_text(UNLIMITED)
+            assert_old_consumers_run_on(daemon, daemon.consumer_pids())
     finally:
         daemon.stop()
-        (cgroup / "pids.max").write_text("max")
-        for pid in (cgroup / "cgroup.procs").read_text().split():  # whatever of ours is left
-            (PIDS_CGROUPS / "cgroup.procs").write_text(pid)
-        cgroup.rmdir()
