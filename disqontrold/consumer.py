@@ -370,6 +370,7 @@ class Consumer:
                   given_back=len(jobs), error=error, retry_in=delay)
         self.window.pace.failed(time.monotonic(), delay)
         if not self.window:  # nothing to tend meanwhile: wait here, or the next reserve takes them again
+            self._idle()  # not busy with the job given back: the master would take it for hung
             self._wait(delay)
 
     def _run_batches(self, by_queue: dict[str, list[Job]]) -> None:
