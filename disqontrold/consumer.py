@@ -58,7 +58,6 @@ logger = logging.getLogger(__name__)
 RESERVE_TIMEOUT = 1.0  # s: bounds how long a stop request waits for a blocked reserve
 BROKER_BACKOFF_START = 0.5  # s
 BROKER_BACKOFF_CAP = 30.0  # s
-MOVED_CHECK_INTERVAL = 1.0  # s between two looks for a broker file deleted or replaced
 MIB = 1024 * 1024
 MS = 1000
 
@@ -223,7 +222,7 @@ class Consumer:
         now = time.monotonic()
         if self.broker is None or now < self._moved_check:
             return False
-        self._moved_check = now + MOVED_CHECK_INTERVAL
+        self._moved_check = now + Broker.MOVED_CHECK_INTERVAL
         how = self.broker.moved()
         if how:
             log_event(logger, "broker_moved", logging.ERROR, group=self.group.name, how=how,
