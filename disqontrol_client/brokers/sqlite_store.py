@@ -197,7 +197,10 @@ class Store:
         self._thread_lock = threading.Lock()  # another thread may have held it at fork
         self._pid = os.getpid()
         self._db = self._open()
-        self._identity = _identity(self.path)
+        try:
+            self._identity = _identity(self.path)
+        except OSError:
+            self._identity = None
         return self._db
 
     def moved(self) -> Optional[str]:
@@ -205,9 +208,12 @@ class Store:
         ``path`` (an ``rm`` or a restore under a running daemon: its jobs
         went on in a file nobody else can reach, the new ones were never
         run), else None."""
-        if self._db is None or self._pid != os.getpid():
+        if self._db is None or self._pid != os.getpid() or self._identity is None:
+            return None  # not open here, or no file seen at its opening (":memory:")
+        try:
+            now = _identity(self.path)
+        except OSError:  # cannot look (a directory made unreadable): nothing known to have moved
             return None
-        now = _identity(self.path)
         if now == self._identity:
             return None
         return "deleted" if now is None else "replaced"
