@@ -40,6 +40,44 @@ def bootstrap_path(explicit: Optional[str]) -> Optional[Path]:
     return Path(os.path.abspath(DEFAULT_BOOTSTRAP)) if DEFAULT_BOOTSTRAP.exists() else None
 
 
+def working_dir() -> str:
+    """The directory the daemon was started in, as it was named: $PWD when
+    it is the current directory (a shell sets it; under systemd, set
+    ``Environment=PWD=`` to the ``WorkingDirectory=``), else the kernel's,
+    symlinks resolved. gunicorn's arbiter takes it the same way."""
+    here = os.getcwd()
+    named = os.environ.get("PWD")
+    if not named:
+        return here
+    try:
+        same = os.path.samefile(named, here)
+    except OSError:
+        return here
+    return named if same else here
+
+
+def reenter(directory: str) -> None:
+    """chdir to ``directory`` again before a reload: a symlink in it
+    (``current -> releases/N``) is followed anew, so the loader child and
+    the new consumers work in the release deployed now. A process's working
+    directory is resolved once: the consumers of every later generation ran
+    in the release of the start (a command's relative paths, ``php
+    console``, ran the old code, and failed once its directory was cleaned
+    up). A directory gone is logged; the old one stays."""
+    try:
+        os.chdir(directory)
+    except OSError as exc:
+        log_event(logger, "working_dir_unusable", logging.WARNING, path=directory, error=exc,
+                  keeping=_current_dir())
+
+
+def _current_dir() -> str:
+    try:
+        return os.getcwd()
+    except OSError as exc:  # removed under us
+        return f"({exc.strerror})"
+
+
 def load_checked(config_path: Optional[str | Path], bootstrap: Optional[Path]) -> Config:
     """The config at ``config_path`` (SPEC §2 lookup when None), workers checked.
 

@@ -72,6 +72,34 @@ def test_sighup_after_a_symlink_swapped_release_runs_the_new_bootstrap(tmp_path)
         daemon.stop()
 
 
+def test_sighup_after_a_symlink_swapped_release_runs_commands_in_the_new_release(tmp_path):
+    # Given a daemon started in current -> releases/1 whose command runs a script by a relative path
+    for name in ("1", "2"):
+        script = _release(tmp_path, name) / "run.sh"
+        script.write_text(f'printf "%s-{name} 0\\n" "${{2#--body=}}" >> "$DQ_OUT"\n')
+    _point_current(tmp_path, tmp_path / "releases" / "1")
+    queues = {"work": {"worker": {"type": "command", "command": "/bin/sh run.sh"}}}
+    daemon = Daemon(tmp_path, f"sqlite://{tmp_path}/jobs.db", queues)
+    daemon.start(cwd=tmp_path / "current")
+    try:
+        daemon.add("work", [1])
+        assert daemon.wait_runs(1)[0][0] == "1-1"
+
+        # When release 2 is deployed and the daemon reloaded
+        before = daemon.consumer_pids()
+        _point_current(tmp_path, tmp_path / "releases" / "2")
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_event("reload_taken")
+        wait_for(lambda: daemon.consumer_pids() and not set(before) & set(daemon.consumer_pids()),
+                 timeout=60, message="release 1's consumer retired")
+
+        # Then the new generation's commands run in release 2
+        daemon.add("work", [2])
+        assert daemon.wait_runs(2)[1][0] == "2-2"
+    finally:
+        daemon.stop()
+
+
 def test_a_release_whose_bootstrap_does_not_compile_is_refused_and_the_old_one_runs_on(tmp_path):
     # Given a daemon running release 1 through current -> releases/1
     _point_current(tmp_path, _release(tmp_path, "1"))

@@ -104,15 +104,16 @@ class Daemon:
         self.config_path.write_text(yaml.safe_dump({"disqontrol": section}))
 
     # -- process --------------------------------------------------------
-    def start(self, consumers: int = 1, args: Iterable[str] = ()) -> "Daemon":
+    def start(self, consumers: int = 1, args: Iterable[str] = (), cwd: Optional[Path] = None) -> "Daemon":
         """Start the master; return once ``consumers`` consumers are ready (0: at once).
-        ``args``: more disqontrold arguments (``--bootstrap P``)."""
+        ``args``: more disqontrold arguments (``--bootstrap P``); ``cwd``: where
+        to start it, as a shell would (its $PWD), else the test's directory."""
         self._config = load_config(self.config_path)
         env = dict(os.environ, DQ_OUT=str(self.out_path),
-                   PYTHONPATH=os.pathsep.join([str(self.dir), os.getcwd()]))
+                   PYTHONPATH=os.pathsep.join([str(self.dir), os.getcwd()]), PWD=str(cwd or self.dir))
         self.proc = subprocess.Popen(
             DAEMON + ["--config", str(self.config_path), "--no-stderr-log", *args],
-            cwd=self.dir, env=env, start_new_session=True,
+            cwd=cwd or self.dir, env=env, start_new_session=True,
             stdout=subprocess.DEVNULL, stderr=open(self.stderr_path, "ab"),
         )
         if consumers:  # 0: a test that watches the start itself
