@@ -30,14 +30,15 @@ logger = logging.getLogger(__name__)
 
 
 def bootstrap_path(explicit: Optional[str]) -> Optional[Path]:
-    """--bootstrap, else ./disqontrol_bootstrap.py if present; absolute so a
-    later chdir (daemonize) does not change its meaning, but with its symlinks
-    kept: a deploy that swaps ``current -> releases/N`` and reloads must load
-    the new release's file (resolved once at start, every reload read the
-    old one)."""
+    """--bootstrap, else ./disqontrol_bootstrap.py if present; absolute (from
+    ``working_dir()``) so a later chdir (daemonize) does not change its
+    meaning, but with its symlinks kept: a deploy that swaps ``current ->
+    releases/N`` and reloads must load the new release's file (resolved once
+    at start, every reload read the old one)."""
     if explicit:
-        return Path(os.path.abspath(explicit))
-    return Path(os.path.abspath(DEFAULT_BOOTSTRAP)) if DEFAULT_BOOTSTRAP.exists() else None
+        return Path(os.path.abspath(os.path.join(working_dir(), explicit)))
+    default = Path(working_dir()) / DEFAULT_BOOTSTRAP  # the named directory's, as for an explicit one
+    return default if default.exists() else None
 
 
 def working_dir() -> str:

@@ -9,6 +9,8 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.support.daemon import Daemon, python_worker
 from tests.support.procs import wait_for
 
@@ -48,12 +50,17 @@ def _point_current(root: Path, release: Path) -> None:
     os.replace(staged, root / "current")
 
 
-def test_sighup_after_a_symlink_swapped_release_runs_the_new_bootstrap(tmp_path):
-    # Given a daemon whose --bootstrap is under current -> releases/1
+@pytest.mark.parametrize("named", ["by --bootstrap", "as ./disqontrol_bootstrap.py"])
+def test_sighup_after_a_symlink_swapped_release_runs_the_new_bootstrap(tmp_path, named):
+    # Given a daemon whose bootstrap is under current -> releases/1 (named, or found in its directory)
     _point_current(tmp_path, _release(tmp_path, "1"))
     queues = {"work": {"worker": {"type": "inline_python_worker", "name": "release"}}}
     daemon = Daemon(tmp_path, f"sqlite://{tmp_path}/jobs.db", queues)
-    daemon.start(args=["--bootstrap", str(tmp_path / "current" / "disqontrol_bootstrap.py")])
+    current = tmp_path / "current"
+    if named == "by --bootstrap":
+        daemon.start(args=["--bootstrap", str(current / "disqontrol_bootstrap.py")])
+    else:
+        daemon.start(cwd=current)
     try:
         daemon.add("work", ["a"])
         assert daemon.wait_runs(1)[0][0] == "a-1"
