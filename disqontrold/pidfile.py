@@ -71,7 +71,9 @@ class Pidfile:
     (after daemonizing), ``release()`` at exit."""
 
     def __init__(self, path: Path) -> None:
-        self.path = Path(path)
+        # Absolute now: --daemonize goes to / and a reload re-enters the
+        # working directory; a relative path would then name another file.
+        self.path = Path(os.path.abspath(path))
         self.fd: Optional[int] = None
 
     def acquire(self) -> None:
