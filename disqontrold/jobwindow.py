@@ -36,13 +36,15 @@ logger = logging.getLogger(__name__)
 #: new job's start within 0.25 s instead of 1 s.
 REFILL_INTERVAL = 0.25
 #: A start refused with these is the machine's state, not the job's fault:
-#: no process left (systemd's TasksMax, RLIMIT_NPROC), no memory, no descriptors.
-NO_RESOURCES = frozenset({errno.EAGAIN, errno.ENOMEM, errno.EMFILE, errno.ENFILE})
+#: no process left (systemd's TasksMax, RLIMIT_NPROC), no memory, no
+#: descriptors, or the program missing or being written (a deploy that
+#: removes or copies it in place: gone for a moment).
+NOT_NOW = frozenset({errno.EAGAIN, errno.ENOMEM, errno.EMFILE, errno.ENFILE, errno.ENOENT, errno.ETXTBSY})
 
 
 class StartDeferred(Exception):
-    """A job could not start for want of processes, memory or descriptors
-    (``NO_RESOURCES``): give it back and try later, do not fail it."""
+    """A job could not start for a reason in ``NOT_NOW``: give it back and
+    try later, do not fail it."""
 
 
 class RefillPace:
@@ -104,15 +106,16 @@ class JobWindow:
 
     def start(self, worker: Worker, job: Job, timeout: float) -> Optional[Outcome]:
         """Start one job of a windowed worker. None once it runs; a failed
-        Outcome if it cannot start (a vanished binary): that job fails alone.
-        Raises StartDeferred when the machine is out of processes, memory or
-        descriptors (EAGAIN, ENOMEM, EMFILE): every job would fail alike,
-        and a retry_immediately queue used to park them all within
-        milliseconds, each counted as a failure of its own."""
+        Outcome if it cannot start (a program not executable): that job
+        fails alone. Raises StartDeferred when the machine is out of
+        processes, memory or descriptors, or the program is missing or being
+        written (``NOT_NOW``): every job would fail alike, and a
+        retry_immediately queue used to park them all within milliseconds,
+        each counted as a failure of its own."""
         try:
             child = worker.start(job, timeout)
         except OSError as exc:
-            if exc.errno in NO_RESOURCES:
+            if exc.errno in NOT_NOW:
                 raise StartDeferred(f"{worker.cannot_start}: {exc}") from exc
             return Outcome(False, error=f"{worker.cannot_start}: {exc}")
         except Exception as exc:  # noqa: BLE001 -- a worker bug must fail its job, not the consumer

@@ -299,3 +299,32 @@ def test_jobs_that_cannot_start_for_want_of_processes_are_given_back_not_failed(
         assert not daemon.events("job_failed")
     finally:
         daemon.stop()
+
+
+def test_jobs_whose_program_is_missing_for_a_moment_are_given_back_not_failed(tmp_path):
+    # Given command jobs that retry at once, whose program a deploy removes and then puts back
+    program = tmp_path / "bin" / "worker"
+    program.parent.mkdir()
+    program.write_text('#!/bin/sh\nprintf "%s 0\\n" "${2#--body=}" >> "$DQ_OUT"\n')
+    program.chmod(0o755)
+    queues = {"cmd": {"worker": {"type": "command", "command": str(program)},
+                      "failure_strategy": "retry_immediately", "max_retries": 3}}
+    daemon = Daemon(tmp_path, f"sqlite://{tmp_path}/jobs.db", queues).start()
+    try:
+        kept = program.read_bytes()
+        program.unlink()
+
+        # When jobs are added meanwhile
+        daemon.add("cmd", range(3))
+        wait_for(lambda: len(daemon.events("job_start_deferred")) >= 2 or daemon.events("job_failed"),
+                 timeout=30, message="the jobs tried")
+
+        # Then none failed; once the program is back, each runs once
+        assert not daemon.events("job_failed") and not daemon.failed_jobs()
+        program.write_bytes(kept)
+        program.chmod(0o755)
+        runs = daemon.wait_runs(3)
+        assert sorted(int(body) for body, _ in runs) == [0, 1, 2]
+        assert not daemon.events("job_failed")
+    finally:
+        daemon.stop()
