@@ -43,6 +43,7 @@ from disqontrold.children import EXIT_BOOT_FAILED, EXIT_FAST, EXIT_OK
 from disqontrold.jobs_in_hand import JobsInHand
 from disqontrold.jobwindow import JobWindow, StartDeferred
 from disqontrold.log import reopen_logs
+from disqontrold.paused_queues import PausedQueues
 from disqontrold.proctitle import consumer_title, set_title
 from disqontrold.scoreboard import BUSY, IDLE, STOPPING, Scoreboard
 from disqontrold.signals import MASTER_SIGNALS
@@ -92,7 +93,7 @@ class Consumer:
         self._recycle = ""  # why this process is to be replaced, once it is
         self._moved_check = 0.0  # monotonic time of the next look at Broker.moved()
         self._window_backoff = BROKER_BACKOFF_START  # s before a refill after the broker failed one
-        self._start_backoff = BROKER_BACKOFF_START  # s before a refill after a job could not start
+        self._paused = PausedQueues(group.name)  # queues whose jobs could not start, for a while
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     @property
@@ -289,10 +290,17 @@ class Consumer:
         if self._held:
             self._held.retry(self.workers)
             queues = self._held.open
-            if not queues:  # every queue held: wait for the next setup try
-                self._wait(min(timeout, self._held.until_next_try()))
-                self.scoreboard.heartbeat()
-                return []
+        if self._paused:
+            queues = self._paused.open(queues)
+        if not queues:  # every queue held or paused: wait for the next setup try or pause's end
+            waits = [timeout]
+            if self._held:
+                waits.append(self._held.until_next_try())
+            if self._paused:
+                waits.append(self._paused.until_next())
+            self._wait(min(waits))
+            self.scoreboard.heartbeat()
+            return []
         while not self.stopping:
             try:
                 got = self.jobs.reserve(queues, count, timeout)
@@ -341,36 +349,31 @@ class Consumer:
             self._run_batches(by_queue)
 
     def _start(self, jobs: list[Job]) -> None:
-        """Start jobs in the window; once stopping or recycling, the rest go back."""
+        """Start jobs in the window; once stopping or recycling, the rest go
+        back, and so do the jobs of a queue whose job could not start now
+        (StartDeferred: that queue is paused, the others' jobs start)."""
         if not jobs:
             return
         self._on_start(jobs[-1])  # one title and scoreboard write per round, not per job
+        deferred: set[str] = set()
         for index, job in enumerate(jobs):
             if self.stopping or self._recycle:
-                self.jobs.nack([j.id for j in jobs[index:]])
+                self.jobs.nack([j.id for j in jobs[index:] if j.queue not in deferred])
                 return
+            if job.queue in deferred:
+                continue  # given back with the first of its queue that could not start
             self.jobs.started(job.id)
             try:
                 failed = self.window.start(self.workers[job.queue], job, self._timeouts[job.queue])
             except StartDeferred as exc:
-                self._defer(jobs[index:], str(exc))
-                return
-            self._start_backoff = BROKER_BACKOFF_START
+                back = [j.id for j in jobs[index:] if j.queue == job.queue]
+                self.jobs.nack(back)
+                self._paused.pause(job.queue, back, str(exc))
+                deferred.add(job.queue)
+                continue
+            self._paused.started(job.queue)
             if failed is not None:
                 self._settle([(job, failed)])
-
-    def _defer(self, jobs: list[Job], error: str) -> None:
-        """Give back jobs the machine cannot start now (StartDeferred), not
-        failed, and start none for a while, doubling while it lasts."""
-        self.jobs.nack([job.id for job in jobs])
-        delay = self._start_backoff
-        self._start_backoff = min(delay * 2, BROKER_BACKOFF_CAP)
-        log_event(logger, "job_start_deferred", logging.WARNING, job=jobs[0].id, queue=jobs[0].queue,
-                  given_back=len(jobs), error=error, retry_in=delay)
-        self.window.pace.failed(time.monotonic(), delay)
-        if not self.window:  # nothing to tend meanwhile: wait here, or the next reserve takes them again
-            self._idle()  # not busy with the job given back: the master would take it for hung
-            self._wait(delay)
 
     def _run_batches(self, by_queue: dict[str, list[Job]]) -> None:
         """Run the jobs of non-windowed workers: a concurrent worker's as one

@@ -328,3 +328,27 @@ def test_jobs_whose_program_is_missing_for_a_moment_are_given_back_not_failed(tm
         assert not daemon.events("job_failed")
     finally:
         daemon.stop()
+
+
+def test_a_queue_whose_program_is_missing_does_not_hold_back_the_rest_of_its_group(tmp_path):
+    # Given one group of two command queues, the first one's program missing (a deploy under way)
+    missing = tmp_path / "bin" / "gone"
+    missing.parent.mkdir()
+    missing.write_text("#!/bin/sh\n")
+    missing.chmod(0o755)
+    queues = {"a": {"worker": {"type": "command", "command": str(missing)}}, "b": {"worker": command_worker(tmp_path)}}
+    daemon = Daemon(tmp_path, f"sqlite://{tmp_path}/jobs.db", queues, consumers=[{"queues": ["a", "b"]}],
+                    consumer_defaults={"job_batch": 4}).start()
+    try:
+        missing.unlink()
+
+        # When both queues get jobs, the first queue's first
+        daemon.add("a", range(20))
+        daemon.add("b", range(100, 110))
+
+        # Then the second queue's jobs all run meanwhile, none of the first's failed
+        runs = daemon.wait_runs(10, timeout=30)
+        assert sorted(int(body) for body, _ in runs) == list(range(100, 110))
+        assert not daemon.events("job_failed")
+    finally:
+        daemon.stop()
