@@ -12,6 +12,7 @@ import importlib
 import logging
 import math
 import os
+import time
 import uuid
 from typing import Any, Iterable, Optional
 
@@ -20,7 +21,7 @@ from disqontrol_client.brokers.broker import Broker, NewJob
 from disqontrol_client.config import Config, QueueConfig, load_config
 from disqontrol_client.errors import JobFailed, UsageError
 from disqontrol_client.job import METADATA_KEYS, Job, usable_metadata
-from disqontrol_client.logfmt import log_event
+from disqontrol_client.logfmt import log_event, redact_url
 from disqontrol_client.submit import new_job_for
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class Producer:
         self._url = url_or_broker if isinstance(url_or_broker, str) else None
         self._broker: Optional[Broker] = None if isinstance(url_or_broker, str) else url_or_broker
         self._owns_broker = isinstance(url_or_broker, str)
+        self._moved_check = 0.0  # monotonic time of the next look at Broker.moved()
 
     @classmethod
     def from_config(
@@ -66,9 +68,26 @@ class Producer:
 
     @property
     def broker(self) -> Broker:
+        if self._broker is not None and self._owns_broker and self._moved():
+            self._broker.close()
+            self._broker = None
         if self._broker is None:
             self._broker = open_broker(str(self._url))
         return self._broker
+
+    def _moved(self) -> bool:
+        """The broker's sqlite file deleted or replaced (Broker.moved), looked
+        at once a second at most: an app's long-lived producer then opens
+        the file there now, where the daemon takes its jobs, instead of
+        adding them to one nobody reads."""
+        now = time.monotonic()
+        if now < self._moved_check or self._broker is None:
+            return False
+        self._moved_check = now + Broker.MOVED_CHECK_INTERVAL
+        how = self._broker.moved()
+        if how:
+            log_event(logger, "broker_reopened", logging.WARNING, broker=redact_url(str(self._url)), how=how)
+        return bool(how)
 
     def add(self, job: Job, delay: float = 0) -> Any:
         """Add ``job``; returns its id (sets ``job.id`` too). Synchronous mode:

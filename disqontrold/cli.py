@@ -7,7 +7,7 @@ import importlib
 import importlib.util
 import os
 import sys
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from disqontrol_client import exitcodes
 from disqontrol_client.errors import DisqontrolError
@@ -91,19 +91,20 @@ def _run(args: argparse.Namespace) -> int:
     if args.check:
         print(f"disqontrold: {config.path}: OK ({len(config.queues)} queues, {len(config.consumers)} consumer groups)")
         return exitcodes.OK
-    detach(args, config)  # always: the pidfile keeps a second master off this run_dir
+    pidfile = detach(args, config)  # always: the pidfile keeps a second master off this run_dir
     setup_logging(config.log_dir, args.log_level, stderr=not args.no_stderr_log)
     master = Master(config, bootstrap)
+    master.add_timer(pidfile.keep)  # made again if run_dir is removed under us
     attach_plugins(master)
     return master.run()
 
 
-def detach(args: argparse.Namespace, config: object) -> None:
+def detach(args: argparse.Namespace, config: object) -> Any:
     """The pidfile (``--pidfile`` or run_dir/disqontrold.pid; a second master
     exits 2) and ``--daemonize`` (python-daemon): ``disqontrold.pidfile.prepare``."""
     if importlib.util.find_spec("disqontrold.pidfile") is None:
         raise DisqontrolError("--daemonize/--pidfile are not available in this build")
-    importlib.import_module("disqontrold.pidfile").prepare(args, config)
+    return importlib.import_module("disqontrold.pidfile").prepare(args, config)
 
 
 def attach_plugins(master: object) -> None:

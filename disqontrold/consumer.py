@@ -41,8 +41,9 @@ from disqontrol_client.logfmt import log_event
 from disqontrold import failures
 from disqontrold.children import EXIT_BOOT_FAILED, EXIT_FAST, EXIT_OK
 from disqontrold.jobs_in_hand import JobsInHand
-from disqontrold.jobwindow import JobWindow
+from disqontrold.jobwindow import JobWindow, StartDeferred
 from disqontrold.log import reopen_logs
+from disqontrold.paused_queues import PausedQueues
 from disqontrold.proctitle import consumer_title, set_title
 from disqontrold.scoreboard import BUSY, IDLE, STOPPING, Scoreboard
 from disqontrold.signals import MASTER_SIGNALS
@@ -92,7 +93,9 @@ class Consumer:
         self.window = JobWindow(group.job_batch, notes=scoreboard)
         self._busy = False  # the scoreboard says busy
         self._recycle = ""  # why this process is to be replaced, once it is
+        self._moved_check = 0.0  # monotonic time of the next look at Broker.moved()
         self._window_backoff = BROKER_BACKOFF_START  # s before a refill after the broker failed one
+        self._paused = PausedQueues(group.name)  # queues whose jobs could not start, for a while
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     @property
@@ -219,11 +222,26 @@ class Consumer:
             reason = "max_jobs_per_process"
         elif self.group.max_memory_per_process and rss_mib() >= self.group.max_memory_per_process:
             reason = "max_memory_per_process"
+        elif self._broker_moved():
+            reason = "broker_moved"
         else:
             return ""
         log_event(logger, "consumer_recycled", group=self.group.name, reason=reason, jobs=handled,
                   rss_mib=round(rss_mib(), 1))
         return reason
+
+    def _broker_moved(self) -> bool:
+        """The sqlite file deleted or replaced under us (Broker.moved), looked
+        at once a second at most: a successor opens the one there now."""
+        now = time.monotonic()
+        if self.broker is None or now < self._moved_check:
+            return False
+        self._moved_check = now + Broker.MOVED_CHECK_INTERVAL
+        how = self.broker.moved()
+        if how:
+            log_event(logger, "broker_moved", logging.ERROR, group=self.group.name, how=how,
+                      lost="the jobs left in the old file")
+        return bool(how)
 
     def _idle(self) -> None:
         self._busy = False
@@ -248,6 +266,8 @@ class Consumer:
                 return
             else:
                 self._take(self._reserve(RESERVE_TIMEOUT))
+                if not self._recycle:  # an idle consumer too: after a reserve that found nothing
+                    self._recycle = self._recycle_reason()
             if self._busy and not self.window:
                 self._idle()
 
@@ -287,10 +307,17 @@ class Consumer:
         if self._held:
             self._held.retry(self.workers)
             queues = self._held.open
-            if not queues:  # every queue held: wait for the next setup try
-                self._wait(min(timeout, self._held.until_next_try()))
-                self.scoreboard.heartbeat()
-                return []
+        if self._paused:
+            queues = self._paused.open(queues)
+        if not queues:  # every queue held or paused: wait for the next setup try or pause's end
+            waits = [timeout]
+            if self._held:
+                waits.append(self._held.until_next_try())
+            if self._paused:
+                waits.append(self._paused.until_next())
+            self._wait(min(waits))
+            self.scoreboard.heartbeat()
+            return []
         while not self.stopping:
             try:
                 got = self.jobs.reserve(queues, count, timeout)
@@ -339,16 +366,29 @@ class Consumer:
             self._run_batches(by_queue)
 
     def _start(self, jobs: list[Job]) -> None:
-        """Start jobs in the window; once stopping or recycling, the rest go back."""
+        """Start jobs in the window; once stopping or recycling, the rest go
+        back, and so do the jobs of a queue whose job could not start now
+        (StartDeferred: that queue is paused, the others' jobs start)."""
         if not jobs:
             return
         self._on_start(jobs[-1])  # one title and scoreboard write per round, not per job
+        deferred: set[str] = set()
         for index, job in enumerate(jobs):
             if self.stopping or self._recycle:
-                self.jobs.nack([j.id for j in jobs[index:]])
+                self.jobs.nack([j.id for j in jobs[index:] if j.queue not in deferred])
                 return
+            if job.queue in deferred:
+                continue  # given back with the first of its queue that could not start
             self.jobs.started(job.id)
-            failed = self.window.start(self.workers[job.queue], job, self._timeouts[job.queue])
+            try:
+                failed = self.window.start(self.workers[job.queue], job, self._timeouts[job.queue])
+            except StartDeferred as exc:
+                back = [j.id for j in jobs[index:] if j.queue == job.queue]
+                self.jobs.nack(back)
+                self._paused.pause(job.queue, back, str(exc))
+                deferred.add(job.queue)
+                continue
+            self._paused.started(job.queue)
             if failed is not None:
                 self._settle([(job, failed)])
 

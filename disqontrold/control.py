@@ -20,6 +20,7 @@ import pwd
 import selectors
 import socket
 import stat
+import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Protocol
 
@@ -38,6 +39,7 @@ LISTEN_BACKLOG = 16
 RECV_CHUNK = 65536
 MAX_CLIENTS = 64
 REQUEST_SNIPPET_CHARS = 200  # of a bad request, quoted back in the error
+KEEP_INTERVAL = 1.0  # s between two looks that the socket file is still ours
 
 Handler = Callable[[Mapping[str, Any]], Mapping[str, Any]]
 
@@ -92,6 +94,7 @@ class ControlServer:
         self._listener: Optional[socket.socket] = None
         self._clients: dict[int, _Client] = {}
         self._owner_pid: Optional[int] = None  # a forked child closes, never unlinks
+        self._bound: Optional[tuple[int, int]] = None  # (st_dev, st_ino) of the socket file we bound
 
     # -- lifecycle -----------------------------------------------------------
     def open(self) -> "ControlServer":
@@ -113,6 +116,7 @@ class ControlServer:
         listener.listen(LISTEN_BACKLOG)
         listener.setblocking(False)
         self._listener = listener
+        self._bound = _identity(self.path)
         self._owner_pid = os.getpid()
         self._selector.register(listener, selectors.EVENT_READ, None)
         log_event(log, "control_socket_open", path=self.path, group=self.group)
@@ -188,6 +192,23 @@ class ControlServer:
             self.path.unlink(missing_ok=True)
             log_event(log, "control_socket_closed", path=self.path)
         self._selector.close()
+
+    def keep(self) -> float:
+        """The master's timer: bind again when the socket file is gone or is
+        another's (run_dir removed under the running master). Else
+        ``disqontrolctl`` (and ``systemctl reload``) said no master was
+        running, and a second master could start beside this one."""
+        if self._bound is not None and _identity(self.path) != self._bound:
+            log_event(log, "control_socket_lost", logging.WARNING, path=self.path)
+            if self._listener is not None:
+                self._selector.unregister(self._listener)
+                self._listener.close()
+                self._listener = None
+            try:
+                self.open()
+            except (OSError, DisqontrolError) as exc:  # tried again at the next look
+                log_event(log, "control_socket_reopen_failed", logging.ERROR, path=self.path, error=exc)
+        return time.monotonic() + KEEP_INTERVAL
 
     # -- the master's loop ---------------------------------------------------
     def fileno(self) -> int:
@@ -316,6 +337,7 @@ class MasterLike(Protocol):
     on_stop: list[Callable[[], None]]
 
     def register(self, fileobj: Any, callback: Callable[[Any], None]) -> None: ...
+    def add_timer(self, callback: Callable[[], Optional[float]]) -> None: ...
     def status(self) -> Mapping[str, Any]: ...
     def request_reload(self) -> tuple[bool, str]: ...
     def request_stop(self, fast: bool) -> None: ...
@@ -347,6 +369,15 @@ def master_handlers(master: MasterLike) -> dict[str, Handler]:
     return {"status": status, "reload": reload, "stop": stop}
 
 
+def _identity(path: Path) -> Optional[tuple[int, int]]:
+    """(st_dev, st_ino) of the file at ``path`` itself; None when there is none."""
+    try:
+        seen = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    return seen.st_dev, seen.st_ino
+
+
 def attach_to_master(master: MasterLike) -> ControlServer:
     """Plug-in hook (disqontrold.cli): serve the control socket from the
     master's loop; the socket file goes when the master stops."""
@@ -355,5 +386,6 @@ def attach_to_master(master: MasterLike) -> ControlServer:
         default_socket_path(config.run_dir), master_handlers(master), group=config.control_socket_group
     ).open()
     master.register(server, lambda _fileobj: server.process(0))
+    master.add_timer(server.keep)
     master.on_stop.append(server.close)
     return server

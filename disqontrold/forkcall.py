@@ -44,7 +44,12 @@ def call_in_child(func: Callable[[], Any], timeout: float, doing: str) -> Any:
     """``func()`` run in a forked child; raises NoAnswer (its message starts
     with ``doing``, e.g. "validating the config") if it never returned."""
     read_fd, write_fd = os.pipe()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError as exc:  # EAGAIN at systemd's TasksMax, ENOMEM: a reload refused, not a dead master
+        os.close(read_fd)
+        os.close(write_fd)
+        raise NoAnswer(doing, f"cannot fork the checker: {exc}") from None
     if pid == 0:  # the child: report over the pipe, exit without the parent's cleanup
         code = CHILD_CRASHED
         try:

@@ -17,6 +17,7 @@ instead of on every ending job.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import traceback
 from typing import Optional, Protocol
@@ -34,6 +35,16 @@ logger = logging.getLogger(__name__)
 #: nothing; redis: one round trip), so 4 a second per busy consumer buys a
 #: new job's start within 0.25 s instead of 1 s.
 REFILL_INTERVAL = 0.25
+#: A start refused with these is the machine's state, not the job's fault:
+#: no process left (systemd's TasksMax, RLIMIT_NPROC), no memory, no
+#: descriptors, or the program missing or being written (a deploy that
+#: removes or copies it in place: gone for a moment).
+NOT_NOW = frozenset({errno.EAGAIN, errno.ENOMEM, errno.EMFILE, errno.ENFILE, errno.ENOENT, errno.ETXTBSY})
+
+
+class StartDeferred(Exception):
+    """A job could not start for a reason in ``NOT_NOW``: give it back and
+    try later, do not fail it."""
 
 
 class RefillPace:
@@ -95,11 +106,17 @@ class JobWindow:
 
     def start(self, worker: Worker, job: Job, timeout: float) -> Optional[Outcome]:
         """Start one job of a windowed worker. None once it runs; a failed
-        Outcome if it cannot start (EAGAIN, ENOMEM, a vanished binary): that
-        job fails alone."""
+        Outcome if it cannot start (a program not executable): that job
+        fails alone. Raises StartDeferred when the machine is out of
+        processes, memory or descriptors, or the program is missing or being
+        written (``NOT_NOW``): every job would fail alike, and a
+        retry_immediately queue used to park them all within milliseconds,
+        each counted as a failure of its own."""
         try:
             child = worker.start(job, timeout)
         except OSError as exc:
+            if exc.errno in NOT_NOW:
+                raise StartDeferred(f"{worker.cannot_start}: {exc}") from exc
             return Outcome(False, error=f"{worker.cannot_start}: {exc}")
         except Exception as exc:  # noqa: BLE001 -- a worker bug must fail its job, not the consumer
             return self._raised(job, exc)

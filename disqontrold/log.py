@@ -13,9 +13,12 @@ from pathlib import Path
 from typing import Optional
 
 from disqontrol_client.errors import ConfigError
+from disqontrol_client.logfmt import log_event
 
 LOG_FILE_NAME = "disqontrol.log"
 LEVELS = ("debug", "info", "warning", "error")
+
+logger = logging.getLogger(__name__)
 
 
 class EventFormatter(logging.Formatter):
@@ -53,13 +56,24 @@ class ReopenableFileHandler(logging.FileHandler):
     """A FileHandler whose file can be reopened after logrotate moved it."""
 
     def reopen(self) -> None:
+        """Switch to a file opened anew at the path, its directory made again
+        if it was removed. Never raises: a removed log directory used to
+        kill the master at the next SIGUSR1 (logrotate), and every consumer
+        with it; a file that cannot be opened keeps the old one in use."""
+        try:
+            Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
+            stream = self._open()
+        except OSError as exc:
+            log_event(logger, "log_reopen_failed", logging.ERROR, path=self.baseFilename, error=exc,
+                      keeping="the file open before")
+            return
         self.acquire()
         try:
-            if self.stream is not None:
-                self.stream.close()
-            self.stream = self._open()
+            old, self.stream = self.stream, stream
         finally:
             self.release()
+        if old is not None:
+            old.close()
 
 
 _file_handler: Optional[ReopenableFileHandler] = None

@@ -49,6 +49,7 @@ class Master:
         self.config = config
         self.config_path = config.path
         self.bootstrap = bootstrap
+        self.working_dir = reloading.working_dir()  # entered again at each reload (deploys)
         self.pid = os.getpid()
         self.started = time.monotonic()
         self.generation = 1
@@ -400,6 +401,7 @@ class Master:
                       else "the config was not read from a file; nothing to reload")
             log_event(logger, "reload_refused", logging.WARNING, reason=reason)
             return False, reason
+        reloading.reenter(self.working_dir)
         try:
             config = reloading.load_checked(self.config_path, self.bootstrap)
         except (ConfigError, WorkerLoadError) as exc:

@@ -13,6 +13,7 @@ import errno
 import fcntl
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -27,6 +28,7 @@ MASTER_NAME = "disqontrold"
 # Another starter may unlink the file between our open and our lock; retry a
 # few times rather than lock a file nobody else can see.
 MAX_LOCK_ATTEMPTS = 5
+KEEP_INTERVAL = 1.0  # s between two looks that the pidfile is still the one we lock
 
 
 class PidfileLocked(DisqontrolError):
@@ -69,7 +71,9 @@ class Pidfile:
     (after daemonizing), ``release()`` at exit."""
 
     def __init__(self, path: Path) -> None:
-        self.path = Path(path)
+        # Absolute now: --daemonize goes to / and a reload re-enters the
+        # working directory; a relative path would then name another file.
+        self.path = Path(os.path.abspath(path))
         self.fd: Optional[int] = None
 
     def acquire(self) -> None:
@@ -119,6 +123,30 @@ class Pidfile:
             )
         reason = "not_disqontrold" if psutil.pid_exists(old) else "dead"
         log_event(log, "pidfile_stale_replaced", logging.WARNING, pidfile=self.path, old_pid=old, reason=reason)
+
+    def keep(self) -> float:
+        """The master's timer: lock and write a new pidfile when ours was
+        removed (run_dir removed under the running master): until then a
+        second master found no lock and started beside this one."""
+        if self.fd is not None and not self._still_linked(self.fd):
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PIDFILE_MODE)
+            except OSError as exc:
+                log_event(log, "pidfile_lost", logging.ERROR, pidfile=self.path, error=exc)
+                return time.monotonic() + KEEP_INTERVAL
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                os.close(fd)
+                log_event(log, "pidfile_lost", logging.ERROR, pidfile=self.path, error=exc,
+                          holder=read_pid(self.path))
+                return time.monotonic() + KEEP_INTERVAL
+            os.close(self.fd)
+            self.fd = fd
+            self.write(os.getpid())
+            log_event(log, "pidfile_restored", logging.WARNING, pidfile=self.path)
+        return time.monotonic() + KEEP_INTERVAL
 
     def write(self, pid: int) -> None:
         """Write ``pid`` into the locked file (again after a daemonizing fork)."""

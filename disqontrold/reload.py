@@ -11,6 +11,7 @@ of an isolated job copies fewer page tables.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -29,11 +30,53 @@ logger = logging.getLogger(__name__)
 
 
 def bootstrap_path(explicit: Optional[str]) -> Optional[Path]:
-    """--bootstrap, else ./disqontrol_bootstrap.py if present; absolute so a
-    later chdir (daemonize) does not change its meaning."""
+    """--bootstrap, else ./disqontrol_bootstrap.py if present; absolute (from
+    ``working_dir()``) so a later chdir (daemonize) does not change its
+    meaning, but with its symlinks kept: a deploy that swaps ``current ->
+    releases/N`` and reloads must load the new release's file (resolved once
+    at start, every reload read the old one)."""
     if explicit:
-        return Path(explicit).resolve()
-    return DEFAULT_BOOTSTRAP.resolve() if DEFAULT_BOOTSTRAP.exists() else None
+        return Path(os.path.abspath(os.path.join(working_dir(), explicit)))
+    default = Path(working_dir()) / DEFAULT_BOOTSTRAP  # the named directory's, as for an explicit one
+    return default if default.exists() else None
+
+
+def working_dir() -> str:
+    """The directory the daemon was started in, as it was named: $PWD when
+    it is the current directory (a shell sets it; under systemd, set
+    ``Environment=PWD=`` to the ``WorkingDirectory=``), else the kernel's,
+    symlinks resolved. gunicorn's arbiter takes it the same way."""
+    here = os.getcwd()
+    named = os.environ.get("PWD")
+    if not named:
+        return here
+    try:
+        same = os.path.samefile(named, here)
+    except OSError:
+        return here
+    return named if same else here
+
+
+def reenter(directory: str) -> None:
+    """chdir to ``directory`` again before a reload: a symlink in it
+    (``current -> releases/N``) is followed anew, so the loader child and
+    the new consumers work in the release deployed now. A process's working
+    directory is resolved once: the consumers of every later generation ran
+    in the release of the start (a command's relative paths, ``php
+    console``, ran the old code, and failed once its directory was cleaned
+    up). A directory gone is logged; the old one stays."""
+    try:
+        os.chdir(directory)
+    except OSError as exc:
+        log_event(logger, "working_dir_unusable", logging.WARNING, path=directory, error=exc,
+                  keeping=_current_dir())
+
+
+def _current_dir() -> str:
+    try:
+        return os.getcwd()
+    except OSError as exc:  # removed under us
+        return f"({exc.strerror})"
 
 
 def load_checked(config_path: Optional[str | Path], bootstrap: Optional[Path]) -> Config:

@@ -32,6 +32,7 @@ logger = logging.getLogger("disqontrold.scheduler")
 POLL = 1.0
 STATUS_KEY = "scheduler"
 BROKER_RETRY = 5.0  # s between two passes while the broker cannot be reached
+STEP_SLACK = 1.0  # s a deadline may lie past its furthest before the clock counts as stepped back
 
 
 class MasterScheduler:
@@ -78,7 +79,7 @@ class MasterScheduler:
             self._follow(self.master.config)
         if self.scheduler is None:
             return time.monotonic() + POLL
-        if time.time() >= self.deadline:
+        if self._due(time.time()):
             try:
                 self.scheduler.run_due()
                 self.deadline = self.scheduler.next_deadline()
@@ -94,6 +95,22 @@ class MasterScheduler:
             if self.scheduler is None:
                 return time.monotonic() + POLL
         return time.monotonic() + min(max(0.0, self.deadline - time.time()), POLL)
+
+    def _due(self, now: float) -> bool:
+        """Whether to tick: the deadline has passed, or it lies further ahead
+        than any deadline is ever set (MAX_SLEEP, or BROKER_RETRY), so the
+        wall clock was stepped back. Waiting for the old deadline, the
+        scheduler added nothing for as long as the step (an hour, a day)."""
+        from disqontrold.scheduler import MAX_SLEEP  # noqa: PLC0415 (croniter: only once a scheduler runs)
+
+        if now >= self.deadline:
+            return True
+        ahead = self.deadline - now - max(MAX_SLEEP, BROKER_RETRY)
+        if ahead <= STEP_SLACK:
+            return False
+        log_event(logger, "clock_stepped_back", logging.WARNING, seconds_at_least=round(ahead),
+                  action="due runs are looked for from the new time")
+        return True
 
     def _disable(self, error: Exception) -> None:
         log_event(logger, "scheduler_disabled", logging.ERROR, reason=error, until="a reload")

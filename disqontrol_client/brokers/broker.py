@@ -178,6 +178,18 @@ class Broker(abc.ABC):
         ``claim_then_add``): a crash in between loses those jobs."""
         return claim_then_add(self, self, pairs, claim_ttl)
 
+    #: s between two looks at ``moved()`` by a long-lived user (a consumer, a producer).
+    MOVED_CHECK_INTERVAL = 1.0
+
+    def moved(self) -> Optional[str]:
+        """Why the store this connection works on is no longer the one its URL
+        names (a sqlite file deleted or replaced under it), else None. A
+        consumer asks when idle and leaves (recycled): its successor opens
+        what the URL names now, while the jobs in hand were acked on the
+        store they came from; a Producer that opened its broker reopens it.
+        Engines reached over the network never move."""
+        return None
+
     @abc.abstractmethod
     def close(self) -> None:
         """Release the connection. Idempotent."""

@@ -389,6 +389,9 @@ class SqliteBroker(Broker):
             self._wake.notify()
         return ids
 
+    def moved(self) -> Optional[str]:
+        return self._store.moved()
+
     def close(self) -> None:
         self._waiter.disarm()
         self._wake.close()

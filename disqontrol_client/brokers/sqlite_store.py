@@ -168,6 +168,15 @@ def give_to_dir_owner(paths: Sequence[str]) -> None:
             continue
 
 
+def _identity(path: str) -> Optional[tuple[int, int]]:
+    """(st_dev, st_ino) of the file at ``path``; None when there is none."""
+    try:
+        seen = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return seen.st_dev, seen.st_ino
+
+
 class Store:
     """The connection of this process (opened lazily, again after a fork)."""
 
@@ -178,6 +187,7 @@ class Store:
         self._db: Optional[sqlite3.Connection] = None
         self._thread_lock = threading.Lock()
         self._pid = 0
+        self._identity: Optional[tuple[int, int]] = None  # of the file opened, at its opening
 
     def conn(self) -> sqlite3.Connection:
         if self._db is not None and self._pid == os.getpid():
@@ -187,7 +197,26 @@ class Store:
         self._thread_lock = threading.Lock()  # another thread may have held it at fork
         self._pid = os.getpid()
         self._db = self._open()
+        try:
+            self._identity = _identity(self.path)
+        except OSError:
+            self._identity = None
         return self._db
+
+    def moved(self) -> Optional[str]:
+        """'deleted' or 'replaced' when the open file is no longer at
+        ``path`` (an ``rm`` or a restore under a running daemon: its jobs
+        went on in a file nobody else can reach, the new ones were never
+        run), else None."""
+        if self._db is None or self._pid != os.getpid() or self._identity is None:
+            return None  # not open here, or no file seen at its opening (":memory:")
+        try:
+            now = _identity(self.path)
+        except OSError:  # cannot look (a directory made unreadable): nothing known to have moved
+            return None
+        if now == self._identity:
+            return None
+        return "deleted" if now is None else "replaced"
 
     def _open(self) -> sqlite3.Connection:
         parent = os.path.dirname(os.path.abspath(self.path))

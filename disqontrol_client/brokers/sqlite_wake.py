@@ -20,6 +20,7 @@ import logging
 import os
 import select
 import socket
+import threading
 import time
 from typing import Optional
 
@@ -51,28 +52,67 @@ class WakeDir:
         self._listed_at_ns = 0
         self._pid = os.getpid()
         self._retry_at = 0.0  # monotonic time before which an unusable dir is not retried
+        self._identity = (0, 0)  # (st_dev, st_ino) of the directory _dir_fd holds
+        self._lock = threading.Lock()
 
-    def _ensure(self) -> bool:
-        """Create/open the directory; False (logged) if it cannot be used."""
-        if self._pid != os.getpid():  # forked: the fd is shared, sockets are not ours
+    def _forked(self) -> None:
+        """After a fork the fd is shared and the sockets are the parent's."""
+        if self._pid != os.getpid():
             self._dir_fd = None
             self._sender = None
+            self._lock = threading.Lock()  # another thread may have held it at fork
             self._pid = os.getpid()
-        if self._dir_fd is not None:
-            return True
+
+    def ensure(self) -> Optional[os.stat_result]:
+        """The directory's stat, created or opened if need be; None (logged)
+        if it cannot be used."""
+        self._forked()
+        with self._lock:
+            return self._usable()
+
+    def _usable(self) -> Optional[os.stat_result]:
+        """``ensure``, under the lock: threads sharing one broker (a web app's
+        producer) must not reopen the directory under each other.
+
+        Looked up by path each time: a directory deleted or replaced under a
+        running process (a tmp cleaner, an operator's ``rm -r``) is made
+        again and reopened. Held by its old descriptor, every idle consumer
+        failed to bind, logged it and polled the database 20 times a second,
+        and the sockets it bound in a directory made again were never
+        removed, nor woken by a producer still holding the old one."""
         if time.monotonic() < self._retry_at:
-            return False
+            return None
+        if self._dir_fd is not None:
+            try:
+                seen = os.stat(self.path)
+            except FileNotFoundError:
+                seen = None
+            except OSError as exc:
+                self.unusable(exc)
+                return None
+            if seen is not None and (seen.st_dev, seen.st_ino) == self._identity:
+                return seen
+            self.close()
+            log_event(log, "wake_dir_reopened", logging.WARNING, path=self.path,
+                      reason="replaced" if seen is not None else "deleted")
         try:
             os.makedirs(self.path, exist_ok=True)
             give_to_dir_owner([self.path])
-            self._dir_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            dir_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            seen = os.stat(dir_fd)
         except OSError as exc:
-            # one line per RETRY_UNUSABLE, not one per add
-            self._retry_at = time.monotonic() + RETRY_UNUSABLE
-            log_event(log, "wake_dir_unusable", logging.WARNING, path=self.path, error=exc,
-                      fallback="poll")
-            return False
-        return True
+            self.unusable(exc)
+            return None
+        self._dir_fd, self._identity = dir_fd, (seen.st_dev, seen.st_ino)
+        self._listed_mtime = -1
+        return seen
+
+    def unusable(self, error: OSError) -> None:
+        """Poll instead for RETRY_UNUSABLE s: one log line then, not one per
+        add or per wait (a full disk refuses every bind)."""
+        self._retry_at = time.monotonic() + RETRY_UNUSABLE
+        log_event(log, "wake_dir_unusable", logging.WARNING, path=self.path, error=error, fallback="poll",
+                  retry_in=RETRY_UNUSABLE)
 
     def address(self, name: str) -> str:
         """A bindable/sendable path of ``name`` in the directory."""
@@ -83,15 +123,16 @@ class WakeDir:
 
     def notify(self) -> None:
         """Wake every waiter (call after a commit that made a job due sooner)."""
-        if not self._ensure():
+        self._forked()
+        with self._lock:
+            self._wake_all()
+
+    def _wake_all(self) -> None:
+        """``notify``, under the lock."""
+        seen = self._usable()  # never raises: the add is committed, and raising would
+        if seen is None:       # make its caller add it again; waiters find it at their next poll
             return
-        try:
-            mtime = os.stat(self._dir_fd).st_mtime_ns  # type: ignore[arg-type]
-        except OSError as exc:
-            # The add is committed: raising would make its caller add it
-            # again. Waiters still find it at their next poll.
-            log_event(log, "wake_notify_failed", logging.WARNING, path=self.path, error=exc, fallback="poll")
-            return
+        mtime = seen.st_mtime_ns
         # Directory times tick coarsely (a few ms): a listing taken in the
         # same tick as a bind may miss it, so it is trusted only once taken
         # well after the tick it saw.
@@ -149,7 +190,7 @@ class Waiter:
             self._sock = None  # the parent's socket: leave it to the parent
             self._pid = os.getpid()
         if self._sock is None:
-            if not self._dir._ensure():
+            if self._dir.ensure() is None:
                 return False
             self._name = f"{os.getpid()}-{os.urandom(4).hex()}{SOCKET_SUFFIX}"
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -157,7 +198,7 @@ class Waiter:
                 sock.bind(self._dir.address(self._name))
             except OSError as exc:
                 sock.close()
-                log_event(log, "wake_bind_failed", logging.WARNING, path=self._dir.path, error=exc)
+                self._dir.unusable(exc)
                 return False
             sock.setblocking(False)
             self._sock = sock

@@ -138,11 +138,11 @@ def read_bootstrap(path: Optional[str | os.PathLike[str]] = None) -> Bootstrap:
     """Import the bootstrap file (uncached). An explicit path must exist;
     the default ./disqontrol_bootstrap.py may be missing."""
     if path is None:
-        candidate = DEFAULT_BOOTSTRAP.resolve()
+        candidate = Path(os.path.abspath(DEFAULT_BOOTSTRAP))
         if not candidate.is_file():
             return Bootstrap(None, None)
     else:
-        candidate = Path(path).resolve()
+        candidate = Path(os.path.abspath(path))
         if not candidate.is_file():
             raise WorkerLoadError(f"--bootstrap: {str(path)!r} does not exist or is not a file")
     return Bootstrap(candidate, _import_file(candidate))
@@ -153,7 +153,7 @@ _loaded: dict[Optional[Path], Bootstrap] = {}
 
 def load_bootstrap(path: Optional[str | os.PathLike[str]] = None) -> Bootstrap:
     """The process's bootstrap, loaded on first use and then reused."""
-    key = Path(path).resolve() if path is not None else None
+    key = Path(os.path.abspath(path)) if path is not None else None
     if key not in _loaded:
         _loaded[key] = read_bootstrap(path)
     return _loaded[key]

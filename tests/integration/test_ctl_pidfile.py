@@ -3,6 +3,7 @@ with the real daemon."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -91,5 +92,28 @@ def test_a_master_killed_by_sigkill_leaves_nothing_in_the_way(tmp_path):
         assert f"event=pidfile_stale_replaced pidfile={pidfile} old_pid={old_pid} reason=dead" in \
             daemon.stderr_path.read_text()
         assert "control_socket_stale_removed" in daemon.log()
+    finally:
+        daemon.stop()
+
+
+def test_a_removed_run_dir_is_made_again_and_still_keeps_a_second_master_off(tmp_path):
+    # Given a running daemon whose run_dir is then removed (pidfile and control socket with it)
+    daemon = _daemon(tmp_path).start()
+    run_dir = tmp_path / "run"
+    try:
+        shutil.rmtree(run_dir)
+
+        # When a moment passes (the master looks once a second)
+        wait_for(lambda: (run_dir / "disqontrol.sock").exists() and read_pid(run_dir / "disqontrold.pid"),
+                 timeout=30, message="the pidfile and socket made again")
+
+        # Then disqontrolctl reaches the master again
+        assert ctl_json(daemon, "status")["master"]["pid"] == daemon.pid
+        assert read_pid(run_dir / "disqontrold.pid") == daemon.pid
+        # and a second master is refused
+        second = subprocess.run(DAEMON + ["--config", str(daemon.config_path), "--no-stderr-log"],
+                                capture_output=True, text=True, timeout=START_TIMEOUT, cwd=tmp_path)
+        assert second.returncode == 2, second.stderr
+        assert running(daemon.pid)
     finally:
         daemon.stop()

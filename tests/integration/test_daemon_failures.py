@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from disqontrol_client.job import LAST_ERROR, ORIGINAL_ID, ORIGINAL_QUEUE, RETRIES
+from tests.support.cgroups import needs_pids_cgroup, no_more_processes
 from tests.support.daemon import Daemon, command_worker, python_worker
 from tests.support.procs import wait_for
 
@@ -272,5 +273,82 @@ def test_a_consumer_whose_every_queue_is_held_reopens_its_log_after_rotation(tmp
         # lines, the ones that say why the group runs nothing, are not lost
         wait_for(lambda: _has_open(consumer, daemon.log_path), timeout=15,
                  message="the held consumer has the new log file open")
+    finally:
+        daemon.stop()
+
+
+@needs_pids_cgroup
+def test_jobs_that_cannot_start_for_want_of_processes_are_given_back_not_failed(tmp_path):
+    # Given a daemon with command jobs that retry at once
+    queues = {"cmd": {"worker": command_worker(tmp_path), "failure_strategy": "retry_immediately",
+                      "max_retries": 3}}
+    daemon = Daemon(tmp_path, f"sqlite://{tmp_path}/jobs.db", queues).start()
+    try:
+        # When jobs are added while no process can be started (its pids cgroup is full)
+        with no_more_processes([daemon.pid, *daemon.consumer_pids()], tmp_path.name):
+            daemon.add("cmd", range(3))
+            wait_for(lambda: len(daemon.events("job_start_deferred")) >= 2 or daemon.events("job_failed"),
+                     timeout=30, message="the jobs tried")
+
+            # Then none failed
+            assert not daemon.events("job_failed") and not daemon.failed_jobs()
+
+        # and once processes can start again, each runs once
+        runs = daemon.wait_runs(3)
+        assert sorted(int(body) for body, _ in runs) == [0, 1, 2]
+        assert not daemon.events("job_failed")
+    finally:
+        daemon.stop()
+
+
+def test_jobs_whose_program_is_missing_for_a_moment_are_given_back_not_failed(tmp_path):
+    # Given command jobs that retry at once, whose program a deploy removes and then puts back
+    program = tmp_path / "bin" / "worker"
+    program.parent.mkdir()
+    program.write_text('#!/bin/sh\nprintf "%s 0\\n" "${2#--body=}" >> "$DQ_OUT"\n')
+    program.chmod(0o755)
+    queues = {"cmd": {"worker": {"type": "command", "command": str(program)},
+                      "failure_strategy": "retry_immediately", "max_retries": 3}}
+    daemon = Daemon(tmp_path, f"sqlite://{tmp_path}/jobs.db", queues).start()
+    try:
+        kept = program.read_bytes()
+        program.unlink()
+
+        # When jobs are added meanwhile
+        daemon.add("cmd", range(3))
+        wait_for(lambda: len(daemon.events("job_start_deferred")) >= 2 or daemon.events("job_failed"),
+                 timeout=30, message="the jobs tried")
+
+        # Then none failed; once the program is back, each runs once
+        assert not daemon.events("job_failed") and not daemon.failed_jobs()
+        program.write_bytes(kept)
+        program.chmod(0o755)
+        runs = daemon.wait_runs(3)
+        assert sorted(int(body) for body, _ in runs) == [0, 1, 2]
+        assert not daemon.events("job_failed")
+    finally:
+        daemon.stop()
+
+
+def test_a_queue_whose_program_is_missing_does_not_hold_back_the_rest_of_its_group(tmp_path):
+    # Given one group of two command queues, the first one's program missing (a deploy under way)
+    missing = tmp_path / "bin" / "gone"
+    missing.parent.mkdir()
+    missing.write_text("#!/bin/sh\n")
+    missing.chmod(0o755)
+    queues = {"a": {"worker": {"type": "command", "command": str(missing)}}, "b": {"worker": command_worker(tmp_path)}}
+    daemon = Daemon(tmp_path, f"sqlite://{tmp_path}/jobs.db", queues, consumers=[{"queues": ["a", "b"]}],
+                    consumer_defaults={"job_batch": 4}).start()
+    try:
+        missing.unlink()
+
+        # When both queues get jobs, the first queue's first
+        daemon.add("a", range(20))
+        daemon.add("b", range(100, 110))
+
+        # Then the second queue's jobs all run meanwhile, none of the first's failed
+        runs = daemon.wait_runs(10, timeout=30)
+        assert sorted(int(body) for body, _ in runs) == list(range(100, 110))
+        assert not daemon.events("job_failed")
     finally:
         daemon.stop()

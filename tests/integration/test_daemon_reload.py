@@ -9,6 +9,7 @@ import pytest
 
 from tests.integration.ctl_support import ctl_json
 from tests.integration.test_daemon_check_crash import write_too_deep_config
+from tests.support.cgroups import UNLIMITED, needs_pids_cgroup, no_more_processes
 from tests.support.daemon import Daemon, command_worker, python_worker
 from tests.support.procs import wait_for
 
@@ -128,3 +129,22 @@ def _live_groups(daemon: Daemon) -> dict[tuple[int, str], int]:
     """Consumers per (generation, group) as `disqontrolctl status` shows them."""
     status = ctl_json(daemon, "status")
     return collections.Counter((c["generation"], c["group"]) for c in status["consumers"])
+
+
+
+@needs_pids_cgroup
+def test_sighup_while_no_process_can_be_forked_is_refused_and_the_daemon_runs_on(tmp_path):
+    # Given a running daemon in a pids cgroup (systemd's TasksMax) that it has filled
+    daemon = Daemon(tmp_path, sqlite(tmp_path), {"work": {"worker": python_worker()}}).start()
+    try:
+        with no_more_processes([daemon.pid, *daemon.consumer_pids()], tmp_path.name) as group:
+            # When it is asked to reload
+            daemon.signal(signal.SIGHUP)
+
+            # Then the reload is refused naming the fork that failed, and the daemon runs on
+            [refused] = daemon.wait_event("reload_refused")
+            assert "fork" in refused
+            (group / "pids.max").write_text(UNLIMITED)
+            assert_old_consumers_run_on(daemon, daemon.consumer_pids())
+    finally:
+        daemon.stop()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import collections
+import shutil
 import signal
 
 from tests.support.daemon import Daemon, python_worker
@@ -158,6 +159,27 @@ def test_sigusr1_reopens_the_log_file_after_rotation(tmp_path):
         [done] = daemon.wait_event("job_done")
         assert "queue=work" in done
         assert "event=job_done" not in rotated.read_text()
+    finally:
+        daemon.stop()
+
+
+def test_sigusr1_after_the_log_directory_was_removed_makes_it_again(tmp_path):
+    # Given a running daemon whose log directory was removed (a cleanup script, an rm -r)
+    daemon = Daemon(tmp_path, sqlite(tmp_path), {"work": {"worker": python_worker()}}).start()
+    try:
+        shutil.rmtree(daemon.log_path.parent)
+
+        # When the master gets SIGUSR1 (logrotate's postrotate) and a job runs afterwards
+        daemon.signal(signal.SIGUSR1)
+        daemon.wait_event("logs_reopened")  # raises if the master died
+        daemon.add("work", [1])
+        daemon.wait_runs(1)
+
+        # Then the master and its consumer run on, logging into the file made again
+        assert daemon.proc.poll() is None
+        [done] = daemon.wait_event("job_done")
+        assert "queue=work" in done
+        assert not daemon.events("consumer_crashed")
     finally:
         daemon.stop()
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from disqontrol_client.job import Job, fresh_metadata
-from disqontrold.jobwindow import REFILL_INTERVAL, JobWindow, RefillPace
+from disqontrold.jobwindow import REFILL_INTERVAL, JobWindow, RefillPace, StartDeferred
 from disqontrold.workers.command import CommandWorker
 from disqontrold.workers.jobprocs import NEVER
 from tests.support.daemon import running
@@ -77,7 +77,24 @@ def test_each_job_keeps_its_own_timeout_in_the_window():
 
 
 def test_a_job_that_cannot_start_fails_alone(tmp_path: Path):
-    # Given a worker whose program vanished after the check
+    # Given a worker whose program lost its execute permission after the check
+    program = tmp_path / "prog"
+    program.write_text("#!/bin/sh\nexit 0\n")
+    program.chmod(0o755)
+    worker = CommandWorker(str(program), "q")
+    program.chmod(0o644)
+    window = JobWindow(4)
+    try:
+        # When a job is started, Then it fails at once naming the program
+        outcome = window.start(worker, job(1, "J"), LONG)
+        assert outcome is not None and not outcome.ok and str(program) in outcome.error
+        assert len(window) == 0
+    finally:
+        window.close()
+
+
+def test_a_job_whose_program_is_missing_is_deferred_not_failed(tmp_path: Path):
+    # Given a worker whose program vanished after the check (a deploy in progress)
     program = tmp_path / "prog"
     program.write_text("#!/bin/sh\nexit 0\n")
     program.chmod(0o755)
@@ -85,9 +102,9 @@ def test_a_job_that_cannot_start_fails_alone(tmp_path: Path):
     program.unlink()
     window = JobWindow(4)
     try:
-        # When a job is started, Then it fails at once naming the program
-        outcome = window.start(worker, job(1, "J"), LONG)
-        assert outcome is not None and not outcome.ok and str(program) in outcome.error
+        # When a job is started, Then the window says to try later, naming the program
+        with pytest.raises(StartDeferred, match=str(program)):
+            window.start(worker, job(1, "J"), LONG)
         assert len(window) == 0
     finally:
         window.close()

@@ -104,14 +104,16 @@ class Daemon:
         self.config_path.write_text(yaml.safe_dump({"disqontrol": section}))
 
     # -- process --------------------------------------------------------
-    def start(self, consumers: int = 1) -> "Daemon":
-        """Start the master; return once ``consumers`` consumers are ready (0: at once)."""
+    def start(self, consumers: int = 1, args: Iterable[str] = (), cwd: Optional[Path] = None) -> "Daemon":
+        """Start the master; return once ``consumers`` consumers are ready (0: at once).
+        ``args``: more disqontrold arguments (``--bootstrap P``); ``cwd``: where
+        to start it, as a shell would (its $PWD), else the test's directory."""
         self._config = load_config(self.config_path)
         env = dict(os.environ, DQ_OUT=str(self.out_path),
-                   PYTHONPATH=os.pathsep.join([str(self.dir), os.getcwd()]))
+                   PYTHONPATH=os.pathsep.join([str(self.dir), os.getcwd()]), PWD=str(cwd or self.dir))
         self.proc = subprocess.Popen(
-            DAEMON + ["--config", str(self.config_path), "--no-stderr-log"],
-            cwd=self.dir, env=env, start_new_session=True,
+            DAEMON + ["--config", str(self.config_path), "--no-stderr-log", *args],
+            cwd=cwd or self.dir, env=env, start_new_session=True,
             stdout=subprocess.DEVNULL, stderr=open(self.stderr_path, "ab"),
         )
         if consumers:  # 0: a test that watches the start itself
@@ -154,10 +156,14 @@ class Daemon:
         assert self.proc is not None
         return self.proc.wait(timeout)
 
-    def stop(self) -> None:
+    def stop_broker(self) -> None:
+        """Close the test's producer connection (the next ``add`` opens a new one)."""
         if self._broker is not None:
             self._broker.close()
             self._broker = None
+
+    def stop(self) -> None:
+        self.stop_broker()
         if self.proc is not None:
             stop_process(self.proc, timeout=STOP_TIMEOUT)
 

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import psutil
 import pytest
@@ -154,3 +155,24 @@ def is_master_alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def test_a_relative_pidfile_keeps_naming_the_same_file_after_a_chdir(tmp_path, monkeypatch):
+    # Given a master's pidfile named relative to where it started
+    start, elsewhere = tmp_path / "start", tmp_path / "elsewhere"
+    start.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.chdir(start)
+    pidfile = Pidfile(Path("disqontrold.pid"))
+    pidfile.acquire()
+    try:
+        # When the master changes directory (--daemonize goes to /, a reload re-enters its own)
+        monkeypatch.chdir(elsewhere)
+        pidfile.keep()
+
+        # Then its once-a-second look still finds its own file and makes none where it now is
+        assert not (elsewhere / "disqontrold.pid").exists()
+        assert read_pid(start / "disqontrold.pid") == os.getpid()
+    finally:
+        pidfile.release()
+    assert not (start / "disqontrold.pid").exists()

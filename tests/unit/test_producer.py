@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 
 import pytest
 
 from disqontrol_client import Job, Producer
+from disqontrol_client.brokers import open_broker
 from disqontrol_client.config import parse_config
 from disqontrol_client.errors import ConfigError, UsageError
 from disqontrol_client.job import decode_payload
+from tests.support.procs import wait_for
 
 FORBIDDEN = ("disqontrold", "psutil", "setproctitle", "daemon", "croniter")
 
@@ -111,3 +114,22 @@ def test_bad_job_is_refused_and_nothing_is_added(config, job, delay, error, mess
 def test_synchronous_mode_needs_a_config(sqlite_url):
     with pytest.raises(UsageError, match="^synchronous mode needs a config"):
         Producer(sqlite_url, synchronous=True)
+
+
+def test_a_long_lived_producer_follows_a_database_file_deleted_under_it(tmp_path):
+    # Given an app's producer that has added a job to a sqlite file
+    db = tmp_path / "jobs.db"
+    producer = Producer(f"sqlite://{db}")
+    producer.add(Job(0, "q"))
+
+    # When the file is deleted (an operator starting afresh)
+    for path in tmp_path.glob("jobs.db*"):
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+    # Then within about a second its adds land in the new file, where the daemon reads
+    def in_new_file() -> int:
+        producer.add(Job(1, "q"))
+        with open_broker(f"sqlite://{db}") as fresh:
+            return fresh.length("q")
+    wait_for(in_new_file, timeout=10, interval=0.1, message="a job in the new file")
+    producer.close()

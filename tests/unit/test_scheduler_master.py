@@ -9,9 +9,11 @@ from typing import Any, Optional
 
 from disqontrol_client.config import Config, QueueConfig, SchedulerConfig, WorkerConfig
 from disqontrol_client.errors import BrokerUnavailable
-from disqontrold import scheduler_master
+from disqontrold import scheduler, scheduler_master
 from disqontrold.scheduler_master import MasterScheduler, attach
 from tests.unit.scheduler_fakes import MemoryBroker
+
+HOUR = 3600.0
 
 
 class StandInMaster:
@@ -128,3 +130,19 @@ def test_an_unreachable_broker_is_retried_after_a_pause_not_in_a_tight_loop(tmp_
     assert len(attempts) == 1
     # and the scheduler is still there to retry
     assert plug.scheduler is not None
+
+
+def test_a_wall_clock_stepped_back_is_noticed_at_the_next_look(tmp_path, monkeypatch):
+    # Given a scheduler that has ticked, its next deadline at most MAX_SLEEP away
+    _, plug, broker = plugged(tmp_path, "* * * * * q\n", monkeypatch)
+    plug.timer()
+    real_time = time.time
+
+    # When the wall clock is stepped back an hour (NTP, a wrong date set by hand)
+    monkeypatch.setattr(time, "time", lambda: real_time() - HOUR)
+    plug.timer()
+
+    # Then the scheduler ticked at the new time: its next deadline is within
+    # MAX_SLEEP of the new clock, not an hour away (it ran nothing meanwhile)
+    assert plug.deadline - time.time() <= scheduler.MAX_SLEEP
+    assert plug.scheduler.last_checked <= time.time()

@@ -279,3 +279,17 @@ def test_a_writer_killed_mid_transaction_does_not_wedge_the_broker(tmp_path: Pat
         job = b.add("q", b"x")
         assert time.monotonic() - started < KILLED_WRITER_BOUND
         assert [d.id for d in b.peek("q", 10)] == [job]
+
+
+def test_moved_names_a_database_file_deleted_or_replaced_under_the_connection(tmp_path: Path) -> None:
+    # Given an open broker on a file
+    db = tmp_path / "jobs.db"
+    with open_broker(f"sqlite://{db}") as b, open_broker(f"sqlite://{tmp_path}/other.db") as other:
+        other.add("q", b"x")
+        assert b.moved() is None
+        # When the file is replaced (a restore), then deleted
+        os.replace(tmp_path / "other.db", db)
+        assert b.moved() == "replaced"
+        db.unlink()
+        # Then moved() says so each time
+        assert b.moved() == "deleted"

@@ -1,0 +1,58 @@
+"""The queues a consumer pauses because their jobs could not start
+(``jobwindow.StartDeferred``: no process, memory or descriptor left, or the
+program missing or being written during a deploy).
+
+Such a job is given back, not failed: the cause is the machine's or the
+deploy's, not the job's, and a ``retry_immediately`` queue would otherwise
+park every job in its failure queue within milliseconds. Its queue is not
+reserved from for a doubling pause (0.5 s to 30 s) while it lasts; the
+group's other queues run on (one program missing must not starve them)."""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Sequence
+
+from disqontrol_client.logfmt import log_event
+
+logger = logging.getLogger("disqontrold.consumer")
+
+FIRST_PAUSE = 0.5  # s
+MAX_PAUSE = 30.0  # s
+
+
+class PausedQueues:
+    """``open(queues)`` is the queues not paused now, in their order."""
+
+    def __init__(self, group: str) -> None:
+        self.group = group
+        self._until: dict[str, float] = {}  # queue -> monotonic end of its pause
+        self._next: dict[str, float] = {}  # queue -> its next pause, until a job of it starts
+
+    def __bool__(self) -> bool:
+        return bool(self._until)
+
+    def pause(self, queue: str, job_ids: Sequence[str], error: str) -> None:
+        """Pause ``queue`` after its jobs ``job_ids`` could not start (given back)."""
+        delay = self._next.get(queue, FIRST_PAUSE)
+        self._next[queue] = min(delay * 2, MAX_PAUSE)
+        self._until[queue] = time.monotonic() + delay
+        log_event(logger, "job_start_deferred", logging.WARNING, job=job_ids[0], queue=queue,
+                  group=self.group, given_back=len(job_ids), error=error, retry_in=delay)
+
+    def started(self, queue: str) -> None:
+        """A job of ``queue`` started: its next pause is the first again."""
+        if self._next:
+            self._next.pop(queue, None)
+
+    def open(self, queues: Sequence[str]) -> list[str]:
+        """``queues`` without the paused ones (pauses that ended are dropped)."""
+        now = time.monotonic()
+        for queue, until in list(self._until.items()):
+            if until <= now:
+                del self._until[queue]
+        return [q for q in queues if q not in self._until]
+
+    def until_next(self) -> float:
+        """Seconds until the first pause ends (0 with none)."""
+        return max(0.0, min(self._until.values(), default=0.0) - time.monotonic())
