@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import logging
 import os
-import select
-import signal
 import time
 import traceback
 from pathlib import Path
@@ -40,13 +38,12 @@ from disqontrol_client.job import Job, decode_payload
 from disqontrol_client.logfmt import log_event
 from disqontrold import failures
 from disqontrold.children import EXIT_BOOT_FAILED, EXIT_FAST, EXIT_OK
+from disqontrold.consumer_signals import ConsumerSignals
 from disqontrold.jobs_in_hand import JobsInHand
 from disqontrold.jobwindow import JobWindow, StartDeferred
-from disqontrold.log import reopen_logs
 from disqontrold.paused_queues import PausedQueues
 from disqontrold.proctitle import consumer_title, set_title
 from disqontrold.scoreboard import BUSY, IDLE, STOPPING, Scoreboard
-from disqontrold.signals import MASTER_SIGNALS
 from disqontrold.workers.base import Outcome, Worker
 from disqontrold.workers.fastfork import settle
 from disqontrold.workers.jobprocs import NEVER
@@ -83,8 +80,6 @@ class Consumer:
         self.bootstrap = bootstrap
         self.scoreboard = scoreboard
         self.queues = list(group.queues)
-        self.stopping = False
-        self.reopen_requested = False
         self.workers: dict[str, Worker] = {}
         self._held: Optional["HeldQueues"] = None  # queues whose worker's setup raised (built in run)
         self.jobs = JobsInHand(EXIT_FAST)  # acks owed, jobs not started, leases
@@ -96,58 +91,16 @@ class Consumer:
         self._moved_check = 0.0  # monotonic time of the next look at Broker.moved()
         self._window_backoff = BROKER_BACKOFF_START  # s before a refill after the broker failed one
         self._paused = PausedQueues(group.name)  # queues whose jobs could not start, for a while
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.signals = ConsumerSignals(self.jobs.quit.request)
 
     @property
     def broker(self) -> Optional[Broker]:
         """The connection, opened in run(); JobsInHand makes the calls about jobs."""
         return self.jobs.broker
 
-    # -- signals --------------------------------------------------------
-    def install_signals(self) -> None:
-        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
-        signal.signal(signal.SIGTERM, self._on_stop)
-        signal.signal(signal.SIGINT, self._on_stop)
-        signal.signal(signal.SIGQUIT, self._on_quit)
-        signal.signal(signal.SIGUSR1, self._on_reopen)
-        for ignored in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
-            signal.signal(ignored, self._on_ignored)  # a handler, not SIG_IGN: exec resets it
-        # Blocked since the fork (children.fork_consumer): what the master sent
-        # meanwhile is delivered now, to these handlers.
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, MASTER_SIGNALS)
-
-    def _on_stop(self, signum: int, frame: object) -> None:
-        self.stopping = True
-
-    def _on_quit(self, signum: int, frame: object) -> None:
-        self.jobs.quit.request()
-
-    def _on_reopen(self, signum: int, frame: object) -> None:
-        self.reopen_requested = True
-
-    def _on_ignored(self, signum: int, frame: object) -> None:
-        pass
-
-    def _wait(self, seconds: float) -> None:
-        """Sleep up to ``seconds``, woken early by any handled signal. The
-        waits that take no job (a broker down, every queue held) reopen the
-        log here: their lines must not go to a rotated file."""
-        select.select([self._wake_r], [], [], seconds)
-        try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
-        self._reopen_logs_if_asked()
-
-    def _reopen_logs_if_asked(self) -> None:
-        if self.reopen_requested:
-            self.reopen_requested = False
-            reopen_logs()
-
     # -- lifecycle ------------------------------------------------------
     def run(self) -> int:
-        self.install_signals()
+        self.signals.install()
         set_title(consumer_title(self.group.name, "starting"))
         try:
             self.workers = self._build_workers()
@@ -191,7 +144,7 @@ class Consumer:
     def _connect(self) -> bool:
         """Open the broker, backing off while it is unreachable. False if stopped."""
         delay = BROKER_BACKOFF_START
-        while not self.stopping:
+        while not self.signals.stopping:
             try:
                 self.jobs.broker = open_broker(self.config.broker)
                 return True
@@ -204,7 +157,7 @@ class Consumer:
         log_event(logger, "broker_unreachable", logging.WARNING, group=self.group.name,
                   operation=operation, error=str(exc), retry_in=delay)
         self.scoreboard.heartbeat()
-        self._wait(delay)
+        self.signals.wait(delay)
 
     def _close(self) -> None:
         if self._held:
@@ -262,7 +215,7 @@ class Consumer:
         while True:
             if self.window:
                 self._tend()
-            elif self.stopping or self._recycle or self._room() <= 0:
+            elif self.signals.stopping or self._recycle or self._room() <= 0:
                 return
             else:
                 self._take(self._reserve(RESERVE_TIMEOUT))
@@ -293,7 +246,7 @@ class Consumer:
         return room
 
     def _next_refill(self) -> float:
-        if self.stopping or self._recycle or self._room() <= 0:
+        if self.signals.stopping or self._recycle or self._room() <= 0:
             return NEVER
         return self.window.pace.next_refill(self.window.free)
 
@@ -315,10 +268,10 @@ class Consumer:
                 waits.append(self._held.until_next_try())
             if self._paused:
                 waits.append(self._paused.until_next())
-            self._wait(min(waits))
+            self.signals.wait(min(waits))
             self.scoreboard.heartbeat()
             return []
-        while not self.stopping:
+        while not self.signals.stopping:
             try:
                 got = self.jobs.reserve(queues, count, timeout)
             except (BrokerUnavailable, BrokerError) as exc:
@@ -336,7 +289,7 @@ class Consumer:
                 self._window_backoff = BROKER_BACKOFF_START
                 self.window.pace.reserved(time.monotonic(), count, len(got))
             self.scoreboard.heartbeat()
-            self._reopen_logs_if_asked()  # after the wait: the batch's lines go to the new file
+            self.signals.reopen_logs_if_asked()  # after the wait: the batch's lines go to the new file
             return got
         return []
 
@@ -348,7 +301,7 @@ class Consumer:
         consumer got them too.) The window is tended between two runs."""
         if not deliveries:
             return
-        if self.stopping:
+        if self.signals.stopping:
             self.jobs.nack([d.id for d in deliveries])
             return
         windowed: list[Job] = []
@@ -374,7 +327,7 @@ class Consumer:
         self._on_start(jobs[-1])  # one title and scoreboard write per round, not per job
         deferred: set[str] = set()
         for index, job in enumerate(jobs):
-            if self.stopping or self._recycle:
+            if self.signals.stopping or self._recycle:
                 self.jobs.nack([j.id for j in jobs[index:] if j.queue not in deferred])
                 return
             if job.queue in deferred:
@@ -407,7 +360,7 @@ class Consumer:
         for queue, jobs in by_queue.items():
             worker = self.workers[queue]
             for run in [jobs] if worker.concurrent else [[job] for job in jobs]:
-                if self.stopping or self._recycle:  # finish the job in hand, give the rest back
+                if self.signals.stopping or self._recycle:  # finish the job in hand, give the rest back
                     break
                 if len(by_queue) > 1 and self.jobs.may_outlast(self._timeouts[queue], self._shortest_timeout):
                     given_back.update(self._give_back_outlasted(reserved[started + len(run):], given_back,
