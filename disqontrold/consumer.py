@@ -24,7 +24,6 @@ jobs_in_hand.JobsInHand.
 from __future__ import annotations
 
 import logging
-import os
 import time
 import traceback
 from pathlib import Path
@@ -42,6 +41,7 @@ from disqontrold.consumer_signals import ConsumerSignals
 from disqontrold.jobs_in_hand import JobsInHand
 from disqontrold.jobwindow import JobWindow, StartDeferred
 from disqontrold.paused_queues import PausedQueues
+from disqontrold.recycling import RecycleLimits
 from disqontrold.proctitle import consumer_title, set_title
 from disqontrold.scoreboard import BUSY, IDLE, STOPPING, Scoreboard
 from disqontrold.workers.base import Outcome, Worker
@@ -56,15 +56,7 @@ logger = logging.getLogger(__name__)
 RESERVE_TIMEOUT = 1.0  # s: bounds how long a stop request waits for a blocked reserve
 BROKER_BACKOFF_START = 0.5  # s
 BROKER_BACKOFF_CAP = 30.0  # s
-MIB = 1024 * 1024
 MS = 1000
-
-
-def rss_mib() -> float:
-    """Resident memory of this process (from /proc, no psutil import)."""
-    with open("/proc/self/statm", "rb") as statm:
-        resident_pages = int(statm.read().split()[1])
-    return resident_pages * os.sysconf("SC_PAGE_SIZE") / MIB
 
 
 class Consumer:
@@ -88,7 +80,7 @@ class Consumer:
         self.window = JobWindow(group.job_batch, notes=scoreboard)
         self._busy = False  # the scoreboard says busy
         self._recycle = ""  # why this process is to be replaced, once it is
-        self._moved_check = 0.0  # monotonic time of the next look at Broker.moved()
+        self._limits = RecycleLimits(group)  # max_jobs / max_memory_per_process, a moved sqlite file
         self._window_backoff = BROKER_BACKOFF_START  # s before a refill after the broker failed one
         self._paused = PausedQueues(group.name)  # queues whose jobs could not start, for a while
         self.signals = ConsumerSignals(self.jobs.quit.request)
@@ -170,31 +162,7 @@ class Consumer:
 
     def _recycle_reason(self) -> str:
         """Why this process should be replaced by a fresh one ('' = keep going)."""
-        handled = self.scoreboard.done + self.scoreboard.failed
-        if self.group.max_jobs_per_process and handled >= self.group.max_jobs_per_process:
-            reason = "max_jobs_per_process"
-        elif self.group.max_memory_per_process and rss_mib() >= self.group.max_memory_per_process:
-            reason = "max_memory_per_process"
-        elif self._broker_moved():
-            reason = "broker_moved"
-        else:
-            return ""
-        log_event(logger, "consumer_recycled", group=self.group.name, reason=reason, jobs=handled,
-                  rss_mib=round(rss_mib(), 1))
-        return reason
-
-    def _broker_moved(self) -> bool:
-        """The sqlite file deleted or replaced under us (Broker.moved), looked
-        at once a second at most: a successor opens the one there now."""
-        now = time.monotonic()
-        if self.broker is None or now < self._moved_check:
-            return False
-        self._moved_check = now + Broker.MOVED_CHECK_INTERVAL
-        how = self.broker.moved()
-        if how:
-            log_event(logger, "broker_moved", logging.ERROR, group=self.group.name, how=how,
-                      lost="the jobs left in the old file")
-        return bool(how)
+        return self._limits.reason(self.scoreboard.done + self.scoreboard.failed, self.broker)
 
     def _idle(self) -> None:
         self._busy = False
