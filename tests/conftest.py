@@ -48,7 +48,11 @@ def _flushed_redis_url(server: RedisServer) -> str:
 @pytest.fixture(params=ENGINES)
 def broker_url(request, tmp_path: Path) -> str:
     """A URL of an empty store of each engine in turn."""
-    engine = request.param
+    return empty_store_url(request, request.param, tmp_path)
+
+
+def empty_store_url(request, engine: str, tmp_path: Path) -> str:
+    """A URL of an empty store of ``engine`` (one of ENGINES)."""
     if engine == "sqlite":
         return f"sqlite://{tmp_path}/jobs.db"
     if engine == "redis":
