@@ -64,19 +64,32 @@ class Homes:
             os.makedirs(self.path, exist_ok=True)
             give_to_dir_owner([self.path])
             for shard in range(self.shards):
-                name = os.path.join(self.path, f"{role}{shard}{LOCK_SUFFIX}")
-                fd = os.open(name, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, LOCK_FILE_MODE)
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    os.close(fd)
-                    continue
-                return shard, fd
+                fd = self._flock(os.path.join(self.path, f"{role}{shard}{LOCK_SUFFIX}"))
+                if fd is not None:
+                    log_event(log, "sqlite_home_shard", path=self.path, role=role, shard=shard)
+                    return shard, fd
         except OSError as exc:
             # Homes only spread the load: any shard works, so the jobs still flow.
-            log_event(log, "shard_home_unlocked", logging.WARNING, path=self.path, role=role,
+            log_event(log, "sqlite_home_unlocked", logging.WARNING, path=self.path, role=role,
                       error=exc, shard=fallback)
-        return fallback, None  # every shard has a process of this role already
+            return fallback, None
+        # every shard has a process of this role already
+        log_event(log, "sqlite_home_shard", path=self.path, role=role, shard=fallback, shared=True)
+        return fallback, None
+
+    @staticmethod
+    def _flock(name: str) -> Optional[int]:
+        """The fd of ``name`` locked by us, or None if another process holds it."""
+        fd = os.open(name, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, LOCK_FILE_MODE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except OSError:
+            os.close(fd)
+            raise
+        return fd
 
     def _forget_parents(self) -> None:
         """In a forked child: close our copies of the parent's lock files
