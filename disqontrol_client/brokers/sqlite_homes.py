@@ -91,6 +91,23 @@ class Homes:
             raise
         return fd
 
+    def unowned(self, role: str = CONSUMER) -> set[int]:
+        """Shards no live process of ``role`` calls home (its lock is free):
+        a dead or missing consumer's shard, which the others must share.
+        A probe holds the lock for two system calls."""
+        free = set()
+        for shard in range(self.shards):
+            if self._held.get(role, (None,))[0] == shard:
+                continue
+            try:
+                fd = self._flock(os.path.join(self.path, f"{role}{shard}{LOCK_SUFFIX}"))
+            except OSError:
+                continue  # unknown: leave it to its owner
+            if fd is not None:
+                os.close(fd)
+                free.add(shard)
+        return free
+
     def _forget_parents(self) -> None:
         """In a forked child: close our copies of the parent's lock files
         (closing a copy leaves the parent's flock held) and choose anew."""

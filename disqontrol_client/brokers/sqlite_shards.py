@@ -96,6 +96,10 @@ class ShardedSqliteBroker(Broker):
         self._open: dict[int, SqliteBroker] = {}
         self._order: list[int] = []  # every shard served, ascending
         self._rescan_at = 0.0
+        self._turns: list[int] = []  # shards a reserve starts from, in turn: home, then unowned ones
+        self._turn = 0
+        self._turns_at = 0.0
+        self._turns_pid = 0
         for shard in range(shards):
             self._add_shard(shard)
         self._rescan()
@@ -160,10 +164,21 @@ class ShardedSqliteBroker(Broker):
         return self._open[self._homes.home(PRODUCER)]
 
     def _consumer_order(self) -> list[SqliteBroker]:
-        """The home shard, then every other shard in turn after it."""
-        home = self._order.index(self._homes.home(CONSUMER))
-        order = self._order[home:] + self._order[:home]
-        return [self._open[shard] for shard in order]
+        """A shard of this consumer's, then every other one in turn after it.
+        Its shards are its home and those no live consumer calls home (a dead
+        consumer's, or beyond N), taken in turn: their jobs do not wait for
+        the home shard to run dry."""
+        now = time.monotonic()
+        if now >= self._turns_at or self._turns_pid != os.getpid():
+            self._rescan()
+            home = self._homes.home(CONSUMER)
+            unowned = self._homes.unowned(CONSUMER) | {k for k in self._order if k >= self.shards}
+            self._turns = [home, *sorted(unowned - {home})]
+            self._turns_at = now + RESCAN_INTERVAL
+            self._turns_pid = os.getpid()
+        self._turn = (self._turn + 1) % len(self._turns)
+        start = self._order.index(self._turns[self._turn])
+        return [self._open[shard] for shard in self._order[start:] + self._order[:start]]
 
     # -- producing ---------------------------------------------------------------
 
@@ -203,8 +218,6 @@ class ShardedSqliteBroker(Broker):
                 got = broker.reserve(queues, count=count, timeout=0, ack=mine)
             elif mine:
                 broker.ack(mine)
-        if not got:
-            self._maybe_rescan()
         return got
 
     def _until_next_due(self, queues: Sequence[str]) -> Callable[[bool], float]:

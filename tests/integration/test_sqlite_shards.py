@@ -45,10 +45,9 @@ def test_ids_of_shard_1_are_acked_nacked_shown_and_replaced_in_shard_1(brokers: 
     zero = home0.add("q", b"zero")
     one = home1.add("q", b"one")
     assert (zero, one) == ("S-1", "S1-1")
-    # When the consumer homed on shard 0 has taken its own job, it steals shard 1's
-    assert reserve_one(home0, "q").id == zero
-    stolen = reserve_one(home0, "q")
-    assert (stolen.id, stolen.payload) == (one, b"one")
+    # When a consumer homed on shard 0 takes both
+    taken = {d.id: d.payload for d in (reserve_one(home0, "q"), reserve_one(home0, "q"))}
+    assert taken == {zero: b"zero", one: b"one"}
     assert home1.show(one)["state"] == "leased" and home1.show(one)["payload"] == b"one"
 
     # nack and working reach shard 1 and leave shard 0's rowid 1 alone
@@ -180,3 +179,19 @@ def test_bad_shard_options_are_refused(tmp_path: Path, query: str, message: str)
         open_broker(url)
     assert str(refused.value) == f"disqontrol.broker: {url!r} {message}"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_shard_without_a_live_consumer_is_served_in_turn_with_the_home_shard(
+        brokers: list[Broker]) -> None:
+    # Given a consumer homed on shard 0, which holds many jobs, and jobs in
+    # shard 1, whose consumer is gone (nobody holds its home)
+    home0, home1 = brokers
+    home0.add_many([NewJob("q", b"home")] * 20)
+    stray = home1.add("q", b"stray")
+    assert home0.home() == 0  # type: ignore[attr-defined]
+
+    # When it reserves one job at a time
+    taken = [reserve_one(home0, "q").id for _ in range(3)]
+
+    # Then shard 1's job does not wait for shard 0 to run dry
+    assert stray in taken, taken
