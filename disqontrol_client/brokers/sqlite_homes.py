@@ -20,6 +20,7 @@ import fcntl
 import logging
 import os
 import threading
+import time
 from typing import Optional
 
 from disqontrol_client.brokers.sqlite_store import give_to_dir_owner
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 HOMES_DIR_SUFFIX = ".homes"
 LOCK_SUFFIX = ".lock"
 LOCK_FILE_MODE = 0o644  # flock needs only a read-only open: any user may lock a file root created
+TAKE_PASSES = 2  # another process's probe (``unowned``) holds a free lock for a moment
+PASS_PAUSE = 0.001  # s between two passes
 CONSUMER = "consumer"
 PRODUCER = "producer"
 
@@ -63,11 +66,14 @@ class Homes:
         try:
             os.makedirs(self.path, exist_ok=True)
             give_to_dir_owner([self.path])
-            for shard in range(self.shards):
-                fd = self._flock(os.path.join(self.path, f"{role}{shard}{LOCK_SUFFIX}"))
-                if fd is not None:
-                    log_event(log, "sqlite_home_shard", path=self.path, role=role, shard=shard)
-                    return shard, fd
+            for attempt in range(TAKE_PASSES):
+                if attempt:
+                    time.sleep(PASS_PAUSE)
+                for shard in range(self.shards):
+                    fd = self._flock(os.path.join(self.path, f"{role}{shard}{LOCK_SUFFIX}"))
+                    if fd is not None:
+                        log_event(log, "sqlite_home_shard", path=self.path, role=role, shard=shard)
+                        return shard, fd
         except OSError as exc:
             # Homes only spread the load: any shard works, so the jobs still flow.
             log_event(log, "sqlite_home_unlocked", logging.WARNING, path=self.path, role=role,
@@ -94,7 +100,7 @@ class Homes:
     def unowned(self, role: str = CONSUMER) -> set[int]:
         """Shards no live process of ``role`` calls home (its lock is free):
         a dead or missing consumer's shard, which the others must share.
-        A probe holds the lock for two system calls."""
+        A probe holds the lock for two system calls (``_take`` allows for it)."""
         free = set()
         for shard in range(self.shards):
             if self._held.get(role, (None,))[0] == shard:

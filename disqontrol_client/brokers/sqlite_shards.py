@@ -100,6 +100,7 @@ class ShardedSqliteBroker(Broker):
         self._turn = 0
         self._turns_at = 0.0
         self._turns_pid = 0
+        self._free_before: set[int] = set()  # shards whose consumer lock was free at the last look
         for shard in range(shards):
             self._add_shard(shard)
         self._rescan()
@@ -167,12 +168,18 @@ class ShardedSqliteBroker(Broker):
         """A shard of this consumer's, then every other one in turn after it.
         Its shards are its home and those no live consumer calls home (a dead
         consumer's, or beyond N), taken in turn: their jobs do not wait for
-        the home shard to run dry."""
+        the home shard to run dry. A shard counts as unowned once its lock
+        was free at two looks in a row: a consumer starting beside this one
+        has taken its home by the second."""
         now = time.monotonic()
         if now >= self._turns_at or self._turns_pid != os.getpid():
+            if self._turns_pid != os.getpid():
+                self._free_before = set()
             self._rescan()
             home = self._homes.home(CONSUMER)
-            unowned = self._homes.unowned(CONSUMER) | {k for k in self._order if k >= self.shards}
+            free = self._homes.unowned(CONSUMER)
+            unowned = (free & self._free_before) | {k for k in self._order if k >= self.shards}
+            self._free_before = free
             self._turns = [home, *sorted(unowned - {home})]
             self._turns_at = now + RESCAN_INTERVAL
             self._turns_pid = os.getpid()

@@ -17,12 +17,14 @@ from disqontrol_client.brokers import Broker, NewJob, open_broker
 from disqontrol_client.brokers.sqlite_homes import PRODUCER
 from disqontrol_client.errors import ConfigError
 from tests.contract.test_broker_contract import agent, produce_and_consume, reserve_one, wake_ups
-from tests.support.procs import stop_process
+from tests.support.procs import stop_process, wait_for
 
 WAKE_TARGET = 0.05  # s: a blocked reserve wakes within 50 ms of an add on another shard
 RESCAN_BOUND = 6.0  # s: the rescan runs each second; a waiter re-checks at least every 2 s
 PRODUCERS, JOBS_PER_PRODUCER = 2, 4000
 DRAIN_TIMEOUT = 90.0  # s: 8,000 jobs on a loaded machine
+HOME_JOBS = 200  # more than a consumer reserving every 0.1 s takes in UNOWNED_BOUND
+UNOWNED_BOUND = 6.0  # s: a shard is seen unowned at two looks a second apart
 
 
 def sharded(tmp_path: Path, shards: int = 2) -> str:
@@ -183,15 +185,17 @@ def test_bad_shard_options_are_refused(tmp_path: Path, query: str, message: str)
 
 def test_a_shard_without_a_live_consumer_is_served_in_turn_with_the_home_shard(
         brokers: list[Broker]) -> None:
-    # Given a consumer homed on shard 0, which holds many jobs, and jobs in
+    # Given a consumer homed on shard 0, which holds many jobs, and a job in
     # shard 1, whose consumer is gone (nobody holds its home)
     home0, home1 = brokers
-    home0.add_many([NewJob("q", b"home")] * 20)
+    home0.add_many([NewJob("q", b"home")] * HOME_JOBS)
     stray = home1.add("q", b"stray")
     assert home0.home() == 0  # type: ignore[attr-defined]
 
     # When it reserves one job at a time
-    taken = [reserve_one(home0, "q").id for _ in range(3)]
+    taken: list[str] = []
+    wait_for(lambda: stray in taken or taken.append(reserve_one(home0, "q").id), timeout=UNOWNED_BOUND,
+             interval=0.1, message="the job of the shard without a consumer")
 
-    # Then shard 1's job does not wait for shard 0 to run dry
-    assert stray in taken, taken
+    # Then shard 1's job did not wait for shard 0 to run dry
+    assert home0.length("q") > 0, taken
