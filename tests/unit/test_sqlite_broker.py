@@ -162,6 +162,26 @@ def test_a_foreign_writer_delays_but_does_not_fail_an_add(tmp_path: Path) -> Non
     b.close()
 
 
+def test_opening_a_new_database_another_connection_is_writing_waits_for_it(tmp_path: Path) -> None:
+    # Given a new database (not yet WAL) that another process is writing, as
+    # when two processes open a brand-new file at once
+    db = tmp_path / "jobs.db"
+    foreign = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    foreign.execute("CREATE TABLE t (x)")
+    foreign.execute("BEGIN IMMEDIATE")  # a write lock: no switch to WAL meanwhile
+    timer = threading.Timer(FOREIGN_HOLD, lambda: foreign.execute("COMMIT"))
+    timer.start()
+    try:
+        # When we open it, Then the open waits for the writer instead of
+        # failing with "database is locked" (sqlite's busy handler does not
+        # wait for a journal mode switch)
+        with open_broker(f"sqlite://{db}") as b:
+            assert b.show(b.add("q", b"x"))["state"] == "ready"
+    finally:
+        timer.join()
+        foreign.close()
+
+
 def test_a_sub_second_delay_wakes_a_blocked_reserve_on_time(tmp_path: Path) -> None:
     with open_broker(f"sqlite://{tmp_path}/jobs.db") as b:
         added = time.monotonic()
