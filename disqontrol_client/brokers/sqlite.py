@@ -141,18 +141,16 @@ class SqliteBroker(Broker):
         self._waiter = Waiter(self._wake)
         self._last_sweep = 0.0
         self._sweep_from = 0  # rowid where the next ttl sweep step starts
+        #: called after each ttl sweep step (each second while reserving):
+        #: the sharded engine looks for new shard files there
+        self.on_sweep: Optional[Callable[[], None]] = None
 
     @classmethod
-    def from_url(cls, url: str, **options: Any) -> Broker:
-        """One file, as ever, unless the URL asks for shards or shard files
-        are left beside it (``?shards=`` lowered or removed): those must
-        still be served, so the sharded engine opens them."""
-        from disqontrol_client.brokers import sqlite_shards  # noqa: PLC0415 (it imports this module)
-
-        path, shards = parse_url(url)
-        if shards > 1 or sqlite_shards.extra_shards(path, shards):
-            return sqlite_shards.ShardedSqliteBroker.open(path, shards, **options)
-        broker = cls(path, **options)
+    def from_url(cls, url: str, **options: Any) -> "SqliteBroker":
+        """The file of the URL alone (shard 0 of a sharded database).
+        ``open_broker`` opens sqlite URLs through ``sqlite_shards``, which
+        also serves shard files."""
+        broker = cls(path_from_url(url), **options)
         broker._conn()  # fail now, with a clear message, if the file is unusable
         return broker
 
@@ -240,6 +238,8 @@ class SqliteBroker(Broker):
         now = time.time()
         if now - self._last_sweep >= SWEEP_INTERVAL:
             self._write(lambda db: self._sweep(db, now))
+            if self.on_sweep is not None:
+                self.on_sweep()
         if len(queues) == 1 and not acked:
             sql = LEASE_ONE if count == 1 else LEASE_MANY
             rows = self._exclusive(lambda: db.execute(sql, (now, queues[0], count)).fetchall())

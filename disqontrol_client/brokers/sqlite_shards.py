@@ -12,7 +12,10 @@ its jobs), shard k is ``jobs.db.shard<k>`` with ids ``S<k>-<rowid>`` (shard
 blocked reserve hears an add to any of them. Shard files that exist beyond N
 (the option was lowered or removed) are still reserved from, looked at and
 acked: only adds stop going to them. Files another process creates later
-are found by a rescan at most ``RESCAN_INTERVAL`` later.
+are found by a rescan at most ``RESCAN_INTERVAL`` later. Every sqlite URL
+opens through this class: with one file and no shard file beside it, the
+hot calls are that file's own ``SqliteBroker`` methods (the one-file speed)
+and its ttl sweep looks for shard files.
 
 Reserve leases from the process's home shard first, with that shard's acks
 in the same transaction; when it gives nothing, from the other shards in
@@ -35,6 +38,8 @@ from disqontrol_client.brokers.sqlite_wake import Waiter, WakeDir, lease_or_wait
 from disqontrol_client.errors import BrokerError, BrokerUnavailable
 
 SHARD_SUFFIX = ".shard"  # jobs.db.shard1, jobs.db.shard2, ...
+# Called straight on shard 0 while it is the only file: the one-file speed.
+ONE_FILE_CALLS = ("add", "add_many", "replace", "reserve", "ack", "nack", "working", "delete")
 RESCAN_INTERVAL = 1.0  # s: how soon a shard file created by another process is served
 _SHARD_ID = re.compile(r"S([1-9][0-9]?)-[0-9]+\Z")
 
@@ -72,11 +77,6 @@ def existing_shards(path: str) -> set[int]:
     return {int(m.group(1)) for m in found if m is not None and int(m.group(1)) < MAX_SHARDS}
 
 
-def extra_shards(path: str, shards: int) -> set[int]:
-    """Shard files beyond the first ``shards``: left by a larger ``?shards=``."""
-    return {k for k in existing_shards(path) if k >= shards}
-
-
 class ShardedSqliteBroker(Broker):
     """Jobs spread over ``shards`` sqlite files, plus any older shard files
     still holding jobs."""
@@ -104,6 +104,8 @@ class ShardedSqliteBroker(Broker):
         for shard in range(shards):
             self._add_shard(shard)
         self._rescan()
+        if len(self._open) == 1:
+            self._bind_one_file()
 
     @classmethod
     def open(cls, path: str, shards: int, **options: Any) -> "ShardedSqliteBroker":
@@ -126,7 +128,24 @@ class ShardedSqliteBroker(Broker):
                               id_prefix=shard_prefix(shard), wake=self._wake)
         self._open[shard] = broker
         self._order = sorted(self._open)
+        if len(self._open) > 1:
+            self._route()
         return broker
+
+    def _bind_one_file(self) -> None:
+        """One file (no option, no shard file): the hot calls are shard 0's
+        own methods, so the one-file engine costs what it always did; its
+        ttl sweep (each second, while reserving) looks for shard files."""
+        only = self._open[0]
+        for name in ONE_FILE_CALLS:
+            setattr(self, name, getattr(only, name))
+        only.on_sweep = self._maybe_rescan
+
+    def _route(self) -> None:
+        """Several files: every call through this class's routing."""
+        for name in ONE_FILE_CALLS:
+            self.__dict__.pop(name, None)
+        self._open[0].on_sweep = None
 
     def _rescan(self) -> None:
         """Serve the shard files that appeared since the last look."""

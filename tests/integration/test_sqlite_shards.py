@@ -14,6 +14,7 @@ from typing import Iterator
 import pytest
 
 from disqontrol_client.brokers import Broker, NewJob, open_broker
+from disqontrol_client.brokers.sqlite import SqliteBroker
 from disqontrol_client.brokers.sqlite_homes import PRODUCER
 from disqontrol_client.errors import ConfigError
 from tests.contract.test_broker_contract import agent, produce_and_consume, reserve_one, wake_ups
@@ -24,6 +25,7 @@ RESCAN_BOUND = 6.0  # s: the rescan runs each second; a waiter re-checks at leas
 PRODUCERS, JOBS_PER_PRODUCER = 2, 4000
 DRAIN_TIMEOUT = 90.0  # s: 8,000 jobs on a loaded machine
 HOME_JOBS = 200  # more than a consumer reserving every 0.1 s takes in UNOWNED_BOUND
+CONSUMER_RESERVE_TIMEOUT = 1.0  # s: disqontrold.consumer.RESERVE_TIMEOUT
 UNOWNED_BOUND = 6.0  # s: a shard is seen unowned at two looks a second apart
 
 
@@ -129,6 +131,29 @@ def test_a_shard_file_made_by_another_process_later_is_served(tmp_path: Path) ->
         while len(taken) < len(ids) and time.monotonic() < deadline:
             got = consumer.reserve(["q"], count=10, timeout=deadline - time.monotonic())
             taken += [d.id for d in got]
+        assert sorted(taken) == sorted(ids)
+
+
+def test_a_consumer_of_a_plain_url_serves_a_shard_file_made_after_it_opened(tmp_path: Path) -> None:
+    # Given a consumer of the plain URL, opened before any shard file existed:
+    # its calls go straight to the one file (no routing, the one-file speed)
+    with open_broker(f"sqlite://{tmp_path}/jobs.db") as plain:
+        assert isinstance(plain.reserve.__self__, SqliteBroker)  # type: ignore[attr-defined]
+        assert plain.reserve(["q"], timeout=0) == []
+        # When producers given ?shards=2 (a web app deployed before the daemon) add on both shards
+        producers = [open_broker(sharded(tmp_path)) for _ in range(2)]
+        try:
+            ids = [p.add("q", f"p{i}".encode()) for i, p in enumerate(producers)]
+        finally:
+            for p in producers:
+                p.close()
+        assert ids == ["S-1", "S1-1"]
+        # Then the consumer, reserving as the daemon's does (1 s at a time),
+        # finds shard 1 too, within the rescan's bound
+        deadline = time.monotonic() + RESCAN_BOUND
+        taken: list[str] = []
+        while len(taken) < len(ids) and time.monotonic() < deadline:
+            taken += [d.id for d in plain.reserve(["q"], count=10, timeout=CONSUMER_RESERVE_TIMEOUT)]
         assert sorted(taken) == sorted(ids)
 
 
