@@ -5,6 +5,7 @@ URL's checks. Several brokers opened in one process hold different home
 locks, so a second broker adds to shard 1."""
 from __future__ import annotations
 
+import os
 import statistics
 import subprocess
 import time
@@ -180,6 +181,31 @@ def test_consumer_processes_take_distinct_home_shards(tmp_path: Path) -> None:
             stop_process(proc)
             proc.stdin.close()
             proc.stdout.close()
+
+
+def test_a_forked_child_picks_a_home_of_its_own_and_the_parent_keeps_its(tmp_path: Path) -> None:
+    # Given a consumer homed on shard 0
+    with open_broker(sharded(tmp_path)) as parent:
+        assert parent.reserve(["q"], timeout=0) == [] and parent.home() == 0  # type: ignore[attr-defined]
+        # When it forks and the child reserves with the same broker object
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: report its home, leave at once
+            try:
+                parent.reserve(["q"], timeout=0)
+                os.write(write, str(parent.home()).encode())  # type: ignore[attr-defined]
+            finally:
+                os._exit(0)
+        os.close(write)
+        with os.fdopen(read) as pipe:
+            child_home = pipe.read()
+        os.waitpid(pid, 0)
+        # Then the child took the free shard, not the parent's lock
+        assert child_home == "1"
+        # and the parent still holds shard 0: a new consumer gets shard 1
+        with open_broker(sharded(tmp_path)) as other:
+            other.reserve(["q"], timeout=0)
+            assert other.home() == 1  # type: ignore[attr-defined]
 
 
 def test_two_producers_and_two_consumers_on_two_shards_deliver_every_job_once(tmp_path: Path) -> None:
