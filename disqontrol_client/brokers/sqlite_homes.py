@@ -69,11 +69,9 @@ class Homes:
             for attempt in range(TAKE_PASSES):
                 if attempt:
                     time.sleep(PASS_PAUSE)
-                for shard in range(self.shards):
-                    fd = self._flock(os.path.join(self.path, f"{role}{shard}{LOCK_SUFFIX}"))
-                    if fd is not None:
-                        log_event(log, "sqlite_home_shard", path=self.path, role=role, shard=shard)
-                        return shard, fd
+                free = self._first_free(role)
+                if free is not None:
+                    return free
         except OSError as exc:
             # Homes only spread the load: any shard works, so the jobs still flow.
             log_event(log, "sqlite_home_unlocked", logging.WARNING, path=self.path, role=role,
@@ -82,6 +80,34 @@ class Homes:
         # every shard has a process of this role already
         log_event(log, "sqlite_home_shard", path=self.path, role=role, shard=fallback, shared=True)
         return fallback, None
+
+    def _first_free(self, role: str) -> Optional[tuple[int, int]]:
+        """Lock the first free home of ``role``: (shard, fd), logged."""
+        for shard in range(self.shards):
+            fd = self._flock(os.path.join(self.path, f"{role}{shard}{LOCK_SUFFIX}"))
+            if fd is not None:
+                log_event(log, "sqlite_home_shard", path=self.path, role=role, shard=shard)
+                return shard, fd
+        return None
+
+    def settle(self, role: str = CONSUMER) -> int:
+        """``home(role)``; a home taken without a lock (every lock was held)
+        is traded for a lock freed since. After a reload the new consumers
+        start while the old ones still hold every lock: without this they
+        would share shards for life once the old ones left. For consumers
+        only: a producer that changed shards would lose its jobs' order."""
+        shard = self.home(role)
+        if self._held[role][1] is not None or self.shards == 1:
+            return shard
+        with self._lock:
+            try:
+                free = self._first_free(role)
+            except OSError:
+                return shard  # _take logged why the locks cannot be used
+            if free is not None:
+                self._held[role] = free
+                return free[0]
+        return shard
 
     @staticmethod
     def _flock(name: str) -> Optional[int]:

@@ -195,7 +195,7 @@ class ShardedSqliteBroker(Broker):
             if self._turns_pid != os.getpid():
                 self._free_before = set()
             self._rescan()
-            home = self._homes.home(CONSUMER)
+            home = self._homes.settle(CONSUMER)
             free = self._homes.unowned(CONSUMER)
             unowned = (free & self._free_before) | {k for k in self._order if k >= self.shards}
             self._free_before = free

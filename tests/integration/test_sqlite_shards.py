@@ -250,3 +250,23 @@ def test_a_shard_without_a_live_consumer_is_served_in_turn_with_the_home_shard(
 
     # Then shard 1's job did not wait for shard 0 to run dry
     assert home0.length("q") > 0, taken
+
+
+def test_a_consumer_that_found_every_home_taken_takes_one_freed_later(tmp_path: Path) -> None:
+    # Given two consumers holding both homes, and a third (a reload's new
+    # consumer beside the old ones) that had to share one
+    url = sharded(tmp_path)
+    first, second, late = (open_broker(url) for _ in range(3))
+    try:
+        for b in (first, second, late):
+            b.reserve(["q"], timeout=0)
+        shared = late.home()  # type: ignore[attr-defined]
+        leaving = first if first.home() != shared else second  # type: ignore[attr-defined]
+        # When the consumer of the other shard leaves
+        leaving.close()
+        # Then the late one moves there as it goes on reserving
+        wait_for(lambda: late.reserve(["q"], timeout=0) == [] and late.home() == 1 - shared,  # type: ignore[attr-defined]
+                 timeout=UNOWNED_BOUND, interval=0.1, message="the late consumer to take the freed home")
+    finally:
+        for b in (first, second, late):
+            b.close()
