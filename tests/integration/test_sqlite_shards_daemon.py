@@ -1,6 +1,7 @@
 """A real daemon and disqontrolctl on a sharded sqlite database
 (``?shards=2``): consumers home on distinct shards, jobs of both shards run,
-a failing job of shard 1 is parked and found by id, `queues` counts both."""
+a failing job of shard 1 is parked and found by id, `metrics` and `queues`
+count both shards."""
 from __future__ import annotations
 
 import json
@@ -9,6 +10,7 @@ import sys
 from pathlib import Path
 
 from tests.integration.ctl_support import ctl, ctl_json
+from tests.integration.test_ctl_metrics import parse
 from tests.support.daemon import Daemon, python_worker
 from tests.support.procs import wait_for
 
@@ -40,6 +42,12 @@ def test_a_daemon_runs_a_sharded_database_end_to_end(tmp_path: Path) -> None:
         # Then they all run, and the failing one is parked in shard 1
         wait_for(lambda: len(daemon.runs()) == JOBS + 1 and daemon.broker.length(FAILURE_QUEUE) == 1,
                  timeout=60, interval=0.1, message="every job run and the failing one parked")
+        # And the metrics count the parked job
+        done = ctl(daemon, "metrics")
+        assert done.returncode == 0, done.stderr
+        metrics = parse(done.stdout)
+        assert metrics[("failure_queue_jobs", f'queue="{FAILURE_QUEUE}"')] == 1
+        assert metrics[("queue_ready_jobs", 'queue="work"')] == 0
     finally:
         daemon.stop()
     [parked] = daemon.broker.peek(FAILURE_QUEUE, 10)
