@@ -17,11 +17,13 @@ opens through this class: with one file and no shard file beside it, the
 hot calls are that file's own ``SqliteBroker`` methods (the one-file speed)
 and its ttl sweep looks for shard files.
 
-Reserve leases from the process's home shard first, with that shard's acks
-in the same transaction; when it gives nothing, from the other shards in
-turn (work stealing), so no job waits for a busy or dead consumer. A queue
-order over several queues holds per shard. Claims (the scheduler's) live in
-shard 0 only: one place decides a cron run.
+Reserve leases from the process's home shard first (see ``sqlite_homes``),
+with that shard's acks in the same transaction; when it gives nothing, from
+the other shards in turn (work stealing). Shards no live consumer calls home
+(a dead consumer's, or beyond N) are started from in turn with the home
+shard, so their jobs do not wait for it to run dry. A queue order over
+several queues holds per shard. Claims (the scheduler's) live in shard 0
+only: one place decides a cron run.
 """
 from __future__ import annotations
 
