@@ -11,6 +11,10 @@ consumer processes; each reserve acks the previous batch, as the daemon
 drains; sqlite also prints a raw baseline doing the same, the delete and the
 lease in one transaction, beside the two-transaction one), each the best of --repeat runs; then the wake-up
 latency of a consumer blocked in reserve when another process adds.
+sqlite also runs the batch figures on ``?shards=2`` (docs/brokers.md): adds
+from 2 producer processes, and reserve+ack by 2 consumers of a queue filled
+by 2 producer processes, as a web app's workers would; the raw baseline then
+does the same on 2 files, one per process.
 Bounded in jobs (--jobs) and in time (MAX_SECONDS per measurement).
 
 An engine plugs in through ENGINES: a context manager giving the URL of an
@@ -45,6 +49,9 @@ WAKE_PAUSE = 0.02  # s between the consumer blocking and our add
 WAKE_TARGET_MS = 50.0
 MAX_SECONDS = 30.0  # per measurement: workers stop there and report what they did
 CONSUMERS = 2
+PRODUCERS = 2  # of the sharded figures (a web app's workers)
+SHARDS = 2
+SHARDED = "_shards"  # raw baseline key suffix of the sharded figures
 BATCH = 10
 PREFILL_CHUNK = 1000
 QUEUE = "bench"
@@ -59,6 +66,7 @@ class Figure:
     batch: int
     processes: int
     target: float  # jobs/s
+    shards: int = 1  # > 1: on ?shards=N, beside a raw baseline of one file per process
 
 
 FIGURES = (
@@ -66,6 +74,8 @@ FIGURES = (
     Figure(f"add_batch{BATCH}", "add", BATCH, 1, 10000),
     Figure("reserve_ack", "reserve_ack", 1, CONSUMERS, 15000),
     Figure(f"reserve_ack_batch{BATCH}", "reserve_ack", BATCH, CONSUMERS, 100000),
+    Figure(f"add_batch{BATCH}_shards{SHARDS}", "add", BATCH, PRODUCERS, 10000, SHARDS),
+    Figure(f"reserve_ack_batch{BATCH}_shards{SHARDS}", "reserve_ack", BATCH, CONSUMERS, 100000, SHARDS),
 )
 
 # A raw baseline: (url, jobs, batch, processes) -> jobs/s
@@ -91,15 +101,18 @@ def _worker(work: Callable[..., int], args: tuple, ready: mp.Event, go: mp.Event
     done.put(work(*args, start=setup))
 
 
-def run_parallel(work: Callable[..., int], args: tuple, processes: int) -> tuple[int, float]:
+def run_parallel(work: Callable[..., int], args: tuple, processes: int,
+                 indexed: bool = False) -> tuple[int, float]:
     """Run ``work`` in ``processes`` forked processes at once: (jobs, seconds).
 
     ``work(*args, start=None)`` prepares and returns a handle (untimed);
-    ``work(*args, start=handle)`` does the work and returns jobs done."""
+    ``work(*args, start=handle)`` does the work and returns jobs done.
+    ``indexed``: each process gets its number as one more argument."""
     ctx = mp.get_context("fork")
     go, done = ctx.Event(), ctx.Queue()
     readies = [ctx.Event() for _ in range(processes)]
-    procs = [ctx.Process(target=_worker, args=(work, args, r, go, done)) for r in readies]
+    procs = [ctx.Process(target=_worker, args=(work, (*args, i) if indexed else args, r, go, done))
+             for i, r in enumerate(readies)]
     for p in procs:
         p.start()
     for r in readies:
@@ -158,8 +171,13 @@ def prefill(url: str, jobs: int) -> None:
 
 
 def measure_broker(url: str, figure: Figure, jobs: int) -> float:
+    if figure.shards > 1:
+        url = f"{url}?shards={figure.shards}"
     if figure.kind == "add":
-        done, secs = run_parallel(broker_add, (url, jobs, figure.batch), figure.processes)
+        done, secs = run_parallel(broker_add, (url, jobs // figure.processes, figure.batch), figure.processes)
+    elif figure.shards > 1:  # filled by producer processes, each on its home shard
+        run_parallel(broker_add, (url, jobs // PRODUCERS, BATCH), PRODUCERS)
+        done, secs = run_parallel(broker_reserve_ack, (url, figure.batch), figure.processes)
     else:
         prefill(url, jobs)
         done, secs = run_parallel(broker_reserve_ack, (url, figure.batch), figure.processes)
@@ -178,9 +196,9 @@ RAW_LEASE = ("UPDATE raw SET leased = 1, due = ?1 + 600 WHERE id {} (SELECT id F
              " WHERE queue = ?2 AND due <= ?1 ORDER BY due LIMIT ?3) RETURNING id, payload")
 
 
-def _raw_connect(url: str) -> sqlite3.Connection:
+def _raw_connect(url: str, file: str = "") -> sqlite3.Connection:
     """Plain sqlite3 with the engine's own pragmas: the limit we compare to."""
-    db = sqlite3.connect(url[len("sqlite://"):] + ".raw", timeout=MAX_SECONDS, isolation_level=None)
+    db = sqlite3.connect(url[len("sqlite://"):] + ".raw" + file, timeout=MAX_SECONDS, isolation_level=None)
     db.execute(f"PRAGMA page_size={sqlite_store.PAGE_SIZE}")
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
@@ -191,9 +209,9 @@ def _raw_connect(url: str) -> sqlite3.Connection:
     return db
 
 
-def _raw_add(url: str, jobs: int, batch: int, *, start: object) -> object:
+def _raw_add(url: str, jobs: int, batch: int, file: object = "", *, start: object) -> object:
     if start is None:
-        return _raw_connect(url)
+        return _raw_connect(url, str(file))
     db: sqlite3.Connection = start  # type: ignore[assignment]
     done = 0
     while done < jobs:
@@ -213,11 +231,11 @@ def _raw_delete(db: sqlite3.Connection, ids: list[int]) -> None:
     db.execute(f"DELETE FROM raw WHERE id IN ({','.join('?' * len(ids))})", ids)
 
 
-def _raw_reserve_ack(url: str, batch: int, folded: bool, *, start: object) -> object:
+def _raw_reserve_ack(url: str, batch: int, folded: bool, file: object = "", *, start: object) -> object:
     """Lease then delete a batch: two transactions, or with ``folded`` the
     delete of the previous batch and the next lease in one."""
     if start is None:
-        return _raw_connect(url)
+        return _raw_connect(url, str(file))
     db: sqlite3.Connection = start  # type: ignore[assignment]
     lease = RAW_LEASE.format("=" if batch == 1 else "IN")
     done = 0
@@ -244,14 +262,33 @@ def sqlite_raw_add(url: str, jobs: int, batch: int, processes: int) -> float:
     return done / secs
 
 
-def sqlite_raw_reserve_ack(url: str, jobs: int, batch: int, processes: int, folded: bool = False) -> float:
-    db = _raw_connect(url)
+def _raw_fill(url: str, jobs: int, file: str = "") -> None:
+    db = _raw_connect(url, file)
     db.execute("DELETE FROM raw")
     db.execute("BEGIN IMMEDIATE")
     db.executemany(RAW_INSERT, [(QUEUE, PAYLOAD, time.time())] * jobs)
     db.execute("COMMIT")
     db.close()
+
+
+def sqlite_raw_reserve_ack(url: str, jobs: int, batch: int, processes: int, folded: bool = False) -> float:
+    _raw_fill(url, jobs)
     done, secs = run_parallel(_raw_reserve_ack, (url, batch, folded), processes)
+    return done / secs
+
+
+def sqlite_raw_add_files(url: str, jobs: int, batch: int, processes: int) -> float:
+    """Each process adds to a file of its own."""
+    done, secs = run_parallel(_raw_add, (url, jobs // processes, batch), processes, indexed=True)
+    return done / secs
+
+
+def sqlite_raw_reserve_ack_files(url: str, jobs: int, batch: int, processes: int) -> float:
+    """Each process leases from (and acks in) a file of its own, the acks
+    folded into the next lease as our engine does."""
+    for file in range(processes):
+        _raw_fill(url, jobs // processes, str(file))
+    done, secs = run_parallel(_raw_reserve_ack, (url, batch, True), processes, indexed=True)
     return done / secs
 
 
@@ -267,7 +304,9 @@ def empty_sqlite_store(tmp: Path) -> Iterator[str]:
 
 ENGINES: dict[str, Engine] = {
     "sqlite": Engine(empty_sqlite_store, {"add": sqlite_raw_add, "reserve_ack": sqlite_raw_reserve_ack,
-                                          "reserve_ack" + FOLDED: sqlite_raw_reserve_ack_folded},
+                                          "reserve_ack" + FOLDED: sqlite_raw_reserve_ack_folded,
+                                          "add" + SHARDED: sqlite_raw_add_files,
+                                          "reserve_ack" + SHARDED: sqlite_raw_reserve_ack_files},
                      has_targets=True),
 }
 if redis_broker.server_binary():  # raw baselines: RPUSH / BLPOP per job, pipelines per batch
@@ -318,20 +357,24 @@ def bench_engine(name: str, engine: Engine, jobs: int, tmp: Path,
                  figures: Sequence[Figure] = FIGURES, repeat: int = DEFAULT_REPEAT) -> list[str]:
     lines = []
     for figure in figures:
+        kind = figure.kind + (SHARDED if figure.shards > 1 else "")
+        if kind not in engine.raw:
+            continue  # sharded figures: sqlite's only
+
         def ours() -> float:
             with engine.store(tmp) as url:
                 return measure_broker(url, figure, jobs)
 
         def raw() -> float:
             with engine.store(tmp) as url:
-                return engine.raw[figure.kind](url, jobs, figure.batch, figure.processes)
+                return engine.raw[kind](url, jobs, figure.batch, figure.processes)
 
         mine, limit = best_of(repeat, ours), best_of(repeat, raw)
         verdict = "PASS" if mine >= figure.target else "MISS"
         judged = f"target {figure.target:7.0f}  {verdict}" if engine.has_targets else "(context: no target)"
         lines.append(f"{name:7s} {figure.name:22s} {mine:9.0f} jobs/s  raw {limit:9.0f} jobs/s  "
                      f"ratio {mine / limit:5.2f}  {judged}")
-        folded = engine.raw.get(figure.kind + FOLDED)
+        folded = engine.raw.get(kind + FOLDED)
         if folded is not None:  # the same work with the ack folded into the lease
             def raw_folded() -> float:
                 with engine.store(tmp) as url:

@@ -139,7 +139,7 @@ def _broker_errors(url: str, key: str = "broker") -> list[str]:
 
 def _parse_engine_url(scheme: str, url: str) -> None:
     """The engine's own URL checks (redis prefix and options, disque
-    options, none for sqlite), made without connecting: otherwise --check and a reload passed
+    options, sqlite's shards), made without connecting: otherwise --check and a reload passed
     a URL every consumer then refused at start, crash-looping. A sqlite
     path is checked as written (relative ones resolve against the config's
     directory later), so the message names the file the user meant."""

@@ -1,5 +1,7 @@
 """Shared fixtures: the broker engines every contract and integration test
-runs on. sqlite always runs; redis when redis-server is installed (make test
+runs on. sqlite always runs, on one file and sharded (``?shards=2``: every
+contract test applies, each adds its jobs from one process, whose order the
+sharded engine keeps); redis when redis-server is installed (make test
 installs it); disque when $DISQUE_SERVER names a disque-server binary."""
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import pytest
 
 from tests.support.redis_server import RedisServer, server_binary
 
-ENGINES = ("sqlite", "redis", "disque")
+ENGINES = ("sqlite", "sqlite-sharded", "redis", "disque")
 _redis_db = itertools.count(1)
 
 
@@ -51,6 +53,8 @@ def broker_url(request, tmp_path: Path) -> str:
     engine = request.param
     if engine == "sqlite":
         return f"sqlite://{tmp_path}/jobs.db"
+    if engine == "sqlite-sharded":
+        return f"sqlite://{tmp_path}/jobs.db?shards=2"
     if engine == "redis":
         return _flushed_redis_url(request.getfixturevalue("redis_server"))
     cluster = request.getfixturevalue("disque_cluster")

@@ -16,7 +16,7 @@ from disqontrol_client.errors import ConfigError
 
 # scheme -> "module:Class"
 ENGINES: dict[str, str] = {
-    "sqlite": "disqontrol_client.brokers.sqlite:SqliteBroker",
+    "sqlite": "disqontrol_client.brokers.sqlite_shards:ShardedSqliteBroker",  # one file or several
     "redis": "disqontrol_client.brokers.redis:RedisBroker",
     "rediss": "disqontrol_client.brokers.redis:RedisBroker",
     "disque": "disqontrol_client.brokers.disque:DisqueBroker",

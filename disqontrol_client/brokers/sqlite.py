@@ -38,7 +38,7 @@ from disqontrol_client.brokers.sqlite_store import (  # the SQL lives beside the
     BUSY_TIMEOUT, CHUNK, DELETE_IDS, DROP_EXPIRED_CLAIMS, INSERT, LEASE_MANY, LEASE_ONE, NEXT_DUE,
     QUEUES, READY_UP_TO, TAKE_CLAIM, WAITING, Store, by_ids, delete_then_lease, with_ids,
 )
-from disqontrol_client.brokers.sqlite_wake import Waiter, WakeDir
+from disqontrol_client.brokers.sqlite_wake import Waiter, WakeDir, lease_or_wait
 from disqontrol_client.errors import BrokerError, ConfigError
 
 T = TypeVar("T")
@@ -49,30 +49,45 @@ SWEEP_INTERVAL = 1.0  # s between two steps of the ttl sweep
 SWEEP_ROWS = 10000  # rowids looked at per step: bounds the time the write lock is held
 MAX_SLEEP = 2.0  # s: a waiter re-checks at least this often (lost-wakeup safety net)
 POLL_INTERVAL = 0.05  # s: only when the wake directory is unusable
-ID_PREFIX = "S-"
+ID_PREFIX = "S-"  # shard 0's (and the one-file engine's); shard k's is S<k>- (sqlite_shards)
+SHARDS_OPTION = "shards"
+MAX_SHARDS = 16
 
+
+
+def parse_url(url: str) -> tuple[str, int]:
+    """The file and the shard count of ``sqlite:///path[?shards=N]`` (1
+    without the option). Any other option is refused, not taken into the
+    file name (``jobs.db?x=1`` would be a new, empty database)."""
+    if not url.startswith(URL_PREFIX) or len(url) == len(URL_PREFIX):
+        raise ConfigError(f"disqontrol.broker: {url!r} is not sqlite:///path/to/file.db")
+    path, _, query = url[len(URL_PREFIX):].partition("?")
+    shards = 1
+    seen: set[str] = set()
+    for option in query.split("&") if query else ():
+        name, _, value = option.partition("=")
+        if name != SHARDS_OPTION:
+            raise ConfigError(f"disqontrol.broker: {url!r} has an unknown option {name!r}; a sqlite URL takes "
+                              f"only {SHARDS_OPTION}=N (N from 1 to {MAX_SHARDS})")
+        if name in seen:
+            raise ConfigError(f"disqontrol.broker: {url!r} gives {SHARDS_OPTION} twice; give it once")
+        seen.add(name)
+        if not (value.isascii() and value.isdigit() and 1 <= int(value) <= MAX_SHARDS):
+            raise ConfigError(f"disqontrol.broker: {url!r} has {SHARDS_OPTION}={value!r}; allowed: a whole "
+                              f"number from 1 to {MAX_SHARDS}")
+        shards = int(value)
+    return path, shards
 
 
 def path_from_url(url: str) -> str:
-    """The file of a ``sqlite:///path`` URL. A query is refused, not taken
-    into the file name (``jobs.db?x=1`` would be a new, empty database)."""
-    if not url.startswith(URL_PREFIX) or len(url) == len(URL_PREFIX):
-        raise ConfigError(f"disqontrol.broker: {url!r} is not sqlite:///path/to/file.db")
-    path, _, options = url[len(URL_PREFIX):].partition("?")
-    if options:
-        raise ConfigError(f"disqontrol.broker: {url!r} has options ('?{options}'); a sqlite URL takes none: "
-                          "remove them")
-    return path
+    """The file of a sqlite URL (shard 0's), its options checked."""
+    return parse_url(url)[0]
 
 
-def job_id(rowid: int) -> str:
-    return f"{ID_PREFIX}{rowid}"
-
-
-def _rowids(ids: Iterable[str]) -> list[int]:
+def _rowids(ids: Iterable[str], prefix: str = ID_PREFIX) -> list[int]:
     """Row ids of our job ids; ids that are not ours cannot exist here."""
-    n = len(ID_PREFIX)
-    return [int(i[n:]) for i in ids if i[:n] == ID_PREFIX and i[n:].isdigit()]
+    n = len(prefix)
+    return [int(i[n:]) for i in ids if i[:n] == prefix and i[n:].isdigit()]
 
 
 def _check_job(queue: str, delay: float, retry: float, ttl: float) -> None:
@@ -111,22 +126,40 @@ class SqliteBroker(Broker):
     schemes = (SCHEME,)
     atomic_claims = True
 
-    def __init__(self, path: str, *, busy_timeout: float = BUSY_TIMEOUT) -> None:
+    def __init__(self, path: str, *, busy_timeout: float = BUSY_TIMEOUT, id_prefix: str = ID_PREFIX,
+                 wake: Optional[WakeDir] = None) -> None:
+        """``id_prefix`` and ``wake``: a shard of a sharded database (see
+        ``sqlite_shards``) has ids of its own and shares shard 0's wake
+        directory, so one waiter hears an add to any shard."""
         self.path = path
+        self.id_prefix = id_prefix
         self._store = Store(path, busy_timeout)
         self._conn = self._store.conn
         self._exclusive = self._store.exclusive
         self._write = self._store.write
-        self._wake = WakeDir(path)
+        self._wake = wake if wake is not None else WakeDir(path)
         self._waiter = Waiter(self._wake)
         self._last_sweep = 0.0
         self._sweep_from = 0  # rowid where the next ttl sweep step starts
+        #: called after each ttl sweep step (each second while reserving):
+        #: the sharded engine looks for new shard files there
+        self.on_sweep: Optional[Callable[[], None]] = None
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> "SqliteBroker":
+        """The file of the URL alone (shard 0 of a sharded database).
+        ``open_broker`` opens sqlite URLs through ``sqlite_shards``, which
+        also serves shard files."""
         broker = cls(path_from_url(url), **options)
         broker._conn()  # fail now, with a clear message, if the file is unusable
         return broker
+
+    def _id(self, rowid: int) -> str:
+        return f"{self.id_prefix}{rowid}"
+
+    def own_rowids(self, ids: Iterable[str]) -> list[int]:
+        """Row ids of the ``ids`` of this file; other ids cannot exist here."""
+        return _rowids(ids, self.id_prefix)
 
     # -- producing -----------------------------------------------------------
 
@@ -146,7 +179,7 @@ class SqliteBroker(Broker):
         row = (queue, payload, now + delay, retry, now + ttl, now)
         rowid = self._exclusive(lambda: db.execute(INSERT, row).lastrowid)
         self._wake.notify()
-        return job_id(rowid)  # type: ignore[arg-type]
+        return self._id(rowid)  # type: ignore[arg-type]
 
     @_guarded
     def add_many(self, items: Sequence[NewJob]) -> list[str]:
@@ -162,12 +195,12 @@ class SqliteBroker(Broker):
         # AUTOINCREMENT under the write lock: the batch got consecutive ids.
         last = self._write(insert)
         self._wake.notify()
-        return [job_id(r) for r in range(last - len(rows) + 1, last + 1)]
+        return [self._id(r) for r in range(last - len(rows) + 1, last + 1)]
 
     @_guarded
     def replace(self, old_id: str, new: NewJob) -> str:
         row = _row(new, time.time())
-        old = _rowids([old_id])
+        old = self.own_rowids([old_id])
 
         def swap(db: sqlite3.Connection) -> int:
             rowid = db.execute(INSERT, row).lastrowid
@@ -175,7 +208,7 @@ class SqliteBroker(Broker):
                 db.execute("DELETE FROM jobs WHERE id = ?", old)
             return rowid  # type: ignore[return-value]
 
-        new_id = job_id(self._write(swap))
+        new_id = self._id(self._write(swap))
         self._wake.notify()
         return new_id
 
@@ -190,25 +223,11 @@ class SqliteBroker(Broker):
         if count < 1:
             raise BrokerError(f"sqlite broker: reserve count {count!r} must be >= 1")
         deadline = time.monotonic() + timeout
-        armed: Optional[bool] = None  # None: not bound for this call
-        acked = _rowids(ack)
-        try:
-            while True:
-                got = self._lease(queues, count, acked)
-                acked = []
-                if got:
-                    return got
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return []
-                if armed is None:  # bind before the next check so no wake-up is lost
-                    armed = self._waiter.arm()
-                    continue
-                self._waiter.wait(min(remaining, self._until_next_due(queues, armed)))
-                armed = self._waiter.arm()
-        finally:
-            if armed is not None:
-                self._waiter.disarm()
+        got = self._lease(queues, count, self.own_rowids(ack))
+        if got or timeout <= 0:
+            return got
+        return lease_or_wait(self._waiter, lambda: self._lease(queues, count),
+                             lambda armed: self._until_next_due(queues, armed), deadline)
 
     def _lease(self, queues: Sequence[str], count: int, acked: Sequence[int] = ()) -> list[Delivery]:
         """Delete the ``acked`` rows and lease up to ``count`` due jobs, in
@@ -219,6 +238,8 @@ class SqliteBroker(Broker):
         now = time.time()
         if now - self._last_sweep >= SWEEP_INTERVAL:
             self._write(lambda db: self._sweep(db, now))
+            if self.on_sweep is not None:
+                self.on_sweep()
         if len(queues) == 1 and not acked:
             sql = LEASE_ONE if count == 1 else LEASE_MANY
             rows = self._exclusive(lambda: db.execute(sql, (now, queues[0], count)).fetchall())
@@ -228,11 +249,11 @@ class SqliteBroker(Broker):
             return self._deliveries(*per_queue[0])
         return [d for queue, rows in per_queue for d in self._deliveries(queue, rows)]
 
-    @staticmethod
-    def _deliveries(queue: str, rows: list) -> list[Delivery]:
+    def _deliveries(self, queue: str, rows: list) -> list[Delivery]:
         if len(rows) > 1:
             rows.sort()  # RETURNING order is unspecified; ids follow insertion
-        return [Delivery(f"{ID_PREFIX}{r[0]}", queue, r[1], r[2], r[3]) for r in rows]
+        prefix = self.id_prefix
+        return [Delivery(f"{prefix}{r[0]}", queue, r[1], r[2], r[3]) for r in rows]
 
     def _sweep(self, db: sqlite3.Connection, now: float) -> None:
         """Delete the jobs past their ttl in the next window of rowids.
@@ -274,7 +295,7 @@ class SqliteBroker(Broker):
 
     def _by_ids(self, sql: str, head: tuple, ids: Iterable[str]) -> int:
         """Run ``sql`` over ``ids`` in one transaction; rows changed."""
-        rowids = _rowids(ids)
+        rowids = self.own_rowids(ids)
         if not rowids:
             return 0
         db = self._conn()
@@ -285,7 +306,7 @@ class SqliteBroker(Broker):
 
     @_guarded
     def working(self, id: str) -> None:
-        rowids = _rowids([id])
+        rowids = self.own_rowids([id])
         if rowids:
             db = self._conn()
             self._exclusive(lambda: db.execute(
@@ -327,16 +348,20 @@ class SqliteBroker(Broker):
     def queues(self) -> list[str]:
         return [r[0] for r in self._conn().execute(QUEUES, (time.time(),))]
 
-    @_guarded
     def peek(self, queue: str, count: int) -> list[Delivery]:
-        sql = (f"SELECT id, payload, nacks, deliveries FROM jobs WHERE queue = ?1 AND {WAITING}"
+        return [d for _, d in self.peek_aged(queue, count)]
+
+    @_guarded
+    def peek_aged(self, queue: str, count: int) -> list[tuple[float, Delivery]]:
+        """``peek`` with each job's creation time, to merge shards by age."""
+        sql = (f"SELECT id, payload, nacks, deliveries, ctime FROM jobs WHERE queue = ?1 AND {WAITING}"
                " ORDER BY id LIMIT ?3")
         rows = self._conn().execute(sql, (queue, time.time(), count))
-        return [Delivery(job_id(r[0]), queue, r[1], r[2], r[3]) for r in rows]
+        return [(r[4], Delivery(self._id(r[0]), queue, r[1], r[2], r[3])) for r in rows]
 
     @_guarded
     def show(self, id: str) -> Optional[dict[str, Any]]:
-        rowids = _rowids([id])
+        rowids = self.own_rowids([id])
         if not rowids:
             return None
         now = time.time()
@@ -379,7 +404,7 @@ class SqliteBroker(Broker):
         def take_and_add(db: sqlite3.Connection) -> list[Optional[str]]:
             db.execute(DROP_EXPIRED_CLAIMS, (now,))
             return [
-                job_id(db.execute(INSERT, row).lastrowid)  # type: ignore[arg-type]
+                self._id(db.execute(INSERT, row).lastrowid)  # type: ignore[arg-type]
                 if db.execute(TAKE_CLAIM, (key, now + claim_ttl)).rowcount == 1 else None
                 for (key, _), row in zip(pairs, rows)
             ]

@@ -17,6 +17,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from typing import Callable, Optional, Sequence, TypeVar
 
 from disqontrol_client.errors import BrokerUnavailable
@@ -33,6 +34,8 @@ WAL_AUTOCHECKPOINT = 8000  # pages: fewer checkpoints (each one fsyncs twice)
 WAL_SIZE_LIMIT = 32 * 1024 * 1024  # bytes the WAL is truncated to after a checkpoint
 CACHED_STATEMENTS = 256
 CHUNK = 500  # ids per IN (...) statement
+WAL_SWITCH_PAUSE = 0.001  # s before the switch to WAL is tried again, doubling ...
+WAL_SWITCH_MAX_PAUSE = 0.05  # s ... up to this, for at most the busy timeout
 # Debian's libsqlite3 is built with SECURE_DELETE on: every delete (each ack)
 # then zeroes the freed bytes, and a page freed that way is written to the WAL
 # once more: 8.4 WAL frames per acked-and-leased batch of 10 instead of 7.7.
@@ -177,6 +180,11 @@ def _identity(path: str) -> Optional[tuple[int, int]]:
     return seen.st_dev, seen.st_ino
 
 
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    """Another connection holds the lock (SQLITE_BUSY / SQLITE_LOCKED)."""
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
 class Store:
     """The connection of this process (opened lazily, again after a fork)."""
 
@@ -235,7 +243,7 @@ class Store:
                 cached_statements=CACHED_STATEMENTS,
             )
             db.execute(f"PRAGMA page_size={PAGE_SIZE}")  # only takes on a new file
-            self.exclusive(lambda: db.execute("PRAGMA journal_mode=WAL").fetchone())
+            self._switch_to_wal(db)
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA secure_delete=OFF")  # see SECURE_DELETE above
             db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT}")
@@ -249,6 +257,29 @@ class Store:
             ) from exc
         return db
 
+    def _switch_to_wal(self, db: sqlite3.Connection) -> None:
+        """``PRAGMA journal_mode=WAL``, waiting for other connections.
+
+        On a new file (not WAL yet) the switch fails at once with "database
+        is locked", without sqlite's busy handler, while another connection
+        writes it or switches it too: two processes opening a brand-new
+        database at once (the first consumers, or every process of a
+        ``?shards=N`` database, which opens N new files) made one of them
+        fail with BrokerUnavailable. So it is retried here, with pauses, for
+        up to the busy timeout."""
+        deadline = time.monotonic() + self.busy_timeout
+        pause = WAL_SWITCH_PAUSE
+        while True:
+            try:
+                with self._thread_lock:
+                    db.execute("PRAGMA journal_mode=WAL").fetchone()
+                return
+            except sqlite3.OperationalError as exc:
+                if not _busy(exc) or time.monotonic() + pause > deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, WAL_SWITCH_MAX_PAUSE)
+
     def exclusive(self, work: Callable[[], T]) -> T:
         """Run the write ``work``; retry a bounded number of times if sqlite
         still reports the db locked after its busy timeout."""
@@ -259,7 +290,7 @@ class Store:
                 try:
                     return work()
                 except sqlite3.OperationalError as exc:
-                    if attempt == BUSY_RETRIES or ("locked" not in str(exc) and "busy" not in str(exc)):
+                    if attempt == BUSY_RETRIES or not _busy(exc):
                         raise
                     log_event(log, "sqlite_busy", logging.WARNING, path=self.path, attempt=attempt + 1)
         raise AssertionError("unreachable")

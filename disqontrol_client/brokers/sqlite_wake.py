@@ -22,12 +22,13 @@ import select
 import socket
 import threading
 import time
-from typing import Optional
+from typing import Callable, Optional, TypeVar
 
 from disqontrol_client.brokers.sqlite_store import give_to_dir_owner
 from disqontrol_client.logfmt import log_event
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 WAKE_DIR_SUFFIX = ".wake"
 SOCKET_SUFFIX = ".sock"
@@ -232,3 +233,24 @@ class Waiter:
                 pass
         self._sock.close()
         self._sock = None
+
+
+def lease_or_wait(waiter: Waiter, lease: Callable[[], list[T]], until_next_due: Callable[[bool], float],
+                  deadline: float) -> list[T]:
+    """A blocking reserve's wait, after a first ``lease()`` came back empty:
+    bind the waiter, try again (an add between the first try and the bind
+    left its wake-up byte), then sleep until a wake-up, the next due time
+    (``until_next_due(armed)``) or ``deadline`` (monotonic), and try again."""
+    armed = waiter.arm()
+    try:
+        while True:
+            got = lease()
+            if got:
+                return got
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return []
+            waiter.wait(min(remaining, until_next_due(armed)))
+            armed = waiter.arm()
+    finally:
+        waiter.disarm()

@@ -4,12 +4,15 @@ engine, so that concurrency and wake-ups are tested across real processes.
     python -m tests.contract.broker_agent produce URL QUEUE COUNT PREFIX OUT
     python -m tests.contract.broker_agent consume URL QUEUE BATCH OUT
     python -m tests.contract.broker_agent add-on-line URL QUEUE
+    python -m tests.contract.broker_agent home URL QUEUE
 
 ``produce`` writes one ``id payload`` line per job it added; ``consume``
 prints ``ready`` once connected, then writes one line per job it was given
 (flushed before the ack) until killed;
 ``add-on-line`` prints ``ready``, then for each line read from stdin waits a
-moment, adds a job and prints the monotonic time just before the add.
+moment, adds a job and prints the monotonic time just before the add;
+``home`` (sqlite-sharded) reserves once, prints its consumer home shard and
+keeps it until stdin closes.
 """
 from __future__ import annotations
 
@@ -59,6 +62,14 @@ def add_on_line(url: str, queue: str) -> None:
             sys.stdout.flush()
 
 
+def home(url: str, queue: str) -> None:
+    with open_broker(url) as broker:
+        broker.reserve([queue], timeout=0)
+        sys.stdout.write(f"{broker.home()}\n")  # type: ignore[attr-defined]
+        sys.stdout.flush()
+        sys.stdin.read()
+
+
 def main(argv: list[str]) -> None:
     command, url, queue, *rest = argv
     if command == "produce":
@@ -67,8 +78,10 @@ def main(argv: list[str]) -> None:
         consume(url, queue, int(rest[0]), rest[1])
     elif command == "add-on-line":
         add_on_line(url, queue)
+    elif command == "home":
+        home(url, queue)
     else:
-        raise SystemExit(f"unknown command {command!r}; allowed: produce, consume, add-on-line")
+        raise SystemExit(f"unknown command {command!r}; allowed: produce, consume, add-on-line, home")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ SLACK = 1.5  # s: scheduling noise allowed on a loaded machine
 WAKE_SAMPLES = 7
 WAKE_BOUND = 0.2  # s: the target is 50 ms; asserted loosely on a busy machine
 PRODUCERS, JOBS_PER_PRODUCER, CONSUMERS = 4, 2000, 2
+ORDERED_PRODUCERS, ORDERED_JOBS = 2, 300
 
 
 @pytest.fixture
@@ -208,34 +209,66 @@ def test_batch_spans_queues_in_order(broker: Broker) -> None:
     assert {d.id for d in got} == set(a) | set(b[:2])  # FIFO within each queue
 
 
-def test_concurrent_producers_and_consumers(broker_url: str, tmp_path: Path) -> None:
-    # Given consumers already waiting in their own processes
-    consumers = [agent("consume", broker_url, "load", "10", str(tmp_path / f"c{i}.txt"),
+def produce_and_consume(url: str, tmp_path: Path, producers: int, jobs: int,
+                        timeout: float = 90) -> tuple[list[list[str]], list[list[str]]]:
+    """``producers`` processes add ``jobs`` each while CONSUMERS processes
+    (already waiting) drain the queue: the ``[id, payload]`` pairs added and
+    those taken, and fails if a consumer got no job at all."""
+    consumers = [agent("consume", url, "load", "10", str(tmp_path / f"c{i}.txt"),
                        stdout=subprocess.PIPE, text=True) for i in range(CONSUMERS)]
     try:
         for c in consumers:
             assert c.stdout.readline().strip() == "ready"
-        # When four producer processes add 2,000 jobs each
-        producers = [agent("produce", broker_url, "load", str(JOBS_PER_PRODUCER), f"p{i}",
-                           str(tmp_path / f"p{i}.txt")) for i in range(PRODUCERS)]
-        for p in producers:
-            assert p.wait(90) == 0
-        with open_broker(broker_url) as b:
+        adders = [agent("produce", url, "load", str(jobs), f"p{i}", str(tmp_path / f"p{i}.txt"))
+                  for i in range(producers)]
+        for p in adders:
+            assert p.wait(timeout) == 0
+        with open_broker(url) as b:
             wait_for(lambda: b.length("load") == 0 and b.stats(["load"])[0].in_flight == 0,
-                     timeout=60, interval=0.1, message="the consumers to drain the queue")
+                     timeout=timeout, interval=0.1, message="the consumers to drain the queue")
     finally:
         for c in consumers:
             stop_process(c)
             c.stdout.close()
+    added = [line.split() for i in range(producers) for line in lines(tmp_path / f"p{i}.txt")]
+    taken = [line.split() for i in range(CONSUMERS) for line in lines(tmp_path / f"c{i}.txt")]
+    assert all(lines(tmp_path / f"c{i}.txt") for i in range(CONSUMERS)), "one consumer got no job at all"
+    return added, taken
+
+
+def test_concurrent_producers_and_consumers(broker_url: str, tmp_path: Path) -> None:
+    # Given consumers already waiting in their own processes, when four
+    # producer processes add 2,000 jobs each
+    added, taken = produce_and_consume(broker_url, tmp_path, PRODUCERS, JOBS_PER_PRODUCER)
 
     # Then every job was delivered exactly once
-    added = [line.split() for i in range(PRODUCERS) for line in lines(tmp_path / f"p{i}.txt")]
-    taken = [line.split() for i in range(CONSUMERS) for line in lines(tmp_path / f"c{i}.txt")]
     assert len(added) == PRODUCERS * JOBS_PER_PRODUCER
     assert len({i for i, _ in added}) == len(added), "two jobs got the same id"
     assert sorted(taken) == sorted(added)
-    assert all((tmp_path / f"c{i}.txt").stat().st_size > 0 for i in range(CONSUMERS)), \
-        "one consumer got no job at all"
+
+
+def test_each_producer_order_is_kept(broker: Broker, broker_url: str, tmp_path: Path) -> None:
+    """Per-producer FIFO, what every engine keeps (sqlite-sharded keeps no
+    more: two producers' jobs may interleave in any way)."""
+    # Given two producer processes that added their jobs at the same time
+    producers = [agent("produce", broker_url, "fifo", str(ORDERED_JOBS), f"p{i}", str(tmp_path / f"p{i}.txt"))
+                 for i in range(ORDERED_PRODUCERS)]
+    for p in producers:
+        assert p.wait(90) == 0
+
+    # When one consumer takes them all in batches
+    taken: list[bytes] = []
+    while len(taken) < ORDERED_PRODUCERS * ORDERED_JOBS:
+        got = broker.reserve(["fifo"], count=10, timeout=10)
+        assert got, f"{len(taken)} jobs taken, then none"
+        taken += [d.payload for d in got]
+        broker.ack([d.id for d in got])
+
+    # Then each producer's jobs came in the order it added them
+    for i in range(ORDERED_PRODUCERS):
+        prefix = f"p{i}-".encode()
+        order = [int(p[len(prefix):]) for p in taken if p.startswith(prefix)]
+        assert order == list(range(ORDERED_JOBS)), f"producer {i}'s jobs out of order"
 
 
 def test_unicode_and_large_bodies_round_trip(broker: Broker) -> None:
@@ -329,17 +362,15 @@ def test_backlog_counts_ready_jobs_only_and_stops_at_the_cap(broker: Broker) -> 
     assert broker.backlog(["q"], cap=3) == {"q": 3}
 
 
-def test_blocking_reserve_wakes_on_an_add_from_another_process(
-    broker: Broker, broker_url: str, record_property
-) -> None:
-    # Given another process ready to add on our signal
-    adder = agent("add-on-line", broker_url, "wake",
-                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+def wake_ups(broker: Broker, url: str, samples: int = WAKE_SAMPLES) -> list[tuple[float, str]]:
+    """(seconds from another process's add to our blocked reserve's return,
+    the job's id), once per sample."""
+    adder = agent("add-on-line", url, "wake", stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert adder.stdout.readline().strip() == "ready"
-        latencies = []
-        for _ in range(WAKE_SAMPLES):
-            # When it adds while we are blocked in reserve
+        out = []
+        for _ in range(samples):
+            # the adder adds while we are blocked in reserve
             adder.stdin.write("go\n")
             adder.stdin.flush()
             got = broker.reserve(["wake"], timeout=10)
@@ -347,11 +378,19 @@ def test_blocking_reserve_wakes_on_an_add_from_another_process(
             added = float(adder.stdout.readline())
             assert len(got) == 1
             broker.ack([got[0].id])
-            latencies.append(woke - added)
+            out.append((woke - added, got[0].id))
+        return out
     finally:
         stop_process(adder)
         adder.stdin.close()
         adder.stdout.close()
+
+
+def test_blocking_reserve_wakes_on_an_add_from_another_process(
+    broker: Broker, broker_url: str, record_property
+) -> None:
+    # Given another process that adds while we are blocked in reserve
+    latencies = [latency for latency, _ in wake_ups(broker, broker_url)]
 
     # Then we woke within milliseconds (target 50 ms; loose bound when loaded)
     median = statistics.median(latencies)

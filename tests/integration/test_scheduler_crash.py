@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from disqontrol_client.brokers import open_broker
+from disqontrol_client.brokers.sqlite import path_from_url
 from disqontrold.crontab import load_crontab
 from disqontrold.scheduler import SCHEDULED_TIME, claim_key
 from tests.integration.scheduler_crasher import passes
@@ -36,9 +37,10 @@ REDIS_CLAIMS = "dq:claim:"  # RedisBroker's default prefix + ":claim:"
 
 
 def claims_in(url: str) -> set[str]:
-    """The scheduler's claims as the store holds them (engine internals)."""
+    """The scheduler's claims as the store holds them (engine internals;
+    sharded sqlite keeps them in shard 0, the file of the URL's path)."""
     if url.startswith("sqlite://"):
-        with sqlite3.connect(url[len("sqlite://"):]) as db:
+        with sqlite3.connect(path_from_url(url)) as db:
             keys = {row[0] for row in db.execute("SELECT key FROM claims")}
         db.close()
         return keys
@@ -85,7 +87,7 @@ def crash_once(url: str, crontab: Path) -> bool:
         proc.stdout.close()
 
 
-@pytest.mark.parametrize("engine", ["sqlite", "redis"])
+@pytest.mark.parametrize("engine", ["sqlite", "sqlite-sharded", "redis"])
 def test_a_scheduler_killed_mid_pass_leaves_every_claim_with_exactly_one_job(engine, tmp_path, request):
     url = broker_url_for(engine, tmp_path, request)
     crontab = tmp_path / "crontab"

@@ -25,6 +25,8 @@ CRONTAB = "* * * * * every {\"n\": 1}\n*/2 * * * * two even\n@hourly hourly\n"
 def broker_url_for(engine: str, tmp_path: Path, request) -> str:
     if engine == "sqlite":
         return f"sqlite://{tmp_path}/jobs.db"
+    if engine == "sqlite-sharded":  # the claims and their jobs live in shard 0
+        return f"sqlite://{tmp_path}/jobs.db?shards=2"
     server = request.getfixturevalue("redis_server")
     import redis  # noqa: PLC0415
 
@@ -69,7 +71,7 @@ def stored_runs(url: str) -> Counter:
         )
 
 
-@pytest.mark.parametrize("engine", ["sqlite", "redis"])
+@pytest.mark.parametrize("engine", ["sqlite", "sqlite-sharded", "redis"])
 def test_racing_schedulers_add_every_run_exactly_once(engine, tmp_path, request):
     # Given one broker and a crontab whose catch-up covers 60 minutes
     url = broker_url_for(engine, tmp_path, request)

@@ -208,8 +208,10 @@ def test_unknown_broker_scheme(tmp_path):
      "option decode_responses='true' in 'redis://:***@127.0.0.1:6379/0?decode_responses=true' is not allowed"),
     ("broker", "disque://127.0.0.1:7711?replicate=0", "option replicate='0' in 'disque://127.0.0.1:7711?replicate=0'"),
     # the path as written: resolved against "/", it named another file (/jobs.db)
-    ("broker", "sqlite:jobs.db?shards=2", "'sqlite://jobs.db?shards=2' has options ('?shards=2'); a sqlite URL takes none"),
-    ("broker", "sqlite:///var/lib/q.db?mode=ro", "'sqlite:///var/lib/q.db?mode=ro' has options ('?mode=ro')"),
+    ("broker", "sqlite:jobs.db?shards=17",
+     "'sqlite://jobs.db?shards=17' has shards='17'; allowed: a whole number from 1 to 16"),
+    ("broker", "sqlite:///var/lib/q.db?mode=ro",
+     "'sqlite:///var/lib/q.db?mode=ro' has an unknown option 'mode'; a sqlite URL takes only shards=N"),
     ("scheduler.claim_store", "redis://127.0.0.1:6379/1?socket_timout=5",
      "'redis://127.0.0.1:6379/1?socket_timout=5' is not a valid redis URL: "),
 ])

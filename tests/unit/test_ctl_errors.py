@@ -201,10 +201,11 @@ def test_an_option_before_the_command_stands_when_none_follows(tmp_path):
     assert str(socket_path) in _one_clean_line(result)
 
 
-def test_a_sqlite_database_that_does_not_exist_yet_is_noted(tmp_path):
+@pytest.mark.parametrize("options", ["", "?shards=2"])
+def test_a_sqlite_database_that_does_not_exist_yet_is_noted(tmp_path, options):
     # Given a config whose sqlite database was never created (a new install, or a mistyped path)
     config = tmp_path / "disqontrol.yml"
-    config.write_text("disqontrol:\n  broker: sqlite:typo/jobs.db\n"
+    config.write_text(f"disqontrol:\n  broker: sqlite:typo/jobs.db{options}\n"
                       "  queues:\n    q:\n      worker: {type: command, command: /bin/true}\n")
     # When the queues are asked for twice
     first = _ctl("queues", "--config", str(config))

@@ -66,7 +66,7 @@ def test_url_without_a_path_is_a_config_error() -> None:
 
 
 def test_url_options_are_a_config_error_not_part_of_the_file_name(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"has options \('\?mode=ro'\); a sqlite URL takes none"):
+    with pytest.raises(ConfigError, match=r"has an unknown option 'mode'; a sqlite URL takes only shards=N"):
         open_broker(f"sqlite://{tmp_path}/jobs.db?mode=ro")
     assert list(tmp_path.iterdir()) == []
 
@@ -160,6 +160,26 @@ def test_a_foreign_writer_delays_but_does_not_fail_an_add(tmp_path: Path) -> Non
         foreign.close()
     assert b.show(job)["state"] == "ready"
     b.close()
+
+
+def test_opening_a_new_database_another_connection_is_writing_waits_for_it(tmp_path: Path) -> None:
+    # Given a new database (not yet WAL) that another process is writing, as
+    # when two processes open a brand-new file at once
+    db = tmp_path / "jobs.db"
+    foreign = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    foreign.execute("CREATE TABLE t (x)")
+    foreign.execute("BEGIN IMMEDIATE")  # a write lock: no switch to WAL meanwhile
+    timer = threading.Timer(FOREIGN_HOLD, lambda: foreign.execute("COMMIT"))
+    timer.start()
+    try:
+        # When we open it, Then the open waits for the writer instead of
+        # failing with "database is locked" (sqlite's busy handler does not
+        # wait for a journal mode switch)
+        with open_broker(f"sqlite://{db}") as b:
+            assert b.show(b.add("q", b"x"))["state"] == "ready"
+    finally:
+        timer.join()
+        foreign.close()
 
 
 def test_a_sub_second_delay_wakes_a_blocked_reserve_on_time(tmp_path: Path) -> None:
