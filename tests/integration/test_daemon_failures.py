@@ -352,3 +352,28 @@ def test_a_queue_whose_program_is_missing_does_not_hold_back_the_rest_of_its_gro
         assert not daemon.events("job_failed")
     finally:
         daemon.stop()
+
+
+def test_jobs_whose_program_stays_missing_fail_and_are_parked_not_held_for_ever(tmp_path):
+    # Given a command queue whose script names an interpreter that does not
+    # exist (a typo in its shebang: exec fails with ENOENT, as for a program
+    # deleted for good); backoff_scale shrinks the grace a deploy gets
+    program = tmp_path / "worker"
+    program.write_text("#!/no/such/interpreter\n")
+    program.chmod(0o755)
+    queues = {"cmd": {"worker": {"type": "command", "command": str(program)},
+                      "backoff_scale": SCALE, "max_retries": 1}}
+    daemon = Daemon(tmp_path, f"sqlite://{tmp_path}/jobs.db", queues).start()
+    try:
+        # When a job is added
+        daemon.add("cmd", ["x"])
+
+        # Then it is first given back (a deploy may put the program back) ...
+        daemon.wait_event("job_start_deferred")
+        # ... and, the program still missing past the grace, fails and is parked
+        # with the reason, where an operator looks, instead of waiting for ever
+        (body, metadata), = parked(daemon)
+        assert body == "x"
+        assert "No such file or directory" in metadata[LAST_ERROR]["message"]
+    finally:
+        daemon.stop()
