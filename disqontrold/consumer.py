@@ -232,13 +232,7 @@ class Consumer:
         if self._paused:
             queues = self._paused.open(queues)
         if not queues:  # every queue held or paused: wait for the next setup try or pause's end
-            waits = [timeout]
-            if self._held:
-                waits.append(self._held.until_next_try())
-            if self._paused:
-                waits.append(self._paused.until_next())
-            self.signals.wait(min(waits))
-            self.scoreboard.heartbeat()
+            self._wait_for_a_queue(timeout)
             return []
         while not self.signals.stopping:
             try:
@@ -261,6 +255,22 @@ class Consumer:
             self.signals.reopen_logs_if_asked()  # after the wait: the batch's lines go to the new file
             return got
         return []
+
+    def _wait_for_a_queue(self, timeout: float) -> None:
+        """Every queue held or paused: wait up to ``timeout`` for the next
+        setup try or pause's end. With jobs running (``timeout`` 0) the
+        window waits instead, until then: with its refill left due, the
+        loop spun on empty reserves, a whole core, for the pause."""
+        waits = []
+        if self._held:
+            waits.append(self._held.until_next_try())
+        if self._paused:
+            waits.append(self._paused.until_next())
+        if timeout:
+            self.signals.wait(min(timeout, *waits))
+        else:
+            self.window.pace.failed(time.monotonic(), min(waits))
+        self.scoreboard.heartbeat()
 
     def _take(self, deliveries: Sequence[Delivery]) -> None:
         """Start reserved jobs: a windowed worker's join the window, then the

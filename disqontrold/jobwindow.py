@@ -70,7 +70,8 @@ class RefillPace:
         self._retry_at = now if got >= asked else now + REFILL_INTERVAL
 
     def failed(self, now: float, backoff: float) -> None:
-        """Book a reserve the broker refused: none again for ``backoff`` s."""
+        """Book a reserve that could not be made (the broker refused it, or
+        every queue is held or paused): none again for ``backoff`` s."""
         self._last = now
         self._retry_at = now + backoff
 
