@@ -27,6 +27,10 @@ logger = logging.getLogger("disqontrold.consumer")
 FIRST_PAUSE = 0.5  # s
 MAX_PAUSE = 30.0  # s
 MISSING_GRACE = 60.0  # s a program may stay missing before its jobs fail (times backoff_scale)
+#: s without a job of the queue found missing after which the next one starts
+#: a new grace: another consumer may have run its jobs meanwhile, and a
+#: program missing again an hour later is a new deploy (pauses are <= MAX_PAUSE).
+MISSING_GAP = 2 * MAX_PAUSE
 
 
 class PausedQueues:
@@ -37,7 +41,7 @@ class PausedQueues:
         self._grace = missing_grace  # queue -> s its program may stay missing
         self._until: dict[str, float] = {}  # queue -> monotonic end of its pause
         self._next: dict[str, float] = {}  # queue -> its next pause, until a job of it starts
-        self._missing_since: dict[str, float] = {}  # queue -> monotonic time its program went missing
+        self._missing: dict[str, tuple[float, float]] = {}  # queue -> (went missing, last found missing)
 
     def __bool__(self) -> bool:
         return bool(self._until)
@@ -53,18 +57,23 @@ class PausedQueues:
     def missing_too_long(self, queue: str, missing: bool) -> bool:
         """Whether a job of ``queue`` that could not start should fail instead
         of going back: its program (``missing``) has been missing past its
-        grace since a job of ``queue`` last started."""
+        grace since a job of ``queue`` last started (here), found missing
+        at least every MISSING_GAP s meanwhile."""
         if not missing:
             return False
-        since = self._missing_since.setdefault(queue, time.monotonic())
-        return time.monotonic() - since >= self._grace[queue]
+        now = time.monotonic()
+        since, last = self._missing.get(queue, (now, now))
+        if now - last > MISSING_GAP:
+            since = now
+        self._missing[queue] = (since, now)
+        return now - since >= self._grace[queue]
 
     def started(self, queue: str) -> None:
         """A job of ``queue`` started: its next pause is the first again."""
         if self._next:
             self._next.pop(queue, None)
-        if self._missing_since:
-            self._missing_since.pop(queue, None)
+        if self._missing:
+            self._missing.pop(queue, None)
 
     def open(self, queues: Sequence[str]) -> list[str]:
         """``queues`` without the paused ones (pauses that ended are dropped)."""
