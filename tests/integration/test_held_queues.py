@@ -9,13 +9,15 @@ import re
 import signal
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.integration.ctl_support import ctl, ctl_status
-from tests.support.daemon import Daemon
+from tests.support.daemon import Daemon, running
 from tests.support.procs import wait_for
 
 START_TIMEOUT = 3  # s: the group's start_timeout, which bounds one setup try
+STOP_BOUND = 20.0  # s: a stop that waited for the hanging try would take start_timeout (60 s)
 HEARTBEAT_LIMIT = 5.0  # s: an idle consumer beats at least once a second; a loaded machine adds to it
 
 # The first setup (the consumer's, at start) raises at once; each later try
@@ -285,5 +287,25 @@ def test_after_a_reload_a_setup_that_hung_at_start_is_held_at_once_not_hung_agai
         daemon.add("cmd", ["after-reload"])
         assert daemon.wait_runs(1, timeout=30)[0][0] == '"after-reload"'
         assert len(daemon.events("consumer_hung")) == 1
+    finally:
+        daemon.stop()
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGQUIT])
+def test_a_stop_while_a_setup_try_hangs_ends_the_try_with_the_daemon(tmp_path, signum):
+    # Given a held queue whose setup try hangs in its child (ended only at a start_timeout of 60 s)
+    daemon = held_daemon(tmp_path, start_timeout=60).start()
+    try:
+        wait_for(lambda: (tmp_path / "trying").exists(), timeout=30, message="a setup try hanging")
+        [consumer] = daemon.consumer_pids()
+        [probe] = psutil.Process(consumer).children()
+
+        # When the daemon is stopped (gracefully, or fast)
+        daemon.signal(signum)
+
+        # Then it exits at once, not after the try's start_timeout, and the try's process is gone
+        assert daemon.wait_exit(timeout=STOP_BOUND) == 0
+        wait_for(lambda: not running(probe.pid), timeout=10, message="the setup try ended")
     finally:
         daemon.stop()
