@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Iterator
@@ -324,3 +325,37 @@ def test_a_producer_on_shards_follows_its_home_shard_deleted_under_it(tmp_path: 
             return first.length("q")
         wait_for(in_new_file, timeout=10, interval=0.1, message="a job in the new shard 1")
         producer.close()
+
+
+# A process (a consumer at its descriptor limit) asks moved() once its
+# files are open and every descriptor is spent; prints the answer.
+OUT_OF_DESCRIPTORS = """
+import os, resource, sys, time
+from disqontrol_client.brokers import open_broker
+from disqontrol_client.brokers.sqlite_shards import RESCAN_INTERVAL
+
+broker = open_broker(sys.argv[1])
+broker.reserve(["q"], timeout=0)
+resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[2]), resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+spent = []
+try:
+    while True:
+        spent.append(os.open(os.devnull, os.O_RDONLY))
+except OSError:
+    pass
+time.sleep(RESCAN_INTERVAL)  # the rescan of shard files is due
+print(broker.moved())
+"""
+FEW_DESCRIPTORS = 64
+
+
+@pytest.mark.parametrize("query", ["", "?shards=2"])
+def test_moved_does_not_raise_when_the_process_is_out_of_descriptors(tmp_path: Path, query: str) -> None:
+    # Given a consumer's broker whose process has spent every descriptor (EMFILE)
+    # When the consumer asks whether its files moved
+    asked = subprocess.run([sys.executable, "-c", OUT_OF_DESCRIPTORS, f"sqlite://{tmp_path}/jobs.db{query}",
+                            str(FEW_DESCRIPTORS)], capture_output=True, text=True, timeout=60)
+
+    # Then nothing moved: no BrokerUnavailable from a listing of the directory, which crashed it
+    assert asked.returncode == 0, asked.stderr[-2000:]
+    assert asked.stdout.strip() == "None"
