@@ -12,6 +12,7 @@ import importlib
 import logging
 import math
 import os
+import threading
 import time
 import uuid
 from typing import Any, Iterable, Optional
@@ -54,6 +55,8 @@ class Producer:
         self._broker: Optional[Broker] = None if isinstance(url_or_broker, str) else url_or_broker
         self._owns_broker = isinstance(url_or_broker, str)
         self._moved_check = 0.0  # monotonic time of the next look at Broker.moved()
+        self._reopen_lock = threading.Lock()  # threads of an app share one producer
+        self._moved_away: list[Broker] = []  # brokers left for a moved file, closed by close()
 
     @classmethod
     def from_config(
@@ -68,18 +71,24 @@ class Producer:
 
     @property
     def broker(self) -> Broker:
-        if self._broker is not None and self._owns_broker and self._moved():
-            self._broker.close()
-            self._broker = None
+        if self._broker is not None and self._owns_broker and time.monotonic() >= self._moved_check:
+            with self._reopen_lock:
+                if self._moved():
+                    # Not closed now: another thread may be adding through it (closing a
+                    # sqlite connection in use crashed the app); close() closes it.
+                    self._moved_away.append(self._broker)
+                    self._broker = None
         if self._broker is None:
-            self._broker = open_broker(str(self._url))
+            with self._reopen_lock:
+                if self._broker is None:
+                    self._broker = open_broker(str(self._url))
         return self._broker
 
     def _moved(self) -> bool:
         """The broker's sqlite file deleted or replaced (Broker.moved), looked
         at once a second at most: an app's long-lived producer then opens
         the file there now, where the daemon takes its jobs, instead of
-        adding them to one nobody reads."""
+        adding them to one nobody reads. Called under ``_reopen_lock``."""
         now = time.monotonic()
         if now < self._moved_check or self._broker is None:
             return False
@@ -152,6 +161,8 @@ class Producer:
         if self._broker is not None and self._owns_broker:
             self._broker.close()
             self._broker = None
+        while self._moved_away:
+            self._moved_away.pop().close()
 
     def __enter__(self) -> "Producer":
         return self

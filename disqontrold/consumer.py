@@ -40,7 +40,7 @@ from disqontrold.children import EXIT_BOOT_FAILED, EXIT_FAST, EXIT_OK
 from disqontrold.consumer_signals import ConsumerSignals
 from disqontrold.jobs_in_hand import JobsInHand
 from disqontrold.jobwindow import JobWindow, StartDeferred
-from disqontrold.paused_queues import PausedQueues
+from disqontrold.paused_queues import MISSING_GRACE, PausedQueues
 from disqontrold.recycling import RecycleLimits
 from disqontrold.proctitle import consumer_title, set_title
 from disqontrold.scoreboard import BUSY, IDLE, STOPPING, Scoreboard
@@ -82,7 +82,8 @@ class Consumer:
         self._recycle = ""  # why this process is to be replaced, once it is
         self._limits = RecycleLimits(group)  # max_jobs / max_memory_per_process, a moved sqlite file
         self._window_backoff = BROKER_BACKOFF_START  # s before a refill after the broker failed one
-        self._paused = PausedQueues(group.name)  # queues whose jobs could not start, for a while
+        self._paused = PausedQueues(  # queues whose jobs could not start, for a while
+            group.name, {q: MISSING_GRACE * config.queue(q).backoff_scale for q in self.queues})
         self.signals = ConsumerSignals(self.jobs.quit.request)
 
     @property
@@ -231,13 +232,7 @@ class Consumer:
         if self._paused:
             queues = self._paused.open(queues)
         if not queues:  # every queue held or paused: wait for the next setup try or pause's end
-            waits = [timeout]
-            if self._held:
-                waits.append(self._held.until_next_try())
-            if self._paused:
-                waits.append(self._paused.until_next())
-            self.signals.wait(min(waits))
-            self.scoreboard.heartbeat()
+            self._wait_for_a_queue(timeout)
             return []
         while not self.signals.stopping:
             try:
@@ -260,6 +255,22 @@ class Consumer:
             self.signals.reopen_logs_if_asked()  # after the wait: the batch's lines go to the new file
             return got
         return []
+
+    def _wait_for_a_queue(self, timeout: float) -> None:
+        """Every queue held or paused: wait up to ``timeout`` for the next
+        setup try or pause's end. With jobs running (``timeout`` 0) the
+        window waits instead, until then: with its refill left due, the
+        loop spun on empty reserves, a whole core, for the pause."""
+        waits = []
+        if self._held:
+            waits.append(self._held.until_next_try())
+        if self._paused:
+            waits.append(self._paused.until_next())
+        if timeout:
+            self.signals.wait(min(timeout, *waits))
+        else:
+            self.window.pace.failed(time.monotonic(), min(waits))
+        self.scoreboard.heartbeat()
 
     def _take(self, deliveries: Sequence[Delivery]) -> None:
         """Start reserved jobs: a windowed worker's join the window, then the
@@ -289,7 +300,8 @@ class Consumer:
     def _start(self, jobs: list[Job]) -> None:
         """Start jobs in the window; once stopping or recycling, the rest go
         back, and so do the jobs of a queue whose job could not start now
-        (StartDeferred: that queue is paused, the others' jobs start)."""
+        (StartDeferred: that queue is paused, the others' jobs start), unless
+        its program has been missing too long: then the job fails."""
         if not jobs:
             return
         self._on_start(jobs[-1])  # one title and scoreboard write per round, not per job
@@ -304,6 +316,9 @@ class Consumer:
             try:
                 failed = self.window.start(self.workers[job.queue], job, self._timeouts[job.queue])
             except StartDeferred as exc:
+                if self._paused.missing_too_long(job.queue, exc.missing):
+                    self._settle([(job, Outcome(False, error=str(exc)))])
+                    continue
                 back = [j.id for j in jobs[index:] if j.queue == job.queue]
                 self.jobs.nack(back)
                 self._paused.pause(job.queue, back, str(exc))

@@ -40,11 +40,19 @@ REFILL_INTERVAL = 0.25
 #: descriptors, or the program missing or being written (a deploy that
 #: removes or copies it in place: gone for a moment).
 NOT_NOW = frozenset({errno.EAGAIN, errno.ENOMEM, errno.EMFILE, errno.ENFILE, errno.ENOENT, errno.ETXTBSY})
+#: Of those, the program's own state: a deploy ends in seconds, but a
+#: program deleted for good or a typo in a script's shebang never does.
+MISSING = frozenset({errno.ENOENT, errno.ETXTBSY})
 
 
 class StartDeferred(Exception):
     """A job could not start for a reason in ``NOT_NOW``: give it back and
-    try later, do not fail it."""
+    try later, do not fail it. ``missing``: the program is (``MISSING``),
+    so the consumer gives up after a grace (paused_queues)."""
+
+    def __init__(self, message: str, missing: bool = False) -> None:
+        super().__init__(message)
+        self.missing = missing
 
 
 class RefillPace:
@@ -62,7 +70,8 @@ class RefillPace:
         self._retry_at = now if got >= asked else now + REFILL_INTERVAL
 
     def failed(self, now: float, backoff: float) -> None:
-        """Book a reserve the broker refused: none again for ``backoff`` s."""
+        """Book a reserve that could not be made (the broker refused it, or
+        every queue is held or paused): none again for ``backoff`` s."""
         self._last = now
         self._retry_at = now + backoff
 
@@ -116,7 +125,7 @@ class JobWindow:
             child = worker.start(job, timeout)
         except OSError as exc:
             if exc.errno in NOT_NOW:
-                raise StartDeferred(f"{worker.cannot_start}: {exc}") from exc
+                raise StartDeferred(f"{worker.cannot_start}: {exc}", exc.errno in MISSING) from exc
             return Outcome(False, error=f"{worker.cannot_start}: {exc}")
         except Exception as exc:  # noqa: BLE001 -- a worker bug must fail its job, not the consumer
             return self._raised(job, exc)

@@ -214,13 +214,21 @@ class Master:
                             group.max_processes)
             for group in config.consumers
         }
+        hung = self._hung_setups()
         self.slots = [
-            Slot(group, config, self.generation)
+            Slot(group, config, self.generation, setup_hung=hung.get(group.name, ""))
             for group in config.consumers
             for _ in range(self.targets[group.name])
         ]
         for slot in self.slots:
             self._spawn(slot)
+
+    def _hung_setups(self) -> dict[str, str]:
+        """Per group, why a start of it hung in a worker's setup (Slot.setup_hung).
+        The group's new processes (a reload's, the autoscaler's) start with
+        its Python queues held too: each used to hang a start_timeout first,
+        running nothing, and a reload retires the old ones at once."""
+        return {slot.group.name: slot.setup_hung for slot in self.slots if slot.setup_hung}
 
     def _spawn(self, slot: Slot) -> None:
         slot.scoreboard = Scoreboard()
@@ -364,7 +372,8 @@ class Master:
             self.slots.remove(slot)
             self._retire(slot)
         for _ in range(before, wanted):
-            slot = Slot(group, self.config, self.generation)
+            slot = Slot(group, self.config, self.generation,
+                        setup_hung=self._hung_setups().get(group.name, ""))
             self.slots.append(slot)
             self._spawn(slot)
         self.targets[group.name] = wanted

@@ -6,7 +6,14 @@ Such a job is given back, not failed: the cause is the machine's or the
 deploy's, not the job's, and a ``retry_immediately`` queue would otherwise
 park every job in its failure queue within milliseconds. Its queue is not
 reserved from for a doubling pause (0.5 s to 30 s) while it lasts; the
-group's other queues run on (one program missing must not starve them)."""
+group's other queues run on (one program missing must not starve them).
+
+A program missing (or being written) for longer than a deploy takes,
+``MISSING_GRACE`` s times the queue's ``backoff_scale``, is a program deleted
+for good or a typo in a script's shebang: its jobs then fail as any job that
+cannot start does, so they are retried on their schedule and parked in the
+failure queue where an operator sees them (as Sidekiq's dead set), instead of
+being given back silently until their lifetime ends."""
 from __future__ import annotations
 
 import logging
@@ -19,15 +26,22 @@ logger = logging.getLogger("disqontrold.consumer")
 
 FIRST_PAUSE = 0.5  # s
 MAX_PAUSE = 30.0  # s
+MISSING_GRACE = 60.0  # s a program may stay missing before its jobs fail (times backoff_scale)
+#: s without a job of the queue found missing after which the next one starts
+#: a new grace: another consumer may have run its jobs meanwhile, and a
+#: program missing again an hour later is a new deploy (pauses are <= MAX_PAUSE).
+MISSING_GAP = 2 * MAX_PAUSE
 
 
 class PausedQueues:
     """``open(queues)`` is the queues not paused now, in their order."""
 
-    def __init__(self, group: str) -> None:
+    def __init__(self, group: str, missing_grace: dict[str, float]) -> None:
         self.group = group
+        self._grace = missing_grace  # queue -> s its program may stay missing
         self._until: dict[str, float] = {}  # queue -> monotonic end of its pause
         self._next: dict[str, float] = {}  # queue -> its next pause, until a job of it starts
+        self._missing: dict[str, tuple[float, float]] = {}  # queue -> (went missing, last found missing)
 
     def __bool__(self) -> bool:
         return bool(self._until)
@@ -40,10 +54,26 @@ class PausedQueues:
         log_event(logger, "job_start_deferred", logging.WARNING, job=job_ids[0], queue=queue,
                   group=self.group, given_back=len(job_ids), error=error, retry_in=delay)
 
+    def missing_too_long(self, queue: str, missing: bool) -> bool:
+        """Whether a job of ``queue`` that could not start should fail instead
+        of going back: its program (``missing``) has been missing past its
+        grace since a job of ``queue`` last started (here), found missing
+        at least every MISSING_GAP s meanwhile."""
+        if not missing:
+            return False
+        now = time.monotonic()
+        since, last = self._missing.get(queue, (now, now))
+        if now - last > MISSING_GAP:
+            since = now
+        self._missing[queue] = (since, now)
+        return now - since >= self._grace[queue]
+
     def started(self, queue: str) -> None:
         """A job of ``queue`` started: its next pause is the first again."""
         if self._next:
             self._next.pop(queue, None)
+        if self._missing:
+            self._missing.pop(queue, None)
 
     def open(self, queues: Sequence[str]) -> list[str]:
         """``queues`` without the paused ones (pauses that ended are dropped)."""

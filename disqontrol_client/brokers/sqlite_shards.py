@@ -328,8 +328,10 @@ class ShardedSqliteBroker(Broker):
     def moved(self) -> Optional[str]:
         """Any of the files deleted or replaced under us (Broker.moved): a
         consumer recycles, a producer reopens, and every shard is opened
-        afresh."""
-        for broker in self._every():
+        afresh. Only the files open here, without the rescan: moved() never
+        raises, and a listing fails where a stat does not (EMFILE, the very
+        state in which a consumer gives its jobs back: it crashed instead)."""
+        for broker in [self._open[shard] for shard in self._order]:
             how = broker.moved()
             if how:
                 return how if broker is self._open[0] else f"{broker.path}: {how}"

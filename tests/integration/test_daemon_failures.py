@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from disqontrol_client.job import LAST_ERROR, ORIGINAL_ID, ORIGINAL_QUEUE, RETRIES
@@ -16,6 +18,8 @@ from tests.support.procs import wait_for
 
 SCALE = 0.05  # retry n waits 4**n * SCALE s (+ up to 10 %)
 SLACK = 10.0  # s a loaded machine may add to any wait
+CPU_WINDOW = 2.0  # s a paused consumer's CPU time is measured over
+MAX_CPU_SHARE = 0.2  # of CPU_WINDOW: a sleeping consumer uses next to none
 
 
 @pytest.fixture
@@ -351,4 +355,62 @@ def test_a_queue_whose_program_is_missing_does_not_hold_back_the_rest_of_its_gro
         assert sorted(int(body) for body, _ in runs) == list(range(100, 110))
         assert not daemon.events("job_failed")
     finally:
+        daemon.stop()
+
+
+def test_jobs_whose_program_stays_missing_fail_and_are_parked_not_held_for_ever(tmp_path):
+    # Given a command queue whose script names an interpreter that does not
+    # exist (a typo in its shebang: exec fails with ENOENT, as for a program
+    # deleted for good); backoff_scale shrinks the grace a deploy gets
+    program = tmp_path / "worker"
+    program.write_text("#!/no/such/interpreter\n")
+    program.chmod(0o755)
+    queues = {"cmd": {"worker": {"type": "command", "command": str(program)},
+                      "backoff_scale": SCALE, "max_retries": 1}}
+    daemon = Daemon(tmp_path, f"sqlite://{tmp_path}/jobs.db", queues).start()
+    try:
+        # When a job is added
+        daemon.add("cmd", ["x"])
+
+        # Then it is first given back (a deploy may put the program back) ...
+        daemon.wait_event("job_start_deferred")
+        # ... and, the program still missing past the grace, fails and is parked
+        # with the reason, where an operator looks, instead of waiting for ever
+        (body, metadata), = parked(daemon)
+        assert body == "x"
+        assert "No such file or directory" in metadata[LAST_ERROR]["message"]
+    finally:
+        daemon.stop()
+
+
+def test_a_consumer_whose_every_queue_is_paused_waits_for_its_running_job_without_spinning(tmp_path):
+    # Given a one-queue consumer running a long job (job_batch 2: one place left)
+    program = tmp_path / "worker"
+    started, ended = tmp_path / "started", tmp_path / "ended"
+    program.write_text(f'#!/bin/sh\ncase "$2" in *long*) touch {started}\n'
+                       f'  while [ ! -e {ended} ]; do sleep 0.1; done ;; esac\n')
+    program.chmod(0o755)
+    queues = {"cmd": {"worker": {"type": "command", "command": str(program)}}}
+    daemon = Daemon(tmp_path, f"sqlite://{tmp_path}/jobs.db", queues,
+                    consumer_defaults={"job_batch": 2}).start()
+    try:
+        daemon.add("cmd", ["long"])
+        wait_for(started.exists, timeout=30, message="the long job started")
+        [consumer] = daemon.consumer_pids()
+
+        # When a deploy removes the program and the next job cannot start (the queue is paused)
+        program.unlink()
+        daemon.add("cmd", ["next"])
+        daemon.wait_event("job_start_deferred")
+
+        # Then, while the long job runs and the pause lasts, the consumer sleeps:
+        # a busy loop of empty reserves took a whole core
+        process = psutil.Process(consumer)
+        before = sum(process.cpu_times()[:2])
+        wall = time.monotonic()
+        wait_for(lambda: time.monotonic() - wall >= CPU_WINDOW, timeout=CPU_WINDOW + SLACK)
+        used = sum(process.cpu_times()[:2]) - before
+        assert used < CPU_WINDOW * MAX_CPU_SHARE, f"{used:.2f} s of CPU in {CPU_WINDOW} s"
+    finally:
+        ended.touch()
         daemon.stop()

@@ -6,15 +6,18 @@ backlog."""
 from __future__ import annotations
 
 import re
+import signal
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.integration.ctl_support import ctl, ctl_status
-from tests.support.daemon import Daemon
+from tests.support.daemon import Daemon, running
 from tests.support.procs import wait_for
 
 START_TIMEOUT = 3  # s: the group's start_timeout, which bounds one setup try
+STOP_BOUND = 20.0  # s: a stop that waited for the hanging try would take start_timeout (60 s)
 HEARTBEAT_LIMIT = 5.0  # s: an idle consumer beats at least once a second; a loaded machine adds to it
 
 # The first setup (the consumer's, at start) raises at once; each later try
@@ -233,12 +236,17 @@ WORKERS = {"handler": handler}
 """
 
 
+def hanging_at_start(tmp_path: Path) -> Daemon:
+    """held_daemon, started, whose Python setup hangs at every start until ./db-up exists."""
+    daemon = held_daemon(tmp_path)
+    (tmp_path / "disqontrol_bootstrap.py").write_text(ALWAYS_HANGING_BOOTSTRAP)
+    return daemon.start(consumers=0)
+
+
 @pytest.mark.timeout(90)
 def test_a_start_hung_in_setup_is_followed_by_one_that_runs_the_other_queues(tmp_path):
     # Given a group of a Python queue and a command queue whose setup hangs at start
-    daemon = held_daemon(tmp_path)
-    (tmp_path / "disqontrol_bootstrap.py").write_text(ALWAYS_HANGING_BOOTSTRAP)
-    daemon.start(consumers=0)
+    daemon = hanging_at_start(tmp_path)
     try:
         # When the master kills the consumer as hung past start_timeout
         [hung] = daemon.wait_event("consumer_hung", timeout=30)
@@ -257,5 +265,47 @@ def test_a_start_hung_in_setup_is_followed_by_one_that_runs_the_other_queues(tmp
         daemon.wait_event("worker_setup_recovered", timeout=30)
         daemon.add("py", [7])
         assert [body for body, _ in daemon.wait_runs(2, timeout=15)] == ['"quick"', "py-7"]
+    finally:
+        daemon.stop()
+
+
+@pytest.mark.timeout(90)
+def test_after_a_reload_a_setup_that_hung_at_start_is_held_at_once_not_hung_again(tmp_path):
+    # Given a group whose Python setup hung at start, its replacement running the command queue
+    daemon = hanging_at_start(tmp_path)
+    try:
+        daemon.wait_event("consumer_hung", timeout=30)
+        daemon.wait_event("worker_setup_failed", timeout=30)
+
+        # When the daemon is reloaded (a deploy) while the setup still hangs
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_event("reload_taken", timeout=30)
+
+        # Then the new generation holds the Python queue from its start and
+        # runs the command queue: it does not hang a start_timeout first, running nothing
+        daemon.wait_event("worker_setup_failed", count=2, timeout=30)
+        daemon.add("cmd", ["after-reload"])
+        assert daemon.wait_runs(1, timeout=30)[0][0] == '"after-reload"'
+        assert len(daemon.events("consumer_hung")) == 1
+    finally:
+        daemon.stop()
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGQUIT])
+def test_a_stop_while_a_setup_try_hangs_ends_the_try_with_the_daemon(tmp_path, signum):
+    # Given a held queue whose setup try hangs in its child (ended only at a start_timeout of 60 s)
+    daemon = held_daemon(tmp_path, start_timeout=60).start()
+    try:
+        wait_for(lambda: (tmp_path / "trying").exists(), timeout=30, message="a setup try hanging")
+        [consumer] = daemon.consumer_pids()
+        [probe] = psutil.Process(consumer).children()
+
+        # When the daemon is stopped (gracefully, or fast)
+        daemon.signal(signum)
+
+        # Then it exits at once, not after the try's start_timeout, and the try's process is gone
+        assert daemon.wait_exit(timeout=STOP_BOUND) == 0
+        wait_for(lambda: not running(probe.pid), timeout=10, message="the setup try ended")
     finally:
         daemon.stop()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Iterator
@@ -18,6 +19,8 @@ from disqontrol_client.brokers import Broker, NewJob, open_broker
 from disqontrol_client.brokers.sqlite import SqliteBroker
 from disqontrol_client.brokers.sqlite_homes import PRODUCER
 from disqontrol_client.errors import ConfigError
+from disqontrol_client.job import Job
+from disqontrol_client.producer import Producer
 from tests.contract.test_broker_contract import agent, produce_and_consume, reserve_one, wake_ups
 from tests.support.procs import stop_process, wait_for
 
@@ -270,3 +273,89 @@ def test_a_consumer_that_found_every_home_taken_takes_one_freed_later(tmp_path: 
     finally:
         for b in (first, second, late):
             b.close()
+
+
+def test_moved_names_a_shard_deleted_or_replaced_and_a_fresh_open_has_nothing_moved(tmp_path: Path) -> None:
+    # Given a consumer's broker on ?shards=2 that has used both files
+    with open_broker(f"sqlite://{tmp_path}/other.db") as other:
+        other.add("q", b"x")  # a backup, checkpointed into its file at close
+    with open_broker(sharded(tmp_path)) as b:
+        b.reserve(["q"], timeout=0)
+        assert b.moved() is None
+
+        # When shard 1 is deleted, then shard 0 replaced (a restore: its -wal and -shm removed too)
+        os.unlink(tmp_path / "jobs.db.shard1")
+        assert b.moved() == f"{tmp_path}/jobs.db.shard1: deleted"
+        for path in tmp_path.glob("jobs.db-*"):
+            path.unlink()
+        os.replace(tmp_path / "other.db", tmp_path / "jobs.db")
+        assert b.moved() == "replaced"
+
+    # Then its successor (a recycled consumer) has nothing moved and serves the new files,
+    # so no recycle loop: on ?shards=2 it makes shard 1 again ...
+    with open_broker(sharded(tmp_path)) as fresh:
+        assert fresh.moved() is None
+        assert [d.payload for d in fresh.reserve(["q"], timeout=0)] == [b"x"]
+        assert fresh.moved() is None
+    # ... and on the plain URL a leftover shard removed on purpose is left removed
+    with open_broker(f"sqlite://{tmp_path}/jobs.db") as plain:
+        plain.reserve(["q"], timeout=0)
+        os.unlink(tmp_path / "jobs.db.shard1")
+        assert plain.moved() == f"{tmp_path}/jobs.db.shard1: deleted"
+    with open_broker(f"sqlite://{tmp_path}/jobs.db") as plain:
+        plain.reserve(["q"], timeout=0)
+        assert plain.moved() is None and not (tmp_path / "jobs.db.shard1").exists()
+
+
+def test_a_producer_on_shards_follows_its_home_shard_deleted_under_it(tmp_path: Path) -> None:
+    # Given an app's producer homed on shard 1 (another process holds shard 0's producer lock)
+    with open_broker(sharded(tmp_path)) as first:
+        assert first.home(PRODUCER) == 0  # type: ignore[attr-defined]
+        producer = Producer(sharded(tmp_path))
+        producer.add(Job(0, "q"))
+        assert producer.broker.home(PRODUCER) == 1  # type: ignore[attr-defined]
+
+        # When shard 1's files are deleted
+        for path in tmp_path.glob("jobs.db.shard1*"):
+            path.unlink()
+
+        # Then within about a second its adds land in a new shard 1, where consumers read
+        def in_new_file() -> int:
+            producer.add(Job(1, "q"))
+            return first.length("q")
+        wait_for(in_new_file, timeout=10, interval=0.1, message="a job in the new shard 1")
+        producer.close()
+
+
+# A process (a consumer at its descriptor limit) asks moved() once its
+# files are open and every descriptor is spent; prints the answer.
+OUT_OF_DESCRIPTORS = """
+import os, resource, sys, time
+from disqontrol_client.brokers import open_broker
+from disqontrol_client.brokers.sqlite_shards import RESCAN_INTERVAL
+
+broker = open_broker(sys.argv[1])
+broker.reserve(["q"], timeout=0)
+resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[2]), resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+spent = []
+try:
+    while True:
+        spent.append(os.open(os.devnull, os.O_RDONLY))
+except OSError:
+    pass
+time.sleep(RESCAN_INTERVAL)  # the rescan of shard files is due
+print(broker.moved())
+"""
+FEW_DESCRIPTORS = 64
+
+
+@pytest.mark.parametrize("query", ["", "?shards=2"])
+def test_moved_does_not_raise_when_the_process_is_out_of_descriptors(tmp_path: Path, query: str) -> None:
+    # Given a consumer's broker whose process has spent every descriptor (EMFILE)
+    # When the consumer asks whether its files moved
+    asked = subprocess.run([sys.executable, "-c", OUT_OF_DESCRIPTORS, f"sqlite://{tmp_path}/jobs.db{query}",
+                            str(FEW_DESCRIPTORS)], capture_output=True, text=True, timeout=60)
+
+    # Then nothing moved: no BrokerUnavailable from a listing of the directory, which crashed it
+    assert asked.returncode == 0, asked.stderr[-2000:]
+    assert asked.stdout.strip() == "None"

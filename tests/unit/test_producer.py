@@ -133,3 +133,52 @@ def test_a_long_lived_producer_follows_a_database_file_deleted_under_it(tmp_path
             return fresh.length("q")
     wait_for(in_new_file, timeout=10, interval=0.1, message="a job in the new file")
     producer.close()
+
+
+# An app whose request threads share one Producer while an operator deletes
+# the database (each second, so that each deletion is one reopen): it prints
+# how many adds raised and why. Run in a process of its own: it crashed.
+SHARED_PRODUCER_APP = """
+import glob, os, shutil, sys, threading, time
+from disqontrol_client import Job, Producer
+
+db_dir = sys.argv[1]
+producer = Producer(f"sqlite://{db_dir}/jobs.db")
+producer.add(Job(0, "q"))
+errors = []
+stop = time.monotonic() + float(sys.argv[2]) * (float(sys.argv[3]) + 0.5)
+
+def requests():
+    while time.monotonic() < stop:
+        try:
+            producer.add(Job(1, "q"))
+        except Exception as exc:
+            errors.append(repr(exc))
+
+threads = [threading.Thread(target=requests) for _ in range(int(sys.argv[4]))]
+for thread in threads:
+    thread.start()
+for _ in range(int(sys.argv[2])):
+    time.sleep(float(sys.argv[3]))
+    for path in glob.glob(f"{db_dir}/jobs.db*"):
+        shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
+for thread in threads:
+    thread.join()
+producer.close()
+print(len(errors), sorted(set(errors))[:3])
+"""
+DELETIONS = 3
+DELETION_INTERVAL = 1.1  # s: past Broker.MOVED_CHECK_INTERVAL, so each deletion is seen
+APP_THREADS = 8
+
+
+def test_threads_sharing_a_producer_survive_its_reopen_after_the_database_is_deleted(tmp_path):
+    # Given an app's threads adding through one Producer
+    # When its database is deleted under it, again and again
+    app = subprocess.run([sys.executable, "-c", SHARED_PRODUCER_APP, str(tmp_path), str(DELETIONS),
+                          str(DELETION_INTERVAL), str(APP_THREADS)],
+                         capture_output=True, text=True, timeout=60)
+
+    # Then the app neither crashed (a connection closed under a thread) nor saw an add fail
+    assert app.returncode == 0, app.stderr[-2000:]
+    assert app.stdout.split()[:1] == ["0"], app.stdout
