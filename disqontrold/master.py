@@ -13,7 +13,6 @@ import os
 import selectors
 import signal
 import time
-import traceback
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -25,6 +24,7 @@ from disqontrold.children import EXIT_OK, become_subreaper, describe_exit, fork_
 from disqontrold.log import reopen_logs
 from disqontrold.master_status import master_status
 from disqontrold.orphans import OrphanedJobs
+from disqontrold.plugin_loop import PluginLoop
 from disqontrold.proctitle import master_title, set_title
 from disqontrold.scoreboard import Scoreboard
 from disqontrold.signals import SignalQueue
@@ -38,14 +38,11 @@ FAST_STOP_TIMEOUT = 5.0  # s between SIGQUIT and SIGKILL on a fast stop
 # at most RESERVE_TIMEOUT + the broker backoff cap apart) before it is killed
 IDLE_STALL = 300.0
 GRACEFUL, FAST = "graceful", "fast"
-PLUGIN_RETRY = object()  # what a failed plug-in callback returns: timers try again a tick later
-
-Callback = Callable[[Any], None]
-Timer = Callable[[], Optional[float]]
 
 
-class Master:
+class Master(PluginLoop):
     def __init__(self, config: Config, bootstrap: Optional[Path] = None) -> None:
+        super().__init__()
         self.config = config
         self.config_path = config.path
         self.bootstrap = bootstrap
@@ -53,7 +50,6 @@ class Master:
         self.pid = os.getpid()
         self.started = time.monotonic()
         self.generation = 1
-        self.selector = selectors.DefaultSelector()
         self.signals = SignalQueue()
         self.slots: list[Slot] = []  # the current generation's wanted slots
         self.children: dict[int, Slot] = {}  # every live consumer, retiring ones too
@@ -64,29 +60,9 @@ class Master:
         self.on_stop: list[Callable[[], None]] = []
         # Plug-ins' parts of the control socket's status reply, by key (e.g. "scheduler").
         self.status_hooks: dict[str, Callable[[], Any]] = {}
-        self._timers: list[list[Any]] = []  # [callback, next deadline]
-        self._plugged: list[Any] = []  # fileobjs registered by plug-ins: closed in children
         self.orphans = OrphanedJobs(self.pid)  # job processes of dead consumers, being ended
         self.retired_totals: dict[str, list[int]] = {}  # group -> [done, failed, restarts] of retired slots
         self._orphan_timer = False
-
-    # -- the plug-in surface --------------------------------------------
-    def register(self, fileobj: Any, callback: Callback) -> None:
-        """Call ``callback(fileobj)`` from the loop whenever ``fileobj`` is readable.
-
-        Forked consumers close their copy of its descriptor (os.close, not
-        ``fileobj.close()``); anything else it holds stays open there."""
-        self.selector.register(fileobj, selectors.EVENT_READ, callback)
-        self._plugged.append(fileobj)
-
-    def unregister(self, fileobj: Any) -> None:
-        self.selector.unregister(fileobj)
-        self._plugged.remove(fileobj)
-
-    def add_timer(self, callback: Timer) -> None:
-        """Run ``callback()`` from the loop now, then whenever the
-        ``time.monotonic()`` deadline it returned has passed (None: never again)."""
-        self._timers.append([callback, time.monotonic()])
 
     # -- the loop -------------------------------------------------------
     def run(self) -> int:
@@ -110,7 +86,7 @@ class Master:
             for signum in self.signals.pop_all():
                 self._dispatch(signum)
             now = time.monotonic()
-            self._run_timers(now)
+            self._run_timers(now, LOOP_TICK)
             self._maintain(now)
         for hook in self.on_stop:
             hook()
@@ -124,32 +100,11 @@ class Master:
             else:
                 self._guarded(key.data, key.fileobj)
 
-    def _guarded(self, callback: Callable[..., Any], *args: Any) -> Any:
-        """Run a plug-in callback; its bug is logged, and jobs keep flowing."""
-        try:
-            return callback(*args)
-        except Exception as exc:  # noqa: BLE001 -- a control-socket bug must not stop the consumers
-            log_event(logger, "plugin_failed", logging.ERROR, callback=getattr(callback, "__qualname__", callback),
-                      error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
-            return PLUGIN_RETRY
-
     def _next_wait(self) -> float:
         now = time.monotonic()
-        deadlines = [now + LOOP_TICK] + [deadline for _, deadline in self._timers]
+        deadlines = [now + LOOP_TICK] + self._timer_deadlines()
         deadlines += [s.next_start for s in self.slots if s.pid is None and not self.stopping]
         return max(0.0, min(deadlines) - now)
-
-    def _run_timers(self, now: float) -> None:
-        for timer in list(self._timers):
-            callback, deadline = timer
-            if deadline <= now:
-                following = self._guarded(callback)
-                if following is PLUGIN_RETRY:
-                    following = now + LOOP_TICK
-                if following is None:
-                    self._timers.remove(timer)
-                else:
-                    timer[1] = following
 
     def _dispatch(self, signum: int) -> None:
         name = signal.Signals(signum).name[3:].lower()
@@ -249,12 +204,7 @@ class Master:
     def _forget_in_child(self) -> None:
         """In a new consumer: drop the master's signals, selector and plug-in files."""
         self.signals.close()
-        self.selector.close()
-        for fileobj in self._plugged:
-            # Close only this process's descriptor: a plug-in's close() could
-            # EPOLL_CTL_DEL from an epoll instance the fork shares with the master.
-            os.close(fileobj if isinstance(fileobj, int) else fileobj.fileno())
-        self._timers.clear()
+        self._forget_plugins_in_child()
 
     def _kill(self, pid: int, signum: int) -> None:
         try:
