@@ -31,6 +31,11 @@ MISSING_GRACE = 60.0  # s a program may stay missing before its jobs fail (times
 #: a new grace: another consumer may have run its jobs meanwhile, and a
 #: program missing again an hour later is a new deploy (pauses are <= MAX_PAUSE).
 MISSING_GAP = 2 * MAX_PAUSE
+#: s after a queue's last pause ended past which its next pause is the first
+#: again: an incident long after (another deploy, another TasksMax) is a new
+#: one, not the 30 s step of an old one (another consumer may have run the
+#: queue's jobs meanwhile, so no job of it started here to reset the step).
+PAUSE_RESET_GAP = MISSING_GAP
 
 
 class PausedQueues:
@@ -40,7 +45,8 @@ class PausedQueues:
         self.group = group
         self._grace = missing_grace  # queue -> s its program may stay missing
         self._until: dict[str, float] = {}  # queue -> monotonic end of its pause
-        self._next: dict[str, float] = {}  # queue -> its next pause, until a job of it starts
+        #: queue -> (its next pause, its last pause's end), until a job of it starts or PAUSE_RESET_GAP passes
+        self._next: dict[str, tuple[float, float]] = {}
         self._missing: dict[str, tuple[float, float]] = {}  # queue -> (went missing, last found missing)
 
     def __bool__(self) -> bool:
@@ -48,9 +54,12 @@ class PausedQueues:
 
     def pause(self, queue: str, job_ids: Sequence[str], error: str) -> None:
         """Pause ``queue`` after its jobs ``job_ids`` could not start (given back)."""
-        delay = self._next.get(queue, FIRST_PAUSE)
-        self._next[queue] = min(delay * 2, MAX_PAUSE)
-        self._until[queue] = time.monotonic() + delay
+        now = time.monotonic()
+        delay, ended = self._next.get(queue, (FIRST_PAUSE, now))
+        if now - ended > PAUSE_RESET_GAP:
+            delay = FIRST_PAUSE
+        self._next[queue] = (min(delay * 2, MAX_PAUSE), now + delay)
+        self._until[queue] = now + delay
         log_event(logger, "job_start_deferred", logging.WARNING, job=job_ids[0], queue=queue,
                   group=self.group, given_back=len(job_ids), error=error, retry_in=delay)
 
