@@ -91,3 +91,15 @@ def test_an_incident_long_after_the_last_pause_starts_at_the_first_pause_again(c
     # When its jobs cannot start again an hour later (another deploy)
     # Then the pause is the first one, not 30 s
     assert pauses_at(paused, clock, 3600) == [0.5]
+
+
+def test_a_pause_is_published_with_its_incident_start_and_cleared_at_its_end(clock):
+    published: list[list[dict]] = []
+    paused = PausedQueues("g", {"q": MISSING_GRACE}, published.append)
+    start = clock.now
+    paused.pause("q", ["job-1"], "cannot start /bin/x: [Errno 2] No such file", "ENOENT")
+    clock.now += 0.5
+    assert paused.open(["q"]) == ["q"] and published[-1] == []
+    paused.pause("q", ["job-2"], "cannot start /bin/x: [Errno 2] No such file", "ENOENT")
+    assert published[-1] == [{"queue": "q", "errno": "ENOENT", "error": "cannot start /bin/x: [Errno 2] No such file",
+                              "since": start, "pause": 1.0, "until": clock.now + 1.0}]
