@@ -11,17 +11,9 @@ from pathlib import Path
 import pytest
 
 from tests.integration.ctl_support import ctl, ctl_status
+from tests.integration.test_held_queues import HOLD_SH  # a job that runs until ./release exists
 from tests.support.daemon import Daemon
 from tests.support.procs import wait_for
-
-# A command job creates ./held and runs until ./release exists, if its body says "hold".
-HOLD_SH = """
-body="${2#--body=}"
-case "$body" in
-  *hold*) : > held; while [ ! -e release ]; do sleep 0.05; done ;;
-esac
-printf '%s %s\\n' "$body" "$(date +%s.%N)" >> "$DQ_OUT"
-"""
 
 
 def paused_daemon(tmp_path: Path, **consumer: object) -> Daemon:
