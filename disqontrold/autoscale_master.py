@@ -123,7 +123,9 @@ class MasterAutoscaler:
         decider = self.deciders[group.name]
         slots = [slot for slot in self.master.slots if slot.group.name == group.name]
         busy, job_seconds = self.meters[group.name].measure(slots, now)
-        # A held queue's jobs wait for its setup, not for processes: each new one would fail it too.
+        # A held queue's jobs wait for its setup, not for processes: each new one would fail it too;
+        # a paused queue's wait for the machine's processes, memory or descriptors, or a deploy:
+        # each new consumer (at TasksMax) would take more of what is short.
         held = held_by_group(slot.scoreboard for slot in slots if slot.pid is not None and slot.scoreboard)
         sample = Sample(backlog=sum(backlog.get(q, 0) for q in group.queues if q not in held),
                         processes=self.master.targets[group.name], busy=busy, job_seconds=job_seconds)

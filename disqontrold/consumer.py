@@ -83,7 +83,7 @@ class Consumer:
         self._limits = RecycleLimits(group)  # max_jobs / max_memory_per_process, a moved sqlite file
         self._window_backoff = BROKER_BACKOFF_START  # s before a refill after the broker failed one
         self._paused = PausedQueues(  # queues whose jobs could not start, for a while
-            group.name, {q: MISSING_GRACE * config.queue(q).backoff_scale for q in self.queues})
+            group.name, {q: MISSING_GRACE * config.queue(q).backoff_scale for q in self.queues}, scoreboard.set_paused)
         self.signals = ConsumerSignals(self.jobs.quit.request)
 
     @property
@@ -321,7 +321,7 @@ class Consumer:
                     continue
                 back = [j.id for j in jobs[index:] if j.queue == job.queue]
                 self.jobs.nack(back)
-                self._paused.pause(job.queue, back, str(exc))
+                self._paused.pause(job.queue, back, str(exc), exc.errno_name)
                 deferred.add(job.queue)
                 continue
             self._paused.started(job.queue)

@@ -299,6 +299,14 @@ def format_held(rows: Sequence[dict[str, Any]]) -> str:
                    r.get("tries"), next_try(r), r.get("error")) for r in rows])
 
 
+def format_paused(rows: Sequence[dict[str, Any]]) -> str:
+    """The paused queues: their jobs could not start (given back, not failed); why, since when, until when."""
+    return table(["PAUSED QUEUE", "GROUP", "CONSUMERS", "ERRNO", "PAUSED FOR", "PAUSE", "RESUMES IN", "ERROR"],
+                 [(r["queue"], r.get("group"), ",".join(str(p) for p in r.get("consumers") or []), r.get("errno"),
+                   f"{int(r.get('paused_for') or 0)} s", f"{r.get('pause')} s",
+                   f"{int(r.get('resumes_in') or 0)} s", r.get("error")) for r in rows])
+
+
 def format_queues(rows: Sequence[dict[str, Any]]) -> str:
     """The queues, then their failure queues' lengths in a table of their own:
     queues share a failure queue, and a count beside each of them read as
@@ -347,6 +355,8 @@ def format_status(status: dict[str, Any]) -> str:
     ]
     if status.get("held"):
         lines += ["", format_held(status["held"])]
+    if status.get("paused"):
+        lines += ["", format_paused(status["paused"])]
     if status.get("groups"):
         lines += ["", format_groups(status["groups"])]
     if "queues" in status:

@@ -50,9 +50,10 @@ class StartDeferred(Exception):
     try later, do not fail it. ``missing``: the program is (``MISSING``),
     so the consumer gives up after a grace (paused_queues)."""
 
-    def __init__(self, message: str, missing: bool = False) -> None:
+    def __init__(self, message: str, missing: bool = False, errno_name: str = "") -> None:
         super().__init__(message)
         self.missing = missing
+        self.errno_name = errno_name  # "EAGAIN", "ENOENT"...: shown in status
 
 
 class RefillPace:
@@ -125,7 +126,8 @@ class JobWindow:
             child = worker.start(job, timeout)
         except OSError as exc:
             if exc.errno in NOT_NOW:
-                raise StartDeferred(f"{worker.cannot_start}: {exc}", exc.errno in MISSING) from exc
+                raise StartDeferred(f"{worker.cannot_start}: {exc}", exc.errno in MISSING,
+                                    errno.errorcode.get(exc.errno, str(exc.errno))) from exc
             return Outcome(False, error=f"{worker.cannot_start}: {exc}")
         except Exception as exc:  # noqa: BLE001 -- a worker bug must fail its job, not the consumer
             return self._raised(job, exc)

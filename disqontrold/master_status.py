@@ -7,7 +7,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from disqontrol_client.logfmt import redact_url
-from disqontrold.held_status import consumer_held, held_queues
+from disqontrold.held_status import consumer_held, consumer_paused, held_queues, paused_queues
 
 if TYPE_CHECKING:
     from disqontrold.master import Master
@@ -32,6 +32,7 @@ def master_status(master: Master) -> dict[str, Any]:
         },
         "consumers": consumers,
         "held": held_queues(consumers),
+        "paused": paused_queues(consumers),
         "restarting": [{"group": s.group.name, "state": "restarting",
                         "in": round(max(0.0, s.next_start - now), AGE_DIGITS), "restarts": s.restarts}
                        for s in master.slots if s.pid is None],
@@ -56,6 +57,8 @@ def _consumer_status(pid: int, slot: Slot, now: float) -> dict[str, Any]:
         "heartbeat_age": round(now - snap.heartbeat, AGE_DIGITS) if snap else None,
         # queues whose worker's setup raised; while one is built in the process: which, for how long
         "held": consumer_held(slot.scoreboard.held(), now) if slot.scoreboard is not None else [],
+        # queues whose jobs could not start (no process, memory or descriptor; the program missing)
+        "paused": consumer_paused(slot.scoreboard.paused(), now) if slot.scoreboard is not None else [],
         "setting_up": snap.job if setting_up else None,
         "setting_up_for": round(now - snap.since, AGE_DIGITS) if setting_up else None,
         "done": slot.done_before + (snap.done if snap else 0),

@@ -47,6 +47,9 @@ METRICS: dict[str, tuple[str, str]] = {
     "queue_in_flight_jobs": ("gauge", "Jobs leased by a consumer, per queue"),
     "queue_held": ("gauge", "1 while a consumer holds the queue (its worker's setup raises: its jobs wait); "
                             "`disqontrolctl status` shows the error and the next try"),
+    "queue_paused": ("gauge", "1 while a consumer pauses the queue (its jobs cannot start: no process, memory "
+                              "or descriptor left, or the program missing; given back); `disqontrolctl status` "
+                              "shows the errno and the pause"),
     "failure_queue_jobs": ("gauge", "Jobs parked in a failure queue, per failure queue"),
 }
 
@@ -89,10 +92,10 @@ def samples_of(status: Optional[Mapping[str, Any]], queues: Optional[list[Mappin
         out["queue_ready_jobs"].append((label, row["ready"]))
         out["queue_delayed_jobs"].append((label, row["delayed"]))
         out["queue_in_flight_jobs"].append((label, row["in_flight"]))
-    if status is not None:
-        held = {row["queue"] for row in status.get("held") or ()}
-        for name in sorted(held | {row["queue"] for row in queues or ()}):
-            out["queue_held"].append(({"queue": name}, 1 if name in held else 0))
+    for kind in ("held", "paused") if status is not None else ():
+        marked = {row["queue"] for row in status.get(kind) or ()}
+        for name in sorted(marked | {row["queue"] for row in queues or ()}):
+            out[f"queue_{kind}"].append(({"queue": name}, 1 if name in marked else 0))
     parked = {row["failure_queue"]: row["failed"] for row in queues or () if row.get("failure_queue")}
     for failure_queue, length in sorted(parked.items()):
         out["failure_queue_jobs"].append(({"queue": failure_queue}, length or 0))

@@ -13,14 +13,21 @@ A program missing (or being written) for longer than a deploy takes,
 for good or a typo in a script's shebang: its jobs then fail as any job that
 cannot start does, so they are retried on their schedule and parked in the
 failure queue where an operator sees them (as Sidekiq's dead set), instead of
-being given back silently until their lifetime ends."""
+being given back silently until their lifetime ends.
+
+While a queue is paused, why (the errno and the error, which names the
+program), since when and for how long is published in the consumer's
+scoreboard, as held queues are (held_status.py): for ``disqontrolctl
+status``, the metrics and the autoscaler (more consumers at TasksMax would
+make the shortage of processes worse)."""
 from __future__ import annotations
 
 import logging
 import time
-from typing import Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from disqontrol_client.logfmt import log_event
+from disqontrold.held_status import one_line
 
 logger = logging.getLogger("disqontrold.consumer")
 
@@ -31,26 +38,42 @@ MISSING_GRACE = 60.0  # s a program may stay missing before its jobs fail (times
 #: a new grace: another consumer may have run its jobs meanwhile, and a
 #: program missing again an hour later is a new deploy (pauses are <= MAX_PAUSE).
 MISSING_GAP = 2 * MAX_PAUSE
+#: s after a queue's last pause ended past which its next pause is the first
+#: again: an incident long after (another deploy, another TasksMax) is a new
+#: one, not the 30 s step of an old one (another consumer may have run the
+#: queue's jobs meanwhile, so no job of it started here to reset the step).
+PAUSE_RESET_GAP = MISSING_GAP
 
 
 class PausedQueues:
     """``open(queues)`` is the queues not paused now, in their order."""
 
-    def __init__(self, group: str, missing_grace: dict[str, float]) -> None:
+    def __init__(self, group: str, missing_grace: dict[str, float],
+                 publish: Optional[Callable[[list[dict[str, Any]]], None]] = None) -> None:
         self.group = group
+        self._publish_to = publish  # Scoreboard.set_paused (None: not published)
+        #: paused queue -> (errno name, error, the incident's first pause, this pause's length)
+        self._why: dict[str, tuple[str, str, float, float]] = {}
         self._grace = missing_grace  # queue -> s its program may stay missing
         self._until: dict[str, float] = {}  # queue -> monotonic end of its pause
-        self._next: dict[str, float] = {}  # queue -> its next pause, until a job of it starts
+        #: queue -> (its next pause, its last pause's end, the incident's first pause),
+        #: until a job of it starts or PAUSE_RESET_GAP passes
+        self._next: dict[str, tuple[float, float, float]] = {}
         self._missing: dict[str, tuple[float, float]] = {}  # queue -> (went missing, last found missing)
 
     def __bool__(self) -> bool:
         return bool(self._until)
 
-    def pause(self, queue: str, job_ids: Sequence[str], error: str) -> None:
+    def pause(self, queue: str, job_ids: Sequence[str], error: str, errno_name: str = "") -> None:
         """Pause ``queue`` after its jobs ``job_ids`` could not start (given back)."""
-        delay = self._next.get(queue, FIRST_PAUSE)
-        self._next[queue] = min(delay * 2, MAX_PAUSE)
-        self._until[queue] = time.monotonic() + delay
+        now = time.monotonic()
+        delay, ended, since = self._next.get(queue, (FIRST_PAUSE, now, now))
+        if now - ended > PAUSE_RESET_GAP:
+            delay, since = FIRST_PAUSE, now
+        self._next[queue] = (min(delay * 2, MAX_PAUSE), now + delay, since)
+        self._until[queue] = now + delay
+        self._why[queue] = (errno_name, one_line(error), since, delay)
+        self._publish()
         log_event(logger, "job_start_deferred", logging.WARNING, job=job_ids[0], queue=queue,
                   group=self.group, given_back=len(job_ids), error=error, retry_in=delay)
 
@@ -78,11 +101,20 @@ class PausedQueues:
     def open(self, queues: Sequence[str]) -> list[str]:
         """``queues`` without the paused ones (pauses that ended are dropped)."""
         now = time.monotonic()
-        for queue, until in list(self._until.items()):
-            if until <= now:
-                del self._until[queue]
+        ended = [queue for queue, until in self._until.items() if until <= now]
+        for queue in ended:
+            del self._until[queue]
+        if ended:
+            self._publish()
         return [q for q in queues if q not in self._until]
 
     def until_next(self) -> float:
         """Seconds until the first pause ends (0 with none)."""
         return max(0.0, min(self._until.values(), default=0.0) - time.monotonic())
+
+    def _publish(self) -> None:
+        """The paused queues into the scoreboard (monotonic times; the master makes them relative)."""
+        if self._publish_to is None:
+            return
+        self._publish_to([dict(zip(("queue", "errno", "error", "since", "pause", "until"),
+                                   (queue, *self._why[queue], until))) for queue, until in self._until.items()])

@@ -14,9 +14,11 @@ and the master's ending reads them once the consumer is gone, so they need
 no sequence.
 
 Last, the queues the consumer holds because their worker's setup raised
-(disqontrold/held_queues.py): a short JSON list, rewritten at each setup
-try (rarely), under a sequence of its own. The master shows it in status
-and leaves those queues' backlog out of autoscaling."""
+(disqontrold/held_queues.py) and those it pauses because their jobs could
+not start (disqontrold/paused_queues.py): a short JSON object of two lists,
+rewritten at each setup try or pause (rarely), under a sequence of its own.
+The master shows them in status and leaves those queues' backlog out of
+autoscaling."""
 from __future__ import annotations
 
 import json
@@ -42,9 +44,10 @@ _SIZE = _SEQ_BYTES + _FIELDS.size
 MAX_JOB_PIDS = MAX_JOB_BATCH
 _PID_BYTES = 4  # a native unsigned int per pid (Linux pids stay below 2**22)
 READ_ATTEMPTS = 100
-#: Bytes of the held queues' JSON (a few hundred per queue, errors cut short).
+#: Bytes of the held and paused queues' JSON (a few hundred per queue, errors cut short).
 HELD_BYTES = 4096
 _HELD_HEADER = 8  # its sequence and its length, two native unsigned ints
+HELD, PAUSED = "held", "paused"  # the region's two lists
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,8 @@ class Scoreboard:
         self._pid_cells = memoryview(self._map)[_SIZE:held_at].cast("I")
         self._held_cells = memoryview(self._map)[held_at:held_at + _HELD_HEADER].cast("I")  # sequence, length
         self._held_at = held_at + _HELD_HEADER
-        self._held: list[dict[str, Any]] = []
+        self._published: dict[str, list[dict[str, Any]]] = {HELD: [], PAUSED: []}  # writer side
+        self._region: dict[str, list[dict[str, Any]]] = {}  # reader side: the last whole read
         self._cell_of: dict[int, int] = {}  # job pid -> its cell (writer side)
         self._free_cells = list(range(MAX_JOB_PIDS - 1, -1, -1))
         self._seq = 0
@@ -123,7 +127,15 @@ class Scoreboard:
     def set_held(self, entries: list[dict[str, Any]]) -> None:
         """Publish the held queues (dicts of JSON values); what does not fit
         in HELD_BYTES is cut: the errors first, then the last queues."""
-        data = _fit(entries)
+        self._publish(HELD, entries)
+
+    def set_paused(self, entries: list[dict[str, Any]]) -> None:
+        """Publish the paused queues, as set_held (held ones are kept first)."""
+        self._publish(PAUSED, entries)
+
+    def _publish(self, kind: str, entries: list[dict[str, Any]]) -> None:
+        self._published[kind] = entries
+        data = _fit(self._published[HELD], self._published[PAUSED])
         seq = (self._held_cells[0] + 1) % _SEQ_MODULUS  # odd: being written
         self._held_cells[0] = seq
         self._map[self._held_at:self._held_at + len(data)] = data
@@ -168,14 +180,21 @@ class Scoreboard:
 
     def held(self) -> list[dict[str, Any]]:
         """The queues the consumer holds (the last whole write; [] if none)."""
+        return self._read_region().get(HELD, [])
+
+    def paused(self) -> list[dict[str, Any]]:
+        """The queues the consumer pauses (the last whole write; [] if none)."""
+        return self._read_region().get(PAUSED, [])
+
+    def _read_region(self) -> dict[str, list[dict[str, Any]]]:
         for _ in range(READ_ATTEMPTS):
             before = self._held_cells[0]
             length = min(self._held_cells[1], HELD_BYTES)
             data = bytes(self._map[self._held_at:self._held_at + length])
             if before % 2 == 0 and self._held_cells[0] == before:
-                self._held = json.loads(data) if data else []
+                self._region = json.loads(data) if data else {}
                 break
-        return self._held
+        return self._region
 
     def job_pids(self) -> list[int]:
         """The job processes the consumer had running (read once it is dead)."""
@@ -188,12 +207,14 @@ class Scoreboard:
         self._map.close()
 
 
-def _fit(entries: list[dict[str, Any]]) -> bytes:
-    """The JSON of ``entries`` within HELD_BYTES: without their errors if
-    need be, then without the queues past what fits."""
-    for kept in range(len(entries), -1, -1):
-        for shown in (entries[:kept], [{**e, "error": None} for e in entries[:kept]]):
+def _fit(held: list[dict[str, Any]], paused: list[dict[str, Any]]) -> bytes:
+    """The JSON of the ``held`` and ``paused`` entries within HELD_BYTES:
+    without their errors if need be, then without the queues past what fits
+    (the paused ones first)."""
+    for kept in range(len(held) + len(paused), -1, -1):
+        region = {HELD: held[:kept], PAUSED: paused[:max(0, kept - len(held))]}
+        for shown in (region, {kind: [{**e, "error": None} for e in entries] for kind, entries in region.items()}):
             data = json.dumps(shown, separators=(",", ":")).encode()
             if len(data) <= HELD_BYTES:
                 return data
-    return b"[]"
+    return b"{}"

@@ -64,3 +64,42 @@ def test_a_start_refused_for_want_of_processes_never_fails_its_job(clock):
     assert missing_at(paused, clock, 0) == [False]
     clock.now += 10 * MISSING_GRACE
     assert not paused.missing_too_long("q", False)
+
+
+def pauses_at(paused: PausedQueues, clock: Clock, *times: float) -> list[float]:
+    """The pause 'q' gets when a job of it cannot start at each of ``times`` (s from now)."""
+    start = clock.now
+    out = []
+    for at in times:
+        clock.now = start + at
+        paused.pause("q", ["job-1"], "cannot start /bin/x: [Errno 11] Resource temporarily unavailable")
+        out.append(paused.until_next())
+    return out
+
+
+def test_pauses_double_while_an_incident_lasts(clock):
+    paused = PausedQueues("g", {"q": MISSING_GRACE})
+    assert pauses_at(paused, clock, 0, 0.5, 1.5, 3.5, 7.5, 15.5, 31.5, 61.5) == [0.5, 1, 2, 4, 8, 16, 30, 30]
+
+
+def test_an_incident_long_after_the_last_pause_starts_at_the_first_pause_again(clock):
+    # Given a queue paused up to the 30 s step (TasksMax reached once), no job
+    # of it started here since (another consumer ran them)
+    paused = PausedQueues("g", {"q": MISSING_GRACE})
+    pauses_at(paused, clock, 0, 0.5, 1.5, 3.5, 7.5, 15.5, 31.5)
+
+    # When its jobs cannot start again an hour later (another deploy)
+    # Then the pause is the first one, not 30 s
+    assert pauses_at(paused, clock, 3600) == [0.5]
+
+
+def test_a_pause_is_published_with_its_incident_start_and_cleared_at_its_end(clock):
+    published: list[list[dict]] = []
+    paused = PausedQueues("g", {"q": MISSING_GRACE}, published.append)
+    start = clock.now
+    paused.pause("q", ["job-1"], "cannot start /bin/x: [Errno 2] No such file", "ENOENT")
+    clock.now += 0.5
+    assert paused.open(["q"]) == ["q"] and published[-1] == []
+    paused.pause("q", ["job-2"], "cannot start /bin/x: [Errno 2] No such file", "ENOENT")
+    assert published[-1] == [{"queue": "q", "errno": "ENOENT", "error": "cannot start /bin/x: [Errno 2] No such file",
+                              "since": start, "pause": 1.0, "until": clock.now + 1.0}]

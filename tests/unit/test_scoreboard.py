@@ -113,6 +113,29 @@ def test_held_queues_too_long_for_the_board_lose_their_errors_first():
     board.close()
 
 
+def test_paused_and_held_queues_share_the_region_without_overwriting_each_other():
+    # Given a consumer that holds one queue and pauses another, in either order
+    board = Scoreboard()
+    board.set_held([{"queue": "py", "error": "RuntimeError: down"}])
+    board.set_paused([{"queue": "cmd", "errno": "EAGAIN", "error": "cannot start /bin/x", "until": 5.0}])
+    # Then the master reads both; clearing one leaves the other
+    assert [e["queue"] for e in board.held()] == ["py"]
+    assert [(e["queue"], e["errno"]) for e in board.paused()] == [("cmd", "EAGAIN")]
+    board.set_held([])
+    assert board.held() == [] and [e["queue"] for e in board.paused()] == ["cmd"]
+    board.close()
+
+
+def test_paused_queues_too_many_for_the_board_are_cut_before_the_held_ones():
+    board = Scoreboard()
+    board.set_held([{"queue": "py", "error": "RuntimeError: down"}])
+    board.set_paused([{"queue": f"q{n}" * 20, "error": None} for n in range(HELD_BYTES // 50)])
+    # Then the held queue is still named, and as many paused ones as fit
+    assert [e["queue"] for e in board.held()] == ["py"]
+    assert 0 < len(board.paused()) < HELD_BYTES // 50
+    board.close()
+
+
 def test_setting_up_restores_the_state_and_its_start_time():
     # Given a busy consumer that builds a held queue's worker meanwhile
     board = Scoreboard()
