@@ -146,9 +146,11 @@ class Broker(abc.ABC):
         """Names of the queues that hold at least one job, sorted."""
 
     @abc.abstractmethod
-    def peek(self, queue: str, count: int) -> list[Delivery]:
+    def peek(self, queue: str, count: int, *, skip: int = 0) -> list[Delivery]:
         """Up to ``count`` ready-or-delayed jobs of the queue, oldest first,
-        without leasing them."""
+        without leasing them, after the first ``skip`` of that order: a page,
+        so that a caller walking a long queue (``disqontrolctl failed``)
+        holds one page of payloads at a time, not the whole queue."""
 
     @abc.abstractmethod
     def show(self, id: str) -> Optional[dict[str, Any]]:

@@ -340,14 +340,15 @@ class DisqueBroker(Broker):
         names = {job.queue for job in self._jobs().values()}
         return sorted(n for n in names if not n.startswith(disque_claim.CLAIM_QUEUE_PREFIX))
 
-    def peek(self, queue: str, count: int) -> list[Delivery]:
-        """Ready jobs oldest first, then delayed ones by due time."""
+    def peek(self, queue: str, count: int, *, skip: int = 0) -> list[Delivery]:
+        """Ready jobs oldest first, then delayed ones by due time. Disque has
+        no order to page by, so each call still scans (JSCAN) the whole queue."""
         jobs = [j for j in self._jobs(queue).values() if j.state in (view.READY, view.DELAYED)]
         jobs.sort(key=lambda j: (j.state != view.READY, j.due if j.state == view.DELAYED else 0, j.order))
         return [
             Delivery(id=j.id, queue=j.queue, payload=j.body, nacks=j.nacks,
                      additional_deliveries=j.additional_deliveries)
-            for j in jobs[:max(0, count)]
+            for j in jobs[max(0, skip):max(0, skip) + max(0, count)]
         ]
 
     def show(self, id: str) -> Optional[dict[str, Any]]:

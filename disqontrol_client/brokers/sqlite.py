@@ -348,15 +348,15 @@ class SqliteBroker(Broker):
     def queues(self) -> list[str]:
         return [r[0] for r in self._conn().execute(QUEUES, (time.time(),))]
 
-    def peek(self, queue: str, count: int) -> list[Delivery]:
-        return [d for _, d in self.peek_aged(queue, count)]
+    def peek(self, queue: str, count: int, *, skip: int = 0) -> list[Delivery]:
+        return [d for _, d in self.peek_aged(queue, count, skip=skip)]
 
     @_guarded
-    def peek_aged(self, queue: str, count: int) -> list[tuple[float, Delivery]]:
+    def peek_aged(self, queue: str, count: int, *, skip: int = 0) -> list[tuple[float, Delivery]]:
         """``peek`` with each job's creation time, to merge shards by age."""
         sql = (f"SELECT id, payload, nacks, deliveries, ctime FROM jobs WHERE queue = ?1 AND {WAITING}"
-               " ORDER BY id LIMIT ?3")
-        rows = self._conn().execute(sql, (queue, time.time(), count))
+               " ORDER BY id LIMIT ?3 OFFSET ?4")
+        rows = self._conn().execute(sql, (queue, time.time(), max(count, 0), max(skip, 0)))
         return [(r[4], Delivery(self._id(r[0]), queue, r[1], r[2], r[3])) for r in rows]
 
     @_guarded

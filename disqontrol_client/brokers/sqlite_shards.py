@@ -27,10 +27,12 @@ only: one place decides a cron run.
 """
 from __future__ import annotations
 
+import heapq
+import itertools
 import os
 import re
 import time
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 from disqontrol_client.brokers.broker import DEFAULT_RETRY, DEFAULT_TTL, Broker, Delivery, NewJob, QueueStats
 from disqontrol_client.brokers.sqlite import ID_PREFIX, MAX_SHARDS, SqliteBroker, parse_url
@@ -297,11 +299,14 @@ class ShardedSqliteBroker(Broker):
     def queues(self) -> list[str]:
         return sorted({queue for broker in self._every() for queue in broker.queues()})
 
-    def peek(self, queue: str, count: int) -> list[Delivery]:
-        """Oldest first across shards (by creation time)."""
-        aged = [pair for broker in self._every() for pair in broker.peek_aged(queue, count)]
-        aged.sort(key=lambda pair: pair[0])
-        return [delivery for _, delivery in aged[:count]]
+    def peek(self, queue: str, count: int, *, skip: int = 0) -> list[Delivery]:
+        """Oldest first across shards (by creation time). Each shard is read a
+        page at a time and the pages merged, so a deep ``skip`` holds a page
+        per shard in memory, not ``skip`` jobs."""
+        page = max(count, 1)
+        merged = heapq.merge(*(_aged_pages(broker, queue, page) for broker in self._every()),
+                             key=lambda pair: pair[0])
+        return [delivery for _, delivery in itertools.islice(merged, max(skip, 0), max(skip, 0) + max(count, 0))]
 
     def show(self, id: str) -> Optional[dict[str, Any]]:
         broker = self._shard_of(id)
@@ -332,3 +337,14 @@ class ShardedSqliteBroker(Broker):
             broker.close()
         self._wake.close()
         self._homes.close()
+
+
+def _aged_pages(broker: SqliteBroker, queue: str, page: int) -> Iterator[tuple[float, Delivery]]:
+    """One shard's jobs of ``queue`` oldest first, read ``page`` at a time."""
+    done = 0
+    while True:
+        rows = broker.peek_aged(queue, page, skip=done)
+        yield from rows
+        if len(rows) < page:
+            return
+        done += len(rows)
