@@ -34,7 +34,9 @@ import re
 import time
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
-from disqontrol_client.brokers.broker import DEFAULT_RETRY, DEFAULT_TTL, Broker, Delivery, NewJob, QueueStats
+from disqontrol_client.brokers.broker import (
+    DEFAULT_RETRY, DEFAULT_TTL, SCAN_PAGE, Broker, Delivery, NewJob, QueueStats, paged,
+)
 from disqontrol_client.brokers.sqlite import ID_PREFIX, MAX_SHARDS, SqliteBroker, parse_url
 from disqontrol_client.brokers.sqlite_homes import CONSUMER, PRODUCER, Homes
 from disqontrol_client.brokers.sqlite_store import BUSY_TIMEOUT
@@ -300,13 +302,15 @@ class ShardedSqliteBroker(Broker):
         return sorted({queue for broker in self._every() for queue in broker.queues()})
 
     def peek(self, queue: str, count: int, *, skip: int = 0) -> list[Delivery]:
-        """Oldest first across shards (by creation time). Each shard is read a
-        page at a time and the pages merged, so a deep ``skip`` holds a page
-        per shard in memory, not ``skip`` jobs."""
-        page = max(count, 1)
-        merged = heapq.merge(*(_aged_pages(broker, queue, page) for broker in self._every()),
-                             key=lambda pair: pair[0])
-        return [delivery for _, delivery in itertools.islice(merged, max(skip, 0), max(skip, 0) + max(count, 0))]
+        """Oldest first across shards (by creation time)."""
+        first = max(skip, 0)
+        return list(itertools.islice(self.scan(queue, page=max(count, 1)), first, first + max(count, 0)))
+
+    def scan(self, queue: str, page: int = SCAN_PAGE) -> Iterator[Delivery]:
+        """Each shard read a page at a time and the pages merged by age: a
+        page per shard in memory, and each shard read once."""
+        shards = [paged(lambda skip, b=broker: b.peek_aged(queue, page, skip=skip), page) for broker in self._every()]
+        return (delivery for _, delivery in heapq.merge(*shards, key=lambda pair: pair[0]))
 
     def show(self, id: str) -> Optional[dict[str, Any]]:
         broker = self._shard_of(id)
@@ -338,13 +342,3 @@ class ShardedSqliteBroker(Broker):
         self._wake.close()
         self._homes.close()
 
-
-def _aged_pages(broker: SqliteBroker, queue: str, page: int) -> Iterator[tuple[float, Delivery]]:
-    """One shard's jobs of ``queue`` oldest first, read ``page`` at a time."""
-    done = 0
-    while True:
-        rows = broker.peek_aged(queue, page, skip=done)
-        yield from rows
-        if len(rows) < page:
-            return
-        done += len(rows)

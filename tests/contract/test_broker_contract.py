@@ -364,6 +364,9 @@ def test_peek_pages_through_a_queue_with_skip(broker: Broker) -> None:
     assert pages == [ready[0:2], ready[2:4], [ready[4], later[0]], [later[1]]]
     assert [d.id for d in broker.peek("q", 3, skip=6)] == [later[1]]
     assert broker.peek("q", 5, skip=7) == []
+    # And scan walks the same order, page by page
+    assert [d.id for d in broker.scan("q", page=2)] == everything
+    assert [d.payload for d in broker.scan("q", page=3)][:2] == [b"j0", b"j1"]
 
 
 def test_backlog_counts_ready_jobs_only_and_stops_at_the_cap(broker: Broker) -> None:
