@@ -35,7 +35,7 @@ import time
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 from disqontrol_client.brokers.broker import (
-    DEFAULT_RETRY, DEFAULT_TTL, SCAN_PAGE, Broker, Delivery, NewJob, QueueStats, paged,
+    DEFAULT_RETRY, DEFAULT_TTL, SCAN_PAGE, Broker, Delivery, NewJob, QueueStats,
 )
 from disqontrol_client.brokers.sqlite import ID_PREFIX, MAX_SHARDS, SqliteBroker, parse_url
 from disqontrol_client.brokers.sqlite_homes import CONSUMER, PRODUCER, Homes
@@ -309,7 +309,7 @@ class ShardedSqliteBroker(Broker):
     def scan(self, queue: str, page: int = SCAN_PAGE) -> Iterator[Delivery]:
         """Each shard read a page at a time and the pages merged by age: a
         page per shard in memory, and each shard read once."""
-        shards = [paged(lambda skip, b=broker: b.peek_aged(queue, page, skip=skip), page) for broker in self._every()]
+        shards = [broker.scan_aged(queue, page) for broker in self._every()]
         return (delivery for _, delivery in heapq.merge(*shards, key=lambda pair: pair[0]))
 
     def show(self, id: str) -> Optional[dict[str, Any]]:
