@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
 from collections import Counter
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 from urllib.parse import parse_qsl, unquote
 
 import redis
@@ -23,6 +24,7 @@ from disqontrol_client.brokers.broker import (
     DEFAULT_RETRY,
     DEFAULT_TTL,
     MAX_TTL,
+    SCAN_PAGE,
     Broker,
     Delivery,
     NewJob,
@@ -350,6 +352,11 @@ class DisqueBroker(Broker):
                      additional_deliveries=j.additional_deliveries)
             for j in jobs[max(0, skip):max(0, skip) + max(0, count)]
         ]
+
+    def scan(self, queue: str, page: int = SCAN_PAGE) -> Iterator[Delivery]:
+        """One scan of the whole queue: paging by ``peek(skip=)`` would scan
+        it once per page. So on Disque a walk holds the queue's jobs."""
+        return iter(self.peek(queue, sys.maxsize))
 
     def show(self, id: str) -> Optional[dict[str, Any]]:
         if not disque_ids([id]):
