@@ -9,7 +9,6 @@ or no broker answers.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import sys
@@ -25,12 +24,12 @@ from disqontrol_client.cli import guarded
 from disqontrol_client.brokers import Broker, open_broker
 from disqontrol_client.config import DEFAULT_RUN_DIR, Config, find_config_path, load_config
 from disqontrol_client.config_checks import sqlite_path
-from disqontrol_client.errors import ConfigError, DisqontrolError, UsageError
-from disqontrol_client.job import ORIGINAL_ID
+from disqontrol_client.errors import ConfigError, DisqontrolError
 from disqontrol_client.logfmt import redact_url
-from disqontrold import ctl_failed, metrics
+from disqontrold import ctl_failed_cli, metrics
 from disqontrold.control import default_socket_path
 from disqontrold.ctl_client import REPLY_TIMEOUT, MasterUnreachable, request
+from disqontrold.ctl_text import table
 from disqontrold.master_status import AGE_DIGITS
 from disqontrold.reload import LOAD_TIMEOUT
 
@@ -41,14 +40,6 @@ BYTES_PER_MIB = 1024 * 1024
 # may take LOAD_TIMEOUT (importing the Python workers); `systemctl reload`
 # runs this command and would fail while the reload goes on.
 RELOAD_REPLY_TIMEOUT = LOAD_TIMEOUT + REPLY_TIMEOUT
-LAST_ERROR_CHARS = 60  # of the last error in `failed list`; `failed show` has it all
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A plain left-aligned text table."""
-    cells = [[str(h) for h in headers]] + [["-" if v is None else str(v) for v in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
 
 
 def _duration(seconds: Optional[float]) -> str:
@@ -202,64 +193,8 @@ class Ctl:
         return exitcodes.OK
 
     def failed(self) -> int:
-        config, broker, action = self.config(), self.broker(), self.args.action
-        if action == "list":
-            return self._failed_list(broker, config)
-        if action == "show":
-            print(json.dumps(ctl_failed.show_failed(broker, config, self.args.id).as_dict(), indent=2, default=str))
-            return exitcodes.OK
-        if action == "retry":
-            return self._failed_retry(broker, config)
-        targets = ctl_failed.failed_ids(broker, config, self.args.queue)
-        if not ctl_failed.confirm_purge(targets, self.args.yes):
-            print("disqontrolctl: purge cancelled, nothing deleted", file=sys.stderr)
-            return exitcodes.FAILED
-        print(f"{ctl_failed.purge_failed(broker, targets)} job(s) purged")
-        return exitcodes.OK
-
-    def _failed_list(self, broker: Broker, config: Config) -> int:
-        """One page, read a page at a time: --json streams its items, the
-        table holds one short row per job; how many more goes to stderr."""
-        offset, limit, queue = self.args.offset, self.args.limit, self.args.queue
-        jobs = ctl_failed.iter_failed(broker, config, queue)
-        page = itertools.islice(jobs, offset, offset + limit if limit else None)
-        if self.args.json:
-            shown = 0
-            for shown, failed in enumerate(page, 1):
-                print("[" if shown == 1 else ",", json.dumps(failed.as_dict(), default=str))
-            print("]" if shown else "[]")
-        else:
-            rows = [(j.id, j.metadata.get(ORIGINAL_ID), j.original_queue, j.metadata.get("retries"),
-                     j.last_error[:LAST_ERROR_CHARS]) for j in page]
-            shown = len(rows)
-            print(table(["ID", "FIRST ID", "QUEUE", "RETRIES", "LAST ERROR"], rows) if rows
-                  else "no failed jobs" if not offset else f"no failed jobs past the first {offset}")
-        sys.stdout.flush()
-        if limit and shown == limit:
-            more = ctl_failed.count_failed(broker, config, queue) - offset - shown
-            if more > 0:
-                print(f"disqontrolctl: {more} more failed job(s) after these {shown}: --offset {offset + shown} "
-                      "for the next page, --limit 0 for all", file=sys.stderr)
-        return exitcodes.OK
-
-    def _failed_retry(self, broker: Broker, config: Config) -> int:
-        target = self.args.target
-        if not self.args.all:
-            if target is None:
-                raise UsageError("failed retry: give a job ID, or --all [QUEUE]")
-            failed = ctl_failed.show_failed(broker, config, target)
-            print(f"retried {failed.id} as {ctl_failed.retry_failed(broker, config, failed)} on {failed.original_queue}")
-            return exitcodes.OK
-
-        def retried(failed: ctl_failed.FailedJob, new_id: str) -> None:
-            print(f"retried {failed.id} as {new_id} on {failed.original_queue}", flush=True)
-        count, skipped = ctl_failed.retry_all(broker, config, target, retried)
-        for reason, ids in skipped.items():
-            print(f"disqontrolctl: skipped {len(ids)} job(s), kept in the failure queue, as {reason}: "
-                  f"{', '.join(ids)}", file=sys.stderr)
-        n_skipped = sum(len(ids) for ids in skipped.values())
-        print(f"{count} job(s) retried" + (f", {n_skipped} skipped (kept in the failure queue)" if n_skipped else ""))
-        return exitcodes.FAILED if n_skipped else exitcodes.OK
+        config = self.config()
+        return ctl_failed_cli.run(self.args, self.broker(), config)
 
 
 def _raw_run_dir(explicit: Optional[str]) -> Optional[Path]:
@@ -397,17 +332,6 @@ def _global_options(parser: argparse.ArgumentParser, default: Any) -> None:
                         help="control socket (default: run_dir/disqontrol.sock of the config)")
 
 
-def _count(text: str) -> int:
-    """A --limit / --offset: a whole number, 0 or more."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="disqontrolctl", description=__doc__.splitlines()[0],
                                      epilog=exitcodes.HELP)
@@ -426,25 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
                              help="write it to PATH atomically (node_exporter's textfile collector)")
     queues = commands.add_parser("queues", parents=[after], help="queue names with their lengths")
     queues.add_argument("--json", action="store_true")
-    failed = commands.add_parser("failed", parents=[after], help="inspect and replay the failure queue")
-    actions = failed.add_subparsers(dest="action", required=True)
-    listing = actions.add_parser("list", parents=[after], epilog=ctl_failed.LIST_EPILOG,
-                                 help="failed jobs, oldest first, a page at a time")
-    listing.add_argument("queue", nargs="?", help="a failure queue, or a queue the jobs failed on")
-    listing.add_argument("--json", action="store_true")
-    listing.add_argument("--limit", type=_count, default=ctl_failed.DEFAULT_LIMIT,
-                         help=f"show at most N jobs (default {ctl_failed.DEFAULT_LIMIT}; 0: all)")
-    listing.add_argument("--offset", type=_count, default=0, help="skip the first N jobs (the next page)")
-    actions.add_parser("show", parents=[after], epilog=exitcodes.HELP).add_argument("id")
-    retry = actions.add_parser("retry", parents=[after], epilog=ctl_failed.RETRY_EPILOG,
-                               help="put failed jobs back on their queue")
-    retry.add_argument("target", nargs="?", metavar="ID|QUEUE", help="a job id; with --all, an optional queue")
-    retry.add_argument("--all", action="store_true", help="every failed job (of QUEUE if given)")
-    purge = actions.add_parser("purge", parents=[after], epilog=ctl_failed.PURGE_EPILOG,
-                               help="delete failed jobs for good (asks first; --yes in scripts)")
-    purge.add_argument("queue", nargs="?", help="a failure queue, or a queue the jobs failed on")
-    purge.add_argument("--yes", "-y", action="store_true",
-                       help="delete without asking (required when stdin is not a terminal)")
+    ctl_failed_cli.add_parser(commands, after)
     return parser
 
 
