@@ -128,12 +128,14 @@ def failed_ids(broker: Broker, config: Config, queue: Optional[str] = None) -> l
             for d in broker.scan(failure_queue)]
 
 
-def count_failed(broker: Broker, config: Config, queue: Optional[str] = None) -> int:
-    """How many jobs ``iter_failed`` gives: the failure queues' lengths,
-    unless the jobs are picked by the queue they failed on (then a scan)."""
+def count_more(rest: Iterator[FailedJob], broker: Broker, config: Config, queue: Optional[str], seen: int) -> int:
+    """How many failed jobs follow the ``seen`` first of ``iter_failed``:
+    the failure queues' lengths less ``seen``, or, when the jobs are picked
+    by the queue they failed on, the ones left in ``rest`` (that iterator,
+    read on: one scan in all, not a second one)."""
     if _by_origin(config, queue):
-        return sum(1 for _ in iter_failed(broker, config, queue))
-    return sum(broker.length(failure_queue) for failure_queue in _failure_queues(config, queue))
+        return sum(1 for _ in rest)
+    return sum(broker.length(failure_queue) for failure_queue in _failure_queues(config, queue)) - seen
 
 
 def show_failed(broker: Broker, config: Config, job_id: str) -> FailedJob:

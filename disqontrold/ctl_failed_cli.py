@@ -91,7 +91,7 @@ def _list(args: argparse.Namespace, broker: Broker, config: Config) -> int:
               else "no failed jobs" if not offset else f"no failed jobs past the first {offset}")
     sys.stdout.flush()
     if limit and shown == limit:
-        more = ctl_failed.count_failed(broker, config, queue) - offset - shown
+        more = ctl_failed.count_more(jobs, broker, config, queue, offset + shown)
         if more > 0:
             print(f"disqontrolctl: {more} more failed job(s) after these {shown}: --offset {offset + shown} "
                   "for the next page, --limit 0 for all", file=sys.stderr)
