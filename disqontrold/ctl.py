@@ -24,12 +24,12 @@ from disqontrol_client.cli import guarded
 from disqontrol_client.brokers import Broker, open_broker
 from disqontrol_client.config import DEFAULT_RUN_DIR, Config, find_config_path, load_config
 from disqontrol_client.config_checks import sqlite_path
-from disqontrol_client.errors import ConfigError, DisqontrolError, UsageError
-from disqontrol_client.job import ORIGINAL_ID
+from disqontrol_client.errors import ConfigError, DisqontrolError
 from disqontrol_client.logfmt import redact_url
-from disqontrold import ctl_failed, metrics
+from disqontrold import ctl_failed_cli, metrics
 from disqontrold.control import default_socket_path
 from disqontrold.ctl_client import REPLY_TIMEOUT, MasterUnreachable, request
+from disqontrold.ctl_text import table
 from disqontrold.master_status import AGE_DIGITS
 from disqontrold.reload import LOAD_TIMEOUT
 
@@ -40,14 +40,6 @@ BYTES_PER_MIB = 1024 * 1024
 # may take LOAD_TIMEOUT (importing the Python workers); `systemctl reload`
 # runs this command and would fail while the reload goes on.
 RELOAD_REPLY_TIMEOUT = LOAD_TIMEOUT + REPLY_TIMEOUT
-LAST_ERROR_CHARS = 60  # of the last error in `failed list`; `failed show` has it all
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A plain left-aligned text table."""
-    cells = [[str(h) for h in headers]] + [["-" if v is None else str(v) for v in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
 
 
 def _duration(seconds: Optional[float]) -> str:
@@ -201,36 +193,8 @@ class Ctl:
         return exitcodes.OK
 
     def failed(self) -> int:
-        config, broker, action = self.config(), self.broker(), self.args.action
-        if action == "list":
-            jobs = ctl_failed.list_failed(broker, config, self.args.queue)
-            self.emit([j.as_dict() for j in jobs], table(
-                ["ID", "FIRST ID", "QUEUE", "RETRIES", "LAST ERROR"],
-                [(j.id, j.metadata.get(ORIGINAL_ID), j.original_queue, j.metadata.get("retries"),
-                  j.last_error[:LAST_ERROR_CHARS])
-                 for j in jobs]) if jobs else "no failed jobs")
-            return exitcodes.OK
-        if action == "show":
-            print(json.dumps(ctl_failed.show_failed(broker, config, self.args.id).as_dict(), indent=2, default=str))
-            return exitcodes.OK
-        if action == "retry":
-            target = self.args.target
-            if not self.args.all and target is None:
-                raise UsageError("failed retry: give a job ID, or --all [QUEUE]")
-            jobs = (ctl_failed.list_failed(broker, config, target) if self.args.all
-                    else [ctl_failed.show_failed(broker, config, target)])
-            for failed in jobs:
-                new_id = ctl_failed.retry_failed(broker, config, failed)
-                print(f"retried {failed.id} as {new_id} on {failed.original_queue}")
-            if self.args.all:
-                print(f"{len(jobs)} job(s) retried")
-            return exitcodes.OK
-        jobs = ctl_failed.list_failed(broker, config, self.args.queue)
-        if not ctl_failed.confirm_purge(jobs, self.args.yes):
-            print("disqontrolctl: purge cancelled, nothing deleted", file=sys.stderr)
-            return exitcodes.FAILED
-        print(f"{ctl_failed.purge_failed(broker, jobs)} job(s) purged")
-        return exitcodes.OK
+        config = self.config()
+        return ctl_failed_cli.run(self.args, self.broker(), config)
 
 
 def _raw_run_dir(explicit: Optional[str]) -> Optional[Path]:
@@ -396,20 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
                              help="write it to PATH atomically (node_exporter's textfile collector)")
     queues = commands.add_parser("queues", parents=[after], help="queue names with their lengths")
     queues.add_argument("--json", action="store_true")
-    failed = commands.add_parser("failed", parents=[after], help="inspect and replay the failure queue")
-    actions = failed.add_subparsers(dest="action", required=True)
-    listing = actions.add_parser("list", parents=[after])
-    listing.add_argument("queue", nargs="?")
-    listing.add_argument("--json", action="store_true")
-    actions.add_parser("show", parents=[after]).add_argument("id")
-    retry = actions.add_parser("retry", parents=[after])
-    retry.add_argument("target", nargs="?", metavar="ID|QUEUE", help="a job id; with --all, an optional queue")
-    retry.add_argument("--all", action="store_true", help="every failed job (of QUEUE if given)")
-    purge = actions.add_parser("purge", parents=[after], epilog=ctl_failed.PURGE_EPILOG,
-                               help="delete failed jobs for good (asks first; --yes in scripts)")
-    purge.add_argument("queue", nargs="?", help="a failure queue, or a queue the jobs failed on")
-    purge.add_argument("--yes", "-y", action="store_true",
-                       help="delete without asking (required when stdin is not a terminal)")
+    ctl_failed_cli.add_parser(commands, after)
     return parser
 
 

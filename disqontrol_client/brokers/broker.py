@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Any, Iterable, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Optional, Sequence, TypeVar
 
 from disqontrol_client.errors import BrokerError, BrokerUnavailable, ClaimedNotAdded
 
 DEFAULT_RETRY = 600  # s: lease of a reserved job (Disque RETRY)
 DEFAULT_TTL = 2592000  # s: 30 days (Disque TTL)
 MAX_TTL = 3932100  # s: about 45 days, Disque's maximum
+SCAN_PAGE = 20  # jobs per call of ``scan``: 20 jobs of 100 KiB are 2 MiB
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -146,9 +149,18 @@ class Broker(abc.ABC):
         """Names of the queues that hold at least one job, sorted."""
 
     @abc.abstractmethod
-    def peek(self, queue: str, count: int) -> list[Delivery]:
+    def peek(self, queue: str, count: int, *, skip: int = 0) -> list[Delivery]:
         """Up to ``count`` ready-or-delayed jobs of the queue, oldest first,
-        without leasing them."""
+        without leasing them, after the first ``skip`` of that order: a page,
+        so that a caller walking a long queue (``disqontrolctl failed``)
+        holds one page of payloads at a time, not the whole queue."""
+
+    def scan(self, queue: str, page: int = SCAN_PAGE) -> Iterator[Delivery]:
+        """Every job ``peek`` would give, in its order, read ``page`` jobs per
+        call: walking a failure queue of 20,000 large jobs holds a page of
+        them. A job added or removed meanwhile may be missed or seen twice,
+        so a caller that removes jobs lists their ids first."""
+        return paged(lambda skip: self.peek(queue, page, skip=skip), page)
 
     @abc.abstractmethod
     def show(self, id: str) -> Optional[dict[str, Any]]:
@@ -223,3 +235,15 @@ def claim_then_add(
             f"{len(keys)} claim(s) taken but their jobs not added, so lost: {error}", keys
         ) from error
     return [next(ids) if taken else None for taken in won]
+
+
+def paged(fetch: Callable[[int], Sequence[T]], page: int) -> Iterator[T]:
+    """The items of ``fetch(skip)`` pages (``page`` items each, fewer at
+    the end), one after the other."""
+    skip = 0
+    while True:
+        batch = fetch(skip)
+        yield from batch
+        if len(batch) < page:
+            return
+        skip += len(batch)

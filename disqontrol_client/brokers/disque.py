@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
 from collections import Counter
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 from urllib.parse import parse_qsl, unquote
 
 import redis
@@ -23,6 +24,7 @@ from disqontrol_client.brokers.broker import (
     DEFAULT_RETRY,
     DEFAULT_TTL,
     MAX_TTL,
+    SCAN_PAGE,
     Broker,
     Delivery,
     NewJob,
@@ -340,15 +342,21 @@ class DisqueBroker(Broker):
         names = {job.queue for job in self._jobs().values()}
         return sorted(n for n in names if not n.startswith(disque_claim.CLAIM_QUEUE_PREFIX))
 
-    def peek(self, queue: str, count: int) -> list[Delivery]:
-        """Ready jobs oldest first, then delayed ones by due time."""
+    def peek(self, queue: str, count: int, *, skip: int = 0) -> list[Delivery]:
+        """Ready jobs oldest first, then delayed ones by due time. Disque has
+        no order to page by, so each call still scans (JSCAN) the whole queue."""
         jobs = [j for j in self._jobs(queue).values() if j.state in (view.READY, view.DELAYED)]
         jobs.sort(key=lambda j: (j.state != view.READY, j.due if j.state == view.DELAYED else 0, j.order))
         return [
             Delivery(id=j.id, queue=j.queue, payload=j.body, nacks=j.nacks,
                      additional_deliveries=j.additional_deliveries)
-            for j in jobs[:max(0, count)]
+            for j in jobs[max(0, skip):max(0, skip) + max(0, count)]
         ]
+
+    def scan(self, queue: str, page: int = SCAN_PAGE) -> Iterator[Delivery]:
+        """One scan of the whole queue: paging by ``peek(skip=)`` would scan
+        it once per page. So on Disque a walk holds the queue's jobs."""
+        return iter(self.peek(queue, sys.maxsize))
 
     def show(self, id: str) -> Optional[dict[str, Any]]:
         if not disque_ids([id]):

@@ -387,10 +387,10 @@ class RedisBroker(Broker):
         names = sorted(n.decode() for n in self._call(lambda: self._client.smembers(self._queues_key)))
         return [name for name, counts in zip(names, self._counts(names)) if sum(counts) > 0]
 
-    def peek(self, queue: str, count: int) -> list[Delivery]:
+    def peek(self, queue: str, count: int, *, skip: int = 0) -> list[Delivery]:
         if count <= 0:
             return []
-        reply = self._run("peek", self._keys(queue), [min(count, MAX_COUNT)])
+        reply = self._run("peek", self._keys(queue), [min(count, MAX_COUNT), max(skip, 0)])
         return [
             Delivery(reply[i].decode(), queue, reply[i + 1], int(reply[i + 2]), int(reply[i + 3]))
             for i in range(0, len(reply), PEEK_FIELDS)

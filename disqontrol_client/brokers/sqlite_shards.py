@@ -27,12 +27,16 @@ only: one place decides a cron run.
 """
 from __future__ import annotations
 
+import heapq
+import itertools
 import os
 import re
 import time
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
-from disqontrol_client.brokers.broker import DEFAULT_RETRY, DEFAULT_TTL, Broker, Delivery, NewJob, QueueStats
+from disqontrol_client.brokers.broker import (
+    DEFAULT_RETRY, DEFAULT_TTL, SCAN_PAGE, Broker, Delivery, NewJob, QueueStats,
+)
 from disqontrol_client.brokers.sqlite import ID_PREFIX, MAX_SHARDS, SqliteBroker, parse_url
 from disqontrol_client.brokers.sqlite_homes import CONSUMER, PRODUCER, Homes
 from disqontrol_client.brokers.sqlite_store import BUSY_TIMEOUT
@@ -306,11 +310,16 @@ class ShardedSqliteBroker(Broker):
     def queues(self) -> list[str]:
         return sorted({queue for broker in self._every() for queue in broker.queues()})
 
-    def peek(self, queue: str, count: int) -> list[Delivery]:
+    def peek(self, queue: str, count: int, *, skip: int = 0) -> list[Delivery]:
         """Oldest first across shards (by creation time)."""
-        aged = [pair for broker in self._every() for pair in broker.peek_aged(queue, count)]
-        aged.sort(key=lambda pair: pair[0])
-        return [delivery for _, delivery in aged[:count]]
+        first = max(skip, 0)
+        return list(itertools.islice(self.scan(queue, page=max(count, 1)), first, first + max(count, 0)))
+
+    def scan(self, queue: str, page: int = SCAN_PAGE) -> Iterator[Delivery]:
+        """Each shard read a page at a time and the pages merged by age: a
+        page per shard in memory, and each shard read once."""
+        shards = [broker.scan_aged(queue, page) for broker in self._every()]
+        return (delivery for _, delivery in heapq.merge(*shards, key=lambda pair: pair[0]))
 
     def show(self, id: str) -> Optional[dict[str, Any]]:
         broker = self._shard_of(id)
@@ -343,3 +352,4 @@ class ShardedSqliteBroker(Broker):
             broker.close()
         self._wake.close()
         self._homes.close()
+

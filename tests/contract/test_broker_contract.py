@@ -349,6 +349,26 @@ def test_peek_show_delete_length_stats_queues(broker: Broker) -> None:
     assert "q" not in broker.queues()
 
 
+def test_peek_pages_through_a_queue_with_skip(broker: Broker) -> None:
+    # Given 5 ready jobs and 2 delayed ones (a page may span both)
+    ready = broker.add_many([NewJob("q", f"j{i}".encode()) for i in range(5)])
+    later = [broker.add("q", b"later", delay=60), broker.add("q", b"latest", delay=120)]
+    broker.add("other", b"o")
+    everything = [d.id for d in broker.peek("q", 10)]
+    assert everything == ready + later
+
+    # When it is read two jobs at a time
+    pages = [[d.id for d in broker.peek("q", 2, skip=skip)] for skip in range(0, 8, 2)]
+
+    # Then the pages are the whole order, each job once, and past the end is empty
+    assert pages == [ready[0:2], ready[2:4], [ready[4], later[0]], [later[1]]]
+    assert [d.id for d in broker.peek("q", 3, skip=6)] == [later[1]]
+    assert broker.peek("q", 5, skip=7) == []
+    # And scan walks the same order, page by page
+    assert [d.id for d in broker.scan("q", page=2)] == everything
+    assert [d.payload for d in broker.scan("q", page=3)][:2] == [b"j0", b"j1"]
+
+
 def test_backlog_counts_ready_jobs_only_and_stops_at_the_cap(broker: Broker) -> None:
     # Given 5 ready jobs, one delayed, one leased, and another queue
     ids = broker.add_many([NewJob("q", f"j{i}".encode()) for i in range(6)])
