@@ -50,6 +50,7 @@ SWEEP_INTERVAL = 1.0  # s between two steps of the ttl sweep
 SWEEP_ROWS = 10000  # rowids looked at per step: bounds the time the write lock is held
 MAX_SLEEP = 2.0  # s: a waiter re-checks at least this often (lost-wakeup safety net)
 POLL_INTERVAL = 0.05  # s: only when the wake directory is unusable
+ID_CHUNK = 1000  # ids of a queue read from its index per step of a scan (ints: little memory)
 ID_PREFIX = "S-"  # shard 0's (and the one-file engine's); shard k's is S<k>- (sqlite_shards)
 SHARDS_OPTION = "shards"
 MAX_SHARDS = 16
@@ -360,28 +361,45 @@ class SqliteBroker(Broker):
         return (delivery for _, delivery in self.scan_aged(queue, page))
 
     def scan_aged(self, queue: str, page: int = SCAN_PAGE) -> Iterator[tuple[float, Delivery]]:
-        """``scan`` with each job's creation time. Each page starts after the
-        last row id of the one before (not at an OFFSET, which sqlite walks
-        row by row: a walk of 20,000 jobs would read 10 million rows)."""
+        """``scan`` with each job's creation time. The queue's ids come from
+        its index, ID_CHUNK at a time in id order (each chunk after the last
+        id of the one before, never at an OFFSET), then their jobs ``page``
+        at a time: a walk reads the queue's own rows only, however many
+        jobs other queues hold, and stays linear in the queue's length."""
         after = 0
         while True:
-            rows = self._page(queue, page, after=after)
-            yield from ((ctime, delivery) for _, ctime, delivery in rows)
-            if len(rows) < page:
+            ids = self._queue_ids(queue, after)
+            for start in range(0, len(ids), page):
+                yield from self._jobs(queue, ids[start:start + page])
+            if len(ids) < ID_CHUNK:
                 return
-            after = rows[-1][0]
+            after = ids[-1]
 
     @_guarded
-    def _page(self, queue: str, count: int, *, skip: int = 0, after: int = 0) -> list[tuple[int, float, Delivery]]:
-        """(row id, creation time, job) of up to ``count`` waiting jobs after
-        row ``after``, skipping ``skip`` of them."""
-        # "+queue": walk the rows in id order (the primary key) rather than
-        # take the queue's index and sort its rows, payloads and all, for
-        # every page (a walk of 20,000 jobs was quadratic).
-        sql = (f"SELECT id, payload, nacks, deliveries, ctime FROM jobs WHERE +queue = ?1 AND {WAITING}"
-               " AND id > ?5 ORDER BY id LIMIT ?3 OFFSET ?4")
-        rows = self._conn().execute(sql, (queue, time.time(), max(count, 0), max(skip, 0), after))
+    def _page(self, queue: str, count: int, *, skip: int = 0) -> list[tuple[int, float, Delivery]]:
+        """(row id, creation time, job) of up to ``count`` waiting jobs in id
+        order, after the first ``skip``. The ids are taken from the queue's
+        index (a failure queue of 5 jobs beside 200,000 other jobs: 0.1 ms,
+        where walking the table in id order took 36 ms)."""
+        sql = (f"SELECT id, payload, nacks, deliveries, ctime FROM jobs WHERE id IN"
+               f" (SELECT id FROM jobs WHERE queue = ?1) AND {WAITING} ORDER BY id LIMIT ?3 OFFSET ?4")
+        rows = self._conn().execute(sql, (queue, time.time(), max(count, 0), max(skip, 0)))
         return [(r[0], r[4], Delivery(self._id(r[0]), queue, r[1], r[2], r[3])) for r in rows]
+
+    @_guarded
+    def _queue_ids(self, queue: str, after: int) -> list[int]:
+        """The next ID_CHUNK row ids of ``queue`` after ``after`` (its index alone)."""
+        sql = "SELECT id FROM jobs WHERE queue = ? AND id > ? ORDER BY id LIMIT ?"
+        return [r[0] for r in self._conn().execute(sql, (queue, after, ID_CHUNK))]
+
+    @_guarded
+    def _jobs(self, queue: str, ids: Sequence[int]) -> list[tuple[float, Delivery]]:
+        """(creation time, job) of the waiting jobs among ``ids``, in id order."""
+        # ?1 (the queue) goes unused: WAITING names ?2, and the ids follow as ?3...
+        sql = with_ids(f"SELECT id, payload, nacks, deliveries, ctime FROM jobs WHERE {WAITING}"
+                       " AND id IN ({}) ORDER BY id", len(ids))
+        rows = self._conn().execute(sql, (queue, time.time(), *ids))
+        return [(r[4], Delivery(self._id(r[0]), queue, r[1], r[2], r[3])) for r in rows]
 
     @_guarded
     def show(self, id: str) -> Optional[dict[str, Any]]:

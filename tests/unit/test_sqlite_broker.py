@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from disqontrol_client.brokers import open_broker
+from disqontrol_client.brokers.broker import NewJob
 from disqontrol_client.brokers.sqlite import SqliteBroker
 from disqontrol_client.brokers.sqlite_wake import SOCKET_SUFFIX, WAKE_DIR_SUFFIX
 from disqontrol_client.errors import BrokerError, BrokerUnavailable, ConfigError
@@ -269,6 +270,7 @@ def test_a_waiter_bound_after_a_producer_listed_the_dir_is_woken(tmp_path: Path)
 
 HOLD_LOCK_FOREVER = """
 import sys, time
+from disqontrol_client.brokers.broker import NewJob
 from disqontrol_client.brokers.sqlite import SqliteBroker
 b = SqliteBroker.from_url(sys.argv[1])
 db = b._conn()
@@ -313,3 +315,18 @@ def test_moved_names_a_database_file_deleted_or_replaced_under_the_connection(tm
         db.unlink()
         # Then moved() says so each time
         assert b.moved() == "deleted"
+
+
+def test_peek_and_scan_give_a_queue_in_the_order_it_was_added_whatever_the_delays(tmp_path: Path) -> None:
+    # Given jobs whose delays shrink as they are added (due order is the reverse
+    # of id order), beside another queue's jobs and one leased job
+    with SqliteBroker(str(tmp_path / "jobs.db")) as b:
+        added = [b.add("q", b"x", delay=100 - i) for i in range(30)]
+        b.add_many([NewJob("other", b"y")] * 50)
+        leased = b.add("q", b"z")
+        assert [d.id for d in b.reserve(["q"], count=1, timeout=0)] == [leased]
+
+        # Then a page and a walk (in pages smaller than the queue) give them oldest first,
+        # without the leased job nor the other queue's
+        assert [d.id for d in b.peek("q", 10, skip=5)] == added[5:15]
+        assert [d.id for d in b.scan("q", page=7)] == added
