@@ -71,18 +71,18 @@ class Producer:
 
     @property
     def broker(self) -> Broker:
-        if self._broker is not None and self._owns_broker and time.monotonic() >= self._moved_check:
-            with self._reopen_lock:
-                if self._moved():
-                    # Not closed now: another thread may be adding through it (closing a
-                    # sqlite connection in use crashed the app); close() closes it.
-                    self._moved_away.append(self._broker)
-                    self._broker = None
-        if self._broker is None:
-            with self._reopen_lock:
-                if self._broker is None:
-                    self._broker = open_broker(str(self._url))
-        return self._broker
+        broker = self._broker  # read once: another thread may swap it meanwhile
+        if broker is not None and not (self._owns_broker and time.monotonic() >= self._moved_check):
+            return broker
+        with self._reopen_lock:
+            if self._broker is not None and self._owns_broker and self._moved():
+                # Not closed now: another thread may be adding through it (closing a
+                # sqlite connection in use crashed the app); close() closes it.
+                self._moved_away.append(self._broker)
+                self._broker = None
+            if self._broker is None:
+                self._broker = open_broker(str(self._url))
+            return self._broker
 
     def _moved(self) -> bool:
         """The broker's sqlite file deleted or replaced (Broker.moved), looked
