@@ -20,6 +20,7 @@ import threading
 import time
 from typing import Callable, Optional, Sequence, TypeVar
 
+from disqontrol_client.brokers import sqlite_schema
 from disqontrol_client.errors import BrokerUnavailable
 from disqontrol_client.logfmt import log_event
 
@@ -42,24 +43,7 @@ WAL_SWITCH_MAX_PAUSE = 0.05  # s ... up to this, for at most the busy timeout
 # Job payloads are not secrets kept from the file's owner; the OS's own
 # file permissions guard them, deleted or not.
 
-SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS jobs (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused, so a stale ack misses
-        queue TEXT NOT NULL,
-        payload BLOB NOT NULL,
-        leased INTEGER NOT NULL DEFAULT 0,
-        due REAL NOT NULL,          -- waiting: ready time, leased: lease expiry
-        retry REAL NOT NULL,
-        expires REAL NOT NULL,      -- ctime + ttl
-        ctime REAL NOT NULL,
-        nacks INTEGER NOT NULL DEFAULT 0,
-        deliveries INTEGER NOT NULL DEFAULT 0  -- additional deliveries
-    )""",
-    "CREATE INDEX IF NOT EXISTS jobs_queue_due ON jobs (queue, due)",
-    "CREATE TABLE IF NOT EXISTS claims (key TEXT PRIMARY KEY, expires REAL NOT NULL)",
-)
-
-# The statements of the broker over that schema.
+# The statements of the broker over its schema (sqlite_schema: the tables and their versions).
 INSERT = "INSERT INTO jobs (queue, payload, due, retry, expires, ctime) VALUES (?, ?, ?, ?, ?, ?)"
 _LEASE_SET = (
     "UPDATE jobs SET leased = 1, deliveries = deliveries + leased, due = ?1 + retry WHERE id {} "
@@ -242,20 +226,38 @@ class Store:
                 check_same_thread=False,
                 cached_statements=CACHED_STATEMENTS,
             )
+        except sqlite3.Error as exc:
+            raise self._cannot_open(exc) from exc
+        try:
             db.execute(f"PRAGMA page_size={PAGE_SIZE}")  # only takes on a new file
             self._switch_to_wal(db)
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA secure_delete=OFF")  # see SECURE_DELETE above
             db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT}")
             db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
-            self.exclusive(lambda: in_transaction(db, lambda: [db.execute(s) for s in SCHEMA]))
+            self._versioned(db)
             give_to_dir_owner([self.path + suffix for suffix in DB_FILE_SUFFIXES])
-        except sqlite3.Error as exc:
-            raise BrokerUnavailable(
-                f"sqlite broker: cannot open {self.path!r}: {exc}; the file and its directory "
-                "must be readable and writable by this user"
-            ) from exc
+        except BaseException as exc:
+            db.close()
+            if isinstance(exc, sqlite3.Error):
+                raise self._cannot_open(exc) from exc
+            raise
         return db
+
+    def _cannot_open(self, exc: sqlite3.Error) -> BrokerUnavailable:
+        return BrokerUnavailable(f"sqlite broker: cannot open {self.path!r}: {exc}; the file and its directory "
+                                 "must be readable and writable by this user")
+
+    def _versioned(self, db: sqlite3.Connection) -> None:
+        """Make a new file or upgrade an older one (``sqlite_schema``), in one
+        ``BEGIN IMMEDIATE`` transaction; a current file costs no write lock."""
+        if sqlite_schema.current(db, self.path):
+            return
+        started = time.monotonic()
+        found = self.exclusive(lambda: in_transaction(db, lambda: sqlite_schema.upgrade(db, self.path)))
+        if found != sqlite_schema.UNSTAMPED:
+            log_event(log, "broker_data_upgraded", path=self.path, from_version=found,
+                      to_version=sqlite_schema.VERSION, duration_ms=round((time.monotonic() - started) * 1000))
 
     def _switch_to_wal(self, db: sqlite3.Connection) -> None:
         """``PRAGMA journal_mode=WAL``, waiting for other connections.
