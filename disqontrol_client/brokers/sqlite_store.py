@@ -255,7 +255,7 @@ class Store:
             return
         started = time.monotonic()
         found = self.exclusive(lambda: in_transaction(db, lambda: sqlite_schema.upgrade(db, self.path)))
-        if found != sqlite_schema.UNSTAMPED:
+        if found not in (sqlite_schema.UNSTAMPED, sqlite_schema.VERSION):  # not new, nor upgraded meanwhile
             log_event(log, "broker_data_upgraded", path=self.path, from_version=found,
                       to_version=sqlite_schema.VERSION, duration_ms=round((time.monotonic() - started) * 1000))
 
