@@ -32,6 +32,7 @@ APPLICATION_ID = 0x44517374  # "DQst": marks a file as a disqontrol sqlite datab
 VERSION = 2  # the layout this release writes
 OLDEST = 1  # the oldest layout this release upgrades
 UNSTAMPED = 0  # both pragmas' value in a file that never set them
+UPGRADE_CHUNK = 100  # rows moved per step of an upgrade (100 jobs of 1 MiB: 100 MiB more file at most)
 
 JOBS_TABLE = """CREATE TABLE {name} (
     id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused, so a stale ack misses
@@ -70,7 +71,16 @@ def _v1_to_v2(db: sqlite3.Connection) -> None:
     given to a new job (a stale ack of it would delete that job)."""
     row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'jobs'").fetchone()
     db.execute(JOBS_TABLE.format(name="jobs_v2"))
-    db.execute(f"INSERT INTO jobs_v2 ({V2_COPY_COLUMNS}) SELECT {V2_COPY_COLUMNS} FROM jobs ORDER BY id")
+    moved = 0
+    while True:  # a chunk at a time, each deleted once copied: its pages are reused by the next
+        last = db.execute("SELECT max(id) FROM (SELECT id FROM jobs WHERE id > ? ORDER BY id LIMIT ?)",
+                          (moved, UPGRADE_CHUNK)).fetchone()[0]
+        if last is None:
+            break
+        db.execute(f"INSERT INTO jobs_v2 ({V2_COPY_COLUMNS}) SELECT {V2_COPY_COLUMNS} FROM jobs"
+                   " WHERE id > ? AND id <= ? ORDER BY id", (moved, last))
+        db.execute("DELETE FROM jobs WHERE id > ? AND id <= ?", (moved, last))
+        moved = last
     db.execute("DROP TABLE jobs")
     db.execute("ALTER TABLE jobs_v2 RENAME TO jobs")
     if row is not None:
