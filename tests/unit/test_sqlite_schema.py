@@ -62,9 +62,11 @@ def test_a_new_file_is_stamped_with_the_current_version_and_payload_last(tmp_pat
     assert columns[-1] == "payload"
 
 
+@pytest.mark.parametrize("chunk", [sqlite_schema.UPGRADE_CHUNK, 3])  # 3: rows moved in several steps
 def test_a_file_of_the_release_before_versions_is_upgraded_with_every_job_intact(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, chunk: int) -> None:
     # Given a database as the release before versions left it
+    monkeypatch.setattr(sqlite_schema, "UPGRADE_CHUNK", chunk)
     path = v1_copy(tmp_path)
     assert header(path)[:2] == (0, 0)
     jobs, claims, seq = dump(path)
