@@ -99,6 +99,20 @@ def test_a_file_of_the_release_before_versions_is_upgraded_with_every_job_intact
     assert len(upgraded) == 1 and "from_version=1" in upgraded[0] and "to_version=2" in upgraded[0]
 
 
+def test_every_shard_file_of_the_release_before_versions_is_upgraded(tmp_path: Path) -> None:
+    # Given a ?shards=2 database of the release before versions: both files version 1
+    path = v1_copy(tmp_path)
+    shutil.copyfile(path, tmp_path / "jobs.db.shard1")
+    jobs = dump(path)[0]
+    # When this release opens it, Then both are upgraded with their jobs, each served under its ids
+    with open_broker(f"sqlite://{path}?shards=2") as broker:
+        assert broker.length("waiting") == 8
+        assert broker.show("S1-6")["state"] == "leased" and broker.show("S-6")["state"] == "leased"
+    for shard in (path, tmp_path / "jobs.db.shard1"):
+        assert header(shard)[:2] == (sqlite_schema.APPLICATION_ID, sqlite_schema.VERSION)
+        assert dump(shard)[0] == jobs
+
+
 def test_a_failed_upgrade_leaves_the_old_file_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Given a v1 file, and an upgrade that fails half way (the disk full, a kill)
     path = v1_copy(tmp_path)
