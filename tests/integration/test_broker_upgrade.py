@@ -18,6 +18,7 @@ from tests.support.procs import wait_for
 from tests.unit.test_sqlite_schema import dump, header, v1_copy
 
 ADDJOB = [str(Path(sys.executable).parent / "disqontrol"), "addjob"]
+SCHEDULER = [sys.executable, "-m", "disqontrold.cli", "scheduler"]
 OPENERS = 3  # producers, and as many consumers
 EXIT_CONFIG = 2
 # One process: wait for the go file, open the broker, add a job or take one.
@@ -129,3 +130,18 @@ def test_addjob_refuses_a_file_of_a_newer_release(tmp_path: Path) -> None:
     assert done.returncode == EXIT_CONFIG
     assert done.stderr.startswith("disqontrol: sqlite broker:") and "upgrade disqontrol" in done.stderr
     assert str(path) in done.stderr and not done.stdout
+
+
+def test_the_cron_scheduler_pass_refuses_a_file_of_a_newer_release_with_exit_2(tmp_path: Path) -> None:
+    # Given a file of a newer release and a crontab with a run due every minute
+    path = tmp_path / "jobs.db"
+    open_broker(f"sqlite://{path}").close()
+    newer(path)
+    daemon = Daemon(tmp_path, f"sqlite://{path}", {"work": {"worker": python_worker()}})
+    crontab = tmp_path / "crontab"
+    crontab.write_text("* * * * * work 1\n")
+    # When the system cron runs a pass, Then it exits 2 (not 3, "unreachable": retrying cannot help)
+    done = subprocess.run([*SCHEDULER, "--config", str(daemon.config_path), "--crontab", str(crontab)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == EXIT_CONFIG, done.stderr
+    assert "written by a newer disqontrol" in done.stderr
