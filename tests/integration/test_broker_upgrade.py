@@ -13,6 +13,7 @@ from pathlib import Path
 
 from disqontrol_client.brokers import open_broker
 from disqontrol_client.brokers import sqlite_schema
+from tests.integration.ctl_support import ctl
 from tests.support.daemon import Daemon, python_worker
 from tests.support.procs import wait_for
 from tests.unit.test_sqlite_schema import dump, header, v1_copy
@@ -21,6 +22,7 @@ ADDJOB = [str(Path(sys.executable).parent / "disqontrol"), "addjob"]
 SCHEDULER = [sys.executable, "-m", "disqontrold.cli", "scheduler"]
 OPENERS = 3  # producers, and as many consumers
 EXIT_CONFIG = 2
+EXIT_REFUSED = 1
 # One process: wait for the go file, open the broker, add a job or take one.
 OPENER = textwrap.dedent("""
     import logging, os, sys, time
@@ -145,3 +147,26 @@ def test_the_cron_scheduler_pass_refuses_a_file_of_a_newer_release_with_exit_2(t
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == EXIT_CONFIG, done.stderr
     assert "written by a newer disqontrol" in done.stderr
+
+
+def test_a_reload_onto_a_file_of_a_newer_release_is_refused_and_the_old_one_runs_on(tmp_path: Path) -> None:
+    # Given a daemon running on one file, and another file a newer release wrote
+    newer_path = tmp_path / "newer.db"
+    open_broker(f"sqlite://{newer_path}").close()
+    newer(newer_path)
+    queues = {"work": {"worker": python_worker()}}
+    daemon = Daemon(tmp_path, f"sqlite://{tmp_path}/jobs.db", queues).start()
+    try:
+        # When the config is changed to the newer file and reloaded
+        daemon.broker_url = f"sqlite://{newer_path}"
+        daemon.write_config(queues)
+        done = ctl(daemon, "reload")
+        # Then the reload is refused, saying why, and the running consumers serve the old file on
+        assert done.returncode == EXIT_REFUSED, done.stdout + done.stderr
+        assert "written by a newer disqontrol" in done.stdout + done.stderr
+        assert daemon.events("reload_refused") and not daemon.events("reload_taken")
+        daemon.broker_url = f"sqlite://{tmp_path}/jobs.db"
+        daemon.add("work", [1])
+        daemon.wait_runs(1)
+    finally:
+        daemon.stop()
