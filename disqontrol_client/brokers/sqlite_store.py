@@ -35,6 +35,7 @@ WAL_AUTOCHECKPOINT = 8000  # pages: fewer checkpoints (each one fsyncs twice)
 WAL_SIZE_LIMIT = 32 * 1024 * 1024  # bytes the WAL is truncated to after a checkpoint
 CACHED_STATEMENTS = 256
 CHUNK = 500  # ids per IN (...) statement
+VERSION_RECHECK = 1.0  # s between two looks at an open file's data version (a newer release upgrading it)
 WAL_SWITCH_PAUSE = 0.001  # s before the switch to WAL is tried again, doubling ...
 WAL_SWITCH_MAX_PAUSE = 0.05  # s ... up to this, for at most the busy timeout
 # Debian's libsqlite3 is built with SECURE_DELETE on: every delete (each ack)
@@ -180,15 +181,27 @@ class Store:
         self._thread_lock = threading.Lock()
         self._pid = 0
         self._identity: Optional[tuple[int, int]] = None  # of the file opened, at its opening
+        self._version_check_at = 0.0  # monotonic time of the next look at the data version
+
+    def _check_version(self, db: sqlite3.Connection) -> None:
+        """Raise BrokerDataError, at every call from now on, once a newer
+        release has upgraded the file under this open connection (its
+        statements name columns a newer layout may have changed); looked at
+        once a second at most (two header reads)."""
+        sqlite_schema.current(db, self.path)
+        self._version_check_at = time.monotonic() + VERSION_RECHECK
 
     def conn(self) -> sqlite3.Connection:
         if self._db is not None and self._pid == os.getpid():
+            if time.monotonic() >= self._version_check_at:
+                self._check_version(self._db)
             return self._db
         # After a fork the parent's connection is neither used nor closed here.
         self._db = None
         self._thread_lock = threading.Lock()  # another thread may have held it at fork
         self._pid = os.getpid()
         self._db = self._open()
+        self._version_check_at = time.monotonic() + VERSION_RECHECK
         try:
             self._identity = _identity(self.path)
         except OSError:

@@ -170,3 +170,18 @@ def test_a_reload_onto_a_file_of_a_newer_release_is_refused_and_the_old_one_runs
         daemon.wait_runs(1)
     finally:
         daemon.stop()
+
+
+def test_a_running_daemon_stops_taking_jobs_once_a_newer_release_upgrades_its_file(tmp_path: Path) -> None:
+    # Given a daemon running on a file
+    daemon = Daemon(tmp_path, f"sqlite://{tmp_path}/jobs.db", {"work": {"worker": python_worker()}}).start()
+    try:
+        daemon.add("work", [1])
+        daemon.wait_runs(1)
+        # When a newer release upgrades the file under it (a producer deployed before the daemon)
+        newer(tmp_path / "jobs.db")
+        # Then its consumer stops using the file and says why, instead of reading it as version 2
+        [refused] = daemon.wait_event("broker_unreachable")
+        assert "operation=reserve" in refused and "written by a newer disqontrol" in refused
+    finally:
+        daemon.stop()

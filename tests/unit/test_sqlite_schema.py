@@ -10,12 +10,14 @@ import shutil
 import sqlite3
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
 from disqontrol_client.brokers import open_broker
 from disqontrol_client.brokers import sqlite_schema
 from disqontrol_client.errors import BrokerDataError
+from tests.support.procs import wait_for
 
 V1_FILE = Path(__file__).parent.parent / "support" / "v1_jobs.db"
 V1_SEQ = 12  # the id counter of the file: job 12 was acked, 9 replaced into the failure queue
@@ -174,3 +176,28 @@ def test_a_file_of_another_application_is_refused_untouched(tmp_path: Path, setu
     db = sqlite3.connect(path)
     assert db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'jobs'").fetchone() == (0,)
     db.close()
+
+
+def test_an_open_broker_stops_once_a_newer_release_upgrades_its_file(tmp_path: Path) -> None:
+    # Given a broker open on a file, in use
+    path = tmp_path / "jobs.db"
+    with open_broker(f"sqlite://{path}") as broker:
+        broker.add("q", b"x")
+        # When a newer release upgrades the file under it (its producer deployed before the daemon)
+        db = sqlite3.connect(path)
+        db.execute(f"PRAGMA user_version = {sqlite_schema.VERSION + 1}")
+        db.close()
+        # Then within a second every call refuses, instead of running version 2's statements on it
+        refused = wait_for(lambda: _refusal(lambda: broker.add("q", b"y")), timeout=10, interval=0.05,
+                           message="the add refused")
+        assert "written by a newer disqontrol" in refused
+        for call in (lambda: broker.reserve(["q"], timeout=0), lambda: broker.length("q")):
+            assert _refusal(call)
+
+
+def _refusal(call: Callable[[], object]) -> str:
+    try:
+        call()
+    except BrokerDataError as exc:
+        return str(exc)
+    return ""
