@@ -5,7 +5,6 @@ upgrades it before forking and runs its jobs; a file of a newer release
 stops the daemon's start and `disqontrol addjob` with exit code 2."""
 from __future__ import annotations
 
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -16,7 +15,7 @@ from disqontrol_client.brokers import sqlite_schema
 from tests.integration.ctl_support import ctl
 from tests.support.daemon import Daemon, python_worker
 from tests.support.procs import wait_for
-from tests.unit.test_sqlite_schema import dump, header, v1_copy
+from tests.unit.test_sqlite_schema import dump, header, stamp_newer, v1_copy
 
 ADDJOB = [str(Path(sys.executable).parent / "disqontrol"), "addjob"]
 SCHEDULER = [sys.executable, "-m", "disqontrold.cli", "scheduler"]
@@ -42,12 +41,6 @@ OPENER = textwrap.dedent("""
 # Every v1 job the daemon runs (the failure queue's is not consumed): n of its body.
 V1_RUNS = {"0", "1", "2", "3", "4", "5", "6", "7", "9"}
 V1_QUEUES = ("waiting", "delayed", "leased", "redelivered", "nacked", "scheduled", "acked")
-
-
-def newer(path: Path) -> None:
-    db = sqlite3.connect(path)
-    db.execute(f"PRAGMA user_version = {sqlite_schema.VERSION + 1}")
-    db.close()
 
 
 def test_producers_and_consumers_opening_an_old_file_at_once_upgrade_it_once(tmp_path: Path) -> None:
@@ -107,7 +100,7 @@ def test_a_daemon_refuses_to_start_on_a_file_of_a_newer_release(tmp_path: Path) 
     # Given a file a newer release wrote (a deploy rolled back)
     path = tmp_path / "jobs.db"
     open_broker(f"sqlite://{path}").close()
-    newer(path)
+    stamp_newer(path)
     daemon = Daemon(tmp_path, f"sqlite://{path}", {"work": {"worker": python_worker()}})
     # When the daemon starts, Then it exits 2 before forking a consumer, saying why in its log and on stderr
     daemon.start(consumers=0)
@@ -125,7 +118,7 @@ def test_a_daemon_refuses_to_start_on_a_file_of_a_newer_release(tmp_path: Path) 
 def test_addjob_refuses_a_file_of_a_newer_release(tmp_path: Path) -> None:
     path = tmp_path / "jobs.db"
     open_broker(f"sqlite://{path}").close()
-    newer(path)
+    stamp_newer(path)
     daemon = Daemon(tmp_path, f"sqlite://{path}", {"work": {"worker": python_worker()}})
     done = subprocess.run([*ADDJOB, "work", "1", "--config", str(daemon.config_path)],
                           capture_output=True, text=True, timeout=60)
@@ -138,7 +131,7 @@ def test_the_cron_scheduler_pass_refuses_a_file_of_a_newer_release_with_exit_2(t
     # Given a file of a newer release and a crontab with a run due every minute
     path = tmp_path / "jobs.db"
     open_broker(f"sqlite://{path}").close()
-    newer(path)
+    stamp_newer(path)
     daemon = Daemon(tmp_path, f"sqlite://{path}", {"work": {"worker": python_worker()}})
     crontab = tmp_path / "crontab"
     crontab.write_text("* * * * * work 1\n")
@@ -153,7 +146,7 @@ def test_a_reload_onto_a_file_of_a_newer_release_is_refused_and_the_old_one_runs
     # Given a daemon running on one file, and another file a newer release wrote
     newer_path = tmp_path / "newer.db"
     open_broker(f"sqlite://{newer_path}").close()
-    newer(newer_path)
+    stamp_newer(newer_path)
     queues = {"work": {"worker": python_worker()}}
     daemon = Daemon(tmp_path, f"sqlite://{tmp_path}/jobs.db", queues).start()
     try:
@@ -179,7 +172,7 @@ def test_a_running_daemon_stops_taking_jobs_once_a_newer_release_upgrades_its_fi
         daemon.add("work", [1])
         daemon.wait_runs(1)
         # When a newer release upgrades the file under it (a producer deployed before the daemon)
-        newer(tmp_path / "jobs.db")
+        stamp_newer(tmp_path / "jobs.db")
         # Then its consumer stops using the file and says why, instead of reading it as version 2
         [refused] = daemon.wait_event("broker_unreachable")
         assert "operation=reserve" in refused and "written by a newer disqontrol" in refused

@@ -47,6 +47,13 @@ def dump(path: Path) -> tuple[list, list, list]:
         db.close()
 
 
+def stamp_newer(path: Path) -> None:
+    """Make the file look written by the next release."""
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA user_version = {sqlite_schema.VERSION + 1}")
+    db.close()
+
+
 def header(path: Path) -> tuple[int, int, list[str]]:
     db = sqlite3.connect(path)
     try:
@@ -138,9 +145,7 @@ def test_a_file_of_a_newer_release_is_refused_untouched(tmp_path: Path) -> None:
     path = tmp_path / "jobs.db"
     with open_broker(f"sqlite://{path}") as broker:
         broker.add("q", b"x")
-    db = sqlite3.connect(path)
-    db.execute(f"PRAGMA user_version = {sqlite_schema.VERSION + 1}")
-    db.close()
+    stamp_newer(path)
     # When this release opens it, Then it refuses, naming the file, its version and the ones it reads
     with pytest.raises(BrokerDataError) as refused:
         open_broker(f"sqlite://{path}")
@@ -154,9 +159,7 @@ def test_a_file_of_a_newer_release_is_refused_untouched(tmp_path: Path) -> None:
 def test_a_shard_file_of_a_newer_release_is_refused(tmp_path: Path) -> None:
     url = f"sqlite://{tmp_path}/jobs.db?shards=2"
     open_broker(url).close()
-    db = sqlite3.connect(tmp_path / "jobs.db.shard1")
-    db.execute(f"PRAGMA user_version = {sqlite_schema.VERSION + 1}")
-    db.close()
+    stamp_newer(tmp_path / "jobs.db.shard1")
     with pytest.raises(BrokerDataError, match="jobs.db.shard1"):
         open_broker(url)
 
@@ -184,9 +187,7 @@ def test_an_open_broker_stops_once_a_newer_release_upgrades_its_file(tmp_path: P
     with open_broker(f"sqlite://{path}") as broker:
         broker.add("q", b"x")
         # When a newer release upgrades the file under it (its producer deployed before the daemon)
-        db = sqlite3.connect(path)
-        db.execute(f"PRAGMA user_version = {sqlite_schema.VERSION + 1}")
-        db.close()
+        stamp_newer(path)
         # Then within a second every call refuses, instead of running version 2's statements on it
         refused = wait_for(lambda: _refusal(lambda: broker.add("q", b"y")), timeout=10, interval=0.05,
                            message="the add refused")
