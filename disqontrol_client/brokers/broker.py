@@ -66,7 +66,7 @@ class Broker(abc.ABC):
     #: transaction (a crash leaves both or neither); False: claim, then add.
     atomic_claims: bool = False
     #: True when the store's data carries a layout version that a release
-    #: checks (sqlite: at open, redis: at the first call; Disque's jobs are
+    #: checks (at open or first call, then once a second; Disque's jobs are
     #: the server's own: nothing to version)
     versioned_data: bool = False
 

@@ -117,7 +117,7 @@ class RedisBroker(Broker):
             for name in ("add", "reserve", "remove", "nack", "working", "replace", "peek", "counts", "show",
                          "add_claimed", redis_version.SCRIPT)
         }
-        self._data_checked = False  # redis_version: once, at the first call
+        self._data_check_at = 0.0  # monotonic time of the next look at the prefix's data version
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> "RedisBroker":
@@ -178,11 +178,13 @@ class RedisBroker(Broker):
             raise BrokerError(f"redis at {self._where} refused the operation: {exc}") from exc
 
     def _check_data(self) -> None:
-        """The prefix's data version (redis_version), at this connection's first call."""
-        if not self._data_checked:
+        """The prefix's data version (redis_version), at this connection's
+        first call and then once a second at most (a newer release may
+        upgrade the prefix under a running process): one round trip."""
+        if time.monotonic() >= self._data_check_at:
             redis_version.check(lambda keys, args: self._scripts[redis_version.SCRIPT](keys=keys, args=args),
                                 self._prefix, self._queues_key, self._where)
-            self._data_checked = True
+            self._data_check_at = time.monotonic() + redis_version.RECHECK
 
     def check_data(self) -> None:
         self._call(lambda: None)

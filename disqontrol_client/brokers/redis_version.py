@@ -4,10 +4,11 @@ Why: users upgrade and roll back with jobs waiting. A release that changes
 the key layout must know which layout a prefix holds, and an older release
 must refuse a prefix a newer one wrote rather than misread it. Version 1 is
 the layout of lua/common.lua; data written before versions existed is
-version 1 too. Each broker connection checks once, at its first call
-(lua/version.lua stamps an unstamped prefix atomically). A future layout
-change goes in a Lua script that checks the version key and rewrites the
-keys and the version in one atomic call.
+version 1 too. Each broker connection checks at its first call, then once
+a second at most, so a running process stops once a newer release has
+upgraded the prefix under it (lua/version.lua stamps an unstamped prefix
+atomically). A future layout change goes in a Lua script that checks the
+version key and rewrites the keys and the version in one atomic call.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ VERSION = 1  # the layout this release writes
 OLDEST = 1  # the oldest layout this release reads
 UNVERSIONED = 1  # the layout of data written before versions existed
 SCRIPT = "version"  # lua/version.lua
+RECHECK = 1.0  # s between two looks of a connection at its prefix's version
 
 
 def version_key(prefix: str) -> str:

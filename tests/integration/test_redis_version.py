@@ -16,6 +16,7 @@ from disqontrol_client.brokers import redis_version
 from disqontrol_client.errors import BrokerDataError
 from tests.conftest import _flushed_redis_url
 from tests.support.daemon import Daemon, python_worker
+from tests.support.procs import wait_for
 
 ADDJOB = [str(Path(sys.executable).parent / "disqontrol"), "addjob"]
 EXIT_CONFIG = 2
@@ -64,6 +65,23 @@ def test_a_prefix_of_a_newer_release_is_refused_by_every_call(redis_url: str) ->
         assert "newer disqontrol" in message and "upgrade disqontrol" in message
     # And the data is as it was
     assert raw(redis_url).llen(f"{PREFIX}:{{q}}:ready") == 1
+
+
+def test_an_open_broker_stops_once_a_newer_release_upgrades_its_prefix(redis_url: str) -> None:
+    with open_broker(redis_url) as broker:
+        broker.add("q", b"x")
+        raw(redis_url).set(redis_version.version_key(PREFIX), redis_version.VERSION + 1)
+
+        def refused() -> bool:
+            try:
+                broker.reserve(["q"], timeout=0)
+            except BrokerDataError:
+                return True
+            return False
+
+        wait_for(refused, timeout=10, interval=0.05, message="the reserve refused")
+        with pytest.raises(BrokerDataError):
+            broker.add("q", b"y")
 
 
 def test_addjob_and_the_daemon_refuse_a_prefix_of_a_newer_release(redis_url: str, tmp_path: Path) -> None:
