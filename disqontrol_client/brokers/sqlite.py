@@ -36,9 +36,10 @@ from disqontrol_client.brokers.broker import (
     QueueStats,
 )
 from disqontrol_client.brokers.sqlite_store import (  # the SQL lives beside the schema
-    BUSY_TIMEOUT, CHUNK, DELETE_IDS, DROP_EXPIRED_CLAIMS, INSERT, LEASE_MANY, LEASE_ONE, NEXT_DUE,
-    QUEUES, READY_UP_TO, TAKE_CLAIM, WAITING, Store, by_ids, delete_then_lease, with_ids,
+    BUSY_TIMEOUT, CHUNK, DELETE_IDS, DROP_EXPIRED_CLAIMS, INSERT, LEASE_MANY, LEASE_ONE, QUEUES,
+    READY_UP_TO, TAKE_CLAIM, WAITING, Store, by_ids, delete_then_lease, with_ids,
 )
+from disqontrol_client.brokers.sqlite_due import DIRECT_QUEUES, DueQueues
 from disqontrol_client.brokers.sqlite_wake import Waiter, WakeDir, lease_or_wait
 from disqontrol_client.errors import BrokerError, ConfigError
 
@@ -141,6 +142,7 @@ class SqliteBroker(Broker):
         self._write = self._store.write
         self._wake = wake if wake is not None else WakeDir(path)
         self._waiter = Waiter(self._wake)
+        self._due = DueQueues()  # what the last look found due, while nothing changed
         self._last_sweep = 0.0
         self._sweep_from = 0  # rowid where the next ttl sweep step starts
         #: called after each ttl sweep step (each second while reserving):
@@ -155,6 +157,13 @@ class SqliteBroker(Broker):
         broker = cls(path_from_url(url), **options)
         broker._conn()  # fail now, with a clear message, if the file is unusable
         return broker
+
+    def _made_due(self) -> None:
+        """After a commit that may have made a job due sooner (an add, a
+        nack): our own commits leave ``PRAGMA data_version`` as it was, so
+        ``DueQueues`` is told here; other processes are woken."""
+        self._due.forget()
+        self._wake.notify()
 
     def _id(self, rowid: int) -> str:
         return f"{self.id_prefix}{rowid}"
@@ -180,7 +189,7 @@ class SqliteBroker(Broker):
         db = self._conn()
         row = (queue, payload, now + delay, retry, now + ttl, now)
         rowid = self._exclusive(lambda: db.execute(INSERT, row).lastrowid)
-        self._wake.notify()
+        self._made_due()
         return self._id(rowid)  # type: ignore[arg-type]
 
     @_guarded
@@ -196,7 +205,7 @@ class SqliteBroker(Broker):
 
         # AUTOINCREMENT under the write lock: the batch got consecutive ids.
         last = self._write(insert)
-        self._wake.notify()
+        self._made_due()
         return [self._id(r) for r in range(last - len(rows) + 1, last + 1)]
 
     @_guarded
@@ -211,7 +220,7 @@ class SqliteBroker(Broker):
             return rowid  # type: ignore[return-value]
 
         new_id = self._id(self._write(swap))
-        self._wake.notify()
+        self._made_due()
         return new_id
 
     # -- consuming -----------------------------------------------------------
@@ -233,23 +242,38 @@ class SqliteBroker(Broker):
 
     def _lease(self, queues: Sequence[str], count: int, acked: Sequence[int] = ()) -> list[Delivery]:
         """Delete the ``acked`` rows and lease up to ``count`` due jobs, in
-        one transaction. One queue, nothing to ack: a single autocommit
-        write statement: sqlite takes the write lock before its subquery
-        reads, so the read and the write are one transaction."""
+        one transaction. Nothing is leased, and no write lock taken, while
+        ``DueQueues`` knows none of ``queues`` has a job due. One queue,
+        nothing to ack: a single autocommit write statement: sqlite takes
+        the write lock before its subquery reads, so the read and the write
+        are one transaction. Many queues: only those the probe found due
+        are tried, in their order."""
         db = self._conn()
         now = time.time()
         if now - self._last_sweep >= SWEEP_INTERVAL:
             self._write(lambda db: self._sweep(db, now))
             if self.on_sweep is not None:
                 self.on_sweep()
+        if self._due.quiet(db, queues, now):
+            if acked:
+                self._write(lambda db: by_ids(db, DELETE_IDS, (), acked))
+            return []
+        if len(queues) > DIRECT_QUEUES:
+            queues = self._due.probe(db, queues, now)
+            if not queues:
+                if acked:
+                    self._write(lambda db: by_ids(db, DELETE_IDS, (), acked))
+                return []
         if len(queues) == 1 and not acked:
             sql = LEASE_ONE if count == 1 else LEASE_MANY
             rows = self._exclusive(lambda: db.execute(sql, (now, queues[0], count)).fetchall())
-            return self._deliveries(queues[0], rows)
-        per_queue = self._write(lambda db: delete_then_lease(db, acked, now, queues, count))
-        if len(per_queue) == 1:
-            return self._deliveries(*per_queue[0])
-        return [d for queue, rows in per_queue for d in self._deliveries(queue, rows)]
+            got = self._deliveries(queues[0], rows)
+        else:
+            per_queue = self._write(lambda db: delete_then_lease(db, acked, now, queues, count))
+            got = [d for queue, rows in per_queue for d in self._deliveries(queue, rows)]
+        if got:
+            self._due.forget()  # leased rows fall due again at their lease's end
+        return got
 
     def _deliveries(self, queue: str, rows: list) -> list[Delivery]:
         if len(rows) > 1:
@@ -271,15 +295,14 @@ class SqliteBroker(Broker):
         self._last_sweep = now
 
     def _until_next_due(self, queues: Sequence[str], armed: bool) -> float:
-        """Seconds until a delayed job or a lease of ``queues`` falls due."""
-        db = self._conn()
+        """Seconds until a delayed job or a lease of ``queues`` falls due
+        (as the lease just before found it, else asked now)."""
         now = time.time()
         limit = MAX_SLEEP if armed else POLL_INTERVAL
-        for queue in queues:
-            row = db.execute(NEXT_DUE, (queue, now)).fetchone()
-            if row is not None:
-                limit = min(limit, max(row[0] - now, 0))
-        return limit
+        left = self._due.seconds_left(queues, now)
+        if left is None:
+            left = 0.0 if self._due.probe(self._conn(), queues, now) else self._due.seconds_left(queues, now)
+        return min(limit, left if left is not None else 0.0)
 
     @_guarded
     def ack(self, ids: Iterable[str]) -> None:
@@ -293,7 +316,7 @@ class SqliteBroker(Broker):
     def nack(self, ids: Iterable[str]) -> None:
         if self._by_ids("UPDATE jobs SET leased = 0, due = ?, nacks = nacks + 1 WHERE id IN ({})",
                         (time.time(),), ids):
-            self._wake.notify()
+            self._made_due()
 
     def _by_ids(self, sql: str, head: tuple, ids: Iterable[str]) -> int:
         """Run ``sql`` over ``ids`` in one transaction; rows changed."""
@@ -453,7 +476,7 @@ class SqliteBroker(Broker):
 
         ids = self._write(take_and_add)
         if any(ids):
-            self._wake.notify()
+            self._made_due()
         return ids
 
     def moved(self) -> Optional[str]:

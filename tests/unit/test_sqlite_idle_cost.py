@@ -1,0 +1,74 @@
+"""What an idle consumer of many sqlite queues costs, counted in statements
+(a trace callback on its connection), not timed: it must not grow with the
+number of queues. Before sqlite_due.py, each idle second ran four statements
+per queue: 40,000 a second for 10,000 queues, a third of a core."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from disqontrol_client.brokers.sqlite import SqliteBroker
+
+FEW, MANY = 10, 10_000
+IDLE_RESERVES = 3
+RESERVE_TIMEOUT = 0.3  # s: each reserve blocks, as an idle consumer's does
+IDLE_STATEMENTS = 12  # per blocking reserve, whatever the queue count (a ttl sweep step included)
+TAKE_STATEMENTS = 8  # per reserve that takes a job, whatever the queue count
+
+
+def queues(count: int) -> list[str]:
+    return [f"tenant-{n:05d}" for n in range(count)]
+
+
+def counted(broker: SqliteBroker) -> list[str]:
+    """The statements the broker's connection runs from now on."""
+    seen: list[str] = []
+    broker._conn().set_trace_callback(seen.append)
+    return seen
+
+
+def idle_statements(path: Path, count: int) -> list[int]:
+    """Statements of each of IDLE_RESERVES blocking reserves over ``count``
+    empty queues, after a first one (which looks, once)."""
+    broker = SqliteBroker(str(path))
+    try:
+        names = queues(count)
+        broker.add("elsewhere", b"another group's job")  # a database with jobs, none of these queues'
+        assert broker.reserve(names, count=10, timeout=0) == []
+        seen = counted(broker)
+        per_reserve = []
+        for _ in range(IDLE_RESERVES):
+            before = len(seen)
+            assert broker.reserve(names, count=10, timeout=RESERVE_TIMEOUT) == []
+            per_reserve.append(len(seen) - before)
+        return per_reserve
+    finally:
+        broker.close()
+
+
+def test_an_idle_reserve_costs_the_same_few_statements_for_ten_or_ten_thousand_queues(tmp_path: Path) -> None:
+    # Given consumers of 10 and of 10,000 empty queues
+    few = idle_statements(tmp_path / "few.db", FEW)
+    many = idle_statements(tmp_path / "many.db", MANY)
+
+    # Then each blocking reserve that finds nothing runs a few statements, not some per queue
+    assert max(few) <= IDLE_STATEMENTS, few
+    assert max(many) <= IDLE_STATEMENTS, f"{many} statements per idle reserve of {MANY} queues"
+
+
+def test_taking_a_job_of_the_last_of_ten_thousand_queues_costs_a_few_statements(tmp_path: Path) -> None:
+    # Given a consumer of 10,000 queues that found nothing, then a job in the last queue
+    broker = SqliteBroker(str(tmp_path / "jobs.db"))
+    try:
+        names = queues(MANY)
+        assert broker.reserve(names, timeout=0) == []
+        job_id = broker.add(names[-1], b"x")
+        seen = counted(broker)
+
+        # When it reserves
+        got = broker.reserve(names, count=10, timeout=0)
+
+        # Then it got the job with a few statements, not one per queue before it
+        assert [d.id for d in got] == [job_id]
+        assert len(seen) <= TAKE_STATEMENTS, seen
+    finally:
+        broker.close()
