@@ -214,3 +214,26 @@ def test_one_batch_add_wakes_as_many_blocked_consumers_as_it_has_jobs(broker, re
     assert sorted(d.payload for got in results for d in got) == [b"1", b"2"]
     for consumer in consumers:
         consumer.close()
+
+
+IDLE_QUEUES = 1000
+IDLE_RESERVES = 3
+
+
+def test_an_idle_reserve_of_many_queues_runs_one_script_of_one_call_per_empty_queue(broker, raw):
+    # Given a consumer of 1,000 empty queues (per-tenant queues), its key list built
+    queues = [f"tenant-{n:04d}" for n in range(IDLE_QUEUES)]
+    assert broker.reserve(queues, count=10, timeout=0) == []
+    raw.config_resetstat()
+
+    # When it blocks in reserve a few times and nothing comes
+    for _ in range(IDLE_RESERVES):
+        assert broker.reserve(queues, count=10, timeout=SHORT) == []
+
+    # Then each reserve ran the script once (not again after its wait), and
+    # the script looked at each empty queue once (EXISTS), not five times
+    calls = {name.removeprefix("cmdstat_"): stat["calls"] for name, stat in raw.info("commandstats").items()}
+    assert calls.get("evalsha") == IDLE_RESERVES, calls
+    assert calls.get("blpop") == IDLE_RESERVES, calls
+    assert calls.get("exists") == IDLE_RESERVES * IDLE_QUEUES, calls
+    assert not {"zrange", "zrangebyscore", "lpop"} & set(calls), calls
