@@ -7,17 +7,21 @@ into the project's broker errors for both.
 from __future__ import annotations
 
 import functools
+import json
 import sqlite3
 import time
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, TypeVar
 
 from disqontrol_client.brokers.broker import SCAN_PAGE, Delivery, QueueStats
-from disqontrol_client.brokers.sqlite_store import QUEUES, READY_UP_TO, WAITING, with_ids
+from disqontrol_client.brokers.sqlite_store import QUEUES, WAITING, with_ids
 from disqontrol_client.errors import BrokerError
 
 T = TypeVar("T")
 
 ID_CHUNK = 1000  # ids of a queue read from its index per step of a scan (ints: little memory)
+# (position in the names, its ready jobs counted up to the cap ?3) of each queue named in ?2
+BACKLOG = ("SELECT q.key, (SELECT count(*) FROM (SELECT 1 FROM jobs WHERE queue = q.value AND due <= ?1"
+           " AND expires > ?1 LIMIT ?3)) FROM json_each(?2) AS q")
 
 
 def guarded(method: Callable[..., T]) -> Callable[..., T]:
@@ -66,10 +70,12 @@ class SqliteLooking:
 
     @guarded
     def backlog(self, queues: Sequence[str], cap: int) -> dict[str, int]:
-        """Stops counting at ``cap``: a million-job backlog costs what ``cap`` does."""
-        db = self._conn()
-        now = time.time()
-        return {queue: db.execute(READY_UP_TO, (queue, now, cap)).fetchone()[0] for queue in queues}
+        """Stops counting at ``cap``: a million-job backlog costs what ``cap``
+        does. One statement for every queue (the autoscaler asks each
+        second): 10,000 queues cost a statement each before."""
+        names = list(queues)
+        rows = self._conn().execute(BACKLOG, (time.time(), json.dumps(names), cap))
+        return {names[n]: ready for n, ready in rows}
 
     @guarded
     def queues(self) -> list[str]:

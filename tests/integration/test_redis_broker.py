@@ -237,3 +237,19 @@ def test_an_idle_reserve_of_many_queues_runs_one_script_of_one_call_per_empty_qu
     assert calls.get("blpop") == IDLE_RESERVES, calls
     assert calls.get("exists") == IDLE_RESERVES * IDLE_QUEUES, calls
     assert not {"zrange", "zrangebyscore", "lpop"} & set(calls), calls
+
+
+def test_the_backlog_of_many_queues_is_one_script_of_one_call_per_empty_queue(broker, raw):
+    # Given ready jobs in two of 1,000 queues (the autoscaler asks for them all each second)
+    queues = [f"tenant-{n:04d}" for n in range(IDLE_QUEUES)]
+    broker.add_many([NewJob(queues[5], b"x") for _ in range(3)] + [NewJob(queues[-1], b"y")])
+    raw.config_resetstat()
+
+    # When the backlog is asked, capped at 2
+    backlog = broker.backlog(queues, cap=2)
+
+    # Then every queue has its capped count, from one script that looked once at each empty queue
+    assert len(backlog) == IDLE_QUEUES and (backlog[queues[5]], backlog[queues[-1]], backlog[queues[0]]) == (2, 1, 0)
+    calls = {name.removeprefix("cmdstat_"): stat["calls"] for name, stat in raw.info("commandstats").items()}
+    assert calls.get("evalsha") == 1, calls
+    assert calls.get("exists") == IDLE_QUEUES, calls

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from disqontrol_client.brokers.broker import NewJob
 from disqontrol_client.brokers.sqlite import SqliteBroker
 
 FEW, MANY = 10, 10_000
@@ -70,5 +71,24 @@ def test_taking_a_job_of_the_last_of_ten_thousand_queues_costs_a_few_statements(
         # Then it got the job with a few statements, not one per queue before it
         assert [d.id for d in got] == [job_id]
         assert len(seen) <= TAKE_STATEMENTS, seen
+    finally:
+        broker.close()
+
+
+def test_the_backlog_of_ten_thousand_queues_is_one_statement(tmp_path: Path) -> None:
+    # Given ready jobs in two of 10,000 queues (the autoscaler asks for them all each second)
+    broker = SqliteBroker(str(tmp_path / "jobs.db"))
+    try:
+        names = queues(MANY)
+        broker.add_many([NewJob(names[5], b"x") for _ in range(3)] + [NewJob(names[-1], b"y")])
+        seen = counted(broker)
+
+        # When the backlog is asked, capped at 2
+        backlog = broker.backlog(names, cap=2)
+
+        # Then every queue has its capped count, from one statement
+        assert len(backlog) == MANY and sum(backlog.values()) == 3
+        assert (backlog[names[5]], backlog[names[-1]], backlog[names[0]]) == (2, 1, 0)
+        assert len(seen) == 1, f"{len(seen)} statements"
     finally:
         broker.close()
