@@ -40,6 +40,7 @@ class DueQueues:
     def __init__(self) -> None:
         self._names: tuple[str, ...] = ()
         self._names_json = "[]"
+        self._db: Optional[sqlite3.Connection] = None  # whose data version it is (a forked child opens its own)
         self._version: Optional[int] = None  # data version when none was due; None = nothing known
         self._until = 0.0  # the soonest due time then (time.time()), inf if none
 
@@ -50,8 +51,11 @@ class DueQueues:
     def quiet(self, db: sqlite3.Connection, queues: Sequence[str], now: float) -> bool:
         """True while no job of ``queues`` can be due: none was at the last
         probe, no other connection committed since, and the soonest due time
-        then seen is still ahead. One statement, whatever the queue count."""
-        if self._version is None or now >= self._until or tuple(queues) != self._names:
+        then seen is still ahead. One statement, whatever the queue count.
+        Data versions of two connections do not compare: after a fork the
+        child's new connection started at its parent's number, and the
+        child took the parent's "nothing due" for its own."""
+        if self._version is None or db is not self._db or now >= self._until or tuple(queues) != self._names:
             return False
         return db.execute(DATA_VERSION).fetchone()[0] == self._version
 
@@ -68,7 +72,7 @@ class DueQueues:
         if ready:
             self._version = None
         else:
-            self._version = version
+            self._db, self._version = db, version
             self._until = min((due for _, due in heads), default=math.inf)
         return ready
 

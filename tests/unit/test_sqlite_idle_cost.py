@@ -4,6 +4,7 @@ number of queues. Before sqlite_due.py, each idle second ran four statements
 per queue: 40,000 a second for 10,000 queues, a third of a core."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from disqontrol_client.brokers.broker import NewJob
@@ -92,3 +93,26 @@ def test_the_backlog_of_ten_thousand_queues_is_one_statement(tmp_path: Path) -> 
         assert len(seen) == 1, f"{len(seen)} statements"
     finally:
         broker.close()
+
+
+def test_a_forked_child_does_not_take_its_parents_nothing_due_for_its_own(tmp_path: Path) -> None:
+    # Given a consumer of many queues that found nothing due, then an add by another connection
+    path = str(tmp_path / "jobs.db")
+    broker = SqliteBroker(path)
+    names = queues(FEW)
+    assert broker.reserve(names, timeout=0) == []
+    other = SqliteBroker(path)
+    job_id = other.add(names[3], b"x")
+    other.close()
+
+    # When a forked child reserves through the same broker (its own new connection,
+    # whose data version starts where the parent's stood)
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only if it got the job
+        got = broker.reserve(names, timeout=0)
+        os._exit(0 if [d.id for d in got] == [job_id] else 1)
+    _, status = os.waitpid(pid, 0)
+
+    # Then the child got the job
+    assert os.waitstatus_to_exitcode(status) == 0
+    broker.close()
