@@ -236,15 +236,11 @@ class SqliteBroker(SqliteLooking, Broker):
             if self.on_sweep is not None:
                 self.on_sweep()
         if self._due.quiet(db, queues, now):
-            if acked:
-                self._write(lambda db: by_ids(db, DELETE_IDS, (), acked))
-            return []
+            return self._ack_only(acked)
         if len(queues) > DIRECT_QUEUES:
             queues = self._due.probe(db, queues, now)
             if not queues:
-                if acked:
-                    self._write(lambda db: by_ids(db, DELETE_IDS, (), acked))
-                return []
+                return self._ack_only(acked)
         if len(queues) == 1 and not acked:
             sql = LEASE_ONE if count == 1 else LEASE_MANY
             rows = self._exclusive(lambda: db.execute(sql, (now, queues[0], count)).fetchall())
@@ -255,6 +251,12 @@ class SqliteBroker(SqliteLooking, Broker):
         if got:
             self._due.forget()  # leased rows fall due again at their lease's end
         return got
+
+    def _ack_only(self, acked: Sequence[int]) -> list[Delivery]:
+        """Nothing is due: delete the ``acked`` rows alone, before any wait."""
+        if acked:
+            self._write(lambda db: by_ids(db, DELETE_IDS, (), acked))
+        return []
 
     def _deliveries(self, queue: str, rows: list) -> list[Delivery]:
         if len(rows) > 1:

@@ -55,9 +55,13 @@ class DueQueues:
         Data versions of two connections do not compare: after a fork the
         child's new connection started at its parent's number, and the
         child took the parent's "nothing due" for its own."""
-        if self._version is None or db is not self._db or now >= self._until or tuple(queues) != self._names:
+        if self._version is None:
             return False
-        return db.execute(DATA_VERSION).fetchone()[0] == self._version
+        if (db is not self._db or now >= self._until or tuple(queues) != self._names
+                or db.execute(DATA_VERSION).fetchone()[0] != self._version):
+            self._version = None  # stale: its soonest due time must not be waited for either
+            return False
+        return True
 
     def probe(self, db: sqlite3.Connection, queues: Sequence[str], now: float) -> list[str]:
         """The ``queues`` with a job due at ``now``, in their given order

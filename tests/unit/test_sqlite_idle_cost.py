@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from disqontrol_client.brokers.broker import NewJob
 from disqontrol_client.brokers.sqlite import SqliteBroker
 
@@ -15,6 +17,8 @@ IDLE_RESERVES = 3
 RESERVE_TIMEOUT = 0.3  # s: each reserve blocks, as an idle consumer's does
 IDLE_STATEMENTS = 12  # per blocking reserve, whatever the queue count (a ttl sweep step included)
 TAKE_STATEMENTS = 8  # per reserve that takes a job, whatever the queue count
+LEASE = 1.0  # s
+SHORT_BLOCK = 0.1  # s: a reserve that blocks, and so looks when the next job is due
 
 
 def queues(count: int) -> list[str]:
@@ -115,4 +119,26 @@ def test_a_forked_child_does_not_take_its_parents_nothing_due_for_its_own(tmp_pa
 
     # Then the child got the job
     assert os.waitstatus_to_exitcode(status) == 0
+    broker.close()
+
+
+@pytest.mark.parametrize("count", [2, FEW])  # a lease trying each queue, and one probing first
+def test_after_another_connections_lease_a_blocked_reserve_waits_for_that_lease_not_longer(
+    tmp_path: Path, count: int
+) -> None:
+    # Given a consumer that found nothing due in any of its queues (nothing at all: no end to wait for)
+    path = str(tmp_path / "jobs.db")
+    broker = SqliteBroker(path)
+    names = queues(count)
+    assert broker.reserve(names, timeout=SHORT_BLOCK) == []
+
+    # When another consumer leases a new job of theirs for 1 s, and ours looks again
+    other = SqliteBroker(path)
+    other.add(names[-1], b"x", retry=LEASE)
+    assert len(other.reserve(names, timeout=0)) == 1
+    assert broker._lease(names, 1) == []
+
+    # Then its wait is cut to that lease's end, not to the 2 s safety net
+    assert broker._until_next_due(names, armed=True) <= LEASE
+    other.close()
     broker.close()
