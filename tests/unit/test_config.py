@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from disqontrol_client import config as config_module
-from disqontrol_client.config import Config, ConfigError, find_config_path, load_config, parse_config
+from disqontrol_client.config import Config, ConfigError, ConsumerConfig, find_config_path, load_config, parse_config
 
 REPO = Path(__file__).resolve().parents[2]
 MINIMAL = {"queues": {"mail": {"worker": {"type": "command", "command": "true"}}}}
@@ -479,3 +479,18 @@ def test_a_config_is_parsed_by_libyaml_not_pyyamls_python_scanner(tmp_path, monk
 
     # Then every queue is there and the Python scanner never ran
     assert len(config.queues) == 100 and not scanned
+
+
+def test_a_group_of_thousands_of_queues_has_a_short_name_of_its_own():
+    # Given a group of 10,000 per-tenant queues, and one whose last queue differs
+    tenants = tuple(f"tenant-{n:05d}" for n in range(10_000))
+    group = ConsumerConfig(queues=tenants)
+    other = ConsumerConfig(queues=tenants[:-1] + ("tenant-x",))
+
+    # Then its name (logs, process titles, status, metric labels) is short: the
+    # first queues, how many more, a digest that tells it from the other
+    assert len(group.name) <= 150
+    assert group.name.startswith("tenant-00000+tenant-00001+") and "...9991-more-" in group.name
+    assert other.name != group.name
+    # And a group of a few queues keeps its queues joined by '+'
+    assert ConsumerConfig(queues=("a", "b")).name == "a+b"
