@@ -13,8 +13,8 @@ of an isolated job slower (disqontrold.reload validates in a child).
 """
 from __future__ import annotations
 
+import binascii
 import functools
-import hashlib
 import os
 import shlex
 from dataclasses import MISSING, dataclass, field, fields
@@ -33,8 +33,7 @@ ENV_CONFIG = "DISQONTROL_CONFIG"
 YAML_MERGE_TAG = "tag:yaml.org,2002:merge"
 LOOKUP_PATHS = (Path("disqontrol.yml"), Path("/etc/disqontrol/disqontrol.yml"))
 FAILURE_QUEUE_TTL = 3932100
-GROUP_NAME_CHARS = 120  # a group's name past this shows its first queues, how many more, a digest
-GROUP_NAME_DIGEST = 8  # hex digits of the digest of every queue's name
+GROUP_NAME_CHARS = 120  # a group's name past this shows its first queues, how many more, a CRC
 # Beside the config file when not set: a checkout or a /opt install keeps its
 # state together; a system install sets /var/log/disqontrol and /run/disqontrol.
 DEFAULT_LOG_DIR = "log"
@@ -82,7 +81,7 @@ class ConsumerConfig:
     def name(self) -> str:
         """The group's name in logs, titles and status: its queues joined by
         '+'. Past GROUP_NAME_CHARS, the first queues that fit, how many more
-        and a digest of them all (a queue is in one group only, so the first
+        and a CRC-32 of them all (a queue is in one group only, so the first
         names it; the digest tells a group whose later queues changed from
         the one it was): 10,000 per-tenant queues made a 150 KB name, which
         cut the state and job id off every consumer's process title, made
@@ -97,8 +96,8 @@ class ConsumerConfig:
                 break
             shown.append(queue)
             size += len(queue) + 1
-        digest = hashlib.sha256(joined.encode()).hexdigest()[:GROUP_NAME_DIGEST]
-        return f"{'+'.join(shown)}+...{len(self.queues) - len(shown)}-more-{digest}"
+        digest = binascii.crc32(joined.encode())  # not hashlib: OpenSSL stays out of the processes that fork jobs
+        return f"{'+'.join(shown)}+...{len(self.queues) - len(shown)}-more-{digest:08x}"
 
 
 @dataclass(frozen=True)
