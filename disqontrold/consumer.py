@@ -19,13 +19,13 @@ go back with ``nack``, which does not count as a failure; started ones
 finish. A redelivered job counts as failed before it runs again
 (failures.count_redeliveries). What is owed to the broker for the jobs in
 hand (acks, unstarted jobs, the leases of a slow batch) is kept by
-jobs_in_hand.JobsInHand.
+jobs_in_hand.JobsInHand; the runs of non-windowed workers' batches are in
+consumer_batches.py.
 """
 from __future__ import annotations
 
 import logging
 import time
-import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
@@ -37,6 +37,7 @@ from disqontrol_client.job import Job, decode_payload
 from disqontrol_client.logfmt import log_event
 from disqontrold import failures
 from disqontrold.children import EXIT_BOOT_FAILED, EXIT_FAST, EXIT_OK
+from disqontrold.consumer_batches import InlineBatches
 from disqontrold.consumer_signals import ConsumerSignals
 from disqontrold.jobs_in_hand import JobsInHand
 from disqontrold.jobwindow import JobWindow, StartDeferred
@@ -59,7 +60,7 @@ BROKER_BACKOFF_CAP = 30.0  # s
 MS = 1000
 
 
-class Consumer:
+class Consumer(InlineBatches):
     """One consumer process of a group (one slot of the master)."""
 
     def __init__(
@@ -328,53 +329,6 @@ class Consumer:
             if failed is not None:
                 self._settle([(job, failed)])
 
-    def _run_batches(self, by_queue: dict[str, list[Job]]) -> None:
-        """Run the jobs of non-windowed workers: a concurrent worker's as one
-        ``run_many``, an inline worker's one by one. The stop flag and the
-        recycling limits are checked between runs: a bloated process stops
-        after the job in hand and gives the unstarted rest back. A batch run
-        one job after another can outlive the lease of its reserve: past
-        LEASE_RENEW_AFTER each run's end acks the ended jobs and renews the
-        waiting ones (JobsInHand.keep_leases), and before a run, waiting
-        jobs it could outlast are given back (``_give_back_outlasted``)."""
-        reserved = [job for jobs in by_queue.values() for job in jobs]
-        started = 0
-        given_back: set[str] = set()
-        for queue, jobs in by_queue.items():
-            worker = self.workers[queue]
-            for run in [jobs] if worker.concurrent else [[job] for job in jobs]:
-                if self.signals.stopping or self._recycle:  # finish the job in hand, give the rest back
-                    break
-                if len(by_queue) > 1 and self.jobs.may_outlast(self._timeouts[queue], self._shortest_timeout):
-                    given_back.update(self._give_back_outlasted(reserved[started + len(run):], given_back,
-                                                                self._timeouts[queue]))
-                todo = [job for job in run if job.id not in given_back] if given_back else run
-                started += len(run)
-                if todo:
-                    self._tend_window_now()
-                    self._settle(list(zip(todo, self._run(worker, todo))))
-                if started < len(reserved) and self.jobs.renewal_due():
-                    self.jobs.keep_leases([job for job in reserved[started:] if job.id not in given_back])
-        self.jobs.nack([job.id for job in reserved[started:] if job.id not in given_back])
-
-    def _give_back_outlasted(self, waiting: list[Job], given_back: set[str], run_timeout: float) -> list[str]:
-        """Before a run of one queue, give back (nack) the waiting jobs of
-        another whose shorter lease that run could outlast: renewing after
-        it would be too late, and a second consumer would run them too.
-        Given back, another consumer (or this one, next) takes them at once."""
-        ids = self.jobs.outlasted_by([job for job in waiting if job.id not in given_back], run_timeout,
-                                     self._timeouts)
-        if ids:
-            self.jobs.nack(ids)
-        return ids
-
-    def _tend_window_now(self) -> None:
-        """Between two inline runs, which cannot watch the window's
-        processes: feed their stdin, drain their output, enforce their
-        deadlines and settle those that ended, without waiting."""
-        if self.window:
-            self._settle(self.window.wait(0))
-
     def _decode(self, delivery: Delivery) -> Optional[Job]:
         """The Job of a delivery; None if it was redelivered too often (parked)."""
         queue = self.config.queue(delivery.queue)
@@ -388,19 +342,6 @@ class Consumer:
             return job
         self._fail(job, died)
         return None
-
-    def _run(self, worker: Worker, jobs: list[Job]) -> list[Outcome]:
-        timeout = self.config.queue(jobs[0].queue).job_process_timeout
-        try:
-            return worker.run_many(jobs, timeout, on_start=self._on_start)
-        # A worker bug must fail its jobs, not the consumer. SIGINT only sets
-        # our stop flag, so a KeyboardInterrupt here was raised by user code.
-        except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001
-            error = f"worker raised {type(exc).__name__}: {exc}"
-            log_event(logger, "worker_raised", logging.ERROR, job=",".join(j.id or "" for j in jobs),
-                      queue=jobs[0].queue, error=error)
-            return [Outcome(ok=False, error=error, details={"traceback": traceback.format_exc()})
-                    for _ in jobs]
 
     def _settle(self, ended: list[tuple[Job, Outcome]]) -> None:
         """Book ended jobs: a success waits for the next reserve to ack it, a

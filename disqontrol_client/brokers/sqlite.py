@@ -20,29 +20,26 @@ busy database is waited for and retried (see ``sqlite_store``).
 """
 from __future__ import annotations
 
-import functools
 import sqlite3
 import time
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 from disqontrol_client.brokers.broker import (
     DEFAULT_RETRY,
     DEFAULT_TTL,
     MAX_TTL,
-    SCAN_PAGE,
     Broker,
     Delivery,
     NewJob,
-    QueueStats,
 )
+from disqontrol_client.brokers.sqlite_due import DIRECT_QUEUES, DueQueues
+from disqontrol_client.brokers.sqlite_looking import SqliteLooking, guarded
 from disqontrol_client.brokers.sqlite_store import (  # the SQL lives beside the schema
-    BUSY_TIMEOUT, CHUNK, DELETE_IDS, DROP_EXPIRED_CLAIMS, INSERT, LEASE_MANY, LEASE_ONE, NEXT_DUE,
-    QUEUES, READY_UP_TO, TAKE_CLAIM, WAITING, Store, by_ids, delete_then_lease, with_ids,
+    BUSY_TIMEOUT, CHUNK, DELETE_IDS, DROP_EXPIRED_CLAIMS, INSERT, LEASE_MANY, LEASE_ONE, TAKE_CLAIM, Store,
+    by_ids, delete_then_lease, with_ids,
 )
 from disqontrol_client.brokers.sqlite_wake import Waiter, WakeDir, lease_or_wait
 from disqontrol_client.errors import BrokerError, ConfigError
-
-T = TypeVar("T")
 
 SCHEME = "sqlite"
 URL_PREFIX = "sqlite://"
@@ -50,11 +47,9 @@ SWEEP_INTERVAL = 1.0  # s between two steps of the ttl sweep
 SWEEP_ROWS = 10000  # rowids looked at per step: bounds the time the write lock is held
 MAX_SLEEP = 2.0  # s: a waiter re-checks at least this often (lost-wakeup safety net)
 POLL_INTERVAL = 0.05  # s: only when the wake directory is unusable
-ID_CHUNK = 1000  # ids of a queue read from its index per step of a scan (ints: little memory)
 ID_PREFIX = "S-"  # shard 0's (and the one-file engine's); shard k's is S<k>- (sqlite_shards)
 SHARDS_OPTION = "shards"
 MAX_SHARDS = 16
-
 
 
 def parse_url(url: str) -> tuple[str, int]:
@@ -109,20 +104,7 @@ def _row(job: NewJob, now: float) -> tuple:
     return (job.queue, job.payload, now + job.delay, job.retry, now + job.ttl, now)
 
 
-def _guarded(method: Callable[..., T]) -> Callable[..., T]:
-    """Turn sqlite errors into the project's broker errors."""
-
-    @functools.wraps(method)
-    def wrapper(self: "SqliteBroker", *args: Any, **kwargs: Any) -> T:
-        try:
-            return method(self, *args, **kwargs)
-        except sqlite3.Error as exc:
-            raise BrokerError(f"sqlite broker {self.path!r}: {method.__name__} failed: {exc}") from exc
-
-    return wrapper
-
-
-class SqliteBroker(Broker):
+class SqliteBroker(SqliteLooking, Broker):
     """Jobs in one SQLite file shared by every process of the machine."""
 
     schemes = (SCHEME,)
@@ -141,6 +123,7 @@ class SqliteBroker(Broker):
         self._write = self._store.write
         self._wake = wake if wake is not None else WakeDir(path)
         self._waiter = Waiter(self._wake)
+        self._due = DueQueues()  # what the last look found due, while nothing changed
         self._last_sweep = 0.0
         self._sweep_from = 0  # rowid where the next ttl sweep step starts
         #: called after each ttl sweep step (each second while reserving):
@@ -156,6 +139,13 @@ class SqliteBroker(Broker):
         broker._conn()  # fail now, with a clear message, if the file is unusable
         return broker
 
+    def _made_due(self) -> None:
+        """After a commit that may have made a job due sooner (an add, a
+        nack): our own commits leave ``PRAGMA data_version`` as it was, so
+        ``DueQueues`` is told here; other processes are woken."""
+        self._due.forget()
+        self._wake.notify()
+
     def _id(self, rowid: int) -> str:
         return f"{self.id_prefix}{rowid}"
 
@@ -165,7 +155,7 @@ class SqliteBroker(Broker):
 
     # -- producing -----------------------------------------------------------
 
-    @_guarded
+    @guarded
     def add(
         self,
         queue: str,
@@ -180,10 +170,10 @@ class SqliteBroker(Broker):
         db = self._conn()
         row = (queue, payload, now + delay, retry, now + ttl, now)
         rowid = self._exclusive(lambda: db.execute(INSERT, row).lastrowid)
-        self._wake.notify()
+        self._made_due()
         return self._id(rowid)  # type: ignore[arg-type]
 
-    @_guarded
+    @guarded
     def add_many(self, items: Sequence[NewJob]) -> list[str]:
         if not items:
             return []
@@ -196,10 +186,10 @@ class SqliteBroker(Broker):
 
         # AUTOINCREMENT under the write lock: the batch got consecutive ids.
         last = self._write(insert)
-        self._wake.notify()
+        self._made_due()
         return [self._id(r) for r in range(last - len(rows) + 1, last + 1)]
 
-    @_guarded
+    @guarded
     def replace(self, old_id: str, new: NewJob) -> str:
         row = _row(new, time.time())
         old = self.own_rowids([old_id])
@@ -211,12 +201,12 @@ class SqliteBroker(Broker):
             return rowid  # type: ignore[return-value]
 
         new_id = self._id(self._write(swap))
-        self._wake.notify()
+        self._made_due()
         return new_id
 
     # -- consuming -----------------------------------------------------------
 
-    @_guarded
+    @guarded
     def reserve(
         self, queues: Sequence[str], *, count: int = 1, timeout: float = 1.0, ack: Sequence[str] = ()
     ) -> list[Delivery]:
@@ -233,23 +223,40 @@ class SqliteBroker(Broker):
 
     def _lease(self, queues: Sequence[str], count: int, acked: Sequence[int] = ()) -> list[Delivery]:
         """Delete the ``acked`` rows and lease up to ``count`` due jobs, in
-        one transaction. One queue, nothing to ack: a single autocommit
-        write statement: sqlite takes the write lock before its subquery
-        reads, so the read and the write are one transaction."""
+        one transaction. Nothing is leased, and no write lock taken, while
+        ``DueQueues`` knows none of ``queues`` has a job due. One queue,
+        nothing to ack: a single autocommit write statement: sqlite takes
+        the write lock before its subquery reads, so the read and the write
+        are one transaction. Many queues: only those the probe found due
+        are tried, in their order."""
         db = self._conn()
         now = time.time()
         if now - self._last_sweep >= SWEEP_INTERVAL:
             self._write(lambda db: self._sweep(db, now))
             if self.on_sweep is not None:
                 self.on_sweep()
+        if self._due.quiet(db, queues, now):
+            return self._ack_only(acked)
+        if len(queues) > DIRECT_QUEUES:
+            queues = self._due.probe(db, queues, now)
+            if not queues:
+                return self._ack_only(acked)
         if len(queues) == 1 and not acked:
             sql = LEASE_ONE if count == 1 else LEASE_MANY
             rows = self._exclusive(lambda: db.execute(sql, (now, queues[0], count)).fetchall())
-            return self._deliveries(queues[0], rows)
-        per_queue = self._write(lambda db: delete_then_lease(db, acked, now, queues, count))
-        if len(per_queue) == 1:
-            return self._deliveries(*per_queue[0])
-        return [d for queue, rows in per_queue for d in self._deliveries(queue, rows)]
+            got = self._deliveries(queues[0], rows)
+        else:
+            per_queue = self._write(lambda db: delete_then_lease(db, acked, now, queues, count))
+            got = [d for queue, rows in per_queue for d in self._deliveries(queue, rows)]
+        if got:
+            self._due.forget()  # leased rows fall due again at their lease's end
+        return got
+
+    def _ack_only(self, acked: Sequence[int]) -> list[Delivery]:
+        """Nothing is due: delete the ``acked`` rows alone, before any wait."""
+        if acked:
+            self._write(lambda db: by_ids(db, DELETE_IDS, (), acked))
+        return []
 
     def _deliveries(self, queue: str, rows: list) -> list[Delivery]:
         if len(rows) > 1:
@@ -271,29 +278,28 @@ class SqliteBroker(Broker):
         self._last_sweep = now
 
     def _until_next_due(self, queues: Sequence[str], armed: bool) -> float:
-        """Seconds until a delayed job or a lease of ``queues`` falls due."""
-        db = self._conn()
+        """Seconds until a delayed job or a lease of ``queues`` falls due
+        (as the lease just before found it, else asked now)."""
         now = time.time()
         limit = MAX_SLEEP if armed else POLL_INTERVAL
-        for queue in queues:
-            row = db.execute(NEXT_DUE, (queue, now)).fetchone()
-            if row is not None:
-                limit = min(limit, max(row[0] - now, 0))
-        return limit
+        left = self._due.seconds_left(queues, now)
+        if left is None:
+            left = 0.0 if self._due.probe(self._conn(), queues, now) else self._due.seconds_left(queues, now)
+        return min(limit, left if left is not None else 0.0)
 
-    @_guarded
+    @guarded
     def ack(self, ids: Iterable[str]) -> None:
         self._by_ids(DELETE_IDS, (), ids)
 
-    @_guarded
+    @guarded
     def delete(self, ids: Iterable[str]) -> None:
         self._by_ids(DELETE_IDS, (), ids)
 
-    @_guarded
+    @guarded
     def nack(self, ids: Iterable[str]) -> None:
         if self._by_ids("UPDATE jobs SET leased = 0, due = ?, nacks = nacks + 1 WHERE id IN ({})",
                         (time.time(),), ids):
-            self._wake.notify()
+            self._made_due()
 
     def _by_ids(self, sql: str, head: tuple, ids: Iterable[str]) -> int:
         """Run ``sql`` over ``ids`` in one transaction; rows changed."""
@@ -306,7 +312,7 @@ class SqliteBroker(Broker):
             return self._exclusive(lambda: db.execute(statement, (*head, *rowids)).rowcount)
         return self._write(lambda db: by_ids(db, sql, head, rowids))
 
-    @_guarded
+    @guarded
     def working(self, id: str) -> None:
         rowids = self.own_rowids([id])
         if rowids:
@@ -315,116 +321,9 @@ class SqliteBroker(Broker):
                 "UPDATE jobs SET due = ? + retry WHERE id = ? AND leased = 1", (time.time(), rowids[0])
             ))
 
-    # -- looking -------------------------------------------------------------
-
-    @_guarded
-    def length(self, queue: str) -> int:
-        sql = f"SELECT count(*) FROM jobs WHERE queue = ?1 AND {WAITING}"
-        return self._conn().execute(sql, (queue, time.time())).fetchone()[0]
-
-    @_guarded
-    def stats(self, queues: Sequence[str]) -> list[QueueStats]:
-        sql = ("SELECT leased, due <= ?2, count(*) FROM jobs WHERE queue = ?1 AND expires > ?2"
-               " GROUP BY 1, 2")
-        db = self._conn()
-        now = time.time()
-        out = []
-        for queue in queues:
-            counts = {(leased, due): n for leased, due, n in db.execute(sql, (queue, now))}
-            out.append(QueueStats(
-                queue=queue,
-                ready=counts.get((0, 1), 0) + counts.get((1, 1), 0),
-                delayed=counts.get((0, 0), 0),
-                in_flight=counts.get((1, 0), 0),
-            ))
-        return out
-
-    @_guarded
-    def backlog(self, queues: Sequence[str], cap: int) -> dict[str, int]:
-        """Stops counting at ``cap``: a million-job backlog costs what ``cap`` does."""
-        db = self._conn()
-        now = time.time()
-        return {queue: db.execute(READY_UP_TO, (queue, now, cap)).fetchone()[0] for queue in queues}
-
-    @_guarded
-    def queues(self) -> list[str]:
-        return [r[0] for r in self._conn().execute(QUEUES, (time.time(),))]
-
-    def peek(self, queue: str, count: int, *, skip: int = 0) -> list[Delivery]:
-        return [d for _, d in self.peek_aged(queue, count, skip=skip)]
-
-    def peek_aged(self, queue: str, count: int, *, skip: int = 0) -> list[tuple[float, Delivery]]:
-        """``peek`` with each job's creation time, to merge shards by age."""
-        return [(ctime, delivery) for _, ctime, delivery in self._page(queue, count, skip=skip)]
-
-    def scan(self, queue: str, page: int = SCAN_PAGE) -> Iterator[Delivery]:
-        return (delivery for _, delivery in self.scan_aged(queue, page))
-
-    def scan_aged(self, queue: str, page: int = SCAN_PAGE) -> Iterator[tuple[float, Delivery]]:
-        """``scan`` with each job's creation time. The queue's ids come from
-        its index, ID_CHUNK at a time in id order (each chunk after the last
-        id of the one before, never at an OFFSET), then their jobs ``page``
-        at a time: a walk reads the queue's own rows only, however many
-        jobs other queues hold, and stays linear in the queue's length."""
-        after = 0
-        while True:
-            ids = self._queue_ids(queue, after)
-            for start in range(0, len(ids), page):
-                yield from self._jobs(queue, ids[start:start + page])
-            if len(ids) < ID_CHUNK:
-                return
-            after = ids[-1]
-
-    @_guarded
-    def _page(self, queue: str, count: int, *, skip: int = 0) -> list[tuple[int, float, Delivery]]:
-        """(row id, creation time, job) of up to ``count`` waiting jobs in id
-        order, after the first ``skip``. The ids are taken from the queue's
-        index (a failure queue of 5 jobs beside 200,000 other jobs: 0.1 ms,
-        where walking the table in id order took 36 ms)."""
-        sql = (f"SELECT id, payload, nacks, deliveries, ctime FROM jobs WHERE id IN"
-               f" (SELECT id FROM jobs WHERE queue = ?1) AND {WAITING} ORDER BY id LIMIT ?3 OFFSET ?4")
-        rows = self._conn().execute(sql, (queue, time.time(), max(count, 0), max(skip, 0)))
-        return [(r[0], r[4], Delivery(self._id(r[0]), queue, r[1], r[2], r[3])) for r in rows]
-
-    @_guarded
-    def _queue_ids(self, queue: str, after: int) -> list[int]:
-        """The next ID_CHUNK row ids of ``queue`` after ``after`` (its index alone)."""
-        sql = "SELECT id FROM jobs WHERE queue = ? AND id > ? ORDER BY id LIMIT ?"
-        return [r[0] for r in self._conn().execute(sql, (queue, after, ID_CHUNK))]
-
-    @_guarded
-    def _jobs(self, queue: str, ids: Sequence[int]) -> list[tuple[float, Delivery]]:
-        """(creation time, job) of the waiting jobs among ``ids``, in id order."""
-        # ?1 (the queue) goes unused: WAITING names ?2, and the ids follow as ?3...
-        sql = with_ids(f"SELECT id, payload, nacks, deliveries, ctime FROM jobs WHERE {WAITING}"
-                       " AND id IN ({}) ORDER BY id", len(ids))
-        rows = self._conn().execute(sql, (queue, time.time(), *ids))
-        return [(r[4], Delivery(self._id(r[0]), queue, r[1], r[2], r[3])) for r in rows]
-
-    @_guarded
-    def show(self, id: str) -> Optional[dict[str, Any]]:
-        rowids = self.own_rowids([id])
-        if not rowids:
-            return None
-        now = time.time()
-        row = self._conn().execute(
-            "SELECT queue, payload, leased, due, retry, expires, ctime, nacks, deliveries"
-            " FROM jobs WHERE id = ? AND expires > ?", (rowids[0], now)
-        ).fetchone()
-        if row is None:
-            return None
-        queue, payload, leased, due, retry, expires, ctime, nacks, deliveries = row
-        state = "leased" if leased and due > now else ("delayed" if due > now else "ready")
-        return {
-            "id": id, "queue": queue, "payload": payload, "state": state,
-            "nacks": nacks, "additional_deliveries": deliveries, "ctime": ctime,
-            "ttl": expires - ctime, "retry": retry, "expires": expires,
-            "due": due,  # ready time, or lease expiry when leased
-        }
-
     # -- claims and lifecycle -----------------------------------------------
 
-    @_guarded
+    @guarded
     def claim(self, key: str, ttl: float) -> bool:
         now = time.time()
 
@@ -434,7 +333,7 @@ class SqliteBroker(Broker):
 
         return self._write(take)
 
-    @_guarded
+    @guarded
     def add_claimed(self, pairs: Sequence[tuple[str, NewJob]], claim_ttl: float) -> list[Optional[str]]:
         """Every claim and the jobs of those won in one ``BEGIN IMMEDIATE``
         transaction: a crash commits both or neither."""
@@ -453,7 +352,7 @@ class SqliteBroker(Broker):
 
         ids = self._write(take_and_add)
         if any(ids):
-            self._wake.notify()
+            self._made_due()
         return ids
 
     def moved(self) -> Optional[str]:

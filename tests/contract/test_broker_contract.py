@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import pytest
 
@@ -399,9 +399,10 @@ def test_backlog_counts_ready_jobs_only_and_stops_at_the_cap(broker: Broker) -> 
     assert broker.backlog(["q"], cap=3) == {"q": 3}
 
 
-def wake_ups(broker: Broker, url: str, samples: int = WAKE_SAMPLES) -> list[tuple[float, str]]:
-    """(seconds from another process's add to our blocked reserve's return,
-    the job's id), once per sample."""
+def wake_ups(broker: Broker, url: str, samples: int = WAKE_SAMPLES,
+             queues: Sequence[str] = ("wake",)) -> list[tuple[float, str]]:
+    """(seconds from another process's add to the queue "wake" to our
+    reserve blocked on ``queues``'s return, the job's id), once per sample."""
     adder = agent("add-on-line", url, "wake", stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert adder.stdout.readline().strip() == "ready"
@@ -410,7 +411,7 @@ def wake_ups(broker: Broker, url: str, samples: int = WAKE_SAMPLES) -> list[tupl
             # the adder adds while we are blocked in reserve
             adder.stdin.write("go\n")
             adder.stdin.flush()
-            got = broker.reserve(["wake"], timeout=10)
+            got = broker.reserve(list(queues), timeout=10)
             woke = time.monotonic()
             added = float(adder.stdout.readline())
             assert len(got) == 1

@@ -214,3 +214,42 @@ def test_one_batch_add_wakes_as_many_blocked_consumers_as_it_has_jobs(broker, re
     assert sorted(d.payload for got in results for d in got) == [b"1", b"2"]
     for consumer in consumers:
         consumer.close()
+
+
+IDLE_QUEUES = 1000
+IDLE_RESERVES = 3
+
+
+def test_an_idle_reserve_of_many_queues_runs_one_script_of_one_call_per_empty_queue(broker, raw):
+    # Given a consumer of 1,000 empty queues (per-tenant queues), its key list built
+    queues = [f"tenant-{n:04d}" for n in range(IDLE_QUEUES)]
+    assert broker.reserve(queues, count=10, timeout=0) == []
+    raw.config_resetstat()
+
+    # When it blocks in reserve a few times and nothing comes
+    for _ in range(IDLE_RESERVES):
+        assert broker.reserve(queues, count=10, timeout=SHORT) == []
+
+    # Then each reserve ran the script once (not again after its wait), and
+    # the script looked at each empty queue once (EXISTS), not five times
+    calls = {name.removeprefix("cmdstat_"): stat["calls"] for name, stat in raw.info("commandstats").items()}
+    assert calls.get("evalsha") == IDLE_RESERVES, calls
+    assert calls.get("blpop") == IDLE_RESERVES, calls
+    assert calls.get("exists") == IDLE_RESERVES * IDLE_QUEUES, calls
+    assert not {"zrange", "zrangebyscore", "lpop"} & set(calls), calls
+
+
+def test_the_backlog_of_many_queues_is_one_script_of_one_call_per_empty_queue(broker, raw):
+    # Given ready jobs in two of 1,000 queues (the autoscaler asks for them all each second)
+    queues = [f"tenant-{n:04d}" for n in range(IDLE_QUEUES)]
+    broker.add_many([NewJob(queues[5], b"x") for _ in range(3)] + [NewJob(queues[-1], b"y")])
+    raw.config_resetstat()
+
+    # When the backlog is asked, capped at 2
+    backlog = broker.backlog(queues, cap=2)
+
+    # Then every queue has its capped count, from one script that looked once at each empty queue
+    assert len(backlog) == IDLE_QUEUES and (backlog[queues[5]], backlog[queues[-1]], backlog[queues[0]]) == (2, 1, 0)
+    calls = {name.removeprefix("cmdstat_"): stat["calls"] for name, stat in raw.info("commandstats").items()}
+    assert calls.get("evalsha") == 1, calls
+    assert calls.get("exists") == IDLE_QUEUES, calls
