@@ -53,7 +53,6 @@ _LEASE_SET = (
 )
 LEASE_ONE = _LEASE_SET.format("=")  # "=" skips the IN-list temp table: much cheaper
 LEASE_MANY = _LEASE_SET.format("IN")
-NEXT_DUE = "SELECT due FROM jobs WHERE queue = ? AND expires > ? ORDER BY due LIMIT 1"
 # Queue names by hopping through the (queue, due) index, one lookup per queue
 # rather than a scan of every job (DISTINCT would read them all).
 QUEUES = """
@@ -70,8 +69,6 @@ DROP_EXPIRED_CLAIMS = "DELETE FROM claims WHERE expires <= ?"
 TAKE_CLAIM = "INSERT OR IGNORE INTO claims VALUES (?, ?)"
 WAITING = "expires > ?2 AND (leased = 0 OR due <= ?2)"  # ready or delayed, alive
 DELETE_IDS = "DELETE FROM jobs WHERE id IN ({})"
-READY_UP_TO = ("SELECT count(*) FROM (SELECT 1 FROM jobs WHERE queue = ?1 AND due <= ?2 AND expires > ?2"
-               " LIMIT ?3)")
 
 
 def check_sqlite_version() -> None:
@@ -81,6 +78,24 @@ def check_sqlite_version() -> None:
             f"sqlite broker: SQLite {sqlite3.sqlite_version} is too old; it needs >= {need} "
             "(UPDATE ... RETURNING). Use a newer Python/SQLite or a redis:// broker."
         )
+    if not _has_json_functions():
+        raise BrokerUnavailable(
+            f"sqlite broker: SQLite {sqlite3.sqlite_version} was built without its JSON functions "
+            "(json_each: built in from 3.38, an option before); the reserve of many queues and the "
+            "backlog need them. Use a Python/SQLite built with them or a redis:// broker."
+        )
+
+
+@functools.lru_cache(maxsize=1)
+def _has_json_functions() -> bool:
+    """json_each walks a group's queue names in one statement (sqlite_due,
+    sqlite_looking); a 3.35-3.37 build may lack it, and every reserve of
+    more than a few queues would then fail, not the start."""
+    try:
+        sqlite3.connect(":memory:").execute("SELECT count(*) FROM json_each('[1]')").close()
+    except sqlite3.OperationalError:
+        return False
+    return True
 
 
 @functools.lru_cache(maxsize=CACHED_STATEMENTS)
