@@ -45,6 +45,9 @@ METRICS: dict[str, tuple[str, str]] = {
     "queue_ready_jobs": ("gauge", "Jobs ready to run, per queue"),
     "queue_delayed_jobs": ("gauge", "Jobs waiting for their time (delay or retry backoff), per queue"),
     "queue_in_flight_jobs": ("gauge", "Jobs leased by a consumer, per queue"),
+    "queue_latency_seconds": ("gauge", "Seconds the oldest ready job of the queue has waited since it became "
+                                       "ready (added, its delay or retry backoff ended, its lease ran out, "
+                                       "given back); 0: none waits. Growing: the consumers do not keep up"),
     "queue_held": ("gauge", "1 while a consumer holds the queue (its worker's setup raises: its jobs wait); "
                             "`disqontrolctl status` shows the error and the next try"),
     "queue_paused": ("gauge", "1 while a consumer pauses the queue (its jobs cannot start: no process, memory "
@@ -92,6 +95,7 @@ def samples_of(status: Optional[Mapping[str, Any]], queues: Optional[list[Mappin
         out["queue_ready_jobs"].append((label, row["ready"]))
         out["queue_delayed_jobs"].append((label, row["delayed"]))
         out["queue_in_flight_jobs"].append((label, row["in_flight"]))
+        out["queue_latency_seconds"].append((label, row.get("latency") or 0))
     for kind in ("held", "paused") if status is not None else ():
         marked = {row["queue"] for row in status.get(kind) or ()}
         for name in sorted(marked | {row["queue"] for row in queues or ()}):

@@ -37,7 +37,7 @@ from disqontrol_client.brokers.broker import (
 )
 from disqontrol_client.brokers.sqlite_store import (  # the SQL lives beside the schema
     BUSY_TIMEOUT, CHUNK, DELETE_IDS, DROP_EXPIRED_CLAIMS, INSERT, LEASE_MANY, LEASE_ONE, NEXT_DUE,
-    QUEUES, READY_UP_TO, TAKE_CLAIM, WAITING, Store, by_ids, delete_then_lease, with_ids,
+    OLDEST_READY, QUEUES, READY_UP_TO, TAKE_CLAIM, WAITING, Store, by_ids, delete_then_lease, with_ids,
 )
 from disqontrol_client.brokers.sqlite_wake import Waiter, WakeDir, lease_or_wait
 from disqontrol_client.errors import BrokerError, ConfigError
@@ -345,6 +345,18 @@ class SqliteBroker(Broker):
         db = self._conn()
         now = time.time()
         return {queue: db.execute(READY_UP_TO, (queue, now, cap)).fetchone()[0] for queue in queues}
+
+    @_guarded
+    def latency(self, queues: Sequence[str]) -> dict[str, float]:
+        """One (queue, due) index look-up per queue: ``due`` is when a row
+        became ready (its delay's end, its lapsed lease, its nack)."""
+        db = self._conn()
+        now = time.time()
+        out = {}
+        for queue in queues:
+            row = db.execute(OLDEST_READY, (queue, now)).fetchone()
+            out[queue] = max(0.0, now - row[0]) if row is not None else 0.0
+        return out
 
     @_guarded
     def queues(self) -> list[str]:
