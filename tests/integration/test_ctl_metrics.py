@@ -14,6 +14,7 @@ from tests.support.daemon import Daemon, command_worker, python_worker
 from tests.support.procs import wait_for
 
 JOBS = 5
+HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 SAMPLE = re.compile(r'^disqontrol_(\w+)(?:\{(.*)\})? (\S+)$')
 
 
@@ -30,7 +31,8 @@ def parse(text: str) -> dict[tuple[str, str], float]:
         match = SAMPLE.match(line)
         assert match, f"not a sample line: {line!r}"
         name, labels, value = match.groups()
-        assert name in typed, f"{name} has no TYPE line before its samples"
+        family = next((name.removesuffix(s) for s in HISTOGRAM_SUFFIXES if name.removesuffix(s) in typed), name)
+        assert family in typed, f"{name} has no TYPE line before its samples"
         samples[(name, labels or "")] = float(value)
     return samples
 
