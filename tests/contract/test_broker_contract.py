@@ -429,6 +429,28 @@ def test_latency_is_the_wait_of_the_oldest_ready_job_since_it_became_ready(broke
     assert broker.latency(["ready"]) == {"ready": 0.0}
 
 
+def test_latency_of_a_lapsed_or_given_back_job_counts_from_then(broker: Broker, broker_url: str) -> None:
+    if broker_url.startswith("disque"):
+        pytest.skip("Disque keeps no requeue time: such a job counts from its creation (docs/brokers.md)")
+    # Given two jobs that waited a while, then were taken (one with a 1 s lease)
+    broker.add("lapsed", b"l", retry=1)
+    broker.add("nacked", b"n")
+    wait_for(lambda: broker.latency(["lapsed"])["lapsed"] >= LATENCY_DELAY, timeout=10 + LATENCY_DELAY,
+             message="the jobs to wait")
+    reserve_one(broker, "lapsed")
+    taken = reserve_one(broker, "nacked")
+
+    # When one is given back, it counts from then, not from its add
+    broker.nack([taken.id])
+    assert broker.latency(["nacked"])["nacked"] < LATENCY_DELAY - 1
+
+    # When the other's lease runs out, it counts from then too, before and after the
+    # engine moves it back to the ready jobs (stats does on redis)
+    wait_for(lambda: broker.latency(["lapsed"])["lapsed"] > 0, timeout=10, message="the lease to lapse")
+    broker.stats(["lapsed"])
+    assert broker.latency(["lapsed"])["lapsed"] < LATENCY_DELAY - 1
+
+
 def wake_ups(broker: Broker, url: str, samples: int = WAKE_SAMPLES) -> list[tuple[float, str]]:
     """(seconds from another process's add to our blocked reserve's return,
     the job's id), once per sample."""
