@@ -385,7 +385,13 @@ class Consumer:
         job = Job(body=body, queue=delivery.queue, metadata=metadata, id=delivery.id,
                   nacks=delivery.nacks, additional_deliveries=delivery.additional_deliveries)
         died = failures.count_redeliveries(job, queue)
+        if job.additional_deliveries:
+            # Its last delivery died with its consumer, uncounted: a failure
+            # (SPEC §6), booked now, retried by this run or parked below.
+            self.scoreboard.count(failed=1)
         if died is None:
+            if job.additional_deliveries:
+                self.scoreboard.queue_cells.record(job.queue, RETRIED, None)
             return job
         self._fail(job, died)
         return None

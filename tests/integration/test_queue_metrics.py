@@ -121,3 +121,27 @@ def test_every_configured_queue_has_its_counters_from_zero(tmp_path):
         assert ("queue_job_duration_seconds_count", label) not in samples
     finally:
         daemon.stop()
+
+
+@pytest.mark.timeout(180)
+def test_a_job_that_kills_its_consumer_counts_as_failed_at_each_death(tmp_path):
+    # Given a queue allowing 1 retry, and a job whose worker takes the consumer down (a poison job)
+    daemon = Daemon(tmp_path, f"sqlite://{tmp_path}/jobs.db",
+                    {PLAIN: {"worker": python_worker(), "max_retries": 1}}).start()
+    try:
+        daemon.add(PLAIN, [{"n": 1, "exit": True}], lease=1)
+
+        # When it has killed two consumers and was parked at its third delivery
+        wait_for(lambda: daemon.broker.length("failed-jobs") == 1, timeout=90, message="the poison job parked")
+
+        # Then both deaths are failures in the metrics, as SPEC §6 counts them (they
+        # showed none: an alert on failed jobs never saw a job that kills consumers)
+        def booked():
+            _, samples = scrape(daemon)
+            values = queue_values(samples, PLAIN)
+            return (samples, values) if values["parked"] == 1 else None
+        samples, values = wait_for(booked, timeout=30, message="the parked job in the metrics")
+        assert (values["retried"], values["parked"], values["count"]) == (1, 1, 0)  # never ran to its end
+        assert samples[("jobs_failed_total", (("group", PLAIN),))] == 2
+    finally:
+        daemon.stop()
