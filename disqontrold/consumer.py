@@ -44,6 +44,7 @@ from disqontrold.jobwindow import JobWindow, StartDeferred
 from disqontrold.paused_queues import MISSING_GRACE, PausedQueues
 from disqontrold.recycling import RecycleLimits
 from disqontrold.proctitle import consumer_title, set_title
+from disqontrold.queue_tally import DONE, PARKED, RETRIED
 from disqontrold.scoreboard import BUSY, IDLE, STOPPING, Scoreboard
 from disqontrold.workers.base import Outcome, Worker
 from disqontrold.workers.fastfork import settle
@@ -338,7 +339,13 @@ class Consumer(InlineBatches):
         job = Job(body=body, queue=delivery.queue, metadata=metadata, id=delivery.id,
                   nacks=delivery.nacks, additional_deliveries=delivery.additional_deliveries)
         died = failures.count_redeliveries(job, queue)
+        if job.additional_deliveries:
+            # Its last delivery died with its consumer, uncounted: a failure
+            # (SPEC §6), booked now, retried by this run or parked below.
+            self.scoreboard.count(failed=1)
         if died is None:
+            if job.additional_deliveries:
+                self.scoreboard.queue_cells.record(job.queue, RETRIED, None)
             return job
         self._fail(job, died)
         return None
@@ -350,17 +357,20 @@ class Consumer(InlineBatches):
         for job, outcome in ended:
             if outcome.ok:
                 self.jobs.succeeded(job.id)
+                self.scoreboard.queue_cells.record(job.queue, DONE, outcome.duration)
                 log_event(logger, "job_done", job=job.id, queue=job.queue,
                           duration_ms=round(outcome.duration * MS, 1))
             else:
                 failed += 1
-                self._fail(job, outcome)
+                self._fail(job, outcome, outcome.duration)
         if not ended:
             return
         self.scoreboard.count(done=len(ended) - failed, failed=failed)
         if not self._recycle:
             self._recycle = self._recycle_reason()
 
-    def _fail(self, job: Job, outcome: Outcome) -> None:
+    def _fail(self, job: Job, outcome: Outcome, duration: Optional[float] = None) -> None:
+        """Retry or park the job; ``duration``: how long it ran (None: not run)."""
         queue = self.config.queue(job.queue)
-        self.jobs.fail(job, queue, outcome, self.config.queues.get(queue.failure_queue))
+        parked = self.jobs.fail(job, queue, outcome, self.config.queues.get(queue.failure_queue))
+        self.scoreboard.queue_cells.record(job.queue, PARKED if parked else RETRIED, duration)

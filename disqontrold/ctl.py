@@ -172,13 +172,15 @@ class Ctl:
         broker = self.broker()
         names = sorted(set(config.queues) | set(broker.queues()) - config.failure_queues)
         failure_length = {q: broker.length(q) for q in config.failure_queues}
+        latency = broker.latency(names)
         rows = []
         for stats in broker.stats(names):
             queue_config = config.queues.get(stats.queue)
             failure_queue = queue_config.failure_queue if queue_config else None
             rows.append({
                 "queue": stats.queue, "ready": stats.ready, "delayed": stats.delayed,
-                "in_flight": stats.in_flight, "failure_queue": failure_queue,
+                "in_flight": stats.in_flight, "latency": round(latency.get(stats.queue, 0.0), AGE_DIGITS),
+                "failure_queue": failure_queue,
                 "failed": failure_length.get(failure_queue) if failure_queue else None,
             })
         return rows
@@ -276,9 +278,17 @@ def format_queues(rows: Sequence[dict[str, Any]]) -> str:
     queues share a failure queue, and a count beside each of them read as
     that queue's failures (`failed list QUEUE` has those)."""
     return table(
-        ["QUEUE", "READY", "DELAYED", "IN FLIGHT", "FAILURE QUEUE"],
-        [(r["queue"], r["ready"], r["delayed"], r["in_flight"], r["failure_queue"]) for r in rows],
+        ["QUEUE", "READY", "DELAYED", "IN FLIGHT", "LATENCY", "FAILURE QUEUE"],
+        [(r["queue"], r["ready"], r["delayed"], r["in_flight"], _latency(r.get("latency")), r["failure_queue"])
+         for r in rows],
     ) + "\n\n" + table(["FAILURE QUEUE", "LENGTH"], _failure_lengths(rows))
+
+
+def _latency(seconds: Optional[float]) -> str:
+    """How long the queue's oldest ready job has waited: '-' when none waits."""
+    if not seconds:
+        return "-"
+    return f"{seconds:.1f}s" if seconds < 60 else _duration(seconds)
 
 
 def _failure_lengths(rows: Sequence[dict[str, Any]]) -> list[tuple[str, Any]]:

@@ -32,6 +32,7 @@ from disqontrold.workers.base import Outcome
 logger = logging.getLogger(__name__)
 
 RETRY_IMMEDIATELY = "retry_immediately"
+RETRIED, PARKED = "retry", "failed"  # Decision.action
 # Lease of a job parked in a failure queue: nobody consumes it by default.
 FAILURE_QUEUE_RETRY = 600
 
@@ -91,7 +92,7 @@ def handle_failure(
         logger, "job_failed", logging.WARNING, job=job.id, queue=job.queue, attempt=attempt,
         error=outcome.error, next_delay=round(delay, 3), retry_job=new_id,
     )
-    return Decision("retry", new_id, attempt, delay)
+    return Decision(RETRIED, new_id, attempt, delay)
 
 
 def count_redeliveries(job: Job, queue: QueueConfig) -> Optional[Outcome]:
@@ -149,7 +150,7 @@ def _to_failure_queue(
         attempt=attempt, error=error.get("message"), reason=reason,
         failure_queue=queue.failure_queue, failed_job=new_id,
     )
-    return Decision("failed", new_id, attempt)
+    return Decision(PARKED, new_id, attempt)
 
 
 def _fresh_start(metadata: dict[str, Any]) -> dict[str, Any]:

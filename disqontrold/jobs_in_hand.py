@@ -64,16 +64,19 @@ class JobsInHand:
     def succeeded(self, job_id: Optional[str]) -> None:
         self.unacked.append(job_id or "")
 
-    def fail(self, job: Job, queue: QueueConfig, outcome: Outcome, failure_queue: Optional[QueueConfig]) -> None:
-        """Retry or park the job (SPEC §6); a broker that fails here leaves
-        it leased: it comes back after its lease and counts as failed then."""
+    def fail(self, job: Job, queue: QueueConfig, outcome: Outcome, failure_queue: Optional[QueueConfig]) -> bool:
+        """Retry or park the job (SPEC §6): True if parked in the failure
+        queue. A broker that fails here leaves it leased: it comes back
+        after its lease (runs again: False) and counts as failed then."""
         self.started(job.id)  # a parked redelivery is never started
         try:
             with self.quit.broker_call():
-                failures.handle_failure(self.broker, job, queue, outcome, failure_queue=failure_queue)
+                decision = failures.handle_failure(self.broker, job, queue, outcome, failure_queue=failure_queue)
         except (BrokerUnavailable, BrokerError) as exc:
             log_event(logger, "failure_not_recorded", logging.ERROR, job=job.id, queue=job.queue,
                       error=str(exc))
+            return False
+        return decision.action == failures.PARKED
 
     def flush_acks(self) -> None:
         """Ack the successes now, not with the next reserve (the process is

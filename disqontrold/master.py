@@ -26,6 +26,7 @@ from disqontrold.log import reopen_logs
 from disqontrold.master_status import master_status
 from disqontrold.orphans import OrphanedJobs
 from disqontrold.plugin_loop import PluginLoop
+from disqontrold.queue_tally import QueueTotals
 from disqontrold.proctitle import master_title, set_title
 from disqontrold.scoreboard import Scoreboard
 from disqontrold.signals import SignalQueue
@@ -63,6 +64,7 @@ class Master(PluginLoop):
         self.status_hooks: dict[str, Callable[[], Any]] = {}
         self.orphans = OrphanedJobs(self.pid)  # job processes of dead consumers, being ended
         self.retired_totals: dict[str, list[int]] = {}  # group -> [done, failed, restarts] of retired slots
+        self.retired_queue_totals = QueueTotals()  # per-queue outcomes of retired slots
         self._orphan_timer = False
 
     # -- the loop -------------------------------------------------------
@@ -187,7 +189,7 @@ class Master(PluginLoop):
         return {slot.group.name: slot.setup_hung for slot in self.slots if slot.setup_hung}
 
     def _spawn(self, slot: Slot) -> None:
-        slot.scoreboard = Scoreboard()
+        slot.scoreboard = Scoreboard(slot.group.queues)
         slot.kill_reason = ""
         try:
             pid = fork_consumer(self.pid, slot.config, slot.group, self.bootstrap, slot.scoreboard,
@@ -274,6 +276,7 @@ class Master(PluginLoop):
         totals[0] += slot.done_before
         totals[1] += slot.failed_before
         totals[2] += slot.restarts
+        self.retired_queue_totals.add(slot.queues_before.by_queue)
 
     # -- signal handlers (run from the loop, not in signal context) ------
     def handle_chld(self) -> None:

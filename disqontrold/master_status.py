@@ -7,6 +7,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from disqontrol_client.logfmt import redact_url
+from disqontrold.queue_tally import total
 from disqontrold.held_status import consumer_held, consumer_paused, held_queues, paused_queues
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ def master_status(master: Master) -> dict[str, Any]:
                         "in": round(max(0.0, s.next_start - now), AGE_DIGITS), "restarts": s.restarts}
                        for s in master.slots if s.pid is None],
         "groups": groups_status(master),
+        "queue_jobs": queue_jobs(master),
     }
 
 
@@ -66,6 +68,18 @@ def _consumer_status(pid: int, slot: Slot, now: float) -> dict[str, Any]:
         "restarts": slot.restarts,
         "uptime": round(now - slot.started_at, AGE_DIGITS),
     }
+
+
+def queue_jobs(master: Master) -> dict[str, Any]:
+    """Per queue, the jobs done, retried and parked and their durations
+    since the master started: retired slots', earlier processes' of each
+    slot, and the live ones' (so the counters never go down while it runs)."""
+    slots = [*master.children.values(), *(slot for slot in master.slots if slot.pid is None)]
+    return total([
+        master.retired_queue_totals.by_queue,
+        *(slot.queues_before.by_queue for slot in slots),
+        *(slot.scoreboard.queue_cells.read() for slot in master.children.values() if slot.scoreboard is not None),
+    ]).reply()
 
 
 def groups_status(master: Master) -> list[dict[str, Any]]:

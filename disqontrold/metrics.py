@@ -8,9 +8,14 @@ cost the master a broker round trip in its loop. ``disqontrolctl metrics
 --output /var/lib/node_exporter/textfile_collector/disqontrol.prom``, run
 by a timer (systemd/disqontrol-metrics.timer), writes the file atomically.
 
-The job counters are the master's per-group totals: they start at 0 with
-the master and do not go down while it runs (a retired consumer's jobs stay
-in them); Prometheus takes the drop at a master restart for a reset.
+The job counters are the master's per-group totals, and per queue its
+totals of jobs done, retried and parked and of their durations (a
+histogram; see queue_tally.py): they start at 0 with the master and do not
+go down while it runs (a retired or crashed consumer's jobs stay in them);
+Prometheus takes the drop at a master restart for a reset. The per-queue
+counters have a 0 for every queue the broker or the config knows, so the
+first parked job is an increase an alert sees; the histogram appears with
+its queue's first job.
 """
 from __future__ import annotations
 
@@ -25,6 +30,8 @@ MIB = 1024 * 1024
 FILE_MODE = 0o644  # node_exporter runs as another user
 
 Sample = tuple[Mapping[str, str], float]
+HISTOGRAM = "histogram"  # its samples are (suffix, labels, value): _bucket, _sum, _count
+INF = "+Inf"
 
 #: name -> (type, help); the order of the exposition.
 METRICS: dict[str, tuple[str, str]] = {
@@ -38,20 +45,33 @@ METRICS: dict[str, tuple[str, str]] = {
     "consumer_rss_bytes": ("gauge", "Resident memory of the group's consumer processes, summed"),
     "consumer_restarts_total": ("counter", "Consumer processes replaced (crashed, recycled, killed as hung), per group"),
     "jobs_done_total": ("counter", "Jobs that succeeded, per group"),
-    "jobs_failed_total": ("counter", "Jobs that failed (retried later or parked), per group"),
+    "jobs_failed_total": ("counter", "Jobs that failed (retried later or parked; a delivery lost with its "
+                                     "consumer counts when the job comes back), per group"),
     "job_processes": ("gauge", "Command and isolated job processes running, per group"),
     "oldest_job_seconds": ("gauge", "Seconds the longest-running job of the group has run (0: none runs); "
                                     "near job_process_timeout, a job is stuck: `disqontrolctl status` names it"),
     "queue_ready_jobs": ("gauge", "Jobs ready to run, per queue"),
     "queue_delayed_jobs": ("gauge", "Jobs waiting for their time (delay or retry backoff), per queue"),
     "queue_in_flight_jobs": ("gauge", "Jobs leased by a consumer, per queue"),
+    "queue_latency_seconds": ("gauge", "Seconds the oldest ready job of the queue has waited since it became "
+                                       "ready (added, its delay or retry backoff ended, its lease ran out, "
+                                       "given back); 0: none waits. Growing: the consumers do not keep up"),
     "queue_held": ("gauge", "1 while a consumer holds the queue (its worker's setup raises: its jobs wait); "
                             "`disqontrolctl status` shows the error and the next try"),
     "queue_paused": ("gauge", "1 while a consumer pauses the queue (its jobs cannot start: no process, memory "
                               "or descriptor left, or the program missing; given back); `disqontrolctl status` "
                               "shows the errno and the pause"),
     "failure_queue_jobs": ("gauge", "Jobs parked in a failure queue, per failure queue"),
+    "queue_jobs_done_total": ("counter", "Jobs of the queue that succeeded"),
+    "queue_jobs_retried_total": ("counter", "Jobs of the queue that failed and will run again (a retry, a "
+                                            "failure the broker did not take, or a job back after its consumer "
+                                            "died under it)"),
+    "queue_jobs_parked_total": ("counter", "Jobs of the queue that failed for good: moved to its failure queue "
+                                           "(max_retries or job_lifetime reached)"),
+    "queue_job_duration_seconds": (HISTOGRAM, "Seconds the jobs of the queue ran, done or failed"),
 }
+OUTCOME_METRICS = {"done": "queue_jobs_done_total", "retried": "queue_jobs_retried_total",
+                   "parked": "queue_jobs_parked_total"}
 
 
 def _escape(value: str) -> str:
@@ -72,14 +92,17 @@ def exposition(samples: Mapping[str, Iterable[Sample]]) -> str:
         if not rows:
             continue
         lines += [f"# HELP {PREFIX}{name} {help_text}", f"# TYPE {PREFIX}{name} {kind}"]
-        lines += [_line(name, labels, value) for labels, value in rows]
+        if kind == HISTOGRAM:
+            lines += [_line(name + suffix, labels, value) for suffix, labels, value in rows]
+        else:
+            lines += [_line(name, labels, value) for labels, value in rows]
     return "\n".join(lines) + "\n"
 
 
-def samples_of(status: Optional[Mapping[str, Any]], queues: Optional[list[Mapping[str, Any]]]) -> dict[str, list[Sample]]:
+def samples_of(status: Optional[Mapping[str, Any]], queues: Optional[list[Mapping[str, Any]]]) -> dict[str, list[Any]]:
     """Samples from a status reply (None: no master answered) and the queue
     rows of ``disqontrolctl queues`` (None: no broker answered)."""
-    out: dict[str, list[Sample]] = defaultdict(list)
+    out: dict[str, list[Any]] = defaultdict(list)
     out["master_up"].append(({}, 1 if status is not None else 0))
     out["broker_up"].append(({}, 1 if queues is not None else 0))
     if status is not None:
@@ -92,6 +115,7 @@ def samples_of(status: Optional[Mapping[str, Any]], queues: Optional[list[Mappin
         out["queue_ready_jobs"].append((label, row["ready"]))
         out["queue_delayed_jobs"].append((label, row["delayed"]))
         out["queue_in_flight_jobs"].append((label, row["in_flight"]))
+        out["queue_latency_seconds"].append((label, row.get("latency") or 0))
     for kind in ("held", "paused") if status is not None else ():
         marked = {row["queue"] for row in status.get(kind) or ()}
         for name in sorted(marked | {row["queue"] for row in queues or ()}):
@@ -99,7 +123,30 @@ def samples_of(status: Optional[Mapping[str, Any]], queues: Optional[list[Mappin
     parked = {row["failure_queue"]: row["failed"] for row in queues or () if row.get("failure_queue")}
     for failure_queue, length in sorted(parked.items()):
         out["failure_queue_jobs"].append(({"queue": failure_queue}, length or 0))
+    if status is not None:
+        _queue_job_samples(status.get("queue_jobs") or {}, [row["queue"] for row in queues or ()], out)
     return out
+
+
+def _queue_job_samples(jobs: Mapping[str, Any], known: list[str], out: dict[str, list[Any]]) -> None:
+    """Per queue: the outcome counters (0 for a queue without jobs yet) and
+    the duration histogram (cumulative buckets, then _sum and _count)."""
+    by_queue = jobs.get("queues") or {}
+    bounds = [repr(float(bound)) for bound in jobs.get("buckets") or ()] + [INF]
+    for queue in sorted(set(known) | set(by_queue)):
+        counts = by_queue.get(queue) or {}
+        label = {"queue": queue}
+        for outcome, metric in OUTCOME_METRICS.items():
+            out[metric].append((label, counts.get(outcome) or 0))
+        durations = counts.get("durations") or []
+        if len(durations) != len(bounds):
+            continue  # no job yet (or a master of another version)
+        running = 0
+        for bound, count in zip(bounds, durations):
+            running += count
+            out["queue_job_duration_seconds"].append(("_bucket", {"queue": queue, "le": bound}, running))
+        out["queue_job_duration_seconds"].append(("_sum", label, float(counts.get("duration_sum") or 0)))
+        out["queue_job_duration_seconds"].append(("_count", label, running))
 
 
 def _group_samples(status: Mapping[str, Any], out: dict[str, list[Sample]]) -> None:

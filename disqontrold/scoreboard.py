@@ -18,7 +18,10 @@ Last, the queues the consumer holds because their worker's setup raised
 not start (disqontrold/paused_queues.py): a short JSON object of two lists,
 rewritten at each setup try or pause (rarely), under a sequence of its own.
 The master shows them in status and leaves those queues' backlog out of
-autoscaling."""
+autoscaling.
+
+Beside it, in a mapping of its own sized by the group's queues, the
+per-queue job outcomes and durations (disqontrold/queue_tally.py)."""
 from __future__ import annotations
 
 import json
@@ -27,9 +30,10 @@ import struct
 import time
 from dataclasses import dataclass
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from disqontrol_client.config_schema import MAX_JOB_BATCH
+from disqontrold.queue_tally import QueueCells
 
 IDLE, BUSY, STOPPING, STARTING, SETTING_UP = 0, 1, 2, 3, 4
 STATE_NAMES = {IDLE: "idle", BUSY: "busy", STOPPING: "stopping", STARTING: "starting", SETTING_UP: "setting_up"}
@@ -61,7 +65,8 @@ class Snapshot:
 
 
 class Scoreboard:
-    def __init__(self) -> None:
+    def __init__(self, queues: Sequence[str] = ()) -> None:
+        self.queue_cells = QueueCells(queues)  # per-queue outcomes and durations
         held_at = _SIZE + MAX_JOB_PIDS * _PID_BYTES
         self._map = mmap.mmap(-1, held_at + _HELD_HEADER + HELD_BYTES)  # anonymous + MAP_SHARED: survives fork
         # Not struct.pack_into: it zeroes its bytes before writing them, and a
@@ -205,6 +210,7 @@ class Scoreboard:
         self._pid_cells.release()
         self._held_cells.release()
         self._map.close()
+        self.queue_cells.close()
 
 
 def _fit(held: list[dict[str, Any]], paused: list[dict[str, Any]]) -> bytes:

@@ -10,6 +10,7 @@ from typing import Optional
 
 from disqontrol_client.config import Config, ConsumerConfig
 from disqontrol_client.logfmt import log_event
+from disqontrold.queue_tally import QueueTotals
 from disqontrold.scoreboard import Scoreboard, Snapshot
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ class Slot:
     setup_hung: str = ""  # its last start hung in a worker's setup: why (the next starts hold Python queues)
     done_before: int = 0  # jobs of the slot's earlier processes
     failed_before: int = 0
+    queues_before: QueueTotals = field(default_factory=QueueTotals)  # per-queue outcomes of earlier processes
 
     @property
     def job_timeout(self) -> float:
@@ -62,6 +64,7 @@ class Slot:
             last: Snapshot = self.scoreboard.read()
             self.done_before += last.done
             self.failed_before += last.failed
+            self.queues_before.add(self.scoreboard.queue_cells.read())
             self.scoreboard.close()
             self.scoreboard = None
         self.pid = None

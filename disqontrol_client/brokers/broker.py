@@ -141,6 +141,16 @@ class Broker(abc.ABC):
     def stats(self, queues: Sequence[str]) -> list[QueueStats]:
         """Ready / delayed / in-flight counts per queue."""
 
+    @abc.abstractmethod
+    def latency(self, queues: Sequence[str]) -> dict[str, float]:
+        """Per queue, the seconds its oldest ready job (the one at its head,
+        which ``reserve`` hands out next) has waited since it became ready:
+        its add, the end of its delay (a retry's backoff), its lapsed lease
+        or its ``nack``; 0.0 when none is ready. Sidekiq's queue latency:
+        the number that says the consumers do not keep up. Cheap (an index
+        look-up or a few commands per queue, never a walk of the queue):
+        ``disqontrolctl metrics`` asks it for every queue."""
+
     def backlog(self, queues: Sequence[str], cap: int) -> dict[str, int]:
         """Ready jobs per queue, each counted up to ``cap`` (``cap`` means "at
         least cap"): what a once-a-second loop (the autoscaler, in the master)

@@ -336,6 +336,18 @@ class DisqueBroker(Broker):
             "QLEN", lambda c: [int(c.execute_command("QLEN", queue)) for queue in queues])
         return {queue: min(sum(lengths[i] for lengths in per_node), cap) for i, queue in enumerate(queues)}
 
+    def latency(self, queues: Sequence[str]) -> dict[str, float]:
+        """Each healthy node's head of each queue (QPEEK q 1, FIFO by
+        creation time), then its creation time and delay (SHOW): a few
+        pipelined round trips per node, never a scan. The oldest head wins:
+        a job is queued on one node at a time."""
+        now = time.time()
+        oldest = dict.fromkeys(queues, 0.0)
+        for node in self.client.each_node("QPEEK", lambda c: view.heads(c, queues)):
+            for queue, ready_since in node.items():
+                oldest[queue] = max(oldest[queue], now - ready_since)
+        return oldest
+
     def queues(self) -> list[str]:
         """Job queues only: the scheduler's claims live in queues too."""
         names = {job.queue for job in self._jobs().values()}

@@ -118,7 +118,7 @@ class RedisBroker(Broker):
         self._scripts: dict[str, Script] = {
             name: client.register_script(_script_source(name))
             for name in ("add", "reserve", "remove", "nack", "working", "replace", "peek", "counts", "show",
-                         "add_claimed", "backlog", redis_version.SCRIPT)
+                         "add_claimed", "backlog", "latency", redis_version.SCRIPT)
         }
         self._data_check_at = 0.0  # monotonic time of the next look at the prefix's data version
 
@@ -423,6 +423,16 @@ class RedisBroker(Broker):
 
     def stats(self, queues: Sequence[str]) -> list[QueueStats]:
         return [QueueStats(queue, *counts) for queue, counts in zip(queues, self._counts(queues))]
+
+    def latency(self, queues: Sequence[str]) -> dict[str, float]:
+        """One script per queue (lua/latency.lua), pipelined: one round trip."""
+        if not queues:
+            return {}
+        if len(queues) == 1:
+            ages = [self._run("latency", self._keys(queues[0]), [])]
+        else:
+            ages = self._pipeline([("latency", self._keys(queue), []) for queue in queues])
+        return {queue: int(age) / MS for queue, age in zip(queues, ages)}
 
     def queues(self) -> list[str]:
         names = sorted(n.decode() for n in self._call(lambda: self._client.smembers(self._queues_key)))

@@ -13,7 +13,7 @@ import time
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, TypeVar
 
 from disqontrol_client.brokers.broker import SCAN_PAGE, Delivery, QueueStats
-from disqontrol_client.brokers.sqlite_store import QUEUES, WAITING, with_ids
+from disqontrol_client.brokers.sqlite_store import OLDEST_READY, QUEUES, WAITING, with_ids
 from disqontrol_client.errors import BrokerError
 
 T = TypeVar("T")
@@ -76,6 +76,18 @@ class SqliteLooking:
         names = list(queues)
         rows = self._conn().execute(BACKLOG, (time.time(), json.dumps(names), cap))
         return {names[n]: ready for n, ready in rows}
+
+    @guarded
+    def latency(self, queues: Sequence[str]) -> dict[str, float]:
+        """One (queue, due) index look-up per queue: ``due`` is when a row
+        became ready (its delay's end, its lapsed lease, its nack)."""
+        db = self._conn()
+        now = time.time()
+        out = {}
+        for queue in queues:
+            row = db.execute(OLDEST_READY, (queue, now)).fetchone()
+            out[queue] = max(0.0, now - row[0]) if row is not None else 0.0
+        return out
 
     @guarded
     def queues(self) -> list[str]:

@@ -308,6 +308,14 @@ class ShardedSqliteBroker(Broker):
                 total[queue] = min(total[queue] + ready, cap)
         return total
 
+    def latency(self, queues: Sequence[str]) -> dict[str, float]:
+        """The oldest over the shards: each shard's head waits on its own."""
+        oldest = dict.fromkeys(queues, 0.0)
+        for broker in self._every():
+            for queue, age in broker.latency(queues).items():
+                oldest[queue] = max(oldest[queue], age)
+        return oldest
+
     def queues(self) -> list[str]:
         return sorted({queue for broker in self._every() for queue in broker.queues()})
 

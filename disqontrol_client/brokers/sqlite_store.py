@@ -69,6 +69,9 @@ DROP_EXPIRED_CLAIMS = "DELETE FROM claims WHERE expires <= ?"
 TAKE_CLAIM = "INSERT OR IGNORE INTO claims VALUES (?, ?)"
 WAITING = "expires > ?2 AND (leased = 0 OR due <= ?2)"  # ready or delayed, alive
 DELETE_IDS = "DELETE FROM jobs WHERE id IN ({})"
+# The head of a queue (reserve's order) among its ready rows: a waiting row
+# past its due time, or a leased one whose lease (due) ran out.
+OLDEST_READY = "SELECT due FROM jobs WHERE queue = ?1 AND due <= ?2 AND expires > ?2 ORDER BY due LIMIT 1"
 
 
 def check_sqlite_version() -> None:

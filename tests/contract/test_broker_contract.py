@@ -399,6 +399,58 @@ def test_backlog_counts_ready_jobs_only_and_stops_at_the_cap(broker: Broker) -> 
     assert broker.backlog(["q"], cap=3) == {"q": 3}
 
 
+LATENCY_DELAY = 2  # s: whole seconds, Disque's unit
+
+
+def test_latency_is_the_wait_of_the_oldest_ready_job_since_it_became_ready(broker: Broker) -> None:
+    # Given two ready jobs, a delayed one, a leased one, and an empty queue
+    added = time.time()
+    broker.add_many([NewJob("ready", b"first"), NewJob("ready", b"second")])
+    broker.add("delayed", b"d", delay=LATENCY_DELAY)
+    broker.add("leased", b"l")
+    reserve_one(broker, "leased")
+    assert broker.latency(["delayed", "empty"]) == {"delayed": 0.0, "empty": 0.0}, "a job not yet due waits for nobody"
+    assert broker.latency([]) == {}
+
+    # When the delayed job has been due for a while
+    wait_for(lambda: broker.latency(["delayed"])["delayed"] >= 1, timeout=10 + LATENCY_DELAY,
+             message="the due delayed job's latency to grow")
+    ages = broker.latency(["ready", "delayed", "leased", "empty"])
+    elapsed = time.time() - added
+
+    # Then the ready queue's counts from the add, the delayed one's from its due time (a retry's too)
+    assert elapsed - SLACK <= ages["ready"] <= elapsed + SLACK, (ages, elapsed)
+    assert LATENCY_DELAY - 1 <= ages["ready"] - ages["delayed"] <= LATENCY_DELAY + 1, ages
+    # and a leased job, or none, is no wait
+    assert (ages["leased"], ages["empty"]) == (0.0, 0.0)
+
+    # When both ready jobs are taken, the queue's latency is 0 again
+    broker.reserve(["ready"], count=2, timeout=5)
+    assert broker.latency(["ready"]) == {"ready": 0.0}
+
+
+def test_latency_of_a_lapsed_or_given_back_job_counts_from_then(broker: Broker, broker_url: str) -> None:
+    if broker_url.startswith("disque"):
+        pytest.skip("Disque keeps no requeue time: such a job counts from its creation (docs/brokers.md)")
+    # Given two jobs that waited a while, then were taken (one with a 1 s lease)
+    broker.add("lapsed", b"l", retry=1)
+    broker.add("nacked", b"n")
+    wait_for(lambda: broker.latency(["lapsed"])["lapsed"] >= LATENCY_DELAY, timeout=10 + LATENCY_DELAY,
+             message="the jobs to wait")
+    reserve_one(broker, "lapsed")
+    taken = reserve_one(broker, "nacked")
+
+    # When one is given back, it counts from then, not from its add
+    broker.nack([taken.id])
+    assert broker.latency(["nacked"])["nacked"] < LATENCY_DELAY - 1
+
+    # When the other's lease runs out, it counts from then too, before and after the
+    # engine moves it back to the ready jobs (stats does on redis)
+    wait_for(lambda: broker.latency(["lapsed"])["lapsed"] > 0, timeout=10, message="the lease to lapse")
+    broker.stats(["lapsed"])
+    assert broker.latency(["lapsed"])["lapsed"] < LATENCY_DELAY - 1
+
+
 def wake_ups(broker: Broker, url: str, samples: int = WAKE_SAMPLES,
              queues: Sequence[str] = ("wake",)) -> list[tuple[float, str]]:
     """(seconds from another process's add to the queue "wake" to our

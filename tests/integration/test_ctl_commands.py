@@ -53,7 +53,7 @@ def test_status_while_a_job_is_in_flight(daemon):
     [busy] = [c for c in consumers if c["job"] == job_id]
     assert busy["state"] == "busy" and busy["job_age"] >= 0
     [work] = [q for q in status["queues"] if q["queue"] == "work"]
-    assert work == {"queue": "work", "ready": 0, "delayed": 0, "in_flight": 1,
+    assert work == {"queue": "work", "ready": 0, "delayed": 0, "in_flight": 1, "latency": 0.0,
                     "failure_queue": "failed-jobs", "failed": 0}
     # And the scheduler's next run
     [entry] = status["scheduler"]["entries"]

@@ -9,11 +9,12 @@ import stat
 
 import pytest
 
-from tests.integration.ctl_support import ctl
+from tests.integration.ctl_support import ctl, ctl_json
 from tests.support.daemon import Daemon, command_worker, python_worker
 from tests.support.procs import wait_for
 
 JOBS = 5
+HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 SAMPLE = re.compile(r'^disqontrol_(\w+)(?:\{(.*)\})? (\S+)$')
 
 
@@ -30,7 +31,8 @@ def parse(text: str) -> dict[tuple[str, str], float]:
         match = SAMPLE.match(line)
         assert match, f"not a sample line: {line!r}"
         name, labels, value = match.groups()
-        assert name in typed, f"{name} has no TYPE line before its samples"
+        family = next((name.removesuffix(s) for s in HISTOGRAM_SUFFIXES if name.removesuffix(s) in typed), name)
+        assert family in typed, f"{name} has no TYPE line before its samples"
         samples[(name, labels or "")] = float(value)
     return samples
 
@@ -147,6 +149,38 @@ def test_the_oldest_job_age_is_the_oldest_jobs_not_the_latest_started(tmp_path):
         # Then the metric still reads the long job's age (it read the short
         # one's: a stuck job among others that come and go never showed)
         assert oldest() >= LONG_JOB_AGE
+    finally:
+        daemon.signal(signal.SIGQUIT)  # fast: the sleeping job need not finish
+        daemon.stop()
+
+
+LATENCY_SHOWN = 2.0  # s the second job must have waited before the check
+
+
+@pytest.mark.timeout(120)
+def test_a_queue_whose_consumer_does_not_keep_up_shows_its_latency(tmp_path):
+    # Given one consumer taking one job at a time, busy with a long job, and a job waiting behind it
+    daemon = Daemon(tmp_path, f"sqlite://{tmp_path}/jobs.db", {"work": {"worker": python_worker()}},
+                    consumer_defaults={"job_batch": 1, "max_processes": 1}).start()
+    try:
+        daemon.add("work", [{"n": 1, "sleep": 60}])
+        wait_for(lambda: daemon.broker.stats(["work"])[0].in_flight == 1, timeout=30, message="the long job taken")
+        daemon.add("work", [2])
+
+        # When status and the metrics are asked for once it has waited a while
+        def waited():
+            status = ctl_json(daemon, "status")
+            [row] = [q for q in status["queues"] if q["queue"] == "work"]
+            return row if row["latency"] >= LATENCY_SHOWN else None
+        row = wait_for(waited, timeout=60, interval=0.5, message="the waiting job's latency in status")
+
+        # Then status --json, the status table and the metrics tell how long it has waited
+        assert row["ready"] == 1 and row["latency"] < 60
+        table = ctl(daemon, "status")
+        assert "LATENCY" in table.stdout and re.search(r"\bwork\s+1\s+0\s+1\s+\d+\.\ds\s", table.stdout), table.stdout
+        done = ctl(daemon, "metrics")
+        assert done.returncode == 0, done.stderr
+        assert parse(done.stdout)[("queue_latency_seconds", 'queue="work"')] >= LATENCY_SHOWN
     finally:
         daemon.signal(signal.SIGQUIT)  # fast: the sleeping job need not finish
         daemon.stop()

@@ -45,3 +45,18 @@ def test_without_master_or_broker_only_the_up_gauges_say_so():
                     "# TYPE disqontrol_master_up gauge\ndisqontrol_master_up 0\n"
                     "# HELP disqontrol_broker_up 1 if the broker answered the queue statistics\n"
                     "# TYPE disqontrol_broker_up gauge\ndisqontrol_broker_up 0\n")
+
+
+def test_queue_outcomes_are_counters_from_zero_and_durations_a_cumulative_histogram():
+    status = {**STATUS, "queue_jobs": {"buckets": [0.1, 1.0], "queues": {
+        "mail": {"done": 4, "retried": 2, "parked": 1, "durations": [3, 2, 1], "duration_sum": 7.5}}}}
+    text = exposition(samples_of(status, QUEUES))
+    assert 'disqontrol_queue_jobs_parked_total{queue="mail"} 1\n' in text
+    assert 'disqontrol_queue_jobs_parked_total{queue="we\\"ird\\\\q"} 0\n' in text  # known queue, no job yet
+    assert "# TYPE disqontrol_queue_job_duration_seconds histogram\n" in text
+    assert ('disqontrol_queue_job_duration_seconds_bucket{queue="mail",le="0.1"} 3\n'
+            'disqontrol_queue_job_duration_seconds_bucket{queue="mail",le="1.0"} 5\n'
+            'disqontrol_queue_job_duration_seconds_bucket{queue="mail",le="+Inf"} 6\n'
+            'disqontrol_queue_job_duration_seconds_sum{queue="mail"} 7.5\n'
+            'disqontrol_queue_job_duration_seconds_count{queue="mail"} 6\n') in text
+    assert 'duration_seconds_count{queue="we' not in text  # no histogram before a first job

@@ -6,6 +6,7 @@ import os
 import signal
 import time
 
+from disqontrold.queue_tally import BUCKETS, CELL_BYTES, CELL_WORDS, DONE, PARKED, RETRIED
 from disqontrold.scoreboard import BUSY, HELD_BYTES, IDLE, MAX_JOB_PIDS, Scoreboard
 
 WRITES = 200_000
@@ -148,4 +149,36 @@ def test_setting_up_restores_the_state_and_its_start_time():
     assert (during.state, during.job) == ("setting_up", "py")
     assert (after.state, after.job, after.since) == ("busy", "S-1", before.since)
     assert after.heartbeat >= during.heartbeat
+    board.close()
+
+
+def test_queue_outcomes_written_by_a_child_are_read_by_the_parent_after_it_died():
+    # Given a consumer of three queues that ran jobs of two, then died
+    board = Scoreboard(["a", "b", "c"])
+    pid = os.fork()
+    if pid == 0:
+        try:
+            board.queue_cells.record("b", DONE, 0.0004)
+            board.queue_cells.record("b", PARKED, 700.0)  # past the last bucket
+            board.queue_cells.record("a", RETRIED, 0.3)
+            board.queue_cells.record("a", PARKED, None)  # a redelivery parked unrun: no duration
+            board.queue_cells.record("not-mine", DONE, 1.0)  # ignored
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    # When the master reads its cells
+    counts = board.queue_cells.read()
+    # Then each queue it ran has its counters, bucket counts and sum; the other none
+    assert sorted(counts) == ["a", "b"]
+    buckets_b = counts["b"][3:-1]
+    assert counts["b"][:3] == [1, 0, 1] and buckets_b[0] == 1 and buckets_b[-1] == 1 and sum(buckets_b) == 2
+    assert counts["b"][-1] == 700.0004
+    assert counts["a"][:3] == [0, 1, 1] and sum(counts["a"][3:-1]) == 1 and counts["a"][3 + BUCKETS.index(0.5)] == 1
+    board.close()
+
+
+def test_queue_cells_take_room_for_the_groups_queues_only():
+    # The bound the docs give: a cell per queue of the group, whatever the config's size
+    board = Scoreboard([f"q{i}" for i in range(1000)])
+    assert len(board.queue_cells._map) == (1 + 1000 * CELL_WORDS) * 8 == 8 + 1000 * CELL_BYTES
     board.close()

@@ -4,7 +4,8 @@
 --   leased (zset by lease expiry, ms), expiry (zset by ttl end, ms),
 --   notify (list of wake-up tokens that blocked reservers BLPOP on).
 -- Each job is a hash <base>:job:<id> (payload, retry, expire_at, nacks,
--- deliveries, ctime); its state is where its id is. Times come from the
+-- deliveries, ctime, and ready_at once it became ready other than at its
+-- add: a delay's end, a lapsed lease, a nack); its state is where its id is. Times come from the
 -- server clock (TIME), so clients with skewed clocks agree. Every redis.call
 -- costs a few microseconds: the hot paths (reserve, ack) keep them few.
 local NOTIFY_CAP = 16          -- wake-up tokens kept per queue
@@ -48,8 +49,13 @@ local function add_jobs(q, args, first, now)
     if redis.call('EXISTS', jk) == 0 then
       local delay = tonumber(args[i + 2])
       local expire_at = now + tonumber(args[i + 4])
-      redis.call('HSET', jk, 'payload', args[i + 1], 'retry', args[i + 3], 'expire_at', expire_at,
-                 'nacks', 0, 'deliveries', 0, 'ctime', now)
+      if delay > 0 then  -- ready_at: what the queue's latency counts from (latency.lua)
+        redis.call('HSET', jk, 'payload', args[i + 1], 'retry', args[i + 3], 'expire_at', expire_at,
+                   'nacks', 0, 'deliveries', 0, 'ctime', now, 'ready_at', now + delay)
+      else
+        redis.call('HSET', jk, 'payload', args[i + 1], 'retry', args[i + 3], 'expire_at', expire_at,
+                   'nacks', 0, 'deliveries', 0, 'ctime', now)
+      end
       redis.call('PEXPIREAT', jk, expire_at + HASH_GRACE_MS)
       redis.call('ZADD', q.expiry, expire_at, id)
       if delay > 0 then
@@ -94,15 +100,17 @@ local function promote(q, now, purge)
     redis.call('RPUSH', q.ready, unpack(due))
     redis.call('ZREM', q.delayed, unpack(due))
   end
-  local lapsed = redis.call('ZRANGEBYSCORE', q.leased, '-inf', now, 'LIMIT', 0, PROMOTE_BATCH)
+  local lapsed = redis.call('ZRANGEBYSCORE', q.leased, '-inf', now, 'WITHSCORES', 'LIMIT', 0, PROMOTE_BATCH)
   local newest_first = {}
-  for i = #lapsed, 1, -1 do
-    redis.call('HINCRBY', job_key(q, lapsed[i]), 'deliveries', 1)
+  for i = #lapsed - 1, 1, -2 do  -- id, lease end
+    local jk = job_key(q, lapsed[i])
+    redis.call('HINCRBY', jk, 'deliveries', 1)
+    redis.call('HSET', jk, 'ready_at', lapsed[i + 1])
     newest_first[#newest_first + 1] = lapsed[i]
   end
-  if #lapsed > 0 then
+  if #newest_first > 0 then
     redis.call('LPUSH', q.ready, unpack(newest_first))  -- the oldest lands at the head
-    redis.call('ZREM', q.leased, unpack(lapsed))
+    redis.call('ZREM', q.leased, unpack(newest_first))
   end
 end
 
