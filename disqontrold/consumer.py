@@ -409,7 +409,7 @@ class Consumer:
         for job, outcome in ended:
             if outcome.ok:
                 self.jobs.succeeded(job.id)
-                log_event(logger, "job_done", job=job.id, queue=job.queue,
+                log_event(logger, "job_done", job=job.id, **failures.first_id(job), queue=job.queue,
                           duration_ms=round(outcome.duration * MS, 1))
             else:
                 failed += 1
