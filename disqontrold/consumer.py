@@ -79,6 +79,7 @@ class Consumer:
         self._shortest_timeout = min(self._timeouts.values())  # whose lease a long run could outlast first
         self.window = JobWindow(group.job_batch, notes=scoreboard)
         self._busy = False  # the scoreboard says busy
+        self._shown: Optional[str] = None  # the job id it names
         self._recycle = ""  # why this process is to be replaced, once it is
         self._limits = RecycleLimits(group)  # max_jobs / max_memory_per_process, a moved sqlite file
         self._window_backoff = BROKER_BACKOFF_START  # s before a refill after the broker failed one
@@ -167,14 +168,29 @@ class Consumer:
 
     def _idle(self) -> None:
         self._busy = False
+        self._shown = None
         self.scoreboard.set_state(IDLE)
         set_title(consumer_title(self.group.name, "idle"))
 
     def _on_start(self, job: Job) -> None:
         self.jobs.started(job.id)
+        self._show_busy(job)
+
+    def _show_busy(self, job: Job) -> None:
+        """Status and the process title name ``job``: for the job window,
+        its oldest running job (``_show_oldest``)."""
         self._busy = True
+        self._shown = job.id
         self.scoreboard.set_state(BUSY, job.id or "")
         set_title(consumer_title(self.group.name, "busy", job.id or ""))
+
+    def _show_oldest(self) -> None:
+        """Once the job status names has ended, name the window's oldest
+        running one: a stuck job among others that come and go was never
+        named (status showed each round's latest start)."""
+        oldest = self.window.oldest_job()
+        if oldest is not None and oldest.id != self._shown:
+            self._show_busy(oldest)
 
     # -- the job path ---------------------------------------------------
     def _loop(self) -> None:
@@ -204,6 +220,7 @@ class Consumer:
             due = min(due, time.monotonic() + self._held.until_next_try())
         if self.window:
             self._settle(self.window.wait(None if due == NEVER else max(0.0, due - time.monotonic())))
+            self._show_oldest()
 
     def _room(self) -> int:
         """How many jobs to reserve: the window's free places, no more than
@@ -304,7 +321,8 @@ class Consumer:
         its program has been missing too long: then the job fails."""
         if not jobs:
             return
-        self._on_start(jobs[-1])  # one title and scoreboard write per round, not per job
+        # One title and scoreboard write per round, not per job: the oldest job.
+        self._on_start(self.window.oldest_job() or jobs[0])
         deferred: set[str] = set()
         for index, job in enumerate(jobs):
             if self.signals.stopping or self._recycle:

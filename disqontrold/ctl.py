@@ -246,7 +246,9 @@ def _consumer_state(consumer: dict[str, Any]) -> str:
     processes = len(consumer.get("job_pids") or ())
     running = f" ({processes} job process{'es' if processes != 1 else ''})" if processes else ""
     if consumer.get("job"):
-        return f"busy {consumer['job']} for {int(consumer.get('job_age') or 0)} s{running}"
+        # The job named is the window's oldest: its age, not the last round's start.
+        age = consumer.get("oldest_job_age") or consumer.get("job_age") or 0
+        return f"busy {consumer['job']} for {int(age)} s{running}"
     if consumer.get("setting_up"):
         return f"setting up {consumer['setting_up']} for {int(consumer.get('setting_up_for') or 0)} s{running}"
     return str(consumer.get("state") or "idle") + running
