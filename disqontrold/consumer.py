@@ -83,6 +83,7 @@ class Consumer:
         self._recycle = ""  # why this process is to be replaced, once it is
         self._limits = RecycleLimits(group)  # max_jobs / max_memory_per_process, a moved sqlite file
         self._window_backoff = BROKER_BACKOFF_START  # s before a refill after the broker failed one
+        self._down_since: Optional[float] = None  # time.monotonic() of this outage's first failure
         self._paused = PausedQueues(  # queues whose jobs could not start, for a while
             group.name, {q: MISSING_GRACE * config.queue(q).backoff_scale for q in self.queues}, scoreboard.set_paused)
         self.signals = ConsumerSignals(self.jobs.quit.request)
@@ -141,6 +142,7 @@ class Consumer:
         while not self.signals.stopping:
             try:
                 self.jobs.broker = open_broker(self.config.broker)
+                self._broker_back()
                 return True
             except (BrokerUnavailable, BrokerError) as exc:
                 self._broker_trouble("connect", exc, delay)
@@ -148,10 +150,24 @@ class Consumer:
         return False
 
     def _broker_trouble(self, operation: str, exc: Exception, delay: float) -> None:
-        log_event(logger, "broker_unreachable", logging.WARNING, group=self.group.name,
-                  operation=operation, error=str(exc), retry_in=delay)
+        self._log_trouble(operation, exc, delay)
         self.scoreboard.heartbeat()
         self.signals.wait(delay)
+
+    def _log_trouble(self, operation: str, exc: Exception, retry_in: float) -> None:
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+        log_event(logger, "broker_unreachable", logging.WARNING, group=self.group.name,
+                  operation=operation, error=str(exc), retry_in=retry_in)
+
+    def _broker_back(self) -> None:
+        """One line when the broker answers again: the broker_unreachable
+        lines just stopped, and an operator could not tell the end of an
+        outage (a full disk, a locked sqlite file) from a silent consumer."""
+        if self._down_since is not None:
+            log_event(logger, "broker_reachable", group=self.group.name,
+                      down_for=round(time.monotonic() - self._down_since, 1))
+            self._down_since = None
 
     def _close(self) -> None:
         if self._held:
@@ -260,12 +276,12 @@ class Consumer:
                     delay = min(delay * 2, BROKER_BACKOFF_CAP)
                     continue
                 # Jobs run: no waiting here; the window backs off as a blocking reserve would.
-                log_event(logger, "broker_unreachable", logging.WARNING, group=self.group.name,
-                          operation="reserve", error=str(exc), retry_in=self._window_backoff)
+                self._log_trouble("reserve", exc, self._window_backoff)
                 self.window.pace.failed(time.monotonic(), self._window_backoff)
                 self._window_backoff = min(self._window_backoff * 2, BROKER_BACKOFF_CAP)
                 got = []
             else:
+                self._broker_back()
                 self._window_backoff = BROKER_BACKOFF_START
                 self.window.pace.reserved(time.monotonic(), count, len(got))
             self.scoreboard.heartbeat()

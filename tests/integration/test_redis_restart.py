@@ -236,6 +236,9 @@ def test_a_consumer_with_jobs_running_backs_off_while_redis_is_down(own_server, 
             return stats.ready + stats.delayed + stats.in_flight
         wait_for(lambda: left() == 0, timeout=60, message="both jobs acked")
         assert sorted(body for body, _ in daemon.runs()) == ['"hold"', "1"]
+        # and the consumer said once that the outage it logged is over
+        back = [line for line in daemon.wait_event("broker_reachable") if " group=work " in line + " "]
+        assert len(back) == 1 and re.search(r" down_for=[0-9.]+", back[0]), daemon.log()[-3000:]
     finally:
         (tmp_path / "release").touch()
         daemon.stop()
