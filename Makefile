@@ -66,5 +66,6 @@ install-systemd:
 	sed 's#/usr/local/bin/disqontrolctl#$(PREFIX)/bin/disqontrolctl#' systemd/disqontrol-metrics.service \
 		> $(UNIT_DIR)/disqontrol-metrics.service
 	cp systemd/disqontrol-metrics.timer $(UNIT_DIR)/disqontrol-metrics.timer
+	install -D -m 0644 docs/operations.md /usr/share/doc/disqontrol/operations.md  # the units' Documentation=
 	chmod 0644 $(UNIT_DIR)/disqontrold.service $(UNIT_DIR)/disqontrol-metrics.service $(UNIT_DIR)/disqontrol-metrics.timer
 	systemctl daemon-reload 2>/dev/null || echo "install-systemd: systemd is not running here; run 'systemctl daemon-reload' on the target"

@@ -25,12 +25,20 @@ BODY_SNIPPET_CHARS = 80
 EXIT_INTERRUPTED = 128 + signal.SIGINT  # the shell's code for a Ctrl-C
 
 
+def _global_options(parser: argparse.ArgumentParser, config: Any, verbose: Any) -> None:
+    """--config and -v, accepted before the command and after it
+    (`disqontrol --config P addjob ...`, as `disqontrolctl --config P status`)."""
+    parser.add_argument("--config", metavar="P", default=config,
+                        help="config file (default: $DISQONTROL_CONFIG, ./disqontrol.yml, /etc/disqontrol/disqontrol.yml)")
+    parser.add_argument("-v", "--verbose", action="store_true", default=verbose, help="log at INFO level to stderr")
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", metavar="P", help="config file (default: $DISQONTROL_CONFIG, ./disqontrol.yml, /etc/disqontrol/disqontrol.yml)")
-    common.add_argument("-v", "--verbose", action="store_true", help="log at INFO level to stderr")
+    _global_options(common, argparse.SUPPRESS, argparse.SUPPRESS)  # unset after the command: the value before stands
     parser = argparse.ArgumentParser(prog=PROG, description="Add jobs to disqontrol queues, or run one now.",
                                      epilog=exitcodes.HELP)
+    _global_options(parser, None, False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     add = commands.add_parser("addjob", parents=[common], help="add a job; prints its id")

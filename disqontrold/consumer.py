@@ -81,9 +81,11 @@ class Consumer(InlineBatches):
         self._shortest_timeout = min(self._timeouts.values())  # whose lease a long run could outlast first
         self.window = JobWindow(group.job_batch, notes=scoreboard)
         self._busy = False  # the scoreboard says busy
+        self._shown: Optional[str] = None  # the job id it names
         self._recycle = ""  # why this process is to be replaced, once it is
         self._limits = RecycleLimits(group)  # max_jobs / max_memory_per_process, a moved sqlite file
         self._window_backoff = BROKER_BACKOFF_START  # s before a refill after the broker failed one
+        self._down_since: Optional[float] = None  # time.monotonic() of this outage's first failure
         self._paused = PausedQueues(  # queues whose jobs could not start, for a while
             group.name, {q: MISSING_GRACE * config.queue(q).backoff_scale for q in self.queues}, scoreboard.set_paused)
         self.signals = ConsumerSignals(self.jobs.quit.request)
@@ -142,6 +144,7 @@ class Consumer(InlineBatches):
         while not self.signals.stopping:
             try:
                 self.jobs.broker = open_broker(self.config.broker)
+                self._broker_back()
                 return True
             except (BrokerUnavailable, BrokerError) as exc:
                 self._broker_trouble("connect", exc, delay)
@@ -149,10 +152,24 @@ class Consumer(InlineBatches):
         return False
 
     def _broker_trouble(self, operation: str, exc: Exception, delay: float) -> None:
-        log_event(logger, "broker_unreachable", logging.WARNING, group=self.group.name,
-                  operation=operation, error=str(exc), retry_in=delay)
+        self._log_trouble(operation, exc, delay)
         self.scoreboard.heartbeat()
         self.signals.wait(delay)
+
+    def _log_trouble(self, operation: str, exc: Exception, retry_in: float) -> None:
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+        log_event(logger, "broker_unreachable", logging.WARNING, group=self.group.name,
+                  operation=operation, error=str(exc), retry_in=retry_in)
+
+    def _broker_back(self) -> None:
+        """One line when the broker answers again: the broker_unreachable
+        lines just stopped, and an operator could not tell the end of an
+        outage (a full disk, a locked sqlite file) from a silent consumer."""
+        if self._down_since is not None:
+            log_event(logger, "broker_reachable", group=self.group.name,
+                      down_for=round(time.monotonic() - self._down_since, 1))
+            self._down_since = None
 
     def _close(self) -> None:
         if self._held:
@@ -169,14 +186,29 @@ class Consumer(InlineBatches):
 
     def _idle(self) -> None:
         self._busy = False
+        self._shown = None
         self.scoreboard.set_state(IDLE)
         set_title(consumer_title(self.group.name, "idle"))
 
     def _on_start(self, job: Job) -> None:
         self.jobs.started(job.id)
+        self._show_busy(job)
+
+    def _show_busy(self, job: Job) -> None:
+        """Status and the process title name ``job``: for the job window,
+        its oldest running job (``_show_oldest``)."""
         self._busy = True
+        self._shown = job.id
         self.scoreboard.set_state(BUSY, job.id or "")
         set_title(consumer_title(self.group.name, "busy", job.id or ""))
+
+    def _show_oldest(self) -> None:
+        """Once the job status names has ended, name the window's oldest
+        running one: a stuck job among others that come and go was never
+        named (status showed each round's latest start)."""
+        oldest = self.window.oldest_job()
+        if oldest is not None and oldest.id != self._shown:
+            self._show_busy(oldest)
 
     # -- the job path ---------------------------------------------------
     def _loop(self) -> None:
@@ -206,6 +238,7 @@ class Consumer(InlineBatches):
             due = min(due, time.monotonic() + self._held.until_next_try())
         if self.window:
             self._settle(self.window.wait(None if due == NEVER else max(0.0, due - time.monotonic())))
+            self._show_oldest()
 
     def _room(self) -> int:
         """How many jobs to reserve: the window's free places, no more than
@@ -245,12 +278,12 @@ class Consumer(InlineBatches):
                     delay = min(delay * 2, BROKER_BACKOFF_CAP)
                     continue
                 # Jobs run: no waiting here; the window backs off as a blocking reserve would.
-                log_event(logger, "broker_unreachable", logging.WARNING, group=self.group.name,
-                          operation="reserve", error=str(exc), retry_in=self._window_backoff)
+                self._log_trouble("reserve", exc, self._window_backoff)
                 self.window.pace.failed(time.monotonic(), self._window_backoff)
                 self._window_backoff = min(self._window_backoff * 2, BROKER_BACKOFF_CAP)
                 got = []
             else:
+                self._broker_back()
                 self._window_backoff = BROKER_BACKOFF_START
                 self.window.pace.reserved(time.monotonic(), count, len(got))
             self.scoreboard.heartbeat()
@@ -306,7 +339,8 @@ class Consumer(InlineBatches):
         its program has been missing too long: then the job fails."""
         if not jobs:
             return
-        self._on_start(jobs[-1])  # one title and scoreboard write per round, not per job
+        # One title and scoreboard write per round, not per job: the oldest job.
+        self._on_start(self.window.oldest_job() or jobs[0])
         deferred: set[str] = set()
         for index, job in enumerate(jobs):
             if self.signals.stopping or self._recycle:
@@ -358,7 +392,7 @@ class Consumer(InlineBatches):
             if outcome.ok:
                 self.jobs.succeeded(job.id)
                 self.scoreboard.queue_cells.record(job.queue, DONE, outcome.duration)
-                log_event(logger, "job_done", job=job.id, queue=job.queue,
+                log_event(logger, "job_done", job=job.id, **failures.first_id(job), queue=job.queue,
                           duration_ms=round(outcome.duration * MS, 1))
             else:
                 failed += 1

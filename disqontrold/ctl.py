@@ -24,7 +24,7 @@ from disqontrol_client.cli import guarded
 from disqontrol_client.brokers import Broker, open_broker
 from disqontrol_client.config import DEFAULT_RUN_DIR, Config, find_config_path, load_config
 from disqontrol_client.config_checks import sqlite_path
-from disqontrol_client.errors import ConfigError, DisqontrolError
+from disqontrol_client.errors import ConfigError, DisqontrolError, UsageError
 from disqontrol_client.logfmt import redact_url
 from disqontrold import ctl_failed_cli, metrics
 from disqontrold.control import default_socket_path
@@ -161,7 +161,11 @@ class Ctl:
             queues = None
         text = metrics.exposition(metrics.samples_of(status, queues))
         if self.args.output:
-            metrics.write_atomically(Path(self.args.output), text)
+            try:
+                metrics.write_atomically(Path(self.args.output), text)
+            except OSError as exc:
+                raise UsageError(f"--output: cannot write {self.args.output!r}: {exc.strerror}; its directory "
+                                 "must exist and be writable by this user (install -d -o USER DIR)") from exc
         else:
             sys.stdout.write(text)
         return exitcodes.OK
@@ -248,7 +252,9 @@ def _consumer_state(consumer: dict[str, Any]) -> str:
     processes = len(consumer.get("job_pids") or ())
     running = f" ({processes} job process{'es' if processes != 1 else ''})" if processes else ""
     if consumer.get("job"):
-        return f"busy {consumer['job']} for {int(consumer.get('job_age') or 0)} s{running}"
+        # The job named is the window's oldest: its age, not the last round's start.
+        age = consumer.get("oldest_job_age") or consumer.get("job_age") or 0
+        return f"busy {consumer['job']} for {int(age)} s{running}"
     if consumer.get("setting_up"):
         return f"setting up {consumer['setting_up']} for {int(consumer.get('setting_up_for') or 0)} s{running}"
     return str(consumer.get("state") or "idle") + running

@@ -53,6 +53,15 @@ def last_error(outcome: Outcome, now: float) -> dict[str, Any]:
     return {"message": outcome.error, **outcome.details, "time": now}
 
 
+def first_id(job: Job) -> dict[str, str]:
+    """``first=`` for the log line of a retry copy (or a replay of a failed
+    job): every copy has a new broker id, so without the id ``addjob``
+    printed on each line, grepping it showed the first run only and lost
+    the job's retries, its move to the failure queue and its replay."""
+    first = job.original_id
+    return {} if first is None or first == job.id else {"first": first}
+
+
 def next_delay(attempt: int, queue: QueueConfig, jitter: Callable[[], float] = random.random) -> float:
     """Seconds before retry number ``attempt`` (1-based) of a job of ``queue``."""
     if queue.failure_strategy == RETRY_IMMEDIATELY:
@@ -89,7 +98,7 @@ def handle_failure(
     copy = Job(body=job.body, queue=job.queue, metadata=metadata)
     new_id = broker.replace(job.id, new_job_for(copy, queue, delay=delay))
     log_event(
-        logger, "job_failed", logging.WARNING, job=job.id, queue=job.queue, attempt=attempt,
+        logger, "job_failed", logging.WARNING, job=job.id, **first_id(job), queue=job.queue, attempt=attempt,
         error=outcome.error, next_delay=round(delay, 3), retry_job=new_id,
     )
     return Decision(RETRIED, new_id, attempt, delay)
@@ -109,7 +118,7 @@ def count_redeliveries(job: Job, queue: QueueConfig) -> Optional[Outcome]:
     if extra <= 0:
         return None
     failed_runs = job.retries + extra
-    log_event(logger, "job_redelivered", logging.WARNING, job=job.id, queue=job.queue,
+    log_event(logger, "job_redelivered", logging.WARNING, job=job.id, **first_id(job), queue=job.queue,
               additional_deliveries=extra, retries=failed_runs)
     if failed_runs <= queue.max_retries:
         job.metadata[RETRIES] = failed_runs
@@ -146,7 +155,7 @@ def _to_failure_queue(
         parked = new_job_for(fresh, consumed, now=now)
     new_id = broker.replace(job.id, parked)
     log_event(
-        logger, "job_failed_permanently", logging.ERROR, job=job.id, queue=job.queue,
+        logger, "job_failed_permanently", logging.ERROR, job=job.id, **first_id(job), queue=job.queue,
         attempt=attempt, error=error.get("message"), reason=reason,
         failure_queue=queue.failure_queue, failed_job=new_id,
     )

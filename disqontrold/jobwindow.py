@@ -114,6 +114,11 @@ class JobWindow:
     def free(self) -> int:
         return self.size - len(self._jobs)
 
+    def oldest_job(self) -> Optional[Job]:
+        """The running job started first (jobs are kept in start order):
+        the one status names, as a stuck job is the one that has run longest."""
+        return next(iter(self._jobs.values()))[0] if self._jobs else None
+
     def start(self, worker: Worker, job: Job, timeout: float) -> Optional[Outcome]:
         """Start one job of a windowed worker. None once it runs; a failed
         Outcome if it cannot start (a program not executable): that job

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from disqontrol_client.errors import DisqontrolError
+from disqontrol_client.errors import ConfigError, DisqontrolError
 from disqontrol_client.logfmt import log_event
 
 log = logging.getLogger(__name__)
@@ -70,17 +70,19 @@ class Pidfile:
     """``acquire()`` at start, ``write(pid)`` once the final pid is known
     (after daemonizing), ``release()`` at exit."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, key: str = "--pidfile") -> None:
         # Absolute now: --daemonize goes to / and a reload re-enters the
         # working directory; a relative path would then name another file.
         self.path = Path(os.path.abspath(path))
+        self.key = key  # where the path comes from, for errors: --pidfile or disqontrol.run_dir
         self.fd: Optional[int] = None
 
     def acquire(self) -> None:
-        """Lock the pidfile or raise PidfileLocked naming it and its holder."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        """Lock the pidfile or raise PidfileLocked naming it and its holder;
+        ConfigError (exit 2, as a refused config: the systemd unit does not
+        restart it) when the file or its directory cannot be made."""
         for _ in range(MAX_LOCK_ATTEMPTS):
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PIDFILE_MODE)
+            fd = self._open()
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
@@ -99,6 +101,18 @@ class Pidfile:
         self.fd = fd
         self._check_previous()
         self.write(os.getpid())
+
+    def _create(self) -> int:
+        """The pidfile, opened (made with its directory if need be); OSError if it cannot be."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PIDFILE_MODE)
+
+    def _open(self) -> int:
+        try:
+            return self._create()
+        except OSError as exc:
+            raise ConfigError(f"{self.key}: cannot create {str(exc.filename or self.path)!r}: {exc.strerror} "
+                              "(the daemon's user must be able to make and write it)") from exc
 
     def _still_linked(self, fd: int) -> bool:
         """Whether the file we locked is still the one at ``path``."""
@@ -130,8 +144,7 @@ class Pidfile:
         second master found no lock and started beside this one."""
         if self.fd is not None and not self._still_linked(self.fd):
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PIDFILE_MODE)
+                fd = self._create()
             except OSError as exc:
                 log_event(log, "pidfile_lost", logging.ERROR, pidfile=self.path, error=exc)
                 return time.monotonic() + KEEP_INTERVAL
@@ -184,7 +197,10 @@ def prepare(args: Any, config: Any) -> Pidfile:
     """Hook of disqontrold.cli, before logging and the master start: take the
     pidfile (``--pidfile`` or run_dir/disqontrold.pid), then detach if
     ``--daemonize``. PidfileLocked (exit 2) refuses a second master."""
-    pidfile = Pidfile(Path(args.pidfile) if getattr(args, "pidfile", None) else default_pidfile(config.run_dir))
+    if getattr(args, "pidfile", None):
+        pidfile = Pidfile(Path(args.pidfile))
+    else:
+        pidfile = Pidfile(default_pidfile(config.run_dir), key="disqontrol.run_dir")
     pidfile.acquire()
     if getattr(args, "daemonize", False):
         from disqontrold.daemonize import daemonize  # noqa: PLC0415 (python-daemon only when asked)

@@ -172,3 +172,7 @@ def attach_to_master(master: Any) -> None:
             return time.monotonic() + (watchdog.timeout() or 0.0)
 
         master.add_timer(ping)
+        # systemd keeps the watchdog armed during a reload, whose config
+        # check blocks the loop (a slow import of the workers took longer
+        # than WatchdogSec: the master was killed with SIGABRT).
+        master.blocked_tick = lambda: ping() - time.monotonic()

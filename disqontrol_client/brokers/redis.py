@@ -62,9 +62,16 @@ MS = 1000
 
 SOCKET_TIMEOUT = 10.0  # s: a silent server is declared gone after this
 CONNECT_TIMEOUT = 2.0  # s
-MAX_BLOCK = SOCKET_TIMEOUT / 2  # s: one BLPOP never outlasts the socket timeout
+MAX_BLOCK = SOCKET_TIMEOUT / 2  # s: the longest BLPOP
+# Of the socket timeout a BLPOP may take: a wait past it read as a silent
+# server (?socket_timeout=1 logged an outage at every idle reserve).
+BLOCK_SHARE = 0.5
 MIN_BLOCK = 0.001  # s: BLPOP 0 would block forever; shorter waits just loop
 PRODUCER_RETRIES = 3  # redis-py retries of a command on a lost connection
+# Only a lost connection is retried: a server that stays silent for
+# socket_timeout fails the call then, not after PRODUCER_RETRIES + 1 of them
+# (40 s by default, longer than an HTTP request may wait on an add).
+RETRIED_ERRORS = (redis.ConnectionError,)
 RETRY_BACKOFF_BASE = 0.05  # s
 RETRY_BACKOFF_CAP = 0.5  # s
 CONSUMER_BACKOFF_FIRST = 0.1  # s: pause of a reserve after the connection broke
@@ -110,6 +117,8 @@ class RedisBroker(Broker):
         self._where = where
         self._backoff = CONSUMER_BACKOFF_FIRST
         self._outage = Outage(logger, broker=where)
+        socket_timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
+        self._max_block = MAX_BLOCK if socket_timeout is None else min(MAX_BLOCK, socket_timeout * BLOCK_SHARE)
         # Queues this connection has put in the queue-name set: later adds skip
         # the SADD and, for one queue, the pipeline.
         self._registered: set[str] = set()
@@ -145,7 +154,8 @@ class RedisBroker(Broker):
         options.setdefault("socket_timeout", SOCKET_TIMEOUT)
         options.setdefault("socket_connect_timeout", CONNECT_TIMEOUT)
         options.setdefault(
-            "retry", Retry(ExponentialBackoff(cap=RETRY_BACKOFF_CAP, base=RETRY_BACKOFF_BASE), PRODUCER_RETRIES)
+            "retry", Retry(ExponentialBackoff(cap=RETRY_BACKOFF_CAP, base=RETRY_BACKOFF_BASE), PRODUCER_RETRIES,
+                           supported_errors=RETRIED_ERRORS)
         )
         try:
             client = redis.Redis.from_url(urlunsplit(parts._replace(query=rest)), **options)
@@ -321,7 +331,7 @@ class RedisBroker(Broker):
                 if wait <= 0:
                     return []
                 until_due = reply[0] / MS if reply[0] >= 0 else math.inf
-                block = min(wait, until_due, MAX_BLOCK)
+                block = min(wait, until_due, self._max_block)
                 woke = self._client.blpop(notify_keys, timeout=block) if block >= MIN_BLOCK else True
                 self._backoff = CONSUMER_BACKOFF_FIRST
                 if woke is None and block == wait:

@@ -149,6 +149,8 @@ def in_transaction(db: sqlite3.Connection, work: Callable[[], T]) -> T:
 
 
 DB_FILE_SUFFIXES = ("", "-wal", "-shm")  # the database and the WAL files sqlite keeps beside it
+NEW_FILE_MODE = 0o666  # of a new database file, less the umask (SQLite's own: 0o644)
+MEMORY = ":memory:"  # no file to make
 ROOT_UID = 0
 
 
@@ -172,6 +174,23 @@ def give_to_dir_owner(paths: Sequence[str]) -> None:
                 os.chown(path, directory.st_uid, directory.st_gid, follow_symlinks=False)
         except FileNotFoundError:  # no WAL file (yet), or just checkpointed away
             continue
+
+
+def _create_by_umask(path: str) -> None:
+    """Make a missing database file as any other file: mode 0666 less the
+    umask. SQLite makes it 0644 less the umask, so under the unit's
+    ``UMask=0007`` an app's producer in the daemon's group still could not
+    write it ("attempt to write a readonly database"); its -wal and -shm
+    take the database's mode. An empty file is a new database to SQLite."""
+    if path == MEMORY:
+        return
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, NEW_FILE_MODE))
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise BrokerUnavailable(f"sqlite broker: cannot create {path!r}: {exc.strerror}; the file and its "
+                                "directory must be readable and writable by this user") from exc
 
 
 def _identity(path: str) -> Optional[tuple[int, int]]:
@@ -249,6 +268,7 @@ class Store:
             raise BrokerUnavailable(
                 f"sqlite broker: cannot create directory {parent!r} for {self.path!r}: {exc.strerror}"
             ) from exc
+        _create_by_umask(self.path)
         try:
             db = sqlite3.connect(
                 self.path,

@@ -68,6 +68,19 @@ def test_addjob_prints_the_id_and_the_job_is_in_the_broker(setup):
     assert done.stderr == ""
 
 
+def test_config_may_come_before_the_command_as_disqontrolctl_takes_it(setup):
+    # Given the habit of `disqontrolctl --config P status`
+    config, url = setup
+    # When addjob is given its --config (and -v) before the command
+    done = run("--config", str(config), "-v", "addjob", "mail", '"x"')
+    # Then the job is added (it was refused: "invalid choice: '<config path>'")
+    assert done.returncode == 0, done.stderr
+    assert [j.id for j in jobs_in(url, "mail")] == [done.stdout.strip()]
+    # and a --config after the command still wins over one before it
+    other = run("--config", "/nonexistent.yml", "addjob", "mail", '"y"', "--config", str(config))
+    assert other.returncode == 0, other.stderr
+
+
 def test_addjob_reads_the_body_from_stdin(setup):
     config, url = setup
     done = run("addjob", "mail", "-", "--config", str(config), stdin='{"id": 5, "to": ["a@b.c"]}\n')

@@ -184,3 +184,16 @@ def test_a_queue_whose_consumer_does_not_keep_up_shows_its_latency(tmp_path):
     finally:
         daemon.signal(signal.SIGQUIT)  # fast: the sleeping job need not finish
         daemon.stop()
+
+
+def test_metrics_into_a_directory_that_is_not_there_exits_2_naming_it(tmp_path):
+    # Given the textfile collector's directory not made yet (no master needed)
+    daemon = Daemon(tmp_path, f"sqlite://{tmp_path}/jobs.db", {"work": {"worker": python_worker()}})
+    target = tmp_path / "textfile_collector" / "disqontrol.prom"
+    # When the metrics timer's command runs
+    done = ctl(daemon, "metrics", "--output", str(target))
+    # Then one line says which path and why, exit 2 (it was a traceback, exit 1, every 15 s)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert f"--output: cannot write {str(target)!r}" in done.stderr, done.stderr
+    assert not target.parent.exists()

@@ -9,6 +9,8 @@ import stat
 import subprocess
 import sys
 
+import yaml
+
 from disqontrol_client.job import Job
 from disqontrold.pidfile import read_pid
 from tests.integration.ctl_support import ctl, ctl_json
@@ -117,3 +119,23 @@ def test_a_removed_run_dir_is_made_again_and_still_keeps_a_second_master_off(tmp
         assert running(daemon.pid)
     finally:
         daemon.stop()
+
+
+def test_a_run_dir_that_cannot_be_made_exits_2_naming_the_key_and_the_reason(tmp_path):
+    # Given a config whose run_dir (or a --pidfile) lies under a plain file
+    # (as a run_dir under a directory the daemon's user may not write)
+    daemon = _daemon(tmp_path)
+    (tmp_path / "blocker").write_text("not a directory\n")
+    config = yaml.safe_load(daemon.config_path.read_text())
+    config["disqontrol"]["run_dir"] = "blocker/run"
+    daemon.config_path.write_text(yaml.safe_dump(config))
+    for args, key in (([], "disqontrol.run_dir"), (["--pidfile", str(tmp_path / "blocker" / "d.pid")], "--pidfile")):
+        # When the master starts
+        started = subprocess.run(DAEMON + ["--config", str(daemon.config_path), "--no-stderr-log", *args],
+                                 capture_output=True, text=True, timeout=START_TIMEOUT, cwd=tmp_path)
+        # Then it exits 2 (systemd's unit does not restart it every 5 s: exit
+        # 1 with a traceback did) with one line naming the key, the path and why
+        assert started.returncode == 2, started.stderr
+        assert "Traceback" not in started.stderr
+        assert f"{key}: cannot create" in started.stderr and str(tmp_path / "blocker") in started.stderr, \
+            started.stderr

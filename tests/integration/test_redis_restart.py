@@ -3,7 +3,9 @@ no job lost when the server is killed and restarted (AOF, fsync always)."""
 from __future__ import annotations
 
 import logging
+import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -43,6 +45,44 @@ def test_a_producer_that_cannot_reach_redis_gets_broker_unavailable():
     assert "secret" not in str(error.value)
     assert time.monotonic() - started < 10
     assert error.value.exit_code == 3
+
+
+SHORT_SOCKET_TIMEOUT = 1.0  # s: what a web app sets so that a request never waits long
+
+
+def test_a_producer_whose_server_hangs_gets_broker_unavailable_after_its_socket_timeout(own_server):
+    # Given a producer with a short socket_timeout, connected
+    with RedisBroker.from_url(f"{own_server.url}?socket_timeout={SHORT_SOCKET_TIMEOUT:g}") as broker:
+        broker.add("q", b"before")
+        # When the server hangs (stopped: it accepts nothing and answers nothing)
+        os.killpg(own_server.proc.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(BrokerUnavailable, match="Timeout"):
+                broker.add("q", b"during")
+            waited = time.monotonic() - started
+        finally:
+            os.killpg(own_server.proc.pid, signal.SIGCONT)
+        # Then the call gave up after its socket_timeout, not after four of them
+        # (redis-py's retries of a silent server held an HTTP request 40 s by default)
+        assert SHORT_SOCKET_TIMEOUT * 0.9 <= waited < SHORT_SOCKET_TIMEOUT * 2.5, waited
+        # and the next call works once the server answers again
+        broker.add("q", b"after")
+
+
+def test_an_idle_reserve_under_a_short_socket_timeout_is_not_an_outage(own_server, caplog):
+    # Given a consumer's broker with a socket_timeout shorter than its blocking wait
+    caplog.set_level(logging.INFO, logger="disqontrol_client.brokers.redis")
+    with RedisBroker.from_url(f"{own_server.url}?socket_timeout={SHORT_SOCKET_TIMEOUT:g}") as broker:
+        # When it waits on an empty queue for longer than the socket timeout
+        started = time.monotonic()
+        assert broker.reserve(["q"], timeout=3 * SHORT_SOCKET_TIMEOUT) == []
+        # Then it waited its timeout and logged no outage (its BLPOPs are cut to fit the socket timeout)
+        assert time.monotonic() - started >= 3 * SHORT_SOCKET_TIMEOUT * 0.9
+        assert not [r.getMessage() for r in caplog.records if "broker_unreachable" in r.getMessage()]
+        # and a job added meanwhile is still taken at once
+        broker.add("q", b"x")
+        assert len(broker.reserve(["q"], timeout=3 * SHORT_SOCKET_TIMEOUT)) == 1
 
 
 def test_a_reserve_with_acks_it_could_not_send_raises_and_one_without_returns_empty():
@@ -196,6 +236,9 @@ def test_a_consumer_with_jobs_running_backs_off_while_redis_is_down(own_server, 
             return stats.ready + stats.delayed + stats.in_flight
         wait_for(lambda: left() == 0, timeout=60, message="both jobs acked")
         assert sorted(body for body, _ in daemon.runs()) == ['"hold"', "1"]
+        # and the consumer said once that the outage it logged is over
+        back = [line for line in daemon.wait_event("broker_reachable") if " group=work " in line + " "]
+        assert len(back) == 1 and re.search(r" down_for=[0-9.]+", back[0]), daemon.log()[-3000:]
     finally:
         (tmp_path / "release").touch()
         daemon.stop()

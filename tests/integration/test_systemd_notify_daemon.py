@@ -78,3 +78,47 @@ def test_daemon_speaks_sd_notify(tmp_path, notify):
         assert daemon.wait_exit(10) == 0
     finally:
         daemon.stop()
+
+
+SLOW_IMPORT = 5.0  # s the bootstrap's import takes once the marker file exists (a big app's imports)
+MAX_PING_GAP = 2.0  # s: the watchdog (1 s here) would have killed the master long before the import ended
+# Imports slowly when a file "slow" lies beside it: the reload's config check then takes SLOW_IMPORT.
+SLOW_BOOTSTRAP = f"""
+import os, time
+if os.path.exists(os.path.join(os.path.dirname(os.path.abspath(__file__)), "slow")):
+    time.sleep({SLOW_IMPORT})
+WORKERS = {{"work": lambda environment, name: (lambda job: None)}}
+"""
+
+
+def test_the_watchdog_is_pinged_while_a_reload_checks_a_slow_config(tmp_path, notify):
+    # Given a daemon under a 1 s watchdog whose Python workers import slowly from now on
+    (tmp_path / "boot.py").write_text(SLOW_BOOTSTRAP)
+    daemon = Daemon(tmp_path, f"sqlite://{tmp_path}/jobs.db",
+                    {"work": {"worker": {"type": "inline_python_worker", "name": "work"}}})
+    try:
+        daemon.start(args=["--bootstrap", str(tmp_path / "boot.py")])
+        assert notify.next().startswith("READY=1")
+        (tmp_path / "slow").touch()
+        # When a reload checks the config (importing the workers: SLOW_IMPORT s)
+        daemon.signal(signal.SIGHUP)
+        assert notify.next() == "RELOADING=1"
+        pings = [time.monotonic()]
+        while True:
+            notify.sock.settimeout(RECV_TIMEOUT)
+            message = notify.sock.recv(4096).decode()
+            if message != "WATCHDOG=1":
+                break
+            pings.append(time.monotonic())
+        # Then the pings went on meanwhile (systemd keeps the watchdog armed during a
+        # reload: a master silent for SLOW_IMPORT s was killed with SIGABRT)
+        pings.append(time.monotonic())  # READY=1: the reload is over
+        assert message.startswith("READY=1\nSTATUS=generation 2"), message
+        assert pings[-1] - pings[0] >= SLOW_IMPORT * 0.9, pings  # the check did take that long
+        gaps = [later - earlier for earlier, later in zip(pings, pings[1:])]
+        assert max(gaps) < MAX_PING_GAP, gaps
+    finally:
+        # Unread, the socket's queue (10 datagrams) fills and the master's next
+        # send blocks, as with a systemd that stopped reading: no listener instead.
+        notify.sock.close()
+        daemon.stop()

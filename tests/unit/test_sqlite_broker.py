@@ -47,6 +47,36 @@ def test_unwritable_directory_is_broker_unavailable(tmp_path: Path) -> None:
         open_broker(f"sqlite://{locked}/sub/jobs.db")
 
 
+# Opens a broker under umask 0007 (the unit's for a producer in its group)
+# and prints the mode of each file it made beside the database.
+UMASK_PROBE = """
+import os, sys
+from disqontrol_client.brokers import open_broker
+os.umask(0o007)
+with open_broker(sys.argv[1]) as broker:
+    broker.add("q", b"x")
+    directory = os.path.dirname(sys.argv[2])
+    for name in sorted(os.listdir(directory)):
+        if name.startswith("jobs.db") and os.path.isfile(os.path.join(directory, name)):
+            print(name, oct(os.stat(os.path.join(directory, name)).st_mode & 0o777))
+"""
+
+
+@pytest.mark.parametrize("option", ["", "?shards=2"])
+def test_new_database_files_follow_the_umask_so_a_group_may_write_them(tmp_path: Path, option: str) -> None:
+    # Given a process whose umask lets its group write (UMask=0007)
+    path = tmp_path / "jobs.db"
+    # When it makes the database (its WAL and shard files beside it)
+    done = subprocess.run([sys.executable, "-c", UMASK_PROBE, f"sqlite://{path}{option}", str(path)],
+                          capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    modes = dict(line.split() for line in done.stdout.splitlines())
+    # Then every file is 0660, as any file it makes (SQLite's own 0644 made
+    # them 0640: a web app's producer in the group got "readonly database")
+    assert "jobs.db" in modes and "jobs.db-wal" in modes, modes
+    assert set(modes.values()) == {"0o660"}, modes
+
+
 def test_uncreatable_directory_is_broker_unavailable(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
