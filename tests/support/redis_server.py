@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Optional
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from tests.support.procs import ServerExited, free_port, stop_process, wait_for
 
@@ -31,6 +33,13 @@ def server_binary() -> Optional[str]:
         return found
     beside = Path(sys.executable).parent / "valkey-server"
     return str(beside) if os.access(beside, os.X_OK) else None
+
+
+def probe_client(port: int) -> redis.Redis:
+    """A client that asks once: redis-py's default retries with backoff
+    would stretch each refused connect of a starting server to seconds."""
+    return redis.Redis(host="127.0.0.1", port=port, socket_timeout=PROBE_TIMEOUT,
+                       socket_connect_timeout=PROBE_TIMEOUT, retry=Retry(NoBackoff(), 0))
 
 
 class RedisServer:
@@ -86,8 +95,7 @@ class RedisServer:
         assert self.proc is not None
         if self.proc.poll() is not None:
             raise ServerExited("redis-server", self.port, self.proc.returncode, self.workdir / "redis.log")
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=PROBE_TIMEOUT,
-                             socket_connect_timeout=PROBE_TIMEOUT)
+        client = probe_client(self.port)
         try:
             return client.info("server")["process_id"] == self.proc.pid
         except redis.RedisError:
