@@ -12,7 +12,7 @@ import redis
 from disqontrol_client.brokers.disque_client import node_connection
 from tests.support.disque_cluster import DisqueCluster
 from tests.support.procs import ServerExited
-from tests.support.redis_server import RedisServer
+from tests.support.redis_server import RedisServer, probe_client
 
 
 def test_a_redis_port_taken_before_the_server_binds_it_is_left_for_another(tmp_path, redis_server):
@@ -34,8 +34,11 @@ def test_a_redis_server_that_cannot_have_its_port_fails_naming_it(tmp_path, redi
     # Given a server told its port (as a restart keeps its own), which another holds
     server = RedisServer(tmp_path / "taken", port=redis_server.port)
     # When it starts, then it fails, naming the port, instead of passing the other's PONG for its own
-    with pytest.raises(ServerExited, match=f"redis-server on port {redis_server.port} exited"):
-        server.start()
+    try:
+        with pytest.raises(ServerExited, match=f"redis-server on port {redis_server.port} exited"):
+            server.start()
+    finally:
+        server.stop()
 
 
 def test_a_disque_node_port_taken_before_it_binds_it_is_left_for_another(tmp_path, disque_cluster):
@@ -54,3 +57,17 @@ def test_a_disque_node_port_taken_before_it_binds_it_is_left_for_another(tmp_pat
             connection.close()
     finally:
         cluster.stop()
+
+
+def test_a_refused_port_stays_refused_even_to_a_server_that_wants_it(tmp_path, refused_port, redis_server):
+    # Given the port a test uses as "nothing listens there" (redis_server: skips without redis-server)
+    # When another worker's server is started on it
+    server = RedisServer(tmp_path / "intruder", port=refused_port)
+    # Then it cannot bind it, and a connect there is still refused
+    try:
+        with pytest.raises(ServerExited, match=f"port {refused_port} exited"):
+            server.start()
+    finally:
+        server.stop()
+    with pytest.raises(redis.ConnectionError):
+        probe_client(refused_port).ping()
