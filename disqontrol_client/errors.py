@@ -38,6 +38,15 @@ class BrokerError(DisqontrolError):
     exit_code = 3
 
 
+class BrokerDataError(BrokerError):
+    """The broker's stored data cannot be used by this release: written by a
+    newer disqontrol (a rollback), or not a disqontrol store at all. Exit
+    code 2, as a config error: retrying cannot help (systemd's unit does not
+    restart after it); the operator must upgrade or change ``broker``."""
+
+    exit_code = 2
+
+
 class ClaimedNotAdded(BrokerError):
     """Claims were taken but their jobs could not be added (a broker that
     cannot do both in one transaction lost the store in between). ``keys``

@@ -83,6 +83,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from disqontrold import reload as reloading  # noqa: PLC0415
+    from disqontrold.broker_check import check_broker_data  # noqa: PLC0415
     from disqontrold.log import setup_logging  # noqa: PLC0415
     from disqontrold.master import Master  # noqa: PLC0415
 
@@ -93,6 +94,7 @@ def _run(args: argparse.Namespace) -> int:
         return exitcodes.OK
     pidfile = detach(args, config)  # always: the pidfile keeps a second master off this run_dir
     setup_logging(config.log_dir, args.log_level, stderr=not args.no_stderr_log)
+    check_broker_data(config.broker)  # a rollback over newer data stops here, before any fork
     master = Master(config, bootstrap)
     master.add_timer(pidfile.keep)  # made again if run_dir is removed under us
     attach_plugins(master)

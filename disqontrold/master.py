@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional
 from disqontrol_client.config import Config
 from disqontrol_client.errors import ConfigError, WorkerLoadError
 from disqontrol_client.logfmt import log_event, redact_url
+from disqontrold import broker_check
 from disqontrold import reload as reloading
 from disqontrold.children import EXIT_OK, become_subreaper, describe_exit, fork_consumer
 from disqontrold.log import reopen_logs
@@ -366,6 +367,10 @@ class Master(PluginLoop):
         except (ConfigError, WorkerLoadError) as exc:
             log_event(logger, "reload_refused", logging.ERROR, config=self.config_path, reason=str(exc))
             return False, f"refused: {exc}"
+        refusal = None if config.broker == self.config.broker else broker_check.refusal_in_child(config.broker)
+        if refusal:
+            log_event(logger, "reload_refused", logging.ERROR, config=self.config_path, reason=refusal)
+            return False, f"refused: {refusal}"
         old = self.slots
         self.config = config
         self.generation += 1

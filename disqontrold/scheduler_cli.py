@@ -105,7 +105,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return exitcodes.USAGE
     except (BrokerUnavailable, BrokerError) as error:
         print(f"disqontrold scheduler: broker: {error}", file=sys.stderr)
-        return exitcodes.UNREACHABLE
+        return error.exit_code  # 3; 2 for data of a newer release (BrokerDataError): retrying cannot help
 
 
 if __name__ == "__main__":

@@ -65,6 +65,10 @@ class Broker(abc.ABC):
     #: True when ``add_claimed`` takes each claim and adds its job in one
     #: transaction (a crash leaves both or neither); False: claim, then add.
     atomic_claims: bool = False
+    #: True when the store's data carries a layout version that a release
+    #: checks (at open or first call, then once a second; Disque's jobs are
+    #: the server's own: nothing to version)
+    versioned_data: bool = False
 
     @classmethod
     @abc.abstractmethod
@@ -192,6 +196,12 @@ class Broker(abc.ABC):
 
     #: s between two looks at ``moved()`` by a long-lived user (a consumer, a producer).
     MOVED_CHECK_INTERVAL = 1.0
+
+    def check_data(self) -> None:
+        """Raise ``BrokerDataError`` when the store holds data this release
+        cannot read (written by a newer disqontrol), upgrading older data on
+        the way; ``BrokerUnavailable`` when it cannot be reached. Engines that
+        check when they open (sqlite) have nothing left to do here."""
 
     def moved(self) -> Optional[str]:
         """Why the store this connection works on is no longer the one its URL

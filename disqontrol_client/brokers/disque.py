@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 import time
 from collections import Counter
 from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
@@ -344,19 +343,51 @@ class DisqueBroker(Broker):
 
     def peek(self, queue: str, count: int, *, skip: int = 0) -> list[Delivery]:
         """Ready jobs oldest first, then delayed ones by due time. Disque has
-        no order to page by, so each call still scans (JSCAN) the whole queue."""
-        jobs = [j for j in self._jobs(queue).values() if j.state in (view.READY, view.DELAYED)]
-        jobs.sort(key=lambda j: (j.state != view.READY, j.due if j.state == view.DELAYED else 0, j.order))
-        return [
-            Delivery(id=j.id, queue=j.queue, payload=j.body, nacks=j.nacks,
-                     additional_deliveries=j.additional_deliveries)
-            for j in jobs[max(0, skip):max(0, skip) + max(0, count)]
-        ]
+        no order to page by, so each call still reads the whole queue's ids
+        and places (not its bodies: see ``_places``)."""
+        return list(self._deliveries(self._places(queue)[max(0, skip):max(0, skip) + max(0, count)]))
 
     def scan(self, queue: str, page: int = SCAN_PAGE) -> Iterator[Delivery]:
-        """One scan of the whole queue: paging by ``peek(skip=)`` would scan
-        it once per page. So on Disque a walk holds the queue's jobs."""
-        return iter(self.peek(queue, sys.maxsize))
+        """One read of the queue's ids and places, then its bodies ``page``
+        jobs at a time: a walk of 20,000 jobs of 1 MiB holds a page of
+        bodies, not the queue. Paging by ``peek(skip=)`` would read the
+        places once per page."""
+        places = self._places(queue)
+        for start in range(0, len(places), max(1, page)):
+            yield from self._deliveries(places[start:start + max(1, page)])
+
+    def _places(self, queue: str) -> list[JobView]:
+        """The queue's waiting jobs in peek's order, without their bodies:
+        every node's copies (JSCAN), each body dropped as it is read."""
+        copies = self.client.each_node("JSCAN", lambda c: view.scan(c, queue, bodies=False))
+        jobs = view.merge((job for node in copies for job in node), time.time())
+        places = [j for j in jobs.values() if j.state in (view.READY, view.DELAYED)]
+        places.sort(key=lambda j: (j.state != view.READY, j.due if j.state == view.DELAYED else 0, j.order))
+        return places
+
+    def _deliveries(self, places: Sequence[JobView]) -> Iterator[Delivery]:
+        """Those jobs with their bodies, read again a few at a time from the
+        connected node (which holds a copy of most: Disque replicates each
+        job), then from every node for the others; a job acked or moved
+        since its place was read is left out. The counters are the places'."""
+        for start in range(0, len(places), view.SHOW_CHUNK):
+            chunk = places[start:start + view.SHOW_CHUNK]
+            bodies = self._bodies([j.id for j in chunk])
+            for j in chunk:
+                if j.id in bodies:
+                    yield Delivery(id=j.id, queue=j.queue, payload=bodies[j.id], nacks=j.nacks,
+                                   additional_deliveries=j.additional_deliveries)
+
+    def _bodies(self, ids: Sequence[str]) -> dict[str, bytes]:
+        def live(copies: Iterable[dict[str, Any]]) -> dict[str, bytes]:
+            return {j.id: j.body for j in view.merge(copies, time.time()).values()}
+
+        bodies = live(self.client.with_failover("SHOW", lambda c: view.show_many(c, ids)))
+        elsewhere = [job_id for job_id in ids if job_id not in bodies]
+        if elsewhere:
+            copies = self.client.each_node("SHOW", lambda c: view.show_many(c, elsewhere))
+            bodies.update(live(job for node in copies for job in node))
+        return bodies
 
     def show(self, id: str) -> Optional[dict[str, Any]]:
         if not disque_ids([id]):

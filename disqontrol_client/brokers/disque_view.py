@@ -17,6 +17,7 @@ STATE_ACTIVE = "active"
 STATE_QUEUED = "queued"
 LIVE_STATES = (STATE_QUEUED, STATE_ACTIVE)
 SCAN_COUNT = 1000  # JSCAN work per round trip
+SHOW_CHUNK = 20  # SHOWs per pipelined round trip: bodies held while they are read
 CTIME_PER_SECOND = 1_000_000_000  # Disque's ctime is milliseconds * 1e6
 
 READY, DELAYED, LEASED = "ready", "delayed", "leased"
@@ -91,9 +92,11 @@ def merge(copies: Iterable[dict[str, Any]], now: float) -> dict[str, JobView]:
     return views
 
 
-def scan(connection: redis.Redis, queue: Optional[str] = None) -> list[dict[str, Any]]:
-    """Every live job one node holds (of ``queue``, or of all queues)."""
-    args: list[Any] = ["COUNT", SCAN_COUNT]
+def scan(connection: redis.Redis, queue: Optional[str] = None, *, bodies: bool = True) -> list[dict[str, Any]]:
+    """Every live job one node holds (of ``queue``, or of all queues).
+    Without ``bodies`` each is dropped as its reply is read, a few jobs per
+    round trip: what a walk of a large queue keeps of every job."""
+    args: list[Any] = ["COUNT", SCAN_COUNT if bodies else SHOW_CHUNK]
     if queue is not None:
         args += ["QUEUE", queue]
     for state in LIVE_STATES:
@@ -103,6 +106,20 @@ def scan(connection: redis.Redis, queue: Optional[str] = None) -> list[dict[str,
     while True:
         reply = connection.execute_command("JSCAN", cursor, *args)
         cursor = int(reply[0])
-        jobs.extend(pairs(item) for item in reply[1])
+        for item in reply[1]:
+            job = pairs(item)
+            if not bodies and job.get("body") is not None:
+                job["body"] = b""
+            jobs.append(job)
         if cursor == 0:
             return jobs
+
+
+def show_many(connection: redis.Redis, ids: Sequence[str]) -> list[dict[str, Any]]:
+    """One node's copies of ``ids`` (SHOW each, one pipelined round trip);
+    the jobs it does not hold are left out."""
+    pipe = connection.pipeline(transaction=False)
+    for job_id in ids:
+        pipe.execute_command("SHOW", job_id)
+    return [pairs(reply) for reply in pipe.execute() if reply]
+

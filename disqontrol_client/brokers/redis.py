@@ -39,6 +39,7 @@ from disqontrol_client.brokers.broker import (
     NewJob,
     QueueStats,
 )
+from disqontrol_client.brokers import redis_version
 from disqontrol_client.brokers.outage import Outage
 from disqontrol_client.errors import BrokerError, BrokerUnavailable, ConfigError, UsageError
 from disqontrol_client.logfmt import redact_url
@@ -100,6 +101,7 @@ class RedisBroker(Broker):
 
     schemes = ("redis", "rediss")
     atomic_claims = True
+    versioned_data = True
 
     def __init__(self, client: redis.Redis, prefix: str = DEFAULT_PREFIX, where: str = "redis") -> None:
         self._client = client
@@ -113,8 +115,9 @@ class RedisBroker(Broker):
         self._scripts: dict[str, Script] = {
             name: client.register_script(_script_source(name))
             for name in ("add", "reserve", "remove", "nack", "working", "replace", "peek", "counts", "show",
-                         "add_claimed")
+                         "add_claimed", redis_version.SCRIPT)
         }
+        self._data_check_at = 0.0  # monotonic time of the next look at the prefix's data version
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> "RedisBroker":
@@ -167,11 +170,24 @@ class RedisBroker(Broker):
     def _call(self, what: Callable[[], T]) -> T:
         """Run one round trip, turning redis-py errors into ours."""
         try:
+            self._check_data()
             return what()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise BrokerUnavailable(f"cannot reach redis at {self._where}: {exc}") from exc
         except redis.RedisError as exc:
             raise BrokerError(f"redis at {self._where} refused the operation: {exc}") from exc
+
+    def _check_data(self) -> None:
+        """The prefix's data version (redis_version), at this connection's
+        first call and then once a second at most (a newer release may
+        upgrade the prefix under a running process): one round trip."""
+        if time.monotonic() >= self._data_check_at:
+            redis_version.check(lambda keys, args: self._scripts[redis_version.SCRIPT](keys=keys, args=args),
+                                self._prefix, self._queues_key, self._where)
+            self._data_check_at = time.monotonic() + redis_version.RECHECK
+
+    def check_data(self) -> None:
+        self._call(lambda: None)
 
     def _run(self, name: str, keys: list[str], args: list[Any]) -> Any:
         return self._call(lambda: self._scripts[name](keys=keys, args=args))
@@ -290,6 +306,7 @@ class RedisBroker(Broker):
         acks = self._ack_args(queues, ack)
         while True:
             try:
+                self._check_data()
                 reply = self._scripts["reserve"](keys=keys, args=[count, *acks])
                 acks = []
                 jobs = _deliveries(queues, reply)

@@ -89,6 +89,7 @@ class ShardedSqliteBroker(Broker):
 
     schemes = ("sqlite",)
     atomic_claims = True
+    versioned_data = True
 
     def __init__(self, path: str, shards: int, *, busy_timeout: float = BUSY_TIMEOUT) -> None:
         if not 1 <= shards <= MAX_SHARDS:

@@ -20,6 +20,7 @@ import threading
 import time
 from typing import Callable, Optional, Sequence, TypeVar
 
+from disqontrol_client.brokers import sqlite_schema
 from disqontrol_client.errors import BrokerUnavailable
 from disqontrol_client.logfmt import log_event
 
@@ -34,6 +35,7 @@ WAL_AUTOCHECKPOINT = 8000  # pages: fewer checkpoints (each one fsyncs twice)
 WAL_SIZE_LIMIT = 32 * 1024 * 1024  # bytes the WAL is truncated to after a checkpoint
 CACHED_STATEMENTS = 256
 CHUNK = 500  # ids per IN (...) statement
+VERSION_RECHECK = 1.0  # s between two looks at an open file's data version (a newer release upgrading it)
 WAL_SWITCH_PAUSE = 0.001  # s before the switch to WAL is tried again, doubling ...
 WAL_SWITCH_MAX_PAUSE = 0.05  # s ... up to this, for at most the busy timeout
 # Debian's libsqlite3 is built with SECURE_DELETE on: every delete (each ack)
@@ -42,24 +44,7 @@ WAL_SWITCH_MAX_PAUSE = 0.05  # s ... up to this, for at most the busy timeout
 # Job payloads are not secrets kept from the file's owner; the OS's own
 # file permissions guard them, deleted or not.
 
-SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS jobs (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused, so a stale ack misses
-        queue TEXT NOT NULL,
-        payload BLOB NOT NULL,
-        leased INTEGER NOT NULL DEFAULT 0,
-        due REAL NOT NULL,          -- waiting: ready time, leased: lease expiry
-        retry REAL NOT NULL,
-        expires REAL NOT NULL,      -- ctime + ttl
-        ctime REAL NOT NULL,
-        nacks INTEGER NOT NULL DEFAULT 0,
-        deliveries INTEGER NOT NULL DEFAULT 0  -- additional deliveries
-    )""",
-    "CREATE INDEX IF NOT EXISTS jobs_queue_due ON jobs (queue, due)",
-    "CREATE TABLE IF NOT EXISTS claims (key TEXT PRIMARY KEY, expires REAL NOT NULL)",
-)
-
-# The statements of the broker over that schema.
+# The statements of the broker over its schema (sqlite_schema: the tables and their versions).
 INSERT = "INSERT INTO jobs (queue, payload, due, retry, expires, ctime) VALUES (?, ?, ?, ?, ?, ?)"
 _LEASE_SET = (
     "UPDATE jobs SET leased = 1, deliveries = deliveries + leased, due = ?1 + retry WHERE id {} "
@@ -196,15 +181,27 @@ class Store:
         self._thread_lock = threading.Lock()
         self._pid = 0
         self._identity: Optional[tuple[int, int]] = None  # of the file opened, at its opening
+        self._version_check_at = 0.0  # monotonic time of the next look at the data version
+
+    def _check_version(self, db: sqlite3.Connection) -> None:
+        """Raise BrokerDataError, at every call from now on, once a newer
+        release has upgraded the file under this open connection (its
+        statements name columns a newer layout may have changed); looked at
+        once a second at most (two header reads)."""
+        sqlite_schema.current(db, self.path)
+        self._version_check_at = time.monotonic() + VERSION_RECHECK
 
     def conn(self) -> sqlite3.Connection:
         if self._db is not None and self._pid == os.getpid():
+            if time.monotonic() >= self._version_check_at:
+                self._check_version(self._db)
             return self._db
         # After a fork the parent's connection is neither used nor closed here.
         self._db = None
         self._thread_lock = threading.Lock()  # another thread may have held it at fork
         self._pid = os.getpid()
         self._db = self._open()
+        self._version_check_at = time.monotonic() + VERSION_RECHECK
         try:
             self._identity = _identity(self.path)
         except OSError:
@@ -242,20 +239,38 @@ class Store:
                 check_same_thread=False,
                 cached_statements=CACHED_STATEMENTS,
             )
+        except sqlite3.Error as exc:
+            raise self._cannot_open(exc) from exc
+        try:
             db.execute(f"PRAGMA page_size={PAGE_SIZE}")  # only takes on a new file
             self._switch_to_wal(db)
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA secure_delete=OFF")  # see SECURE_DELETE above
             db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT}")
             db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
-            self.exclusive(lambda: in_transaction(db, lambda: [db.execute(s) for s in SCHEMA]))
+            self._versioned(db)
             give_to_dir_owner([self.path + suffix for suffix in DB_FILE_SUFFIXES])
-        except sqlite3.Error as exc:
-            raise BrokerUnavailable(
-                f"sqlite broker: cannot open {self.path!r}: {exc}; the file and its directory "
-                "must be readable and writable by this user"
-            ) from exc
+        except BaseException as exc:
+            db.close()
+            if isinstance(exc, sqlite3.Error):
+                raise self._cannot_open(exc) from exc
+            raise
         return db
+
+    def _cannot_open(self, exc: sqlite3.Error) -> BrokerUnavailable:
+        return BrokerUnavailable(f"sqlite broker: cannot open {self.path!r}: {exc}; the file and its directory "
+                                 "must be readable and writable by this user")
+
+    def _versioned(self, db: sqlite3.Connection) -> None:
+        """Make a new file or upgrade an older one (``sqlite_schema``), in one
+        ``BEGIN IMMEDIATE`` transaction; a current file costs no write lock."""
+        if sqlite_schema.current(db, self.path):
+            return
+        started = time.monotonic()
+        found = self.exclusive(lambda: in_transaction(db, lambda: sqlite_schema.upgrade(db, self.path)))
+        if found not in (sqlite_schema.UNSTAMPED, sqlite_schema.VERSION):  # not new, nor upgraded meanwhile
+            log_event(log, "broker_data_upgraded", path=self.path, from_version=found,
+                      to_version=sqlite_schema.VERSION, duration_ms=round((time.monotonic() - started) * 1000))
 
     def _switch_to_wal(self, db: sqlite3.Connection) -> None:
         """``PRAGMA journal_mode=WAL``, waiting for other connections.

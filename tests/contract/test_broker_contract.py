@@ -369,6 +369,23 @@ def test_peek_pages_through_a_queue_with_skip(broker: Broker) -> None:
     assert [d.payload for d in broker.scan("q", page=3)][:2] == [b"j0", b"j1"]
 
 
+def test_scan_reads_bodies_page_by_page(broker: Broker) -> None:
+    # Given 7 jobs walked 3 at a time (a failure queue walked by `failed retry --all`)
+    ids = broker.add_many([NewJob("q", f"j{i}".encode()) for i in range(7)])
+    walk = broker.scan("q", page=3)
+    first_page = [next(walk).id for _ in range(3)]
+    assert first_page == ids[:3]
+
+    # When a job of a later page is deleted during the walk (purged by another operator)
+    broker.delete([ids[5]])
+
+    # Then the walk does not hand it out: its body was not read before its page
+    # (on Disque too, where the walk once held every body of the queue)
+    rest = [d.id for d in walk]
+    assert ids[5] not in rest
+    assert rest[-1] == ids[6]
+
+
 def test_backlog_counts_ready_jobs_only_and_stops_at_the_cap(broker: Broker) -> None:
     # Given 5 ready jobs, one delayed, one leased, and another queue
     ids = broker.add_many([NewJob("q", f"j{i}".encode()) for i in range(6)])

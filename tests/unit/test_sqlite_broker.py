@@ -168,7 +168,7 @@ def test_opening_a_new_database_another_connection_is_writing_waits_for_it(tmp_p
     # when two processes open a brand-new file at once
     db = tmp_path / "jobs.db"
     foreign = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
-    foreign.execute("CREATE TABLE t (x)")
+    foreign.execute("PRAGMA user_version = 0")  # makes the file (no table: a new database still)
     foreign.execute("BEGIN IMMEDIATE")  # a write lock: no switch to WAL meanwhile
     timer = threading.Timer(FOREIGN_HOLD, lambda: foreign.execute("COMMIT"))
     timer.start()

@@ -1,0 +1,10 @@
+-- KEYS[1]: the prefix's data version key, KEYS[2]: its queue-name set.
+-- ARGV[1]: the version a new prefix is stamped with, ARGV[2]: the version of
+-- data written before versions existed (a queue-name set, no version key).
+-- Stamps an unstamped prefix, atomically (two processes opening it at once
+-- stamp it once); returns the prefix's version.
+local version = redis.call('GET', KEYS[1])
+if version then return tonumber(version) end
+if redis.call('EXISTS', KEYS[2]) == 1 then version = ARGV[2] else version = ARGV[1] end
+redis.call('SET', KEYS[1], version)
+return tonumber(version)
