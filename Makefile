@@ -7,6 +7,14 @@ STAMP  := $(VENV)/.installed
 CONFIG ?= etc/disqontrol.yml
 BOOTSTRAP ?= etc/disqontrol_bootstrap.py
 PYTEST_ARGS ?=
+# make test runs the suite in TEST_WORKERS pytest-xdist processes: its tests
+# mostly wait on real daemons' timers, not on the CPU, so 2 workers on 2 cores
+# halve the wall time. Each worker has its own redis-server (and Disque
+# cluster), ports and tmp dirs. TEST_WORKERS=0 runs it in one process; one
+# test alone: .venv/bin/python -m pytest tests/unit/test_backoff.py -k NAME
+# (serial unless given -n). worksteal: a worker that runs out takes tests
+# queued for the other, so one slow test file does not end the run alone.
+TEST_WORKERS ?= 2
 
 .PHONY: run test venv test-services bench clean install-systemd
 
@@ -29,7 +37,7 @@ test-services:
 
 ## test: set up, then run the whole suite
 test: $(STAMP) test-services
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 ## bench: print the throughput figures of bench/
 bench: $(STAMP) test-services

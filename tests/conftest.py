@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import itertools
 import os
+import socket
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -24,6 +26,16 @@ def redis_server(tmp_path_factory):
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def refused_port() -> Iterator[int]:
+    """A port on 127.0.0.1 where every connect is refused while the test
+    runs: bound, never listening. A port free_port() found free could be
+    taken meanwhile by a server of another test worker, which would answer."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
+        holder.bind(("127.0.0.1", 0))
+        yield holder.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,6 @@ import pytest
 
 from disqontrol_client.brokers import open_broker
 from disqontrol_client.job import decode_payload
-from tests.support.procs import free_port
 
 CLI = str(Path(sys.executable).parent / "disqontrol")
 RUN_TIMEOUT = 60  # s: generous, the machine is shared
@@ -138,12 +137,12 @@ def test_no_config_anywhere_exits_2(tmp_path):
     assert done.stderr.startswith("disqontrol: no config file found; looked at --config (not given)")
 
 
-def test_unreachable_broker_exits_3(tmp_path):
+def test_unreachable_broker_exits_3(tmp_path, refused_port):
     pytest.importorskip("disqontrol_client.brokers.redis", reason="the redis engine has not landed yet")
     config = tmp_path / "disqontrol.yml"
     config.write_text(textwrap.dedent(f"""\
         disqontrol:
-          broker: redis://127.0.0.1:{free_port()}/0
+          broker: redis://127.0.0.1:{refused_port}/0
           queues: {{mail: {{worker: {{type: command, command: "true"}}}}}}
         """))
     done = run("addjob", "mail", '"x"', "--config", str(config))

@@ -24,6 +24,11 @@ from tests.support.procs import wait_for
 BATCH = 4
 QUICK_JOBS = 3 * BATCH  # more than a whole batch behind the long job
 HOLD_TIMEOUT = 600  # s: the long job is never killed by its timeout while the test runs
+# s: the lease of a job whose consumer the test kills. It must outlast the
+# steps before the kill (two disqontrolctl runs took 5 s on a loaded machine),
+# or the job comes back to the same consumer, which runs it twice; past the
+# kill, the job comes back when it runs out.
+KILLED_LEASE = 10.0
 # A body with "hold" creates ./held, then runs until the file ./release
 # exists (the daemon's cwd is the test's tmp_path); every job records
 # "<body> <time>" in $DQ_OUT.
@@ -228,7 +233,7 @@ def test_a_job_process_dies_with_its_killed_consumer_and_the_job_runs_once_again
     # Given a job holding (a short lease, so it comes back soon)
     daemon = hold_daemon(tmp_path, kind).start()
     try:
-        daemon.add("work", ["hold"], lease=2)
+        daemon.add("work", ["hold"], lease=KILLED_LEASE)
         [consumer] = wait_for(lambda: [p for p in daemon.consumer_pids() if " busy " in daemon.title(p)],
                               timeout=30, message="a busy consumer")
         wait_for(lambda: (tmp_path / "held").exists(), timeout=30, message="the job running")
@@ -238,6 +243,7 @@ def test_a_job_process_dies_with_its_killed_consumer_and_the_job_runs_once_again
         wait_for(lambda: ctl_json(daemon, "status")["consumers"][0]["job_pids"] == [job_process.pid],
                  timeout=30, message="the job's process in the status")
         assert "(1 job process)" in ctl(daemon, "status").stdout  # the table says so too
+        assert not daemon.events("job_redelivered"), "the lease ran out before the kill: raise KILLED_LEASE"
 
         # When its consumer is killed
         os.kill(consumer, signal.SIGKILL)

@@ -11,7 +11,7 @@ import yaml
 from disqontrol_client.job import LAST_ERROR, ORIGINAL_QUEUE, RETRIES, decode_payload
 from tests.integration.ctl_support import CTL, ctl, ctl_json
 from tests.support.daemon import Daemon, python_worker
-from tests.support.procs import free_port, wait_for
+from tests.support.procs import wait_for
 
 FAILURE_QUEUE = "failed-jobs"
 
@@ -121,10 +121,10 @@ def test_a_shared_failure_queue_is_not_counted_against_every_queue(tmp_path):
         assert rows[FAILURE_QUEUE] == [FAILURE_QUEUE, "1"], result.stdout
 
 
-def test_no_broker_answering_exits_3(tmp_path):
+def test_no_broker_answering_exits_3(tmp_path, refused_port):
     config = tmp_path / "disqontrol.yml"
     config.write_text(yaml.safe_dump({"disqontrol": {
-        "broker": f"redis://127.0.0.1:{free_port()}/0", "log_dir": "log", "run_dir": "run",
+        "broker": f"redis://127.0.0.1:{refused_port}/0", "log_dir": "log", "run_dir": "run",
         "queues": {"q": {"worker": {"type": "command", "command": "/bin/true"}}},
     }}))
     for args in (["queues"], ["failed", "list"]):

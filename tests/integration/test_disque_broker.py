@@ -12,7 +12,6 @@ from disqontrol_client.brokers.disque import DisqueBroker, producer_prefix
 from disqontrol_client.errors import BrokerUnavailable
 from disqontrol_client.job import Job, decode_payload, fresh_metadata
 from tests.support.disque_cluster import DisqueCluster, disque_binary
-from tests.support.procs import free_port
 
 PHP_ADDJOB_TIMEOUT_MS = 200  # what disque-php sends as ADDJOB's ms-timeout
 
@@ -29,9 +28,9 @@ def broker(cluster):
         yield b
 
 
-def test_no_node_answering_is_broker_unavailable():
+def test_no_node_answering_is_broker_unavailable(refused_port):
     with pytest.raises(BrokerUnavailable, match="no Disque node answers"):
-        DisqueBroker([f"127.0.0.1:{free_port()}"])
+        DisqueBroker([f"127.0.0.1:{refused_port}"])
 
 
 def test_fractional_seconds_round_up_and_the_lease_is_whole_seconds(broker):

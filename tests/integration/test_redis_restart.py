@@ -18,7 +18,7 @@ import pytest
 from disqontrol_client.brokers.redis import RedisBroker
 from disqontrol_client.errors import BrokerUnavailable
 from tests.support.daemon import Daemon, python_worker
-from tests.support.procs import free_port, stop_process, wait_for
+from tests.support.procs import stop_process, wait_for
 from tests.support.redis_server import RedisServer
 
 JOBS = 2000
@@ -36,8 +36,8 @@ def own_server(tmp_path, redis_server):  # redis_server: skips when redis-server
     server.stop()
 
 
-def test_a_producer_that_cannot_reach_redis_gets_broker_unavailable():
-    port = free_port()  # nothing listens there
+def test_a_producer_that_cannot_reach_redis_gets_broker_unavailable(refused_port):
+    port = refused_port
     with RedisBroker.from_url(f"redis://:secret@127.0.0.1:{port}/0") as broker:
         started = time.monotonic()
         with pytest.raises(BrokerUnavailable, match=f"127.0.0.1:{port}") as error:
@@ -85,8 +85,8 @@ def test_an_idle_reserve_under_a_short_socket_timeout_is_not_an_outage(own_serve
         assert len(broker.reserve(["q"], timeout=3 * SHORT_SOCKET_TIMEOUT)) == 1
 
 
-def test_a_reserve_with_acks_it_could_not_send_raises_and_one_without_returns_empty():
-    port = free_port()  # nothing listens there
+def test_a_reserve_with_acks_it_could_not_send_raises_and_one_without_returns_empty(refused_port):
+    port = refused_port
     with RedisBroker.from_url(f"redis://127.0.0.1:{port}/0") as broker:
         # A consumer must keep acks that never reached the server (to send them again) ...
         with pytest.raises(BrokerUnavailable, match="to ack 1 job"):

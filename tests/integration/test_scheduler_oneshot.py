@@ -14,7 +14,6 @@ from typing import Optional
 from disqontrol_client.brokers import open_broker
 from disqontrold.crontab import parse_crontab
 from disqontrold.scheduler import SCHEDULED_TIME, TIME_SCALE_ENV, claim_key
-from tests.support.procs import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 MINUTE = 60
@@ -109,8 +108,8 @@ def test_crontab_option_overrides_the_configured_one(tmp_path):
     assert sum(stored(tmp_path, "other").values()) >= 1
 
 
-def test_oneshot_exits_3_when_the_broker_cannot_be_reached(tmp_path):
-    config = write_config(tmp_path, "* * * * * every\n", broker=f"redis://127.0.0.1:{free_port()}/0")
+def test_oneshot_exits_3_when_the_broker_cannot_be_reached(tmp_path, refused_port):
+    config = write_config(tmp_path, "* * * * * every\n", broker=f"redis://127.0.0.1:{refused_port}/0")
     result = oneshot(config)
     assert result.returncode == 3, result.stderr
     assert "broker" in result.stderr

@@ -14,7 +14,6 @@ import pytest
 from disqontrol_client.errors import WorkerLoadError
 from disqontrol_client.job import Job, fresh_metadata
 from disqontrold.workers.http import HttpWorker
-from tests.support.procs import free_port
 
 #: How long the /hang endpoint holds a request: far past the test timeouts.
 HANG_SECONDS = 30
@@ -123,8 +122,8 @@ def test_an_answer_dribbling_past_the_timeout_is_failure(server):
     assert time.monotonic() - started < 1 + 2 * DRIBBLE_PAUSE  # not 100 x 0.3 s
 
 
-def test_connection_refused_is_failure():
-    worker = HttpWorker(f"http://127.0.0.1:{free_port()}/work")
+def test_connection_refused_is_failure(refused_port):
+    worker = HttpWorker(f"http://127.0.0.1:{refused_port}/work")
     outcome = worker.run(job(1), 5)
     assert not outcome.ok
     assert "cannot reach" in outcome.error and "ConnectionRefusedError" in outcome.error

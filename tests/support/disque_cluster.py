@@ -16,7 +16,7 @@ from urllib.parse import quote
 import redis
 
 from disqontrol_client.brokers.disque_client import node_connection, parse_hello
-from tests.support.procs import free_port, stop_process, wait_for
+from tests.support.procs import ServerExited, free_port, stop_process, wait_for
 
 CLUSTER_BUS_OFFSET = 10000  # Disque's cluster bus listens on port + 10000
 MAX_PORT = 65535
@@ -24,6 +24,7 @@ START_TIMEOUT = 30.0  # s for every node to answer and know every other node
 ENV_BINARY = "DISQUE_SERVER"
 PROBE_QUEUE = "disque-cluster-probe"
 PROBE_TIMEOUT_MS = 1000
+START_ATTEMPTS = 3  # ports tried for a node whose port was taken before it bound it
 
 
 def disque_binary() -> str:
@@ -90,8 +91,7 @@ class DisqueCluster:
         for index in range(len(self.ports)):
             self._start_node(index)
         for index in range(len(self.ports)):
-            wait_for(lambda i=index: self._answers(i), timeout=START_TIMEOUT,
-                     message=f"disque node on port {self.ports[index]}")
+            self._wait_answers(index)
         first = self.client(0)
         for port in self.ports[1:]:
             first.execute_command("CLUSTER", "MEET", "127.0.0.1", port)
@@ -115,10 +115,33 @@ class DisqueCluster:
                 args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
 
+    def _wait_answers(self, index: int) -> None:
+        """Wait for a node started by ``_start_node``; one whose port was
+        taken meanwhile (free_port() only found it free) is started again on
+        another, before any CLUSTER MEET names the port."""
+        for attempt in range(START_ATTEMPTS):
+            try:
+                wait_for(lambda: self._answers(index), timeout=START_TIMEOUT,
+                         message=f"disque node on port {self.ports[index]}")
+                return
+            except ServerExited:
+                if attempt == START_ATTEMPTS - 1:
+                    raise
+                self.ports[index] = _port_pair()
+                self._start_node(index)
+
     def _answers(self, index: int) -> bool:
+        """True once *our* node answers on its port: a PONG alone could come
+        from another test worker's node, which a CLUSTER MEET would then join
+        to this cluster."""
+        proc = self.procs[index]
+        assert proc is not None
+        if proc.poll() is not None:
+            port = self.ports[index]
+            raise ServerExited("disque-server", port, proc.returncode, self.workdir / f"node-{port}" / "disque.log")
         connection = self.client(index)
         try:
-            return bool(connection.execute_command("PING"))
+            return connection.execute_command("INFO", "server")["process_id"] == proc.pid
         except redis.RedisError:
             return False
         finally:

@@ -7,9 +7,21 @@ import signal
 import socket
 import subprocess
 import time
+from pathlib import Path
 from typing import Callable, Optional, TypeVar
 
 T = TypeVar("T")
+LOG_TAIL = 2000  # characters of a server's log quoted when it exits at start
+
+
+class ServerExited(AssertionError):
+    """A server we started exited before it answered: most often its port,
+    free when free_port() looked, was taken meanwhile (by another test
+    worker's server), and the caller may try another."""
+
+    def __init__(self, name: str, port: int, returncode: int, log: Path) -> None:
+        tail = log.read_text(errors="replace")[-LOG_TAIL:] if log.exists() else ""
+        super().__init__(f"{name} on port {port} exited {returncode} before it answered: {tail}")
 
 
 def free_port() -> int:

@@ -131,7 +131,21 @@ def test_a_silent_master_times_out(stand_in):
         answered.set()
 
 
-def test_ctrl_c_while_stop_waits_is_one_line_and_exit_130(stand_in):
+@pytest.fixture
+def ctrl_c_not_ignored() -> Iterator[None]:
+    """A suite started in the background by a shell without job control
+    (``make test &`` in a script) ignores SIGINT, and an ignored signal stays
+    ignored through fork and exec: the disqontrolctl the test interrupts would
+    never see its Ctrl-C. A handled one is reset to its default by exec, as a
+    terminal gives it."""
+    previous = signal.getsignal(signal.SIGINT)
+    if previous == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_while_stop_waits_is_one_line_and_exit_130(stand_in, ctrl_c_not_ignored):
     # Given a "master" that accepts the stop but never goes away
     sleeper = subprocess.Popen(["sleep", "120"], start_new_session=True)
     replied = threading.Event()
