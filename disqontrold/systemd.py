@@ -6,11 +6,13 @@ variable is unset the master is not run by systemd and every call is a no-op.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
+import threading
 import time
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from disqontrol_client.logfmt import log_event
 
@@ -63,6 +65,43 @@ def stopping() -> bool:
 def status(text: str) -> bool:
     """A free-form line that ``systemctl status`` shows."""
     return notify(f"STATUS={text}")
+
+
+# A start step that may outlast TimeoutStartSec (the master's upgrade of the
+# broker's data: minutes for a sqlite file of several GB) keeps systemd
+# waiting with EXTEND_TIMEOUT_USEC (systemd >= 236); otherwise systemd killed
+# it half-way, the upgrade rolled back, and Restart= began it again, forever.
+EXTEND_FIRST = 2.0  # s a step runs before the first note (most take milliseconds)
+EXTEND_EVERY = 10.0  # s between two notes
+EXTEND_BY = 3 * EXTEND_EVERY  # s each note grants: one late note does not end the start
+EXTEND_LIMIT = 3600.0  # s after which a step no longer holds systemd off (a hung one is killed)
+
+
+@contextlib.contextmanager
+def start_extended(why: str) -> Iterator[None]:
+    """Around a start step that may be long: from EXTEND_FIRST on, tell
+    systemd every EXTEND_EVERY s to wait EXTEND_BY s more, with ``why`` as
+    the STATUS= line. A thread does it: the step blocks the main thread
+    (sqlite's calls let the GIL go)."""
+    if not os.environ.get(NOTIFY_SOCKET_ENV):
+        yield
+        return
+    done = threading.Event()
+
+    def keep_waiting() -> None:
+        give_up = time.monotonic() + EXTEND_LIMIT
+        pause = EXTEND_FIRST
+        while not done.wait(pause) and time.monotonic() < give_up:
+            notify(f"EXTEND_TIMEOUT_USEC={int(EXTEND_BY * USEC_PER_SECOND)}\nSTATUS={why}")
+            pause = EXTEND_EVERY
+
+    thread = threading.Thread(target=keep_waiting, name="sd-extend-start", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
 
 
 def watchdog_interval(environ: Optional[dict[str, str]] = None) -> Optional[float]:

@@ -5,10 +5,14 @@ upgrades it before forking and runs its jobs; a file of a newer release
 stops the daemon's start and `disqontrol addjob` with exit code 2."""
 from __future__ import annotations
 
+import socket
+import sqlite3
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+import pytest
 
 from disqontrol_client.brokers import open_broker
 from disqontrol_client.brokers import sqlite_schema
@@ -22,6 +26,7 @@ SCHEDULER = [sys.executable, "-m", "disqontrold.cli", "scheduler"]
 OPENERS = 3  # producers, and as many consumers
 EXIT_CONFIG = 2
 EXIT_REFUSED = 1
+NOTE_TIMEOUT = 30.0  # s: a note to systemd is sent within seconds (systemd.EXTEND_FIRST)
 # One process: wait for the go file, open the broker, add a job or take one.
 OPENER = textwrap.dedent("""
     import logging, os, sys, time
@@ -178,3 +183,43 @@ def test_a_running_daemon_stops_taking_jobs_once_a_newer_release_upgrades_its_fi
         assert "operation=reserve" in refused and "written by a newer disqontrol" in refused
     finally:
         daemon.stop()
+
+
+def _next_note(notes: socket.socket, want: str) -> str:
+    """The next message to 'systemd' that starts with ``want`` (others skipped)."""
+    notes.settimeout(NOTE_TIMEOUT)
+    while True:
+        note = notes.recv(4096).decode()
+        if note.startswith(want):
+            return note
+
+
+def test_a_start_held_up_by_an_upgrade_says_why_and_keeps_systemd_waiting(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a file of the release before versions, whose write lock is held meanwhile (a long upgrade's
+    # stand-in: an upgrade of several GB outlasts the unit's TimeoutStartSec), and a daemon run by 'systemd'
+    path = v1_copy(tmp_path)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("PRAGMA journal_mode=WAL")
+    holder.execute("BEGIN IMMEDIATE")
+    notes = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notes.bind(str(tmp_path / "notify.sock"))
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify.sock"))
+    daemon = Daemon(tmp_path, f"sqlite://{path}", {"waiting": {"worker": python_worker()}})
+    try:
+        # When it starts
+        daemon.start(consumers=0)
+        # Then its log says it upgrades the file, and it asks systemd to wait longer, saying why
+        [upgrading] = daemon.wait_event("broker_data_upgrading")
+        assert "from_version=1" in upgrading and f"path={path}" in upgrading
+        note = _next_note(notes, "EXTEND_TIMEOUT_USEC=")
+        assert "STATUS=" in note and "upgrad" in note, note
+        # And once the upgrade can run, it ends and the daemon comes up on the upgraded file
+        holder.execute("ROLLBACK")
+        holder.close()
+        daemon.wait_event("broker_data_upgraded")
+        assert _next_note(notes, "READY=1")
+        assert header(path)[1] == sqlite_schema.VERSION
+    finally:
+        daemon.stop()
+        notes.close()

@@ -26,13 +26,17 @@ class Notifications:
         self.watchdog_pings = 0
 
     def next(self, timeout: float = RECV_TIMEOUT) -> str:
-        """The next message that is not a watchdog ping (those are counted)."""
+        """The next message that is not a watchdog ping (those are counted),
+        nor a note that a slow start step extends the start timeout (a
+        loaded machine)."""
         deadline = time.monotonic() + timeout
         while True:
             self.sock.settimeout(max(0.01, deadline - time.monotonic()))
             message = self.sock.recv(4096).decode()
             if message == "WATCHDOG=1":
                 self.watchdog_pings += 1
+                continue
+            if message.startswith("EXTEND_TIMEOUT_USEC="):
                 continue
             return message
 
