@@ -96,3 +96,18 @@ def test_addjob_and_the_daemon_refuse_a_prefix_of_a_newer_release(redis_url: str
     finally:
         daemon.stop()
     assert daemon.events("broker_data_refused") and not daemon.events("consumer_started")
+
+
+@pytest.mark.parametrize("value", ["1.4.2", "2.5", "v2"])
+def test_a_version_key_another_program_wrote_is_refused_with_its_value(redis_url: str, value: str) -> None:
+    # Given a prefix whose version key holds what no disqontrol writes (another application on the same
+    # prefix), When this release uses it, Then every call refuses it as data it cannot read, naming the
+    # key and its value (not a TypeError from a nil reply, nor "2.5" read as version 2)
+    raw(redis_url).set(redis_version.version_key(PREFIX), value)
+    for call in (lambda b: b.add("q", b"y"), lambda b: b.reserve(["q"], timeout=0), lambda b: b.check_data()):
+        with open_broker(redis_url) as broker, pytest.raises(BrokerDataError) as refused:
+            call(broker)
+        message = str(refused.value)
+        assert f"{redis_version.version_key(PREFIX)!r} holds {value!r}" in message, message
+        assert "not a data version" in message and "another prefix" in message
+    assert raw(redis_url).get(redis_version.version_key(PREFIX)) == value.encode()
