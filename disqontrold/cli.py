@@ -93,6 +93,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.check:
         print(f"disqontrold: {config.path}: OK ({len(config.queues)} queues, {len(config.consumers)} consumer groups)")
         return exitcodes.OK
+    if args.daemonize:  # in the foreground, as the config's: the shell sees a refusal's exit 2
+        setup_logging(None, args.log_level, stderr=not args.no_stderr_log)
+        check_broker_data(config.broker)
     pidfile = detach(args, config)  # always: the pidfile keeps a second master off this run_dir
     setup_logging(config.log_dir, args.log_level, stderr=not args.no_stderr_log)
     with start_extended("checking the broker's data: an upgrade of older data may take minutes"):

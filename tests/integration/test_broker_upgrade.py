@@ -17,7 +17,7 @@ import pytest
 from disqontrol_client.brokers import open_broker
 from disqontrol_client.brokers import sqlite_schema
 from tests.integration.ctl_support import ctl
-from tests.support.daemon import Daemon, python_worker
+from tests.support.daemon import DAEMON, Daemon, python_worker
 from tests.support.procs import wait_for
 from tests.unit.test_sqlite_schema import dump, header, stamp_newer, v1_copy
 
@@ -223,3 +223,20 @@ def test_a_start_held_up_by_an_upgrade_says_why_and_keeps_systemd_waiting(
     finally:
         daemon.stop()
         notes.close()
+
+
+def test_a_daemonized_start_on_a_file_of_a_newer_release_exits_2_in_the_foreground(tmp_path: Path) -> None:
+    # Given a file a newer release wrote (a rollback), and an init script that starts the daemon with --daemonize
+    path = tmp_path / "jobs.db"
+    open_broker(f"sqlite://{path}").close()
+    stamp_newer(path)
+    daemon = Daemon(tmp_path, f"sqlite://{path}", {"work": {"worker": python_worker()}})
+    pidfile = tmp_path / "custom.pid"
+    # When it starts, Then the launcher itself exits 2 with the reason on stderr, as for a bad config,
+    # instead of exiting 0 while the detached master stops (the init script said OK, nothing ran)
+    launcher = subprocess.run(
+        [*DAEMON, "--config", str(daemon.config_path), "--daemonize", "--pidfile", str(pidfile)],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert launcher.returncode == EXIT_CONFIG, launcher.stderr
+    assert "written by a newer disqontrol" in launcher.stderr
+    assert not pidfile.exists() and header(path)[1] == sqlite_schema.VERSION + 1
