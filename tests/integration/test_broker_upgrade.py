@@ -48,6 +48,14 @@ V1_RUNS = {"0", "1", "2", "3", "4", "5", "6", "7", "9"}
 V1_QUEUES = ("waiting", "delayed", "leased", "redelivered", "nacked", "scheduled", "acked")
 
 
+def _newer_file_and_daemon(tmp_path: Path) -> tuple[Path, Daemon]:
+    """A file a newer release wrote, and a daemon (not started) configured on it."""
+    path = tmp_path / "jobs.db"
+    open_broker(f"sqlite://{path}").close()
+    stamp_newer(path)
+    return path, Daemon(tmp_path, f"sqlite://{path}", {"work": {"worker": python_worker()}})
+
+
 def test_producers_and_consumers_opening_an_old_file_at_once_upgrade_it_once(tmp_path: Path) -> None:
     # Given a file of the release before versions, and producers and consumers starting together
     path = v1_copy(tmp_path)
@@ -103,10 +111,7 @@ def test_a_daemon_started_on_an_old_file_upgrades_it_and_runs_its_jobs(tmp_path:
 
 def test_a_daemon_refuses_to_start_on_a_file_of_a_newer_release(tmp_path: Path) -> None:
     # Given a file a newer release wrote (a deploy rolled back)
-    path = tmp_path / "jobs.db"
-    open_broker(f"sqlite://{path}").close()
-    stamp_newer(path)
-    daemon = Daemon(tmp_path, f"sqlite://{path}", {"work": {"worker": python_worker()}})
+    path, daemon = _newer_file_and_daemon(tmp_path)
     # When the daemon starts, Then it exits 2 before forking a consumer, saying why in its log and on stderr
     daemon.start(consumers=0)
     try:
@@ -121,10 +126,7 @@ def test_a_daemon_refuses_to_start_on_a_file_of_a_newer_release(tmp_path: Path) 
 
 
 def test_addjob_refuses_a_file_of_a_newer_release(tmp_path: Path) -> None:
-    path = tmp_path / "jobs.db"
-    open_broker(f"sqlite://{path}").close()
-    stamp_newer(path)
-    daemon = Daemon(tmp_path, f"sqlite://{path}", {"work": {"worker": python_worker()}})
+    path, daemon = _newer_file_and_daemon(tmp_path)
     done = subprocess.run([*ADDJOB, "work", "1", "--config", str(daemon.config_path)],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == EXIT_CONFIG
@@ -134,10 +136,7 @@ def test_addjob_refuses_a_file_of_a_newer_release(tmp_path: Path) -> None:
 
 def test_the_cron_scheduler_pass_refuses_a_file_of_a_newer_release_with_exit_2(tmp_path: Path) -> None:
     # Given a file of a newer release and a crontab with a run due every minute
-    path = tmp_path / "jobs.db"
-    open_broker(f"sqlite://{path}").close()
-    stamp_newer(path)
-    daemon = Daemon(tmp_path, f"sqlite://{path}", {"work": {"worker": python_worker()}})
+    path, daemon = _newer_file_and_daemon(tmp_path)
     crontab = tmp_path / "crontab"
     crontab.write_text("* * * * * work 1\n")
     # When the system cron runs a pass, Then it exits 2 (not 3, "unreachable": retrying cannot help)
@@ -227,10 +226,7 @@ def test_a_start_held_up_by_an_upgrade_says_why_and_keeps_systemd_waiting(
 
 def test_a_daemonized_start_on_a_file_of_a_newer_release_exits_2_in_the_foreground(tmp_path: Path) -> None:
     # Given a file a newer release wrote (a rollback), and an init script that starts the daemon with --daemonize
-    path = tmp_path / "jobs.db"
-    open_broker(f"sqlite://{path}").close()
-    stamp_newer(path)
-    daemon = Daemon(tmp_path, f"sqlite://{path}", {"work": {"worker": python_worker()}})
+    path, daemon = _newer_file_and_daemon(tmp_path)
     pidfile = tmp_path / "custom.pid"
     # When it starts, Then the launcher itself exits 2 with the reason on stderr, as for a bad config,
     # instead of exiting 0 while the detached master stops (the init script said OK, nothing ran)
