@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import signal
 import socket
+import sqlite3
 import time
 
 import pytest
 
 from tests.integration.ctl_support import ctl
 from tests.support.daemon import Daemon, python_worker
+from tests.unit.test_sqlite_schema import v1_copy
 
 WATCHDOG_USEC = 1_000_000  # 1 s: a ping every 0.5 s
 CONSUMERS = 2
@@ -81,4 +83,48 @@ def test_daemon_speaks_sd_notify(tmp_path, notify):
         assert notify.next() == "STOPPING=1"
         assert daemon.wait_exit(10) == 0
     finally:
+        daemon.stop()
+
+
+HOLD = 4.0  # s the new broker's write lock is held during the reload (well past the 0.5 s ping interval)
+MAX_PING_GAP = 2.5  # s: generous for a loaded machine, yet below HOLD
+
+
+def test_the_watchdog_is_pinged_while_a_reload_checks_a_slow_broker(tmp_path, notify):
+    # Given a daemon run by 'systemd' with a watchdog, and a file of the release before versions
+    # whose write lock another process holds (its upgrade at the reload's broker check waits)
+    daemon = Daemon(tmp_path, f"sqlite://{tmp_path}/jobs.db", {"work": {"worker": python_worker()}})
+    other = tmp_path / "other"
+    other.mkdir()
+    path = v1_copy(other)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("PRAGMA journal_mode=WAL")
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        daemon.start()
+        assert notify.next().startswith("READY=1")
+        # When a reload names that file
+        daemon.broker_url = f"sqlite://{path}"
+        daemon.write_config({"work": {"worker": python_worker()}})
+        daemon.signal(signal.SIGHUP)
+        assert notify.next() == "RELOADING=1"
+        # Then the master, blocked in the check, still pings the watchdog (systemd would kill the
+        # whole service after WatchdogSec, 30 s, while a check may take 60)
+        pings = []
+        release = time.monotonic() + HOLD
+        while time.monotonic() < release:
+            notify.sock.settimeout(max(0.01, release - time.monotonic()))
+            try:
+                message = notify.sock.recv(4096).decode()
+            except socket.timeout:
+                break
+            assert message == "WATCHDOG=1", message
+            pings.append(time.monotonic())
+        gaps = [b - a for a, b in zip([release - HOLD, *pings], [*pings, release])]
+        assert max(gaps) < MAX_PING_GAP, gaps
+        # And once the lock is free, the reload is taken on the upgraded file
+        holder.execute("ROLLBACK")
+        assert notify.next().startswith("READY=1\nSTATUS=generation 2")
+    finally:
+        holder.close()
         daemon.stop()
