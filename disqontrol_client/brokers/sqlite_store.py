@@ -36,6 +36,7 @@ WAL_SIZE_LIMIT = 32 * 1024 * 1024  # bytes the WAL is truncated to after a check
 CACHED_STATEMENTS = 256
 CHUNK = 500  # ids per IN (...) statement
 MIB = 1024 * 1024
+DISK_FULL = "disk is full"  # in sqlite's SQLITE_FULL message
 VERSION_RECHECK = 1.0  # s between two looks at an open file's data version (a newer release upgrading it)
 WAL_SWITCH_PAUSE = 0.001  # s before the switch to WAL is tried again, doubling ...
 WAL_SWITCH_MAX_PAUSE = 0.05  # s ... up to this, for at most the busy timeout
@@ -270,8 +271,17 @@ class Store:
         return db
 
     def _cannot_open(self, exc: sqlite3.Error) -> BrokerUnavailable:
-        return BrokerUnavailable(f"sqlite broker: cannot open {self.path!r}: {exc}; the file and its directory "
-                                 "must be readable and writable by this user")
+        """The error, with what the user can do about it: an open also
+        creates, upgrades (taking the write lock, writing a WAL of the
+        file's size) and stamps the file."""
+        if isinstance(exc, sqlite3.OperationalError) and _busy(exc):
+            hint = ("another process holds its write lock (an upgrade of older data takes minutes on a large "
+                    "file: look for event=broker_data_upgrading); try again once it is done")
+        elif isinstance(exc, sqlite3.OperationalError) and DISK_FULL in str(exc):
+            hint = "free disk beside it (an upgrade of older data needs about the file's size, for its WAL)"
+        else:
+            hint = "the file and its directory must be readable and writable by this user"
+        return BrokerUnavailable(f"sqlite broker: cannot open {self.path!r}: {exc}; {hint}")
 
     def _versioned(self, db: sqlite3.Connection) -> None:
         """Make a new file or upgrade an older one (``sqlite_schema``), in one

@@ -16,7 +16,7 @@ import pytest
 
 from disqontrol_client.brokers import open_broker
 from disqontrol_client.brokers import sqlite_schema
-from disqontrol_client.errors import BrokerDataError
+from disqontrol_client.errors import BrokerDataError, BrokerUnavailable
 from tests.support.procs import wait_for
 
 V1_FILE = Path(__file__).parent.parent / "support" / "v1_jobs.db"
@@ -138,6 +138,39 @@ def test_a_failed_upgrade_leaves_the_old_file_whole(tmp_path: Path, monkeypatch:
         open_broker(f"sqlite://{path}")
     assert header(path) == (0, 0, list(JOB_COLUMNS.split(", ")))
     assert dump(path) == before
+
+
+SHORT_BUSY = 0.1  # s: the busy timeout of an opener that must give up quickly
+
+
+def test_an_open_that_waits_out_another_process_s_upgrade_says_so(tmp_path: Path) -> None:
+    # Given a v1 file whose write lock another process holds (its upgrade of a large file, minutes)
+    path = v1_copy(tmp_path)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("PRAGMA journal_mode=WAL")
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        # When a producer opens it and its waits run out
+        with pytest.raises(BrokerUnavailable) as failed:
+            open_broker(f"sqlite://{path}", busy_timeout=SHORT_BUSY)
+    finally:
+        holder.close()
+    # Then it says the lock is held, not that the user lacks permissions
+    message = str(failed.value)
+    assert "another process holds its write lock" in message and "readable and writable" not in message
+
+
+def test_an_upgrade_that_fills_the_disk_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = v1_copy(tmp_path)
+
+    def full(db: sqlite3.Connection) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setitem(sqlite_schema.UPGRADES, 1, full)
+    with pytest.raises(BrokerUnavailable) as failed:
+        open_broker(f"sqlite://{path}")
+    message = str(failed.value)
+    assert "free disk" in message and "readable and writable" not in message
 
 
 def test_a_file_of_a_newer_release_is_refused_untouched(tmp_path: Path) -> None:
