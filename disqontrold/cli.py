@@ -86,15 +86,20 @@ def _run(args: argparse.Namespace) -> int:
     from disqontrold.broker_check import check_broker_data  # noqa: PLC0415
     from disqontrold.log import setup_logging  # noqa: PLC0415
     from disqontrold.master import Master  # noqa: PLC0415
+    from disqontrold.systemd import start_extended  # noqa: PLC0415
 
     bootstrap = reloading.bootstrap_path(args.bootstrap)
     config = reloading.load_checked(args.config, bootstrap)
     if args.check:
         print(f"disqontrold: {config.path}: OK ({len(config.queues)} queues, {len(config.consumers)} consumer groups)")
         return exitcodes.OK
+    if args.daemonize:  # in the foreground, as the config's: the shell sees a refusal's exit 2
+        setup_logging(None, args.log_level, stderr=not args.no_stderr_log)
+        check_broker_data(config.broker)
     pidfile = detach(args, config)  # always: the pidfile keeps a second master off this run_dir
     setup_logging(config.log_dir, args.log_level, stderr=not args.no_stderr_log)
-    check_broker_data(config.broker)  # a rollback over newer data stops here, before any fork
+    with start_extended("checking the broker's data: an upgrade of older data may take minutes"):
+        check_broker_data(config.broker)  # a rollback over newer data stops here, before any fork
     master = Master(config, bootstrap)
     master.add_timer(pidfile.keep)  # made again if run_dir is removed under us
     attach_plugins(master)

@@ -27,6 +27,7 @@ from disqontrol_client.config_checks import sqlite_path
 from disqontrol_client.errors import ConfigError, DisqontrolError, UsageError
 from disqontrol_client.logfmt import redact_url
 from disqontrold import ctl_failed_cli, metrics
+from disqontrold.broker_check import CHECK_TIMEOUT
 from disqontrold.control import default_socket_path
 from disqontrold.ctl_client import REPLY_TIMEOUT, MasterUnreachable, request
 from disqontrold.ctl_text import table
@@ -37,9 +38,10 @@ PROG = "disqontrolctl"
 STOP_POLL_INTERVAL = 0.1  # s between checks that the stopped master is gone
 BYTES_PER_MIB = 1024 * 1024
 # s: the master answers a reload once it has checked the new config, which
-# may take LOAD_TIMEOUT (importing the Python workers); `systemctl reload`
-# runs this command and would fail while the reload goes on.
-RELOAD_REPLY_TIMEOUT = LOAD_TIMEOUT + REPLY_TIMEOUT
+# may take LOAD_TIMEOUT (importing the Python workers), and a new broker's
+# data, CHECK_TIMEOUT more (an upgrade); `systemctl reload` runs this
+# command and would fail while the reload goes on.
+RELOAD_REPLY_TIMEOUT = LOAD_TIMEOUT + CHECK_TIMEOUT + REPLY_TIMEOUT
 
 
 def _duration(seconds: Optional[float]) -> str:

@@ -26,10 +26,6 @@ from disqontrold.children import describe_exit
 CHILD_CRASHED = 70
 READ_CHUNK = 65536
 RETURNED, RAISED = "returned", "raised"
-#: What the waiting parent runs now and then (systemd's watchdog ping: the
-#: master's loop is blocked meanwhile); returns the seconds until its next turn.
-Tick = Callable[[], float]
-MIN_TICK = 0.05  # s between two ticks at least (a tick that answers 0 would spin)
 
 
 class NoAnswer(DisqontrolError):
@@ -44,10 +40,9 @@ class NoAnswer(DisqontrolError):
         self.traceback = child_traceback
 
 
-def call_in_child(func: Callable[[], Any], timeout: float, doing: str, tick: Optional[Tick] = None) -> Any:
+def call_in_child(func: Callable[[], Any], timeout: float, doing: str) -> Any:
     """``func()`` run in a forked child; raises NoAnswer (its message starts
-    with ``doing``, e.g. "validating the config") if it never returned.
-    ``tick`` runs while it waits, when due."""
+    with ``doing``, e.g. "validating the config") if it never returned."""
     read_fd, write_fd = os.pipe()
     try:
         pid = os.fork()
@@ -67,7 +62,7 @@ def call_in_child(func: Callable[[], Any], timeout: float, doing: str, tick: Opt
             os._exit(code)
     os.close(write_fd)
     try:
-        data = _read_with_deadline(read_fd, pid, timeout, tick)
+        data = _read_with_deadline(read_fd, pid, timeout)
     finally:
         os.close(read_fd)
         _, status = os.waitpid(pid, 0)
@@ -103,24 +98,17 @@ def _no_report(status: int, timeout: float) -> str:
     return f"the checker ended ({how}) without answering"
 
 
-def _read_with_deadline(fd: int, pid: int, timeout: float, tick: Optional[Tick] = None) -> Optional[bytes]:
+def _read_with_deadline(fd: int, pid: int, timeout: float) -> Optional[bytes]:
     """Everything the child wrote, or None if it hung (then killed) or wrote nothing."""
     deadline = time.monotonic() + timeout
     chunks = []
-    next_tick = time.monotonic()
     with selectors.DefaultSelector() as sel:
         sel.register(fd, selectors.EVENT_READ)
         while True:
-            now = time.monotonic()
-            if tick is not None and now >= next_tick:
-                next_tick = now + max(tick(), MIN_TICK)
-            remaining = deadline - now
-            wait = remaining if tick is None else min(remaining, max(0.0, next_tick - now))
-            if remaining <= 0:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not sel.select(remaining):
                 os.kill(pid, signal.SIGKILL)
                 return None
-            if not sel.select(wait):
-                continue  # a tick is due, or the deadline: looked at above
             chunk = os.read(fd, READ_CHUNK)
             if not chunk:
                 break

@@ -366,7 +366,7 @@ class Master(PluginLoop):
             return False, reason
         reloading.reenter(self.working_dir)
         try:
-            config = reloading.load_checked(self.config_path, self.bootstrap, self.blocked_tick)
+            config = reloading.load_checked(self.config_path, self.bootstrap)
         except (ConfigError, WorkerLoadError) as exc:
             log_event(logger, "reload_refused", logging.ERROR, config=self.config_path, reason=str(exc))
             return False, f"refused: {exc}"

@@ -13,7 +13,6 @@ import traceback
 from typing import Any, Callable, Optional
 
 from disqontrol_client.logfmt import log_event
-from disqontrold.forkcall import Tick
 
 logger = logging.getLogger("disqontrold.master")  # its lines are the master's
 
@@ -30,9 +29,6 @@ class PluginLoop:
         self.selector = selectors.DefaultSelector()
         self._timers: list[list[Any]] = []  # [callback, next deadline]
         self._plugged: list[Any] = []  # fileobjs registered by plug-ins: closed in children
-        # Run while the loop waits for a reload's config check (up to
-        # reload.LOAD_TIMEOUT): systemd's watchdog ping, set by its plug-in.
-        self.blocked_tick: Optional[Tick] = None
 
     def register(self, fileobj: Any, callback: Callback) -> None:
         """Call ``callback(fileobj)`` from the loop whenever ``fileobj`` is readable.

@@ -18,7 +18,7 @@ from typing import Optional
 from disqontrol_client.config import Config
 from disqontrol_client.errors import ConfigError, WorkerLoadError
 from disqontrol_client.logfmt import log_event
-from disqontrold.forkcall import NoAnswer, Tick, call_in_child
+from disqontrold.forkcall import NoAnswer, call_in_child
 
 DEFAULT_BOOTSTRAP = Path("disqontrol_bootstrap.py")
 #: Seconds the loader child may take: its Python-worker checker has 60 s.
@@ -79,17 +79,14 @@ def _current_dir() -> str:
         return f"({exc.strerror})"
 
 
-def load_checked(
-    config_path: Optional[str | Path], bootstrap: Optional[Path], tick: Optional[Tick] = None
-) -> Config:
-    """The config at ``config_path`` (SPEC §2 lookup when None), workers
-    checked; ``tick`` runs while the master waits for the check.
+def load_checked(config_path: Optional[str | Path], bootstrap: Optional[Path]) -> Config:
+    """The config at ``config_path`` (SPEC §2 lookup when None), workers checked.
 
     Raises ConfigError or WorkerLoadError with a message naming the key; an
     unexpected error in the loader is a ConfigError naming it (its traceback
     is logged)."""
     try:
-        result = call_in_child(lambda: _load_reported(config_path, bootstrap), LOAD_TIMEOUT, LOADING, tick)
+        result = call_in_child(lambda: _load_reported(config_path, bootstrap), LOAD_TIMEOUT, LOADING)
     except NoAnswer as exc:
         if exc.traceback:
             log_event(logger, "config_check_crashed", logging.ERROR, config=str(config_path or "the config"),

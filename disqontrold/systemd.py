@@ -6,13 +6,17 @@ variable is unset the master is not run by systemd and every call is a no-op.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
+import threading
 import time
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from disqontrol_client.logfmt import log_event
+from disqontrold.broker_check import CHECK_TIMEOUT
+from disqontrold.reload import LOAD_TIMEOUT
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +69,53 @@ def status(text: str) -> bool:
     return notify(f"STATUS={text}")
 
 
+# A start step that may outlast TimeoutStartSec (the master's upgrade of the
+# broker's data: minutes for a sqlite file of several GB) keeps systemd
+# waiting with EXTEND_TIMEOUT_USEC (systemd >= 236); otherwise systemd killed
+# it half-way, the upgrade rolled back, and Restart= began it again, forever.
+EXTEND_FIRST = 2.0  # s a step runs before the first note (most take milliseconds)
+EXTEND_EVERY = 10.0  # s between two notes
+EXTEND_BY = 3 * EXTEND_EVERY  # s each note grants: one late note does not end the start
+EXTEND_LIMIT = 3600.0  # s after which a step no longer holds systemd off (a hung one is killed)
+
+
+@contextlib.contextmanager
+def _sent_while(message: str, first: float, every: float, limit: float) -> Iterator[None]:
+    """Send ``message`` after ``first`` s, then every ``every`` s, for at
+    most ``limit`` s, while the body runs. A thread does it: the body blocks
+    the main thread (sqlite's calls and a read of a child's pipe let the GIL
+    go)."""
+    done = threading.Event()
+
+    def send() -> None:
+        give_up = time.monotonic() + limit
+        pause = first
+        while not done.wait(pause) and time.monotonic() < give_up:
+            notify(message)
+            pause = every
+
+    thread = threading.Thread(target=send, name="sd-notify-while", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
+@contextlib.contextmanager
+def start_extended(why: str) -> Iterator[None]:
+    """Around a start step that may be long: from EXTEND_FIRST on, tell
+    systemd every EXTEND_EVERY s to wait EXTEND_BY s more, with ``why`` as
+    the STATUS= line."""
+    if not os.environ.get(NOTIFY_SOCKET_ENV):
+        yield
+        return
+    with _sent_while(f"EXTEND_TIMEOUT_USEC={int(EXTEND_BY * USEC_PER_SECOND)}\nSTATUS={why}",
+                     EXTEND_FIRST, EXTEND_EVERY, EXTEND_LIMIT):
+        yield
+
+
 def watchdog_interval(environ: Optional[dict[str, str]] = None) -> Optional[float]:
     """Seconds between WATCHDOG=1 pings, or None when no watchdog is asked for
     (unset, unparsable, or meant for another pid)."""
@@ -112,6 +163,8 @@ class Watchdog:
         return notify("WATCHDOG=1", self._environ)
 
 
+# s a blocked reload is covered by watchdog pings at most: its config check plus its broker check
+RELOAD_PING_LIMIT = LOAD_TIMEOUT + CHECK_TIMEOUT
 # READY=1 waits until every consumer left its "starting" state (its workers
 # are built), but no longer than this: a consumer in a crash loop must not
 # keep systemd waiting until TimeoutStartSec.
@@ -131,6 +184,20 @@ def _consumers_up(master: Any) -> bool:
     return all(c.get("state") != STARTING_STATE for c in master.status().get("consumers", []))
 
 
+@contextlib.contextmanager
+def _watchdog_pinged(watchdog: Watchdog) -> Iterator[None]:
+    """A reload blocks the master's loop while its children check the new
+    config and broker (up to RELOAD_PING_LIMIT: longer than WatchdogSec,
+    after which systemd killed the whole service, consumers and their jobs
+    included): the watchdog is pinged from a thread meanwhile, for that
+    long at most."""
+    if watchdog.interval is None:
+        yield
+        return
+    with _sent_while("WATCHDOG=1", watchdog.interval, watchdog.interval, RELOAD_PING_LIMIT):
+        yield
+
+
 def attach_to_master(master: Any) -> None:
     """Plug-in hook (disqontrold.cli): READY=1 once the consumers are up,
     RELOADING=1 / READY=1 around a reload, STOPPING=1 when a stop starts,
@@ -148,10 +215,13 @@ def attach_to_master(master: Any) -> None:
     master.on_ready.append(lambda: master.add_timer(announce_when_up))
     request_reload, request_stop = master.request_reload, master.request_stop
 
+    watchdog = Watchdog()
+
     def reload_notified() -> tuple[bool, str]:
         reloading()
         try:
-            taken, reason = request_reload()
+            with _watchdog_pinged(watchdog):
+                taken, reason = request_reload()
         finally:
             ready(_summary(master))
         status(f"reload {'taken' if taken else 'refused'}: {reason}")
@@ -165,14 +235,9 @@ def attach_to_master(master: Any) -> None:
     # Instance attributes shadow the methods: signal handlers (SIGHUP, SIGTERM)
     # and the control socket both go through these.
     master.request_reload, master.request_stop = reload_notified, stop_notified
-    watchdog = Watchdog()
     if watchdog.enabled:
         def ping() -> float:
             watchdog.tick()
             return time.monotonic() + (watchdog.timeout() or 0.0)
 
         master.add_timer(ping)
-        # systemd keeps the watchdog armed during a reload, whose config
-        # check blocks the loop (a slow import of the workers took longer
-        # than WatchdogSec: the master was killed with SIGABRT).
-        master.blocked_tick = lambda: ping() - time.monotonic()

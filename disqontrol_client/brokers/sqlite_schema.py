@@ -135,6 +135,16 @@ def current(db: sqlite3.Connection, path: str) -> bool:
     return version == VERSION
 
 
+def older(db: sqlite3.Connection) -> int:
+    """The older version the file holds, read without a lock (0: a new
+    file, the current version, or not ours): so that an upgrade, which may
+    wait for the write lock and then take minutes, is announced before it."""
+    app_id, version = _pragma(db, "application_id"), _pragma(db, "user_version")
+    if app_id == UNSTAMPED and version == UNSTAMPED:
+        return OLDEST if "jobs" in _tables(db) else UNSTAMPED
+    return version if app_id == APPLICATION_ID and OLDEST <= version < VERSION else UNSTAMPED
+
+
 def upgrade(db: sqlite3.Connection, path: str) -> int:
     """Inside the caller's ``BEGIN IMMEDIATE`` transaction: make a new file,
     or bring an older one to ``VERSION``. Returns the version found (0: a

@@ -35,6 +35,8 @@ WAL_AUTOCHECKPOINT = 8000  # pages: fewer checkpoints (each one fsyncs twice)
 WAL_SIZE_LIMIT = 32 * 1024 * 1024  # bytes the WAL is truncated to after a checkpoint
 CACHED_STATEMENTS = 256
 CHUNK = 500  # ids per IN (...) statement
+MIB = 1024 * 1024
+DISK_FULL = "disk is full"  # in sqlite's SQLITE_FULL message
 VERSION_RECHECK = 1.0  # s between two looks at an open file's data version (a newer release upgrading it)
 WAL_SWITCH_PAUSE = 0.001  # s before the switch to WAL is tried again, doubling ...
 WAL_SWITCH_MAX_PAUSE = 0.05  # s ... up to this, for at most the busy timeout
@@ -202,6 +204,17 @@ def _identity(path: str) -> Optional[tuple[int, int]]:
     return seen.st_dev, seen.st_ino
 
 
+def _size_mib(path: str) -> int:
+    """The file's size with its WAL, in MiB (what an upgrade rewrites)."""
+    size = 0
+    for suffix in ("", "-wal"):
+        try:
+            size += os.path.getsize(path + suffix)
+        except FileNotFoundError:
+            continue
+    return round(size / MIB)
+
+
 def _busy(exc: sqlite3.OperationalError) -> bool:
     """Another connection holds the lock (SQLITE_BUSY / SQLITE_LOCKED)."""
     return "locked" in str(exc) or "busy" in str(exc)
@@ -296,14 +309,27 @@ class Store:
         return db
 
     def _cannot_open(self, exc: sqlite3.Error) -> BrokerUnavailable:
-        return BrokerUnavailable(f"sqlite broker: cannot open {self.path!r}: {exc}; the file and its directory "
-                                 "must be readable and writable by this user")
+        """The error, with what the user can do about it: an open also
+        creates, upgrades (taking the write lock, writing a WAL of the
+        file's size) and stamps the file."""
+        if isinstance(exc, sqlite3.OperationalError) and _busy(exc):
+            hint = ("another process holds its write lock (an upgrade of older data takes minutes on a large "
+                    "file: look for event=broker_data_upgrading); try again once it is done")
+        elif isinstance(exc, sqlite3.OperationalError) and DISK_FULL in str(exc):
+            hint = "free disk beside it (an upgrade of older data needs about the file's size, for its WAL)"
+        else:
+            hint = "the file and its directory must be readable and writable by this user"
+        return BrokerUnavailable(f"sqlite broker: cannot open {self.path!r}: {exc}; {hint}")
 
     def _versioned(self, db: sqlite3.Connection) -> None:
         """Make a new file or upgrade an older one (``sqlite_schema``), in one
         ``BEGIN IMMEDIATE`` transaction; a current file costs no write lock."""
         if sqlite_schema.current(db, self.path):
             return
+        older = sqlite_schema.older(db)
+        if older:  # said before the lock and the work: a long wait is explained
+            log_event(log, "broker_data_upgrading", path=self.path, from_version=older,
+                      to_version=sqlite_schema.VERSION, size_mib=_size_mib(self.path))
         started = time.monotonic()
         found = self.exclusive(lambda: in_transaction(db, lambda: sqlite_schema.upgrade(db, self.path)))
         if found not in (sqlite_schema.UNSTAMPED, sqlite_schema.VERSION):  # not new, nor upgraded meanwhile

@@ -5,15 +5,19 @@ upgrades it before forking and runs its jobs; a file of a newer release
 stops the daemon's start and `disqontrol addjob` with exit code 2."""
 from __future__ import annotations
 
+import socket
+import sqlite3
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from disqontrol_client.brokers import open_broker
 from disqontrol_client.brokers import sqlite_schema
 from tests.integration.ctl_support import ctl
-from tests.support.daemon import Daemon, python_worker
+from tests.support.daemon import DAEMON, Daemon, python_worker
 from tests.support.procs import wait_for
 from tests.unit.test_sqlite_schema import dump, header, stamp_newer, v1_copy
 
@@ -22,6 +26,7 @@ SCHEDULER = [sys.executable, "-m", "disqontrold.cli", "scheduler"]
 OPENERS = 3  # producers, and as many consumers
 EXIT_CONFIG = 2
 EXIT_REFUSED = 1
+NOTE_TIMEOUT = 30.0  # s: a note to systemd is sent within seconds (systemd.EXTEND_FIRST)
 # One process: wait for the go file, open the broker, add a job or take one.
 OPENER = textwrap.dedent("""
     import logging, os, sys, time
@@ -41,6 +46,14 @@ OPENER = textwrap.dedent("""
 # Every v1 job the daemon runs (the failure queue's is not consumed): n of its body.
 V1_RUNS = {"0", "1", "2", "3", "4", "5", "6", "7", "9"}
 V1_QUEUES = ("waiting", "delayed", "leased", "redelivered", "nacked", "scheduled", "acked")
+
+
+def _newer_file_and_daemon(tmp_path: Path) -> tuple[Path, Daemon]:
+    """A file a newer release wrote, and a daemon (not started) configured on it."""
+    path = tmp_path / "jobs.db"
+    open_broker(f"sqlite://{path}").close()
+    stamp_newer(path)
+    return path, Daemon(tmp_path, f"sqlite://{path}", {"work": {"worker": python_worker()}})
 
 
 def test_producers_and_consumers_opening_an_old_file_at_once_upgrade_it_once(tmp_path: Path) -> None:
@@ -98,10 +111,7 @@ def test_a_daemon_started_on_an_old_file_upgrades_it_and_runs_its_jobs(tmp_path:
 
 def test_a_daemon_refuses_to_start_on_a_file_of_a_newer_release(tmp_path: Path) -> None:
     # Given a file a newer release wrote (a deploy rolled back)
-    path = tmp_path / "jobs.db"
-    open_broker(f"sqlite://{path}").close()
-    stamp_newer(path)
-    daemon = Daemon(tmp_path, f"sqlite://{path}", {"work": {"worker": python_worker()}})
+    path, daemon = _newer_file_and_daemon(tmp_path)
     # When the daemon starts, Then it exits 2 before forking a consumer, saying why in its log and on stderr
     daemon.start(consumers=0)
     try:
@@ -116,10 +126,7 @@ def test_a_daemon_refuses_to_start_on_a_file_of_a_newer_release(tmp_path: Path) 
 
 
 def test_addjob_refuses_a_file_of_a_newer_release(tmp_path: Path) -> None:
-    path = tmp_path / "jobs.db"
-    open_broker(f"sqlite://{path}").close()
-    stamp_newer(path)
-    daemon = Daemon(tmp_path, f"sqlite://{path}", {"work": {"worker": python_worker()}})
+    path, daemon = _newer_file_and_daemon(tmp_path)
     done = subprocess.run([*ADDJOB, "work", "1", "--config", str(daemon.config_path)],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == EXIT_CONFIG
@@ -129,10 +136,7 @@ def test_addjob_refuses_a_file_of_a_newer_release(tmp_path: Path) -> None:
 
 def test_the_cron_scheduler_pass_refuses_a_file_of_a_newer_release_with_exit_2(tmp_path: Path) -> None:
     # Given a file of a newer release and a crontab with a run due every minute
-    path = tmp_path / "jobs.db"
-    open_broker(f"sqlite://{path}").close()
-    stamp_newer(path)
-    daemon = Daemon(tmp_path, f"sqlite://{path}", {"work": {"worker": python_worker()}})
+    path, daemon = _newer_file_and_daemon(tmp_path)
     crontab = tmp_path / "crontab"
     crontab.write_text("* * * * * work 1\n")
     # When the system cron runs a pass, Then it exits 2 (not 3, "unreachable": retrying cannot help)
@@ -178,3 +182,57 @@ def test_a_running_daemon_stops_taking_jobs_once_a_newer_release_upgrades_its_fi
         assert "operation=reserve" in refused and "written by a newer disqontrol" in refused
     finally:
         daemon.stop()
+
+
+def _next_note(notes: socket.socket, want: str) -> str:
+    """The next message to 'systemd' that starts with ``want`` (others skipped)."""
+    notes.settimeout(NOTE_TIMEOUT)
+    while True:
+        note = notes.recv(4096).decode()
+        if note.startswith(want):
+            return note
+
+
+def test_a_start_held_up_by_an_upgrade_says_why_and_keeps_systemd_waiting(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a file of the release before versions, whose write lock is held meanwhile (a long upgrade's
+    # stand-in: an upgrade of several GB outlasts the unit's TimeoutStartSec), and a daemon run by 'systemd'
+    path = v1_copy(tmp_path)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("PRAGMA journal_mode=WAL")
+    holder.execute("BEGIN IMMEDIATE")
+    notes = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notes.bind(str(tmp_path / "notify.sock"))
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify.sock"))
+    daemon = Daemon(tmp_path, f"sqlite://{path}", {"waiting": {"worker": python_worker()}})
+    try:
+        # When it starts
+        daemon.start(consumers=0)
+        # Then its log says it upgrades the file, and it asks systemd to wait longer, saying why
+        [upgrading] = daemon.wait_event("broker_data_upgrading")
+        assert "from_version=1" in upgrading and f"path={path}" in upgrading
+        note = _next_note(notes, "EXTEND_TIMEOUT_USEC=")
+        assert "STATUS=" in note and "upgrad" in note, note
+        # And once the upgrade can run, it ends and the daemon comes up on the upgraded file
+        holder.execute("ROLLBACK")
+        holder.close()
+        daemon.wait_event("broker_data_upgraded")
+        assert _next_note(notes, "READY=1")
+        assert header(path)[1] == sqlite_schema.VERSION
+    finally:
+        daemon.stop()
+        notes.close()
+
+
+def test_a_daemonized_start_on_a_file_of_a_newer_release_exits_2_in_the_foreground(tmp_path: Path) -> None:
+    # Given a file a newer release wrote (a rollback), and an init script that starts the daemon with --daemonize
+    path, daemon = _newer_file_and_daemon(tmp_path)
+    pidfile = tmp_path / "custom.pid"
+    # When it starts, Then the launcher itself exits 2 with the reason on stderr, as for a bad config,
+    # instead of exiting 0 while the detached master stops (the init script said OK, nothing ran)
+    launcher = subprocess.run(
+        [*DAEMON, "--config", str(daemon.config_path), "--daemonize", "--pidfile", str(pidfile)],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert launcher.returncode == EXIT_CONFIG, launcher.stderr
+    assert "written by a newer disqontrol" in launcher.stderr
+    assert not pidfile.exists() and header(path)[1] == sqlite_schema.VERSION + 1

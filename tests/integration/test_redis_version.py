@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import redis
 
-from disqontrol_client.brokers import open_broker
+from disqontrol_client.brokers import NewJob, open_broker
 from disqontrol_client.brokers import redis_version
 from disqontrol_client.errors import BrokerDataError
 from tests.conftest import _flushed_redis_url
@@ -96,3 +97,38 @@ def test_addjob_and_the_daemon_refuse_a_prefix_of_a_newer_release(redis_url: str
     finally:
         daemon.stop()
     assert daemon.events("broker_data_refused") and not daemon.events("consumer_started")
+
+
+@pytest.mark.parametrize("value", ["1.4.2", "2.5", "v2"])
+def test_a_version_key_another_program_wrote_is_refused_with_its_value(redis_url: str, value: str) -> None:
+    # Given a prefix whose version key holds what no disqontrol writes (another application on the same
+    # prefix), When this release uses it, Then every call refuses it as data it cannot read, naming the
+    # key and its value (not a TypeError from a nil reply, nor "2.5" read as version 2)
+    raw(redis_url).set(redis_version.version_key(PREFIX), value)
+    for call in (lambda b: b.add("q", b"y"), lambda b: b.reserve(["q"], timeout=0), lambda b: b.check_data()):
+        with open_broker(redis_url) as broker, pytest.raises(BrokerDataError) as refused:
+            call(broker)
+        message = str(refused.value)
+        assert f"{redis_version.version_key(PREFIX)!r} holds {value!r}" in message, message
+        assert "not a data version" in message and "another prefix" in message
+    assert raw(redis_url).get(redis_version.version_key(PREFIX)) == value.encode()
+
+
+HOT_CALLS = 300  # reserve-with-ack calls of the loop below
+
+
+def test_the_version_check_adds_no_round_trip_to_a_reserve_ack_loop(redis_url: str) -> None:
+    # Given an open broker with jobs waiting, and the server's command counts reset
+    with open_broker(redis_url) as broker:
+        broker.add_many([NewJob("q", b"x") for _ in range(HOT_CALLS)])
+        server = raw(redis_url)
+        server.config_resetstat()
+        # When a consumer reserves one job at a time, acking the last one with it
+        started = time.monotonic()
+        ack: list[str] = []
+        for _ in range(HOT_CALLS):
+            ack = [d.id for d in broker.reserve(["q"], count=1, timeout=0, ack=ack)]
+        elapsed = time.monotonic() - started
+    # Then each call is one script, and the version script runs once a second at most
+    scripts = server.info("commandstats")["cmdstat_evalsha"]["calls"]
+    assert HOT_CALLS <= scripts <= HOT_CALLS + elapsed + 1, (scripts, elapsed)

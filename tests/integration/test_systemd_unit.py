@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from disqontrol_client import exitcodes
+from disqontrold.broker_check import CHECK_TIMEOUT
 from disqontrold.ctl import RELOAD_REPLY_TIMEOUT
 from disqontrold.reload import LOAD_TIMEOUT
 from disqontrold.systemd import READY_WAIT_LIMIT
@@ -72,6 +73,8 @@ def test_start_timeout_outlasts_the_slowest_start_the_master_allows():
     assert int(_service_section()["TimeoutStartSec"]) > LOAD_TIMEOUT + READY_WAIT_LIMIT
     # nor the ExecReload (`disqontrolctl reload`, which waits for the master's check)
     assert int(_service_section()["TimeoutStartSec"]) > RELOAD_REPLY_TIMEOUT
+    # and `disqontrolctl reload` waits for the master's checks of both the config and the new broker
+    assert RELOAD_REPLY_TIMEOUT > LOAD_TIMEOUT + CHECK_TIMEOUT
 
 
 METRICS_UNIT = UNIT.with_name("disqontrol-metrics.service")

@@ -14,9 +14,9 @@ from typing import Callable
 
 import pytest
 
-from disqontrol_client.brokers import open_broker
+from disqontrol_client.brokers import NewJob, open_broker
 from disqontrol_client.brokers import sqlite_schema
-from disqontrol_client.errors import BrokerDataError
+from disqontrol_client.errors import BrokerDataError, BrokerUnavailable
 from tests.support.procs import wait_for
 
 V1_FILE = Path(__file__).parent.parent / "support" / "v1_jobs.db"
@@ -140,6 +140,39 @@ def test_a_failed_upgrade_leaves_the_old_file_whole(tmp_path: Path, monkeypatch:
     assert dump(path) == before
 
 
+SHORT_BUSY = 0.1  # s: the busy timeout of an opener that must give up quickly
+
+
+def test_an_open_that_waits_out_another_process_s_upgrade_says_so(tmp_path: Path) -> None:
+    # Given a v1 file whose write lock another process holds (its upgrade of a large file, minutes)
+    path = v1_copy(tmp_path)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("PRAGMA journal_mode=WAL")
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        # When a producer opens it and its waits run out
+        with pytest.raises(BrokerUnavailable) as failed:
+            open_broker(f"sqlite://{path}", busy_timeout=SHORT_BUSY)
+    finally:
+        holder.close()
+    # Then it says the lock is held, not that the user lacks permissions
+    message = str(failed.value)
+    assert "another process holds its write lock" in message and "readable and writable" not in message
+
+
+def test_an_upgrade_that_fills_the_disk_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = v1_copy(tmp_path)
+
+    def full(db: sqlite3.Connection) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setitem(sqlite_schema.UPGRADES, 1, full)
+    with pytest.raises(BrokerUnavailable) as failed:
+        open_broker(f"sqlite://{path}")
+    message = str(failed.value)
+    assert "free disk" in message and "readable and writable" not in message
+
+
 def test_a_file_of_a_newer_release_is_refused_untouched(tmp_path: Path) -> None:
     # Given a file a newer release wrote (a rollback)
     path = tmp_path / "jobs.db"
@@ -202,3 +235,29 @@ def _refusal(call: Callable[[], object]) -> str:
     except BrokerDataError as exc:
         return str(exc)
     return ""
+
+
+HOT_CALLS = 300  # reserve-with-ack calls of the loop below
+STATEMENTS_PER_RESERVE = 4  # BEGIN IMMEDIATE, the ack's DELETE, the lease's UPDATE ... RETURNING, COMMIT
+TTL_SWEEP = ("DELETE FROM jobs WHERE id >=", "SELECT max(id) FROM jobs")  # a step each second, not per call
+HEADER_READS = 2  # application_id, user_version: per second at most
+
+
+def test_the_version_check_adds_no_statement_to_a_reserve_ack_loop(tmp_path: Path) -> None:
+    # Given an open broker with jobs waiting, each of its statements traced
+    broker = open_broker(f"sqlite://{tmp_path}/jobs.db")
+    broker.add_many([NewJob("q", b"x") for _ in range(HOT_CALLS)])
+    statements: list[str] = []
+    broker._open[0]._store.conn().set_trace_callback(statements.append)  # type: ignore[attr-defined]
+    # When a consumer reserves one job at a time, acking the last one with it
+    started = time.monotonic()
+    ack: list[str] = []
+    for _ in range(HOT_CALLS):
+        ack = [d.id for d in broker.reserve(["q"], count=1, timeout=0, ack=ack)]
+    elapsed = time.monotonic() - started
+    broker.close()
+    # Then each call costs what it did before versions, and the header is read once a second at most
+    headers = [s for s in statements if s.startswith("PRAGMA")]
+    calls = [s for s in statements if not s.startswith(("PRAGMA", *TTL_SWEEP))]
+    assert len(calls) == HOT_CALLS * STATEMENTS_PER_RESERVE - 1, calls[:8]  # the first call has no ack
+    assert len(headers) <= HEADER_READS * (elapsed + 1), headers
