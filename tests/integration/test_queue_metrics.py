@@ -46,6 +46,13 @@ def queue_values(samples: dict[tuple[str, tuple], float], queue: str) -> dict[st
             "sum": one("queue_job_duration_seconds_sum"), "buckets": buckets}
 
 
+def replaced(daemon: Daemon, old: int) -> bool:
+    """Whether one consumer runs and ``old`` is gone, from one look (two
+    looks passed with the old one in the first and none yet in the second)."""
+    pids = daemon.consumer_pids()
+    return len(pids) == 1 and old not in pids
+
+
 def counted(daemon: Daemon, queue: str, done: float) -> dict[str, Any]:
     def enough():
         values = queue_values(scrape(daemon)[1], queue)
@@ -86,8 +93,7 @@ def test_per_queue_outcomes_and_durations_parse_and_survive_a_crash_and_a_reload
         # When the consumer is killed (a crash: the master starts another)
         [consumer] = daemon.consumer_pids()
         os.kill(consumer, signal.SIGKILL)
-        wait_for(lambda: daemon.consumer_pids() and consumer not in daemon.consumer_pids(), timeout=60,
-                 message="a new consumer")
+        wait_for(lambda: replaced(daemon, consumer), timeout=60, message="a new consumer")
         # Then no counter went down
         after_crash = queue_values(scrape(daemon)[1], ODD)
         assert after_crash == odd
@@ -95,8 +101,7 @@ def test_per_queue_outcomes_and_durations_parse_and_survive_a_crash_and_a_reload
         # When a reload replaces the consumer and it runs one more job of the odd queue
         [second] = daemon.consumer_pids()
         daemon.signal(signal.SIGHUP)
-        wait_for(lambda: daemon.consumer_pids() and second not in daemon.consumer_pids(), timeout=60,
-                 message="the new generation's consumer alone")
+        wait_for(lambda: replaced(daemon, second), timeout=60, message="the new generation's consumer alone")
         daemon.add(ODD, [8])
         after_reload = counted(daemon, ODD, 3)
 
