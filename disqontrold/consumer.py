@@ -353,6 +353,7 @@ class Consumer(InlineBatches):
                 failed = self.window.start(self.workers[job.queue], job, self._timeouts[job.queue])
             except StartDeferred as exc:
                 if self._paused.missing_too_long(job.queue, exc.missing):
+                    self._book_death(job)
                     self._settle([(job, Outcome(False, error=str(exc)))])
                     continue
                 back = [j.id for j in jobs[index:] if j.queue == job.queue]
@@ -361,6 +362,7 @@ class Consumer(InlineBatches):
                 deferred.add(job.queue)
                 continue
             self._paused.started(job.queue)
+            self._book_death(job)
             if failed is not None:
                 self._settle([(job, failed)])
 
@@ -373,16 +375,21 @@ class Consumer(InlineBatches):
         job = Job(body=body, queue=delivery.queue, metadata=metadata, id=delivery.id,
                   nacks=delivery.nacks, additional_deliveries=delivery.additional_deliveries)
         died = failures.count_redeliveries(job, queue)
-        if job.additional_deliveries:
-            # Its last delivery died with its consumer, uncounted: a failure
-            # (SPEC §6), booked now, retried by this run or parked below.
-            self.scoreboard.count(failed=1)
         if died is None:
-            if job.additional_deliveries:
-                self.scoreboard.queue_cells.record(job.queue, RETRIED, None)
-            return job
+            return job  # its death is booked when it starts (_book_death)
+        self.scoreboard.count(failed=1)  # its last death (SPEC §6), parked below
         self._fail(job, died)
         return None
+
+    def _book_death(self, job: Job) -> None:
+        """Count the death of the job's last delivery (its consumer died under
+        it: a failure, SPEC §6) as it starts again, not at its delivery: the
+        broker's count of redeliveries stays the same when a job is given
+        back unstarted (a stop, a recycle, a paused queue), so each delivery
+        counted it again (3 failures for 2 deaths)."""
+        if job.additional_deliveries:
+            self.scoreboard.count(failed=1)
+            self.scoreboard.queue_cells.record(job.queue, RETRIED, None)
 
     def _settle(self, ended: list[tuple[Job, Outcome]]) -> None:
         """Book ended jobs: a success waits for the next reserve to ack it, a

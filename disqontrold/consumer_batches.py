@@ -43,6 +43,9 @@ class InlineBatches:
     def _on_start(self, job: Job) -> None:
         raise NotImplementedError  # Consumer's
 
+    def _book_death(self, job: Job) -> None:
+        raise NotImplementedError  # Consumer's
+
     def _run_batches(self, by_queue: dict[str, list[Job]]) -> None:
         """Run the jobs of non-windowed workers: a concurrent worker's as one
         ``run_many``, an inline worker's one by one. The stop flag and the
@@ -67,6 +70,8 @@ class InlineBatches:
                 started += len(run)
                 if todo:
                     self._tend_window_now()
+                    for job in todo:
+                        self._book_death(job)
                     self._settle(list(zip(todo, self._run(worker, todo))))
                 if started < len(reserved) and self.jobs.renewal_due():
                     self.jobs.keep_leases([job for job in reserved[started:] if job.id not in given_back])

@@ -46,7 +46,7 @@ METRICS: dict[str, tuple[str, str]] = {
     "consumer_restarts_total": ("counter", "Consumer processes replaced (crashed, recycled, killed as hung), per group"),
     "jobs_done_total": ("counter", "Jobs that succeeded, per group"),
     "jobs_failed_total": ("counter", "Jobs that failed (retried later or parked; a delivery lost with its "
-                                     "consumer counts when the job comes back), per group"),
+                                     "consumer counts when the job runs again), per group"),
     "job_processes": ("gauge", "Command and isolated job processes running, per group"),
     "oldest_job_seconds": ("gauge", "Seconds the longest-running job of the group has run (0: none runs); "
                                     "near job_process_timeout, a job is stuck: `disqontrolctl status` names it"),
@@ -64,7 +64,7 @@ METRICS: dict[str, tuple[str, str]] = {
     "failure_queue_jobs": ("gauge", "Jobs parked in a failure queue, per failure queue"),
     "queue_jobs_done_total": ("counter", "Jobs of the queue that succeeded"),
     "queue_jobs_retried_total": ("counter", "Jobs of the queue that failed and will run again (a retry, a "
-                                            "failure the broker did not take, or a job back after its consumer "
+                                            "failure the broker did not take, or a job run again after its consumer "
                                             "died under it)"),
     "queue_jobs_parked_total": ("counter", "Jobs of the queue that failed for good: moved to its failure queue "
                                            "(max_retries or job_lifetime reached)"),

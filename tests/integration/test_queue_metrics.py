@@ -4,6 +4,7 @@ with a queue name that needs escaping, kept across a consumer's crash and
 a reload (a counter that goes down breaks rate())."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 from typing import Any
@@ -11,6 +12,10 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from disqontrol_client.brokers import open_broker
+from disqontrol_client.config import load_config
+from disqontrol_client.job import Job
+from disqontrol_client.submit import new_job_for
 from tests.integration.ctl_support import ctl
 from tests.support.daemon import Daemon, python_worker
 from tests.support.procs import wait_for
@@ -21,6 +26,7 @@ ALPHA_JOBS = [1, 2, {"n": 3, "sleep": SLEEP}, {"n": 4, "fail": True}]  # 3 done,
 ODD_JOBS = [5, 6, {"n": 7, "fail": True}]  # 2 done, 1 retried then parked
 RUNS = len(ALPHA_JOBS) + len(ODD_JOBS) + 1
 PREFIX = "disqontrol_"
+LEASE = 1.0  # s: the lease of a job whose consumer dies, in a redelivery test
 
 
 def scrape(daemon: Daemon) -> tuple[dict[str, str], dict[tuple[str, tuple], float]]:
@@ -147,6 +153,42 @@ def test_a_job_that_kills_its_consumer_counts_as_failed_at_each_death(tmp_path):
             return (samples, values) if values["parked"] == 1 else None
         samples, values = wait_for(booked, timeout=30, message="the parked job in the metrics")
         assert (values["retried"], values["parked"], values["count"]) == (1, 1, 0)  # never ran to its end
+        assert samples[("jobs_failed_total", (("group", PLAIN),))] == 2
+    finally:
+        daemon.stop()
+
+
+@pytest.mark.timeout(120)
+def test_a_death_is_counted_once_when_its_job_is_given_back_before_it_runs(tmp_path):
+    # Given two jobs whose consumer died holding them (leased, the lease ran out)
+    url = f"sqlite://{tmp_path}/jobs.db"
+    daemon = Daemon(tmp_path, url, {PLAIN: {"worker": python_worker()}},
+                    consumer_defaults={"job_batch": 2})
+    dead_consumer = open_broker(url)
+    daemon_config = load_config(daemon.config_path)
+    dead_consumer.add_many([dataclasses.replace(new_job_for(Job({"n": n, "sleep": 2}, PLAIN),
+                                                            daemon_config.queue(PLAIN)), retry=LEASE)
+                            for n in (1, 2)])
+    assert len(dead_consumer.reserve([PLAIN], count=2, timeout=0)) == 2
+    wait_for(lambda: dead_consumer.backlog([PLAIN], 2)[PLAIN] == 2, timeout=30, message="both leases run out")
+    dead_consumer.close()
+    daemon.start()
+    try:
+        # When the daemon's consumer takes both, runs one and is stopped meanwhile
+        # (it gives the other back unstarted) and its successor runs the other
+        [consumer] = wait_for(daemon.consumer_pids, timeout=30, message="a consumer")
+        wait_for(lambda: "busy" in daemon.title(consumer), timeout=30, message="the first job running")
+        os.kill(consumer, signal.SIGTERM)
+        daemon.wait_runs(2)
+
+        # Then each job's one death is one failure: the job given back was
+        # counted again at its next delivery (3 failures for 2 deaths)
+        def booked():
+            _, samples = scrape(daemon)
+            values = queue_values(samples, PLAIN)
+            return (samples, values) if values["done"] == 2 else None
+        samples, values = wait_for(booked, timeout=30, message="both jobs done in the metrics")
+        assert values["retried"] == 2
         assert samples[("jobs_failed_total", (("group", PLAIN),))] == 2
     finally:
         daemon.stop()
