@@ -377,8 +377,8 @@ class Consumer(InlineBatches):
         died = failures.count_redeliveries(job, queue)
         if died is None:
             return job  # its death is booked when it starts (_book_death)
-        self.scoreboard.count(failed=1)  # its last death (SPEC §6), parked below
-        self._fail(job, died)
+        if self._fail(job, died):
+            self.scoreboard.count(failed=1)  # its last death (SPEC §6), parked
         return None
 
     def _book_death(self, job: Job) -> None:
@@ -401,17 +401,20 @@ class Consumer(InlineBatches):
                 self.scoreboard.queue_cells.record(job.queue, DONE, outcome.duration)
                 log_event(logger, "job_done", job=job.id, **failures.first_id(job), queue=job.queue,
                           duration_ms=round(outcome.duration * MS, 1))
-            else:
+            elif self._fail(job, outcome, outcome.duration):
                 failed += 1
-                self._fail(job, outcome, outcome.duration)
         if not ended:
             return
-        self.scoreboard.count(done=len(ended) - failed, failed=failed)
+        self.scoreboard.count(done=sum(outcome.ok for _, outcome in ended), failed=failed)
         if not self._recycle:
             self._recycle = self._recycle_reason()
 
-    def _fail(self, job: Job, outcome: Outcome, duration: Optional[float] = None) -> None:
-        """Retry or park the job; ``duration``: how long it ran (None: not run)."""
+    def _fail(self, job: Job, outcome: Outcome, duration: Optional[float] = None) -> bool:
+        """Retry or park the job; ``duration``: how long it ran (None: not
+        run). False if the broker did not take the failure: the job comes
+        back after its lease and is counted as failed then, once."""
         queue = self.config.queue(job.queue)
         parked = self.jobs.fail(job, queue, outcome, self.config.queues.get(queue.failure_queue))
-        self.scoreboard.queue_cells.record(job.queue, PARKED if parked else RETRIED, duration)
+        recorded = None if parked is None else PARKED if parked else RETRIED
+        self.scoreboard.queue_cells.record(job.queue, recorded, duration)
+        return parked is not None

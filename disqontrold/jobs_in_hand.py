@@ -64,10 +64,13 @@ class JobsInHand:
     def succeeded(self, job_id: Optional[str]) -> None:
         self.unacked.append(job_id or "")
 
-    def fail(self, job: Job, queue: QueueConfig, outcome: Outcome, failure_queue: Optional[QueueConfig]) -> bool:
+    def fail(
+        self, job: Job, queue: QueueConfig, outcome: Outcome, failure_queue: Optional[QueueConfig]
+    ) -> Optional[bool]:
         """Retry or park the job (SPEC §6): True if parked in the failure
-        queue. A broker that fails here leaves it leased: it comes back
-        after its lease (runs again: False) and counts as failed then."""
+        queue, False if retried. None if the broker failed here: the job is
+        left leased, comes back after its lease and counts as failed then
+        (as a job whose consumer died under it), not now too."""
         self.started(job.id)  # a parked redelivery is never started
         try:
             with self.quit.broker_call():
@@ -75,7 +78,7 @@ class JobsInHand:
         except (BrokerUnavailable, BrokerError) as exc:
             log_event(logger, "failure_not_recorded", logging.ERROR, job=job.id, queue=job.queue,
                       error=str(exc))
-            return False
+            return None
         return decision.action == failures.PARKED
 
     def flush_acks(self) -> None:

@@ -54,8 +54,9 @@ class QueueCells:
         self._cell_of: dict[str, int] = {}  # writer side: queue -> its cell's first word
 
     # -- writer side (the consumer) --
-    def record(self, queue: str, outcome: int, duration: Optional[float]) -> None:
-        """Count one job of ``queue`` (DONE, RETRIED or PARKED); ``duration``:
+    def record(self, queue: str, outcome: Optional[int], duration: Optional[float]) -> None:
+        """Count one job of ``queue`` (DONE, RETRIED or PARKED; None: only
+        its run, a failure counted when the job comes back); ``duration``:
         seconds it ran (None: it did not run, a redelivery parked unrun)."""
         base = self._cell_of.get(queue)
         if base is None:
@@ -63,7 +64,8 @@ class QueueCells:
             if base is None:
                 return  # not one of the group's queues
         words = self._words
-        words[base + _COUNTS + outcome] += 1
+        if outcome is not None:
+            words[base + _COUNTS + outcome] += 1
         if duration is not None:
             words[base + _FIRST_BUCKET + bisect.bisect_left(BUCKETS, duration)] += 1
             self._floats[base + _SUM] += duration

@@ -19,6 +19,7 @@ from disqontrol_client.submit import new_job_for
 from tests.integration.ctl_support import ctl
 from tests.support.daemon import Daemon, python_worker
 from tests.support.procs import wait_for
+from tests.support.redis_server import RedisServer
 
 PLAIN, ODD = "alpha", 'we"ird\\q'  # the odd one needs both escapes of a label value
 SLEEP = 0.3  # s: one job slower than the 0.25 s bucket
@@ -57,6 +58,15 @@ def replaced(daemon: Daemon, old: int) -> bool:
     looks passed with the old one in the first and none yet in the second)."""
     pids = daemon.consumer_pids()
     return len(pids) == 1 and old not in pids
+
+
+def booked(daemon: Daemon, queue: str, **wanted: float) -> tuple[dict[tuple[str, tuple], float], dict[str, Any]]:
+    """(samples, the queue's values) once the queue's values include ``wanted`` (done=2)."""
+    def enough():
+        _, samples = scrape(daemon)
+        values = queue_values(samples, queue)
+        return (samples, values) if all(values[key] == n for key, n in wanted.items()) else None
+    return wait_for(enough, timeout=30, message=f"{wanted} of {queue!r} in the metrics")
 
 
 def counted(daemon: Daemon, queue: str, done: float) -> dict[str, Any]:
@@ -147,11 +157,7 @@ def test_a_job_that_kills_its_consumer_counts_as_failed_at_each_death(tmp_path):
 
         # Then both deaths are failures in the metrics, as SPEC §6 counts them (they
         # showed none: an alert on failed jobs never saw a job that kills consumers)
-        def booked():
-            _, samples = scrape(daemon)
-            values = queue_values(samples, PLAIN)
-            return (samples, values) if values["parked"] == 1 else None
-        samples, values = wait_for(booked, timeout=30, message="the parked job in the metrics")
+        samples, values = booked(daemon, PLAIN, parked=1)
         assert (values["retried"], values["parked"], values["count"]) == (1, 1, 0)  # never ran to its end
         assert samples[("jobs_failed_total", (("group", PLAIN),))] == 2
     finally:
@@ -183,12 +189,35 @@ def test_a_death_is_counted_once_when_its_job_is_given_back_before_it_runs(tmp_p
 
         # Then each job's one death is one failure: the job given back was
         # counted again at its next delivery (3 failures for 2 deaths)
-        def booked():
-            _, samples = scrape(daemon)
-            values = queue_values(samples, PLAIN)
-            return (samples, values) if values["done"] == 2 else None
-        samples, values = wait_for(booked, timeout=30, message="both jobs done in the metrics")
+        samples, values = booked(daemon, PLAIN, done=2)
         assert values["retried"] == 2
         assert samples[("jobs_failed_total", (("group", PLAIN),))] == 2
     finally:
         daemon.stop()
+
+
+@pytest.mark.timeout(120)
+def test_a_failure_the_broker_did_not_take_is_counted_once(tmp_path, redis_server):
+    # Given a daemon on its own redis (AOF) running a job that fails after a while
+    server = RedisServer(tmp_path / "redis", appendonly=True).start()
+    daemon = Daemon(tmp_path, server.url, {PLAIN: {"worker": python_worker(), "max_retries": 1}}).start()
+    try:
+        daemon.add(PLAIN, [{"n": 1, "sleep": 1, "fail": True}], lease=LEASE * 3)
+        [consumer] = daemon.consumer_pids()
+        wait_for(lambda: "busy" in daemon.title(consumer), timeout=30, message="the job running")
+
+        # When redis is down as it fails (the failure is not recorded: the job comes
+        # back after its lease), then up again, and the job fails again and is parked
+        server.kill()
+        daemon.wait_event("failure_not_recorded")
+        server.start()
+        wait_for(lambda: daemon.broker.length("failed-jobs") == 1, timeout=60, message="the job parked")
+
+        # Then its two failed runs are two failures: the first was counted when
+        # the broker refused it and again when the job came back (3, and 2 retried)
+        samples, values = booked(daemon, PLAIN, parked=1)
+        assert (values["retried"], values["parked"], values["count"]) == (1, 1, 2)
+        assert samples[("jobs_failed_total", (("group", PLAIN),))] == 2
+    finally:
+        daemon.stop()
+        server.stop()
