@@ -253,3 +253,18 @@ def test_the_backlog_of_many_queues_is_one_script_of_one_call_per_empty_queue(br
     calls = {name.removeprefix("cmdstat_"): stat["calls"] for name, stat in raw.info("commandstats").items()}
     assert calls.get("evalsha") == 1, calls
     assert calls.get("exists") == IDLE_QUEUES, calls
+
+
+OLD_CLIENT_DELAY = 2  # s
+
+
+def test_a_delayed_job_of_an_older_client_counts_its_latency_from_its_due_time(broker, raw):
+    # Given a delayed job added by an older client package (an application not
+    # upgraded yet): its hash has no ready_at, which the queue latency reads
+    job_id = broker.add("q", b"x", delay=OLD_CLIENT_DELAY)
+    assert raw.hdel(f"dq:{{q}}:job:{job_id}", "ready_at") == 1
+    # When it has fallen due and was moved to the ready jobs (stats does, as a reserve)
+    wait_for(lambda: broker.stats(["q"])[0].ready == 1, timeout=10 + OLD_CLIENT_DELAY, message="the job due")
+    # Then its latency counts from its due time, not from its add: it read its
+    # delay more (a job retried after 4**6 s showed a queue an hour behind)
+    assert broker.latency(["q"])["q"] < OLD_CLIENT_DELAY - 1

@@ -95,10 +95,20 @@ local function promote(q, now, purge)
     local dead = redis.call('ZRANGEBYSCORE', q.expiry, '-inf', now, 'LIMIT', 0, PROMOTE_BATCH)
     if #dead > 0 then remove_jobs(q, dead, 1) end
   end
-  local due = redis.call('ZRANGEBYSCORE', q.delayed, '-inf', now, 'LIMIT', 0, PROMOTE_BATCH)
-  if #due > 0 then
-    redis.call('RPUSH', q.ready, unpack(due))
-    redis.call('ZREM', q.delayed, unpack(due))
+  local due = redis.call('ZRANGEBYSCORE', q.delayed, '-inf', now, 'WITHSCORES', 'LIMIT', 0, PROMOTE_BATCH)
+  local due_ids = {}
+  for i = 1, #due - 1, 2 do  -- id, due time
+    local jk = job_key(q, due[i])
+    -- A job added by an older client has no ready_at: the latency would
+    -- count its delay too. Never made for a hash that is gone.
+    if redis.call('HEXISTS', jk, 'ready_at') == 0 and redis.call('EXISTS', jk) == 1 then
+      redis.call('HSET', jk, 'ready_at', due[i + 1])
+    end
+    due_ids[#due_ids + 1] = due[i]
+  end
+  if #due_ids > 0 then
+    redis.call('RPUSH', q.ready, unpack(due_ids))
+    redis.call('ZREM', q.delayed, unpack(due_ids))
   end
   local lapsed = redis.call('ZRANGEBYSCORE', q.leased, '-inf', now, 'WITHSCORES', 'LIMIT', 0, PROMOTE_BATCH)
   local newest_first = {}
