@@ -183,13 +183,14 @@ def load_config(path: Optional[str | os.PathLike[str]] = None) -> Config:
         raise ConfigError(f"{found}: cannot be read: {exc}") from None
     try:
         data = yaml.load(text, Loader=_unique_key_loader(fast=True))  # noqa: S506 (a SafeLoader)
-    except yaml.YAMLError as exc:
-        problem = exc
-        try:  # again with PyYAML's own parser, whose messages name the culprit ('\t', not "character")
-            yaml.load(text, Loader=_unique_key_loader(fast=False))  # noqa: S506
-        except yaml.YAMLError as again:
-            problem = again
-        raise ConfigError(f"{found}: not valid YAML: {_yaml_problem(problem)}") from None
+    except yaml.YAMLError:
+        # Again with PyYAML's own parser: its messages name the culprit ('\t', not
+        # "character"), and it reads configs libyaml refuses that it read before
+        # libyaml did (a literal block whose first line opens with a tab).
+        try:
+            data = yaml.load(text, Loader=_unique_key_loader(fast=False))  # noqa: S506
+        except yaml.YAMLError as problem:
+            raise ConfigError(f"{found}: not valid YAML: {_yaml_problem(problem)}") from None
     if data is None:
         raise ConfigError(f"{found}: is empty; expected a 'disqontrol:' mapping")
     return parse_config(data, base_dir=found.parent, path=found)

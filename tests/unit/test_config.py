@@ -481,6 +481,27 @@ def test_a_config_is_parsed_by_libyaml_not_pyyamls_python_scanner(tmp_path, monk
     assert len(config.queues) == 100 and not scanned
 
 
+@pytest.mark.skipif(not yaml.__with_libyaml__, reason="PyYAML built without libyaml")
+def test_a_config_libyaml_refuses_but_pyyaml_reads_is_still_taken(tmp_path):
+    # Given a config PyYAML's own parser read before libyaml did, which
+    # libyaml refuses: a literal block whose first line opens with a tab
+    path = write(tmp_path, (
+        "disqontrol:\n"
+        "  queues:\n"
+        "    q:\n"
+        "      worker:\n"
+        "        type: command\n"
+        "        command: |\n"
+        "          \tprintf ok\n"
+    ))
+
+    # When it is loaded
+    config = load_config(path)
+
+    # Then it is taken, with the value PyYAML reads
+    assert config.queue("q").worker.command == "\tprintf ok\n"
+
+
 def test_a_group_of_thousands_of_queues_has_a_short_name_of_its_own():
     # Given a group of 10,000 per-tenant queues, and one whose last queue differs
     tenants = tuple(f"tenant-{n:05d}" for n in range(10_000))
