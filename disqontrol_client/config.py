@@ -19,7 +19,7 @@ import os
 import shlex
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 from disqontrol_client.config_schema import (  # noqa: F401 (re-exported)
     FAILURE_STRATEGIES,
@@ -183,13 +183,14 @@ def load_config(path: Optional[str | os.PathLike[str]] = None) -> Config:
         raise ConfigError(f"{found}: cannot be read: {exc}") from None
     try:
         data = yaml.load(text, Loader=_unique_key_loader(fast=True))  # noqa: S506 (a SafeLoader)
-    except yaml.YAMLError as exc:
-        problem = exc
-        try:  # again with PyYAML's own parser, whose messages name the culprit ('\t', not "character")
-            yaml.load(text, Loader=_unique_key_loader(fast=False))  # noqa: S506
-        except yaml.YAMLError as again:
-            problem = again
-        raise ConfigError(f"{found}: not valid YAML: {_yaml_problem(problem)}") from None
+    except yaml.YAMLError:
+        # Again with PyYAML's own parser: its messages name the culprit ('\t', not
+        # "character"), and it reads configs libyaml refuses that it read before
+        # libyaml did (a literal block whose first line opens with a tab).
+        try:
+            data = yaml.load(text, Loader=_unique_key_loader(fast=False))  # noqa: S506
+        except yaml.YAMLError as problem:
+            raise ConfigError(f"{found}: not valid YAML: {_yaml_problem(problem)}") from None
     if data is None:
         raise ConfigError(f"{found}: is empty; expected a 'disqontrol:' mapping")
     return parse_config(data, base_dir=found.parent, path=found)
@@ -311,6 +312,7 @@ def _build(data: Mapping[str, Any], base: Path, path: Optional[Path]) -> Config:
     consumers += [
         ConsumerConfig(**{**consumer_defaults, "queues": (name,)}) for name in queues if name not in listed
     ]
+    _refuse_shared_names(consumers, len(section.get("consumers", ())))
     return Config(
         path=path,
         broker=_broker(section, base),
@@ -322,6 +324,28 @@ def _build(data: Mapping[str, Any], base: Path, path: Optional[Path]) -> Config:
         control_socket_group=section.get("control_socket_group"),
         raw=deep_freeze(data),
     )
+
+
+def _refuse_shared_names(groups: Sequence[ConsumerConfig], listed: int) -> None:
+    """A group's name is its own: the master scales, retires and reports
+    groups by name, so two groups named alike (queues with a '+': group
+    ``[a, b]`` and queue ``a+b``'s own group are both ``a+b``) would have
+    the autoscaler or SIGTTOU retire one group's consumers for the other's."""
+    first: dict[str, int] = {}
+    for index, group in enumerate(groups):
+        other = first.setdefault(group.name, index)
+        if other != index:
+            raise ConfigError(
+                f"{_group_key(groups, index, listed)}: the group's name {group.name!r} (its queues joined by '+') "
+                f"is also that of {_group_key(groups, other, listed)}; a group's name must be its own: put these "
+                "queues in one group, or rename a queue with a '+' in its name")
+
+
+def _group_key(groups: Sequence[ConsumerConfig], index: int, listed: int) -> str:
+    """The config key of a group: its consumers entry, or its one queue's (a default group)."""
+    if index < listed:
+        return f"disqontrol.consumers[{index}]"
+    return f"disqontrol.queues.{groups[index].queues[0]}"
 
 
 def _worker(raw: Mapping[str, Any], base: Path) -> WorkerConfig:

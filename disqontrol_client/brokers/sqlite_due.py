@@ -43,9 +43,12 @@ class DueQueues:
         self._db: Optional[sqlite3.Connection] = None  # whose data version it is (a forked child opens its own)
         self._version: Optional[int] = None  # data version when none was due; None = nothing known
         self._until = 0.0  # the soonest due time then (time.time()), inf if none
+        self._forgotten = 0  # forget() calls so far: a probe keeps its answer only if none came during it
 
     def forget(self) -> None:
-        """This connection committed a change that may make a job due sooner."""
+        """This connection committed a change that may make a job due sooner.
+        The count first: a probe running in another thread then sees it."""
+        self._forgotten += 1
         self._version = None
 
     def quiet(self, db: sqlite3.Connection, queues: Sequence[str], now: float) -> bool:
@@ -67,6 +70,7 @@ class DueQueues:
         """The ``queues`` with a job due at ``now``, in their given order
         (their priority); when none is, remember so until the soonest due
         time or another connection's commit."""
+        forgotten = self._forgotten
         version = db.execute(DATA_VERSION).fetchone()[0]  # before the probe: a commit between is seen next time
         names = tuple(queues)
         if names != self._names:
@@ -76,8 +80,12 @@ class DueQueues:
         if ready:
             self._version = None
         else:
-            self._db, self._version = db, version
-            self._until = min((due for _, due in heads), default=math.inf)
+            self._db, self._until = db, min((due for _, due in heads), default=math.inf)
+            self._version = version
+            if self._forgotten != forgotten:
+                # Another thread on this connection (a shared producer) committed an add
+                # meanwhile: it left the data version as it was, so only this tells of it.
+                self._version = None
         return ready
 
     def seconds_left(self, queues: Sequence[str], now: float) -> Optional[float]:

@@ -481,6 +481,46 @@ def test_a_config_is_parsed_by_libyaml_not_pyyamls_python_scanner(tmp_path, monk
     assert len(config.queues) == 100 and not scanned
 
 
+@pytest.mark.skipif(not yaml.__with_libyaml__, reason="PyYAML built without libyaml")
+def test_a_config_libyaml_refuses_but_pyyaml_reads_is_still_taken(tmp_path):
+    # Given a config PyYAML's own parser read before libyaml did, which
+    # libyaml refuses: a literal block whose first line opens with a tab
+    path = write(tmp_path, (
+        "disqontrol:\n"
+        "  queues:\n"
+        "    q:\n"
+        "      worker:\n"
+        "        type: command\n"
+        "        command: |\n"
+        "          \tprintf ok\n"
+    ))
+
+    # When it is loaded
+    config = load_config(path)
+
+    # Then it is taken, with the value PyYAML reads
+    assert config.queue("q").worker.command == "\tprintf ok\n"
+
+
+def test_two_groups_of_the_same_name_are_refused(tmp_path):
+    # Given queue 'a+b' (its own default group, named 'a+b') beside a group of
+    # queues a and b (also named 'a+b': the master scaled them as one, SIGTTIN
+    # gave the second two more processes and the first none)
+    queues = {name: {"worker": {"type": "command", "command": "true"}} for name in ("a+b", "a", "b")}
+    section = {"queues": queues, "consumers": [{"queues": ["a", "b"]}]}
+
+    # Then the config is refused, naming both
+    assert refused(section, tmp_path) == (
+        "disqontrol.queues.a+b: the group's name 'a+b' (its queues joined by '+') is also that of "
+        "disqontrol.consumers[0]; a group's name must be its own: put these queues in one group, or rename "
+        "a queue with a '+' in its name")
+    # And so are two listed groups, while 'a+b' alone beside a and b is taken
+    both = {"queues": queues, "consumers": [{"queues": ["a+b"]}, {"queues": ["a", "b"]}]}
+    assert refused(both, tmp_path).startswith("disqontrol.consumers[1]: the group's name 'a+b' ")
+    names = [group.name for group in parse_config({"disqontrol": {"queues": queues}}, base_dir=tmp_path).consumers]
+    assert names == ["a+b", "a", "b"]
+
+
 def test_a_group_of_thousands_of_queues_has_a_short_name_of_its_own():
     # Given a group of 10,000 per-tenant queues, and one whose last queue differs
     tenants = tuple(f"tenant-{n:05d}" for n in range(10_000))

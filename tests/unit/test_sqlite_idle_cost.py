@@ -5,12 +5,16 @@ per queue: 40,000 a second for 10,000 queues, a third of a core."""
 from __future__ import annotations
 
 import os
+import sqlite3
+import threading
 from pathlib import Path
+from typing import Any, Callable, Optional
 
 import pytest
 
 from disqontrol_client.brokers.broker import NewJob
 from disqontrol_client.brokers.sqlite import SqliteBroker
+from disqontrol_client.brokers.sqlite_due import PROBE
 
 FEW, MANY = 10, 10_000
 IDLE_RESERVES = 3
@@ -141,4 +145,49 @@ def test_after_another_connections_lease_a_blocked_reserve_waits_for_that_lease_
     # Then its wait is cut to that lease's end, not to the 2 s safety net
     assert broker._until_next_due(names, armed=True) <= LEASE
     other.close()
+    broker.close()
+
+
+class AddDuringProbe:
+    """The broker's real connection, where another thread's add runs (and
+    ends) right after the probe's statement, before the probe answers: the
+    interleaving of a consumer thread and a producer thread sharing the
+    broker, pinned."""
+
+    def __init__(self, db: sqlite3.Connection, add: Callable[[], None]) -> None:
+        self._db = db
+        self._add: Optional[Callable[[], None]] = add
+
+    def execute(self, sql: str, *params: Any) -> Any:
+        cursor = self._db.execute(sql, *params)
+        if sql != PROBE or self._add is None:
+            return cursor
+        rows = cursor.fetchall()
+        thread = threading.Thread(target=self._add)
+        thread.start()
+        thread.join()
+        self._add = None
+        return rows
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._db, name)
+
+
+def test_an_add_by_another_thread_during_a_probe_is_not_missed(tmp_path: Path) -> None:
+    # Given a consumer thread and a producer thread sharing one broker (one
+    # connection), the producer's add committing while the consumer's probe
+    # is between its statement and its answer
+    broker = SqliteBroker(str(tmp_path / "jobs.db"))
+    names = queues(FEW)
+    added: list[str] = []
+    probing = AddDuringProbe(broker._store.conn(), lambda: added.append(broker.add(names[3], b"x")))
+    broker._conn = lambda: probing  # type: ignore[method-assign,assignment,return-value]
+    assert broker.reserve(names, timeout=0) == []  # its statement ran before the add
+    assert len(added) == 1
+
+    # When the consumer reserves again
+    got = broker.reserve(names, timeout=0)
+
+    # Then it takes the job, not its own connection's unchanged data version for "nothing due"
+    assert [d.id for d in got] == added
     broker.close()
