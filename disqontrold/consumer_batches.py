@@ -16,9 +16,8 @@ import traceback
 from disqontrol_client.config import Config
 from disqontrol_client.job import Job
 from disqontrol_client.logfmt import log_event
-from disqontrol_client.submit import LEASE_GRACE
 from disqontrold.consumer_signals import ConsumerSignals
-from disqontrold.jobs_in_hand import JobsInHand
+from disqontrold.jobs_in_hand import RUN_LEASE_GRACE, JobsInHand
 from disqontrold.jobwindow import JobWindow
 from disqontrold.workers.base import Outcome, Worker
 
@@ -91,7 +90,7 @@ class InlineBatches:
         the leases the window renews last through the next run."""
         if self.window:
             self._settle(self.window.wait(0))
-            self.jobs.renew_running(cover=run_timeout + LEASE_GRACE)
+            self.jobs.renew_running(cover=run_timeout + RUN_LEASE_GRACE)
 
     def _run(self, worker: Worker, jobs: list[Job]) -> list[Outcome]:
         timeout = self.config.queue(jobs[0].queue).job_process_timeout

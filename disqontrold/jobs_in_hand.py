@@ -4,9 +4,10 @@
   call per batch, not per job), or are acked at once when the process
   leaves or a slow batch renews its leases.
 - The lease of each job reserved must cover its run (its queue's
-  job_process_timeout + LEASE_GRACE, what the producer would have set with
-  the daemon's config). A producer sets the lease from its own view of the
-  queue (a bare ``Producer(url)`` takes the 600 s default). None of this
+  job_process_timeout + RUN_LEASE_GRACE; a producer with the daemon's
+  config sets timeout + LEASE_GRACE, longer). A producer sets the lease
+  from its own view of the queue (a bare ``Producer(url)`` takes the
+  600 s default). None of this
   costs a broker call when every lease is long enough (the fast path).
   A shorter lease of a job run in this process (inline, http: the loop
   blocks while they run) is extended right after the reserve, one call
@@ -39,7 +40,8 @@ from disqontrol_client.submit import LEASE_GRACE
 from disqontrold import failures
 from disqontrold.fastquit import FastQuit
 from disqontrold.workers.base import Outcome
-from disqontrold.workers.jobprocs import NEVER
+from disqontrold.slots import HUNG_GRACE
+from disqontrold.workers.jobprocs import KILL_GRACE, NEVER
 
 logger = logging.getLogger("disqontrold.consumer")
 
@@ -49,6 +51,14 @@ logger = logging.getLogger("disqontrold.consumer")
 # lease taken at the reserve, and a second consumer would run them again.
 # One broker call per job is noise next to a job this slow.
 LEASE_RENEW_AFTER = 1.0
+# s a lease the consumer extends lasts past its run's timeout: past the
+# master's kill of a consumer hung in a job (HUNG_GRACE), so that job is not
+# handed out while the hung one may still run it, and the SIGTERM-to-SIGKILL
+# grace of a window job (KILL_GRACE). Shorter than the producer's LEASE_GRACE:
+# a consumer that dies mid-job leaves a job whose lease it extended leased
+# at most its queue's job_process_timeout + this after the reserve (or the
+# last renewal).
+RUN_LEASE_GRACE = HUNG_GRACE + KILL_GRACE
 
 
 class JobsInHand:
@@ -57,7 +67,8 @@ class JobsInHand:
     def __init__(self, exit_code: int, timeouts: dict[str, float]) -> None:
         self.broker: Optional[Broker] = None
         # s each queue's jobs must stay leased from a reserve or a renewal
-        self._leases = {queue: timeout + LEASE_GRACE for queue, timeout in timeouts.items()}
+        self._leases = {queue: timeout + RUN_LEASE_GRACE for queue, timeout in timeouts.items()}
+        self._grace = LEASE_GRACE  # s past its timeout the shortest lease in hand lasts (see _horizon)
         #: queues whose jobs run in the window: a short lease is renewed while they run
         self.windowed: frozenset[str] = frozenset()
         # window jobs whose lease is shorter than their run: id -> (lease s, monotonic time to renew)
@@ -73,6 +84,7 @@ class JobsInHand:
             got = self.broker.reserve(queues, count=count, timeout=timeout, ack=self.unacked)  # type: ignore[union-attr]
             self.unacked = []
             self._unstarted.update(d.id for d in got)
+            self._grace = LEASE_GRACE
             leases = self._leases
             short = [d for d in got if 0 < d.lease < leases[d.queue]]
             if short:
@@ -92,6 +104,7 @@ class JobsInHand:
                 now.append((delivery.id, delivery.queue))
         if now:
             self._extend(now, "lease_not_extended")
+            self._grace = RUN_LEASE_GRACE
 
     def next_renewal(self) -> float:
         """When a running window job's lease is next due for renewal
@@ -206,16 +219,17 @@ class JobsInHand:
         return self._horizon(run_timeout) > shortest_timeout
 
     def outlasted_by(self, waiting: Sequence[Job], run_timeout: float, timeouts: dict[str, float]) -> list[str]:
-        """The waiting jobs whose lease (their queue's timeout + LEASE_GRACE
-        since the reserve or the last renewal) a run of up to ``run_timeout``
+        """The waiting jobs whose lease (their queue's timeout + LEASE_GRACE,
+        or RUN_LEASE_GRACE once extended, since the reserve or the last renewal) a run of up to ``run_timeout``
         could outlast: renewing after the run would come too late."""
         horizon = self._horizon(run_timeout)
         return [job.id or "" for job in waiting if timeouts[job.queue] < horizon]
 
     def _horizon(self, run_timeout: float) -> float:
-        """A lease (timeout + LEASE_GRACE) ends before a run of up to
-        ``run_timeout`` starting now if its timeout is below this."""
-        return time.monotonic() + run_timeout - LEASE_GRACE - self.leased_at
+        """A lease (timeout + LEASE_GRACE as producers set it, or
+        RUN_LEASE_GRACE when this reserve extended one) ends before a run of
+        up to ``run_timeout`` starting now if its timeout is below this."""
+        return time.monotonic() + run_timeout - self._grace - self.leased_at
 
     def hand_back(self) -> None:
         """On SIGQUIT, the connection idle: ack the ended successes and nack

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from disqontrold.jobs_in_hand import RUN_LEASE_GRACE
 from tests.support.daemon import Daemon, running
 from tests.support.procs import wait_for
 
@@ -128,11 +129,11 @@ def test_a_job_whose_consumer_is_killed_comes_back_after_a_bounded_lease(tmp_pat
 
         # Then the job is still leased, but not for ever: a window job (command)
         # for its producer's lease (renewed while it ran, it comes back and runs
-        # again), an inline one at most its queue's timeout + LEASE_GRACE
+        # again), an inline one at most its queue's timeout + RUN_LEASE_GRACE
         # after its reserve (extended once, up front)
         shown = daemon.broker.show(job_id)
         assert shown is not None
-        assert shown["due"] <= killed_at + TIMEOUT + 60
+        assert shown["due"] <= killed_at + TIMEOUT + RUN_LEASE_GRACE
         if kind == "command":
             wait_for(lambda: len(lines(daemon, "end")) == 1, timeout=60, interval=0.05,
                      message="the job back, run to its end")
