@@ -46,6 +46,7 @@ from disqontrold.recycling import RecycleLimits
 from disqontrold.proctitle import consumer_title, set_title
 from disqontrold.queue_tally import DONE, PARKED, RETRIED
 from disqontrold.scoreboard import BUSY, IDLE, STOPPING, Scoreboard
+from disqontrold.workers import WINDOWED_TYPES
 from disqontrold.workers.base import Outcome, Worker
 from disqontrold.workers.fastfork import settle
 from disqontrold.workers.jobprocs import NEVER
@@ -76,8 +77,9 @@ class Consumer(InlineBatches):
         self.queues = list(group.queues)
         self.workers: dict[str, Worker] = {}
         self._held: Optional["HeldQueues"] = None  # queues whose worker's setup raised (built in run)
-        self.jobs = JobsInHand(EXIT_FAST)  # acks owed, jobs not started, leases
         self._timeouts = {q: config.queue(q).job_process_timeout for q in self.queues}
+        self.jobs = JobsInHand(EXIT_FAST, self._timeouts)  # acks owed, jobs not started, leases
+        self.jobs.windowed = frozenset(q for q in self.queues if config.queue(q).worker.type in WINDOWED_TYPES)
         self._shortest_timeout = min(self._timeouts.values())  # whose lease a long run could outlast first
         self.window = JobWindow(group.job_batch, notes=scoreboard)
         self._busy = False  # the scoreboard says busy
@@ -228,6 +230,7 @@ class Consumer(InlineBatches):
                 self._idle()
 
     def _tend(self) -> None:
+        self.jobs.renew_running()
         due = self._next_refill()
         if time.monotonic() >= due:
             self._take(self._reserve(0))
@@ -236,6 +239,7 @@ class Consumer(InlineBatches):
             self._held.retry(self.workers)
         if self._held:
             due = min(due, time.monotonic() + self._held.until_next_try())
+        due = min(due, self.jobs.next_renewal())
         if self.window:
             self._settle(self.window.wait(None if due == NEVER else max(0.0, due - time.monotonic())))
             self._show_oldest()
@@ -321,6 +325,9 @@ class Consumer(InlineBatches):
         windowed: list[Job] = []
         by_queue: dict[str, list[Job]] = {}
         for delivery in deliveries:
+            if self.window and self.window.running(delivery.id):
+                self._drop_second_delivery(delivery)
+                continue
             job = self._decode(delivery)
             if job is None:
                 continue
@@ -331,6 +338,15 @@ class Consumer(InlineBatches):
         self._start(windowed)
         if by_queue:
             self._run_batches(by_queue)
+
+    def _drop_second_delivery(self, delivery: Delivery) -> None:
+        """A job that runs here came back (its lease lapsed: the consumer
+        was stopped, or the broker is Disque): not run twice at once. Its
+        running copy acks it or retries it; the reserve just extended its
+        lease again, so no other consumer gets it meanwhile."""
+        self.jobs.started(delivery.id)  # not given back: that would hand the running job out
+        log_event(logger, "job_already_running", logging.WARNING, job=delivery.id, queue=delivery.queue,
+                  additional_deliveries=delivery.additional_deliveries)
 
     def _start(self, jobs: list[Job]) -> None:
         """Start jobs in the window; once stopping or recycling, the rest go

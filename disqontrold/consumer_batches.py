@@ -17,7 +17,7 @@ from disqontrol_client.config import Config
 from disqontrol_client.job import Job
 from disqontrol_client.logfmt import log_event
 from disqontrold.consumer_signals import ConsumerSignals
-from disqontrold.jobs_in_hand import JobsInHand
+from disqontrold.jobs_in_hand import RUN_LEASE_GRACE, JobsInHand
 from disqontrold.jobwindow import JobWindow
 from disqontrold.workers.base import Outcome, Worker
 
@@ -69,7 +69,7 @@ class InlineBatches:
                 todo = [job for job in run if job.id not in given_back] if given_back else run
                 started += len(run)
                 if todo:
-                    self._tend_window_now()
+                    self._tend_window_now(self._timeouts[queue])
                     for job in todo:
                         self._book_death(job)
                     self._settle(list(zip(todo, self._run(worker, todo))))
@@ -88,12 +88,14 @@ class InlineBatches:
             self.jobs.nack(ids)
         return ids
 
-    def _tend_window_now(self) -> None:
+    def _tend_window_now(self, run_timeout: float) -> None:
         """Between two inline runs, which cannot watch the window's
         processes: feed their stdin, drain their output, enforce their
-        deadlines and settle those that ended, without waiting."""
+        deadlines and settle those that ended, without waiting; and make
+        the leases the window renews last through the next run."""
         if self.window:
             self._settle(self.window.wait(0))
+            self.jobs.renew_running(cover=run_timeout + RUN_LEASE_GRACE)
 
     def _run(self, worker: Worker, jobs: list[Job]) -> list[Outcome]:
         timeout = self.config.queue(jobs[0].queue).job_process_timeout

@@ -105,10 +105,17 @@ class JobWindow:
         self._supervisor = Supervisor(before_reap=notes.job_ended if notes is not None else None)
         self._jobs: dict[Child, tuple[Job, Worker]] = {}
         self._started: list[Child] = []  # started since the last wait, not prepared yet
+        self._ids: set[str] = set()  # the ids of the running jobs
         self.pace = RefillPace(size)
 
     def __len__(self) -> int:
         return len(self._jobs)
+
+    def running(self, job_id: str) -> bool:
+        """Whether a job with this id runs in the window: a redelivery of it
+        (its lease lapsed, e.g. while the consumer was stopped) must not
+        start it a second time beside itself."""
+        return job_id in self._ids
 
     @property
     def free(self) -> int:
@@ -138,6 +145,7 @@ class JobWindow:
             return self._raised(job, exc)
         self._started.append(child)
         self._jobs[child] = (job, worker)
+        self._ids.add(job.id or "")
         if self._notes is not None:
             self._notes.job_started(child.pid)
         return None
@@ -171,10 +179,15 @@ class JobWindow:
         (the supervisor drops its own from the notes as it reaps them)."""
         if self._notes is not None:
             self._notes.job_ended(child.pid)
-        return self._jobs.pop(child)
+        return self._ended(child)
+
+    def _ended(self, child: Child) -> tuple[Job, Worker]:
+        job, worker = self._jobs.pop(child)
+        self._ids.discard(job.id or "")
+        return job, worker
 
     def _outcome(self, child: Child) -> tuple[Job, Outcome]:
-        job, worker = self._jobs.pop(child)  # reaped by the supervisor, out of the notes already
+        job, worker = self._ended(child)  # reaped by the supervisor, out of the notes already
         try:
             return job, worker.finish(job, child)
         except Exception as exc:  # noqa: BLE001 -- a worker bug must fail its job, not the consumer
@@ -198,3 +211,4 @@ class JobWindow:
         self._started = []
         self._supervisor.close()  # the notes hear of the rest before each is reaped
         self._jobs.clear()
+        self._ids.clear()

@@ -43,6 +43,10 @@ class Delivery(NamedTuple):
     payload: bytes
     nacks: int = 0
     additional_deliveries: int = 0
+    #: s this delivery is leased for (the job's ``retry``, as its producer
+    #: set it; inf: never redelivered); 0: the engine does not say (Disque).
+    #: A consumer extends a lease shorter than its queue's run (``extend``).
+    lease: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,21 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     def working(self, id: str) -> None:
         """Extend a leased job's lease by its ``retry`` seconds from now."""
+
+    def extend(self, ids: Sequence[str], seconds: float) -> None:
+        """Lease the leased jobs among ``ids`` until ``seconds`` from now at
+        least (a lease already longer is kept), in one call where the engine
+        can: a consumer's lease must cover the run its queue allows, whatever
+        ``retry`` the producer chose. Ids not leased (acked, lapsed) are
+        ignored. This default (Disque) can only postpone each job by its own
+        ``retry`` (``working``), once."""
+        for job_id in ids:
+            try:
+                self.working(job_id)
+            except BrokerUnavailable:
+                raise
+            except BrokerError:
+                continue  # not leased (acked, lapsed): ignored, as documented
 
     def replace(self, old_id: str, new: NewJob) -> str:
         """Add ``new`` then ack ``old_id`` (a retry or a move to the failure

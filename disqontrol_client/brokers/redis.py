@@ -53,7 +53,7 @@ ID_MARK = "R"  # ids are "R-<random hex>-<queue>": the queue names the keys
 ID_RANDOM_BYTES = 8
 KEY_SUFFIXES = ("ready", "delayed", "leased", "expiry", "notify")
 KEYS_PER_QUEUE = len(KEY_SUFFIXES)
-RESERVE_FIELDS = 5  # queue index, id, payload, nacks, deliveries
+RESERVE_FIELDS = 6  # queue index, id, payload, nacks, deliveries, retry ms
 PEEK_FIELDS = 4  # id, payload, nacks, deliveries
 MAX_COUNT = 1000  # jobs per reserve / peek
 ADD_CHUNK = 500  # jobs per add script call (keeps Lua's unpack/arg count small)
@@ -126,7 +126,7 @@ class RedisBroker(Broker):
         self._reserve_keyset: tuple[list[str], list[str]] = ([], [])
         self._scripts: dict[str, Script] = {
             name: client.register_script(_script_source(name))
-            for name in ("add", "reserve", "remove", "nack", "working", "replace", "peek", "counts", "show",
+            for name in ("add", "reserve", "remove", "nack", "working", "extend", "replace", "peek", "counts", "show",
                          "add_claimed", "backlog", "latency", redis_version.SCRIPT)
         }
         self._data_check_at = 0.0  # monotonic time of the next look at the prefix's data version
@@ -392,13 +392,17 @@ class RedisBroker(Broker):
     def nack(self, ids: Iterable[str]) -> None:
         self._per_queue("nack", ids)
 
-    def _per_queue(self, name: str, ids: Iterable[str]) -> None:
+    def extend(self, ids: Sequence[str], seconds: float) -> None:
+        self._per_queue("extend", ids, [_ms(seconds)])
+
+    def _per_queue(self, name: str, ids: Iterable[str], head: Sequence[Any] = ()) -> None:
+        """One script call per queue of ``ids`` (``head``: its first arguments)."""
         by_queue: dict[str, list[str]] = {}
         for job_id in ids:
             queue = queue_of(job_id)
             if queue is not None:
                 by_queue.setdefault(queue, []).append(job_id)
-        calls = [(name, self._keys(queue), queue_ids) for queue, queue_ids in by_queue.items()]
+        calls = [(name, self._keys(queue), [*head, *queue_ids]) for queue, queue_ids in by_queue.items()]
         if len(calls) == 1:
             self._run(*calls[0])
         elif calls:
@@ -487,6 +491,7 @@ def _job_args(job_id: str, job: NewJob) -> list[Any]:
 
 def _deliveries(queues: list[str], reply: list[Any]) -> list[Delivery]:
     return [
-        Delivery(reply[i + 1].decode(), queues[int(reply[i])], reply[i + 2], int(reply[i + 3]), int(reply[i + 4]))
+        Delivery(reply[i + 1].decode(), queues[int(reply[i])], reply[i + 2], int(reply[i + 3]), int(reply[i + 4]),
+                 int(reply[i + 5]) / MS or math.inf)
         for i in range(1, len(reply), RESERVE_FIELDS)
     ]

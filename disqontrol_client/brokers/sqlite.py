@@ -35,7 +35,7 @@ from disqontrol_client.brokers.broker import (
 from disqontrol_client.brokers.sqlite_due import DIRECT_QUEUES, DueQueues
 from disqontrol_client.brokers.sqlite_looking import SqliteLooking, guarded
 from disqontrol_client.brokers.sqlite_store import (  # the SQL lives beside the schema
-    BUSY_TIMEOUT, CHUNK, DELETE_IDS, DROP_EXPIRED_CLAIMS, INSERT, LEASE_MANY, LEASE_ONE, TAKE_CLAIM, Store,
+    BUSY_TIMEOUT, CHUNK, DELETE_IDS, DROP_EXPIRED_CLAIMS, EXTEND_IDS, INSERT, LEASE_MANY, LEASE_ONE, TAKE_CLAIM, Store,
     by_ids, delete_then_lease, with_ids,
 )
 from disqontrol_client.brokers.sqlite_wake import Waiter, WakeDir, lease_or_wait
@@ -262,7 +262,7 @@ class SqliteBroker(SqliteLooking, Broker):
         if len(rows) > 1:
             rows.sort()  # RETURNING order is unspecified; ids follow insertion
         prefix = self.id_prefix
-        return [Delivery(f"{prefix}{r[0]}", queue, r[1], r[2], r[3]) for r in rows]
+        return [Delivery(f"{prefix}{r[0]}", queue, r[1], r[2], r[3], r[4]) for r in rows]
 
     def _sweep(self, db: sqlite3.Connection, now: float) -> None:
         """Delete the jobs past their ttl in the next window of rowids.
@@ -320,6 +320,10 @@ class SqliteBroker(SqliteLooking, Broker):
             self._exclusive(lambda: db.execute(
                 "UPDATE jobs SET due = ? + retry WHERE id = ? AND leased = 1", (time.time(), rowids[0])
             ))
+
+    @guarded
+    def extend(self, ids: Sequence[str], seconds: float) -> None:
+        self._by_ids(EXTEND_IDS, (time.time() + seconds,), ids)
 
     # -- claims and lifecycle -----------------------------------------------
 

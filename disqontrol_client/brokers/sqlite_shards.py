@@ -280,6 +280,10 @@ class ShardedSqliteBroker(Broker):
         for broker, mine in self._by_shard(ids).items():
             broker.nack(mine)
 
+    def extend(self, ids: Sequence[str], seconds: float) -> None:
+        for broker, mine in self._by_shard(ids).items():
+            broker.extend(mine, seconds)
+
     def working(self, id: str) -> None:
         broker = self._shard_of(id)
         if broker is not None:

@@ -47,11 +47,13 @@ WAL_SWITCH_MAX_PAUSE = 0.05  # s ... up to this, for at most the busy timeout
 # file permissions guard them, deleted or not.
 
 # The statements of the broker over its schema (sqlite_schema: the tables and their versions).
+# A lease cut short by its producer's ``retry`` made as long as the run needs (never shortened).
+EXTEND_IDS = "UPDATE jobs SET due = max(due, ?) WHERE leased = 1 AND id IN ({})"
 INSERT = "INSERT INTO jobs (queue, payload, due, retry, expires, ctime) VALUES (?, ?, ?, ?, ?, ?)"
 _LEASE_SET = (
     "UPDATE jobs SET leased = 1, deliveries = deliveries + leased, due = ?1 + retry WHERE id {} "
     "(SELECT id FROM jobs WHERE queue = ?2 AND due <= ?1 AND expires > ?1 ORDER BY due, id LIMIT ?3)"
-    " RETURNING id, payload, nacks, deliveries"
+    " RETURNING id, payload, nacks, deliveries, retry"
 )
 LEASE_ONE = _LEASE_SET.format("=")  # "=" skips the IN-list temp table: much cheaper
 LEASE_MANY = _LEASE_SET.format("IN")

@@ -25,6 +25,8 @@ from disqontrold.workers.setup_probe import ProbeResult, SetupProbe
 __all__ = ["Outcome", "UnbuiltWorker", "Worker", "build_worker", "check_workers", "worker_key"]
 
 PYTHON_TYPES = ("inline_python_worker", "isolated_python_worker")
+#: The worker types whose jobs run in the consumer's job window (``Worker.windowed``).
+WINDOWED_TYPES = ("command", "isolated_python_worker")
 #: Seconds the forked checker may spend importing the user's modules.
 CHECK_TIMEOUT = 60.0
 #: What the checker child does, as its failure message says.

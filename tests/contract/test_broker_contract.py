@@ -111,6 +111,22 @@ def test_working_extends_the_lease(broker: Broker) -> None:
     assert (again.id, again.additional_deliveries) == (job_id, 1)
 
 
+def test_a_delivery_says_its_lease_and_extend_lengthens_it_never_shortens_it(broker: Broker) -> None:
+    if broker.schemes == ("disque",):
+        pytest.skip("Disque's GETJOB does not say a job's RETRY (lease 0: unknown)")
+    short, long_ = broker.add_many([NewJob("q", b"s", retry=1), NewJob("q", b"l", retry=60)])
+    got = {d.id: d for d in broker.reserve(["q"], count=2, timeout=2)}
+    assert (got[short].lease, got[long_].lease) == (1, 60)
+
+    broker.extend([short, long_, "unknown-id"], 3)  # now leased until ~3 s; the long one keeps its 60 s
+
+    # without extend() the short lease would end at 1 s, inside this wait
+    assert broker.reserve(["q"], timeout=2) == [], "extend() did not lengthen the lease"
+    again = reserve_one(broker, "q", timeout=10)
+    assert (again.id, again.additional_deliveries) == (short, 1)
+    assert broker.show(long_)["state"] == "leased"
+
+
 def test_ttl_drops_the_job(broker: Broker) -> None:
     kept = broker.add("q", b"kept")
     job_id = broker.add("q", b"short-lived", retry=1, ttl=2)

@@ -12,6 +12,9 @@ from tests.support.daemon import Daemon, python_worker, running
 from tests.support.procs import wait_for
 
 LEASE = 3.0  # s: the broker hands a killed consumer's job out again after this
+# s: the timeout of the inline queues whose consumer dies: their jobs come
+# back RUN_LEASE_GRACE (15 s) past it, the lease the consumer gives them
+CRASH_TIMEOUT = 2
 ORPHAN_DEADLINE = 5.0  # s: SPEC §8, consumers exit within seconds of the master
 
 
@@ -25,7 +28,7 @@ def busy_consumer(daemon: Daemon) -> int:
 def test_killed_busy_consumer_is_restarted_and_its_job_runs_again(tmp_path, broker_url):
     # Given one consumer busy with a slow job, and more jobs waiting
     daemon = Daemon(tmp_path, broker_url, {
-        "work": {"worker": python_worker(), "max_retries": 5},
+        "work": {"worker": python_worker(), "max_retries": 5, "job_process_timeout": CRASH_TIMEOUT},
     }, consumer_defaults={"job_batch": 1}).start()
     try:
         [slow_id] = daemon.add("work", [{"n": 0, "sleep": 1.5}], lease=LEASE)
@@ -76,8 +79,10 @@ def test_consumers_exit_when_the_master_is_killed(tmp_path):
 
 def test_a_job_that_kills_its_consumer_ends_in_the_failure_queue_without_a_crash_loop(tmp_path):
     # Given an inline queue allowing 2 retries, and a job whose worker exits the consumer
+    # (a short timeout: the consumer leases an inline job for its run, timeout + RUN_LEASE_GRACE,
+    # whatever shorter lease its producer chose, so a dead consumer's job comes back after that)
     daemon = Daemon(tmp_path, f"sqlite://{tmp_path}/jobs.db", {
-        "work": {"worker": python_worker(), "max_retries": 2},
+        "work": {"worker": python_worker(), "max_retries": 2, "job_process_timeout": CRASH_TIMEOUT},
     }).start()
     try:
         [job_id] = daemon.add("work", [{"n": 1, "exit": True}], lease=1)

@@ -38,6 +38,23 @@ def collect(window: JobWindow, count: int, timeout: float = 30.0) -> dict[str, o
     return ended
 
 
+def test_the_window_knows_which_job_ids_it_runs():
+    # (the consumer asks before starting a delivery: a second delivery of a
+    # running job must not start it beside itself)
+    worker = shell_worker('case "$2" in *long*) sleep 60;; esac')
+    window = JobWindow(4)
+    try:
+        window.start(worker, job("long", "L"), LONG)
+        window.start(worker, job(1, "Q1"), LONG)
+        assert window.running("L") and window.running("Q1") and not window.running("Q2")
+
+        assert list(collect(window, 1)) == ["Q1"]
+        assert not window.running("Q1") and window.running("L")
+    finally:
+        window.close()
+    assert not window.running("L")
+
+
 def test_jobs_are_reported_as_they_end_while_a_long_one_runs():
     # Given a window running a long job and a quick one
     worker = shell_worker('case "$2" in *long*) sleep 60;; esac')

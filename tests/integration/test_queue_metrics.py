@@ -148,7 +148,8 @@ def test_every_configured_queue_has_its_counters_from_zero(tmp_path):
 def test_a_job_that_kills_its_consumer_counts_as_failed_at_each_death(tmp_path):
     # Given a queue allowing 1 retry, and a job whose worker takes the consumer down (a poison job)
     daemon = Daemon(tmp_path, f"sqlite://{tmp_path}/jobs.db",
-                    {PLAIN: {"worker": python_worker(), "max_retries": 1}}).start()
+                    {PLAIN: {"worker": python_worker(), "max_retries": 1,
+                             "job_process_timeout": 2}}).start()  # back 2 + 15 s after each death
     try:
         daemon.add(PLAIN, [{"n": 1, "exit": True}], lease=1)
 

@@ -18,7 +18,7 @@ class UnreachableBroker:
 
 
 def test_acks_that_could_not_be_sent_are_kept_for_the_next_reserve():
-    jobs = JobsInHand(EXIT_CODE)
+    jobs = JobsInHand(EXIT_CODE, {})
     jobs.broker = UnreachableBroker()  # type: ignore[assignment]
     jobs.succeeded("S-1")
     jobs.succeeded("S-2")
@@ -29,7 +29,7 @@ def test_acks_that_could_not_be_sent_are_kept_for_the_next_reserve():
 
 
 def test_a_run_outlasts_the_waiting_jobs_whose_lease_is_shorter_than_it():
-    jobs = JobsInHand(EXIT_CODE)
+    jobs = JobsInHand(EXIT_CODE, {})
     jobs.leased_at = time.monotonic()
     timeouts = {"quick": 2.0, "slow": 200.0}
     waiting = [Job("a", "quick", id="S-1"), Job("b", "slow", id="S-2")]
@@ -41,7 +41,7 @@ def test_a_run_outlasts_the_waiting_jobs_whose_lease_is_shorter_than_it():
 
 
 def test_a_run_is_checked_against_the_waiting_jobs_only_if_it_could_outlast_the_shortest_lease():
-    jobs = JobsInHand(EXIT_CODE)
+    jobs = JobsInHand(EXIT_CODE, {})
     jobs.leased_at = time.monotonic()
 
     # Timeouts within the grace of each other: no run outlasts a fresh lease,

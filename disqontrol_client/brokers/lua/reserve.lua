@@ -1,7 +1,7 @@
 -- KEYS: five keys per queue, queues in priority order. ARGV[1]: count, then
 -- jobs to ack first as (key offset of their queue, id) pairs.
 -- Returns {ms until the next due job or -1, then per job: queue index, id,
--- payload, nacks, deliveries}.
+-- payload, nacks, deliveries, retry ms (0: never redelivered)}.
 local now = now_ms()
 local count = tonumber(ARGV[1])
 for i = 2, #ARGV, 2 do
@@ -30,6 +30,7 @@ for offset = 0, #KEYS - 1, 5 do
         out[#out + 1] = f[1]
         out[#out + 1] = f[3]
         out[#out + 1] = f[4]
+        out[#out + 1] = retry
         got = got + 1
       else
         -- past its ttl (or its hash already expired): dropped, never delivered
