@@ -127,6 +127,7 @@ def test_the_watchdog_is_pinged_while_a_reload_checks_a_slow_config(tmp_path, no
         # Unread, the socket's queue (10 datagrams) fills and the master's next
         # send blocks, as with a systemd that stopped reading: no listener instead.
         notify.sock.close()
+        daemon.stop()
 
 
 HOLD = 4.0  # s the new broker's write lock is held during the reload (well past the 0.5 s ping interval)
