@@ -33,18 +33,17 @@ from disqontrol_client.brokers import open_broker
 from disqontrol_client.brokers.broker import Broker, Delivery
 from disqontrol_client.config import Config, ConsumerConfig
 from disqontrol_client.errors import BrokerError, BrokerUnavailable, WorkerLoadError
-from disqontrol_client.job import Job, decode_payload
+from disqontrol_client.job import Job
 from disqontrol_client.logfmt import log_event
-from disqontrold import failures
 from disqontrold.children import EXIT_BOOT_FAILED, EXIT_FAST, EXIT_OK
 from disqontrold.consumer_batches import InlineBatches
+from disqontrold.consumer_outcomes import JobOutcomes
 from disqontrold.consumer_signals import ConsumerSignals
 from disqontrold.jobs_in_hand import JobsInHand
 from disqontrold.jobwindow import JobWindow, StartDeferred
 from disqontrold.paused_queues import MISSING_GRACE, PausedQueues
 from disqontrold.recycling import RecycleLimits
 from disqontrold.proctitle import consumer_title, set_title
-from disqontrold.queue_tally import DONE, PARKED, RETRIED
 from disqontrold.scoreboard import BUSY, IDLE, STOPPING, Scoreboard
 from disqontrold.workers import WINDOWED_TYPES
 from disqontrold.workers.base import Outcome, Worker
@@ -59,10 +58,9 @@ logger = logging.getLogger(__name__)
 RESERVE_TIMEOUT = 1.0  # s: bounds how long a stop request waits for a blocked reserve
 BROKER_BACKOFF_START = 0.5  # s
 BROKER_BACKOFF_CAP = 30.0  # s
-MS = 1000
 
 
-class Consumer(InlineBatches):
+class Consumer(JobOutcomes, InlineBatches):
     """One consumer process of a group (one slot of the master)."""
 
     def __init__(
@@ -381,56 +379,3 @@ class Consumer(InlineBatches):
             self._book_death(job)
             if failed is not None:
                 self._settle([(job, failed)])
-
-    def _decode(self, delivery: Delivery) -> Optional[Job]:
-        """The Job of a delivery; None if it was redelivered too often (parked)."""
-        queue = self.config.queue(delivery.queue)
-        body, metadata = decode_payload(
-            delivery.payload, job_lifetime=queue.job_lifetime, process_timeout=queue.job_process_timeout
-        )
-        job = Job(body=body, queue=delivery.queue, metadata=metadata, id=delivery.id,
-                  nacks=delivery.nacks, additional_deliveries=delivery.additional_deliveries)
-        died = failures.count_redeliveries(job, queue)
-        if died is None:
-            return job  # its death is booked when it starts (_book_death)
-        if self._fail(job, died):
-            self.scoreboard.count(failed=1)  # its last death (SPEC §6), parked
-        return None
-
-    def _book_death(self, job: Job) -> None:
-        """Count the death of the job's last delivery (its consumer died under
-        it: a failure, SPEC §6) as it starts again, not at its delivery: the
-        broker's count of redeliveries stays the same when a job is given
-        back unstarted (a stop, a recycle, a paused queue), so each delivery
-        counted it again (3 failures for 2 deaths)."""
-        if job.additional_deliveries:
-            self.scoreboard.count(failed=1)
-            self.scoreboard.queue_cells.record(job.queue, RETRIED, None)
-
-    def _settle(self, ended: list[tuple[Job, Outcome]]) -> None:
-        """Book ended jobs: a success waits for the next reserve to ack it, a
-        failure is retried or parked now; then the recycling limits."""
-        failed = 0
-        for job, outcome in ended:
-            if outcome.ok:
-                self.jobs.succeeded(job.id)
-                self.scoreboard.queue_cells.record(job.queue, DONE, outcome.duration)
-                log_event(logger, "job_done", job=job.id, **failures.first_id(job), queue=job.queue,
-                          duration_ms=round(outcome.duration * MS, 1))
-            elif self._fail(job, outcome, outcome.duration):
-                failed += 1
-        if not ended:
-            return
-        self.scoreboard.count(done=sum(outcome.ok for _, outcome in ended), failed=failed)
-        if not self._recycle:
-            self._recycle = self._recycle_reason()
-
-    def _fail(self, job: Job, outcome: Outcome, duration: Optional[float] = None) -> bool:
-        """Retry or park the job; ``duration``: how long it ran (None: not
-        run). False if the broker did not take the failure: the job comes
-        back after its lease and is counted as failed then, once."""
-        queue = self.config.queue(job.queue)
-        parked = self.jobs.fail(job, queue, outcome, self.config.queues.get(queue.failure_queue))
-        recorded = None if parked is None else PARKED if parked else RETRIED
-        self.scoreboard.queue_cells.record(job.queue, recorded, duration)
-        return parked is not None
